@@ -1,0 +1,110 @@
+"""ClientApp: one hospital's local LoRA training and validation.
+
+Only adapter arrays, scalar metrics and the site's name leave the site. Errors sent to
+the coordinator say what failed and where, never the note text behind it; the full
+detail stays in this site's log.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import traceback
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedmedlora import protocol
+from fedmedlora.config import ConfigError, lora_settings, train_settings, validate
+from modeling.adapter_io import from_arrayrecord, get_adapter_state, set_adapter_state, to_arrayrecord
+from modeling.training import train_round
+
+from .runtime import model_runtime, site_runtime
+
+log = logging.getLogger(__name__)
+
+app = ClientApp()
+
+
+class SiteFailure(RuntimeError):
+    """An error whose message is safe to send to the coordinator."""
+
+
+# Our own errors name file, line or key and a reason, and no note text.
+_SAFE_TO_REPORT = (ConfigError, FileNotFoundError, protocol.BaseModelMismatch)
+
+
+def _report_safely(handler):
+    @functools.wraps(handler)
+    def wrapper(msg: Message, context: Context) -> Message:
+        try:
+            return handler(msg, context)
+        except Exception as err:  # noqa: BLE001 - every failure becomes a safe report
+            log.error("site failed in %s:\n%s", handler.__name__, traceback.format_exc())
+            if isinstance(err, _SAFE_TO_REPORT) or type(err).__name__ == "AnnotationError":
+                reason = f"{type(err).__name__}: {err}"
+            else:
+                frame = traceback.extract_tb(err.__traceback__)[-1]
+                reason = (f"{type(err).__name__} at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno} "
+                          "(details in the site's log)")
+            raise SiteFailure(reason) from None
+
+    return wrapper
+
+
+def _prepare(msg: Message, context: Context):
+    cfg = validate(context.run_config)
+    runtime = model_runtime(cfg)
+    config = msg.content[protocol.CONFIG]
+    protocol.check_base(config, runtime.identity, lora_settings(cfg))
+    set_adapter_state(runtime.model, from_arrayrecord(msg.content[protocol.ARRAYS]))
+    site = site_runtime(context.node_config, cfg, runtime.tokenizer)
+    return cfg, runtime, site, config
+
+
+@app.train()
+@_report_safely
+def train(msg: Message, context: Context) -> Message:
+    cfg, runtime, site, config = _prepare(msg, context)
+    server_round = int(config["server-round"])
+    result = train_round(
+        runtime.model,
+        site.train,
+        train_settings(cfg),
+        runtime.tokenizer.pad_token_id,
+        server_round=server_round,
+        num_rounds=int(config["num-server-rounds"]),
+        proximal_mu=float(config.get("proximal-mu", 0.0)),
+        description=f"{site.site.name} round {server_round}",
+    )
+    log.info("site %s round %d: %d steps, loss %.4f, %.0f tokens/s",
+             site.site.name, server_round, result.steps, result.loss, result.tokens_per_second)
+    metrics = MetricRecord({
+        "num-examples": len(site.train),
+        "train-loss": result.loss,
+        "train-tokens": result.tokens,
+        "train-seconds": result.seconds,
+        "train-steps": result.steps,
+    })
+    arrays: ArrayRecord = to_arrayrecord(get_adapter_state(runtime.model))
+    content = RecordDict({
+        protocol.ARRAYS: arrays,
+        protocol.METRICS: metrics,
+        protocol.SITE: ConfigRecord({"name": site.site.name}),
+    })
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+@_report_safely
+def evaluate(msg: Message, context: Context) -> Message:
+    _, runtime, site, config = _prepare(msg, context)
+    evaluation = site.evaluator.evaluate(runtime.model, f"{site.site.name} validation")
+    metrics = evaluation.to_metrics()
+    log.info("site %s round %s: val-loss %.4f strict-f1 %.3f lenient-f1 %.3f", site.site.name,
+             config.get("server-round"), metrics["val-loss"], metrics["strict-f1"], metrics["lenient-f1"])
+    content = RecordDict({
+        protocol.METRICS: MetricRecord(metrics),
+        protocol.SITE: ConfigRecord({"name": site.site.name}),
+    })
+    return Message(content=content, reply_to=msg)

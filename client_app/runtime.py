@@ -1,0 +1,103 @@
+"""What a site keeps between messages in one process: the base model with its LoRA
+adapter, and the site's tokenized data. In simulation one process serves many rounds
+(and sites), so the model loads once; in deployment each message gets a fresh process
+and this is rebuilt, which is why nothing here may carry training state across rounds."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from clinical_ie.evaluate import InstanceEvaluator, ner_instances, stable_subset, training_pairs
+from data_loaders.sites import SiteData, ensure_demo_corpus, load_site
+from fedmedlora.config import ConfigError, lora_settings, site_names
+from modeling.base import ModelIdentity, load_base_model, model_identity
+from modeling.lora import attach_lora
+from modeling.training import Encoded, encode_all
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelRuntime:
+    model: Any  # PeftModel
+    tokenizer: Any
+    identity: ModelIdentity
+
+
+@dataclass
+class SiteRuntime:
+    site: SiteData
+    train: list[Encoded]
+    evaluator: InstanceEvaluator
+
+
+_models: dict[tuple, ModelRuntime] = {}
+_sites: dict[tuple, SiteRuntime] = {}
+
+
+def _use_all_cores() -> None:
+    # Ray and Flower's subprocess isolation may leave torch with a single thread.
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+
+
+def model_runtime(cfg: Mapping[str, Any]) -> ModelRuntime:
+    lora = lora_settings(cfg)
+    key = (cfg["model.name"], cfg["quantization"], cfg["model.dtype"], lora, cfg["seed"])
+    if key not in _models:
+        _use_all_cores()
+        _models.clear()  # one base model per process: memory is the scarce resource
+        model, tokenizer = load_base_model(cfg["model.name"], cfg["quantization"], cfg["model.dtype"])
+        peft_model = attach_lora(model, lora, seed=cfg["seed"], base_model_name=cfg["model.name"])
+        _models[key] = ModelRuntime(peft_model, tokenizer, model_identity(cfg["model.name"]))
+    return _models[key]
+
+
+def site_dir(node_config: Mapping[str, Any], cfg: Mapping[str, Any]) -> Path:
+    """The site's data folder: `data-dir` in deployment, `partition-id` in simulation."""
+    if "data-dir" in node_config:
+        return Path(str(node_config["data-dir"])).expanduser().resolve()
+    if "partition-id" not in node_config:
+        raise ConfigError(
+            "node config: expected 'data-dir' (deployment: --node-config \"data-dir='...'\") "
+            "or 'partition-id' (simulation)"
+        )
+    names = site_names(cfg)
+    pid = int(node_config["partition-id"])
+    if pid >= len(names):
+        raise ConfigError(
+            f"data.sites: partition-id {pid} has no site; data.sites names {len(names)} "
+            f"site(s) {names}: run with num-supernodes <= {len(names)} or add sites"
+        )
+    root = Path(cfg["data.root"]).expanduser() if cfg["data.root"] else ensure_demo_corpus()
+    return (root / names[pid]).resolve()
+
+
+def site_runtime(node_config: Mapping[str, Any], cfg: Mapping[str, Any], tokenizer) -> SiteRuntime:
+    folder = site_dir(node_config, cfg)
+    name = node_config.get("site-name")
+    key = (str(folder), name, cfg["train.max-length"], cfg["data.max-train-instances"],
+           cfg["eval.max-instances"], cfg["eval.max-new-tokens"], cfg["eval.batch-size"], id(tokenizer))
+    if key not in _sites:
+        site = load_site(folder, name=str(name) if name else None)
+        train_instances = ner_instances(site.splits["train"], site.entity_types)
+        if cfg["data.max-train-instances"]:
+            train_instances = stable_subset(train_instances, cfg["data.max-train-instances"])
+        train, _ = encode_all(tokenizer, training_pairs(train_instances), cfg["train.max-length"])
+        if not train:
+            raise ValueError(f"{folder}: no training instances fit train.max-length={cfg['train.max-length']}")
+        val_instances = stable_subset(
+            ner_instances(site.splits["validation"], site.entity_types), cfg["eval.max-instances"]
+        )
+        evaluator = InstanceEvaluator(
+            tokenizer, val_instances, cfg["train.max-length"], cfg["eval.max-new-tokens"], cfg["eval.batch-size"]
+        )
+        log.info("site %s: %d training and %d validation instances (types: %s)",
+                 site.name, len(train), len(val_instances), ", ".join(site.entity_types))
+        _sites[key] = SiteRuntime(site, train, evaluator)
+    return _sites[key]

@@ -1,0 +1,2 @@
+"""The task: sentence segmentation, instruction format, output parsing, alignment and
+strict/lenient scoring for generative clinical entity extraction."""

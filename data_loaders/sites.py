@@ -1,0 +1,152 @@
+"""One site's data: its ``site.json`` (what it annotates), its BRAT notes, their splits;
+and where the synthetic demo corpus lives."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from clinical_ie.schema import check_types
+from data_loaders.brat import read_brat_folder
+from data_loaders.document import Document
+from data_loaders.splits import split_documents
+from data_loaders.synthetic import SITE_FILE, corpus_is_current, generate_corpus
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SiteData:
+    name: str
+    data_dir: Path
+    entity_types: tuple[str, ...]
+    relation_types: tuple[str, ...]
+    splits: dict[str, list[Document]]
+
+
+def _string_list(config: dict, key: str, path: Path, allow_empty: bool) -> tuple[str, ...]:
+    if key not in config:
+        raise ValueError(f"{path}: key {key!r} is missing; expected a list of type names")
+    value = config[key]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError(f"{path}: key {key!r} must be a list of non-empty strings")
+    if not value and not allow_empty:
+        raise ValueError(f"{path}: key {key!r} is empty; expected at least one type")
+    duplicates = sorted({v for v in value if value.count(v) > 1})
+    if duplicates:
+        raise ValueError(f"{path}: key {key!r} lists {duplicates} more than once")
+    return tuple(value)
+
+
+def _read_site_json(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found; expected a JSON object with 'name', 'entity_types' and "
+            "'relation_types'"
+        )
+    try:
+        with open(path, encoding="utf-8") as handle:
+            config = json.load(handle)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}:{error.lineno}: invalid JSON: {error.msg}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a JSON object at the top level")
+    return config
+
+
+def _check_documents(docs: list[Document], site: SiteData, site_json: Path) -> None:
+    """Every annotation must be of a type the site declares: anything else is a data error."""
+    for doc in docs:
+        where = site.data_dir / f"{doc.doc_id}.ann"
+        for ent in doc.entities:
+            if ent.type not in site.entity_types:
+                raise ValueError(
+                    f"{where}: entity {ent.id} has type {ent.type!r}, which {site_json} does "
+                    f"not list in 'entity_types' {list(site.entity_types)}"
+                )
+        for rel in doc.relations:
+            if rel.type not in site.relation_types:
+                raise ValueError(
+                    f"{where}: relation {rel.id} has type {rel.type!r}, which {site_json} "
+                    f"does not list in 'relation_types' {list(site.relation_types)}"
+                )
+
+
+def load_site(data_dir: Path, name: str | None = None) -> SiteData:
+    """Read a site folder (``site.json`` + BRAT ``.txt``/``.ann``) and split it.
+
+    ``name`` overrides the name in ``site.json`` (e.g. from a SuperNode's config).
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"site data folder {data_dir} does not exist")
+    site_json = data_dir / SITE_FILE
+    config = _read_site_json(site_json)
+    if name is None:
+        name = config.get("name")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{site_json}: key 'name' is missing or empty; expected a string")
+    entity_types = _string_list(config, "entity_types", site_json, allow_empty=False)
+    check_types(entity_types, f"{site_json}: key 'entity_types'")
+    relation_types = _string_list(config, "relation_types", site_json, allow_empty=True)
+    docs = read_brat_folder(data_dir)
+    if not docs:
+        raise ValueError(f"site data folder {data_dir} holds no documents (*.txt)")
+    site = SiteData(name, data_dir, entity_types, relation_types, {})
+    _check_documents(docs, site, site_json)
+    site.splits = split_documents(docs)
+    logger.info(
+        "site %s: %s documents (train/validation/test)", name,
+        "/".join(str(len(site.splits[k])) for k in ("train", "validation", "test")),
+    )
+    return site
+
+
+def demo_corpus_dir() -> Path:
+    """Where the generated demo corpus lives: ``$FEDMEDLORA_CACHE/demo-corpus``."""
+    cache = os.environ.get("FEDMEDLORA_CACHE") or str(Path.home() / ".cache" / "fedmedlora")
+    return Path(cache).expanduser() / "demo-corpus"
+
+
+def ensure_demo_corpus(seed: int = 0) -> Path:
+    """Generate the demo corpus at :func:`demo_corpus_dir` unless it is already there.
+
+    Safe when several processes (simulated SuperNodes) call it at once: each writes a
+    private sibling folder and renames it into place; a loser uses the winner's corpus.
+    """
+    target = demo_corpus_dir()
+    if corpus_is_current(target, seed):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        generate_corpus(tmp, seed=seed)
+        if target.exists() and not corpus_is_current(target, seed):
+            _move_aside(target)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            # Another process renamed its copy first (the target is now non-empty).
+            if not corpus_is_current(target, seed):
+                raise
+            logger.debug("another process generated %s first", target)
+        else:
+            logger.info("generated the demo corpus at %s", target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _move_aside(stale: Path) -> None:
+    """Move a stale corpus out of the way, then delete it (rename first: it is atomic)."""
+    trash = Path(tempfile.mkdtemp(prefix=f".{stale.name}.old-", dir=stale.parent))
+    try:
+        os.rename(stale, trash / stale.name)
+    except FileNotFoundError:
+        pass  # another process moved it already
+    shutil.rmtree(trash, ignore_errors=True)

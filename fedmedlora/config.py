@@ -1,0 +1,149 @@
+"""The run configuration: every knob, its type, default and valid values, in one table.
+
+`pyproject.toml`'s `[tool.flwr.app.config]` holds the defaults that Flower distributes;
+this table validates what arrives (from there, `--run-config`, or a CLI) before any
+work starts, so a typo stops a run with the valid choices listed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from modeling.base import DTYPE_CHOICES, EMBEDDED_DEFAULT, QUANTIZATION_CHOICES
+from modeling.lora import PAPER_TARGET_MODULES, LoraSettings
+from modeling.training import SCHEDULER_CHOICES, TrainSettings
+
+
+@dataclass(frozen=True)
+class Key:
+    type: type
+    default: Any
+    help: str
+    choices: tuple[Any, ...] | None = None
+
+
+KEYS: dict[str, Key] = {
+    "num-server-rounds": Key(int, 3, "federated rounds"),
+    "output-dir": Key(str, "outputs", "folder for run outputs (resolved to an absolute path)"),
+    "run-name": Key(str, "", "name of this run's folder under output-dir; empty = date and time"),
+    "seed": Key(int, 0, "seed of the initial adapter and data order"),
+    "model.name": Key(str, EMBEDDED_DEFAULT, "base model: the embedded default, a checkpoint folder or a Hub id"),
+    "model.dtype": Key(str, "auto", "compute dtype; auto = bf16/fp16 on CUDA, fp32 on CPU", DTYPE_CHOICES),
+    "quantization": Key(str, "auto", "base weights: auto = 4bit on CUDA, none on CPU", QUANTIZATION_CHOICES),
+    "lora.r": Key(int, 16, "LoRA rank"),
+    "lora.alpha": Key(int, 64, "LoRA alpha"),
+    "lora.dropout": Key(float, 0.05, "LoRA dropout"),
+    "lora.target-modules": Key(str, ",".join(PAPER_TARGET_MODULES), "comma-separated module names"),
+    "train.learning-rate": Key(float, 2e-4, "peak learning rate"),
+    "train.batch-size": Key(int, 4, "instances per step"),
+    "train.local-epochs": Key(float, 2.0, "local epochs per round"),
+    "train.max-steps": Key(int, 0, "cap on local steps per round; 0 = no cap"),
+    "train.warmup-ratio": Key(float, 0.05, "share of all steps spent warming up"),
+    "train.lr-scheduler": Key(str, "cosine", "learning-rate schedule across all rounds", SCHEDULER_CHOICES),
+    "train.max-grad-norm": Key(float, 1.0, "gradient clipping; 0 = none"),
+    "train.max-length": Key(int, 384, "longest instance in tokens; longer ones are dropped"),
+    "strategy.name": Key(str, "fedmedlora", "aggregation strategy: a registered name or package.module:Class"),
+    "strategy.temperature": Key(float, 1.0, "Fed-MedLoRA+: weights exp((1 - L_k) / T)"),
+    "strategy.size-weighted": Key(bool, False, "Fed-MedLoRA+: also multiply weights by n_k"),
+    "strategy.min-sites": Key(int, 3, "sites that must be connected and reply for a round"),
+    "strategy.fraction-train": Key(float, 1.0, "share of connected sites sampled per round"),
+    "strategy.round-timeout": Key(float, 3600.0, "seconds to wait for replies in a round"),
+    "data.root": Key(str, "", "folder holding one sub-folder per site; empty = the generated demo corpus"),
+    "data.sites": Key(str, "site-a,site-b,site-c", "simulation: site folder for each partition-id"),
+    "data.server-validation": Key(str, "", "coordinator's validation folder; empty = demo coordinator set"),
+    "data.max-train-instances": Key(int, 0, "cap on training instances per site; 0 = all"),
+    "eval.max-instances": Key(int, 32, "validation instances scored by generation per evaluation; 0 = all"),
+    "eval.max-new-tokens": Key(int, 96, "generation budget per answer"),
+    "eval.batch-size": Key(int, 16, "prompts generated together"),
+}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _coerce(key: str, value: Any, spec: Key) -> Any:
+    if spec.type is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if spec.type is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if spec.type is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if not isinstance(value, spec.type) or isinstance(value, bool):
+        raise ConfigError(f"{key}: expected {spec.type.__name__}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def validate(run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """Check keys, types and choices; return the full config with defaults filled in."""
+    unknown = sorted(set(run_config) - set(KEYS))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {unknown}; valid keys are {sorted(KEYS)}")
+    values = {}
+    for key, spec in KEYS.items():
+        value = _coerce(key, run_config.get(key, spec.default), spec)
+        if spec.choices is not None and value not in spec.choices:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(spec.choices)}")
+        values[key] = value
+    if values["num-server-rounds"] < 1:
+        raise ConfigError("num-server-rounds: expected an integer >= 1")
+    if values["strategy.min-sites"] < 1:
+        raise ConfigError("strategy.min-sites: expected an integer >= 1")
+    if not 0 < values["strategy.fraction-train"] <= 1:
+        raise ConfigError("strategy.fraction-train: expected a number in (0, 1]")
+    if values["strategy.temperature"] <= 0:
+        raise ConfigError("strategy.temperature: expected a number > 0")
+    for key in ("eval.max-instances", "data.max-train-instances"):
+        if values[key] < 0:
+            raise ConfigError(f"{key}: expected an integer >= 0")
+    _check_strategy_name(values["strategy.name"])
+    # Constructing the settings objects runs their own range checks.
+    lora_settings(values)
+    train_settings(values)
+    return values
+
+
+def _check_strategy_name(name: str) -> None:
+    from strategies.registry import strategy_class
+
+    try:
+        strategy_class(name)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+
+
+def lora_settings(cfg: Mapping[str, Any]) -> LoraSettings:
+    modules = tuple(m.strip() for m in cfg["lora.target-modules"].split(",") if m.strip())
+    try:
+        return LoraSettings(
+            r=cfg["lora.r"], alpha=cfg["lora.alpha"], dropout=cfg["lora.dropout"], target_modules=modules
+        )
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+
+
+def train_settings(cfg: Mapping[str, Any]) -> TrainSettings:
+    try:
+        return TrainSettings(
+            learning_rate=cfg["train.learning-rate"],
+            batch_size=cfg["train.batch-size"],
+            local_epochs=cfg["train.local-epochs"],
+            max_steps=cfg["train.max-steps"],
+            warmup_ratio=cfg["train.warmup-ratio"],
+            lr_scheduler=cfg["train.lr-scheduler"],
+            max_grad_norm=cfg["train.max-grad-norm"],
+            max_length=cfg["train.max-length"],
+            seed=cfg["seed"],
+        )
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+
+
+def site_names(cfg: Mapping[str, Any]) -> list[str]:
+    names = [s.strip() for s in cfg["data.sites"].split(",") if s.strip()]
+    if not names:
+        raise ConfigError("data.sites: expected at least one site folder name")
+    return names

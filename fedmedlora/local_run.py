@@ -1,0 +1,114 @@
+"""Run `flwr run` on Flower's simulation engine and leave nothing running afterwards.
+
+`flwr run .` on the local connection starts a detached SuperLink that outlives the
+command and does not report its process id. We give every run its own FLWR_HOME, so
+the SuperLink's command line names it, and stop exactly that process group when the
+run ends. Runtime dependency installation is disabled: the SuperLink runs the app in
+the environment that is already installed instead of building a fresh one per run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def run_config_arg(overrides: dict) -> str:
+    return " ".join(f"{k}={_toml_value(v)}" for k, v in overrides.items())
+
+
+def superlink_pids(flwr_home: Path) -> list[int]:
+    """Processes whose command line names this FLWR_HOME (the SuperLink we started)."""
+    marker = str(flwr_home.resolve())
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmdline and "superlink" in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def stop_superlink(flwr_home: Path, grace: float = 10.0) -> list[int]:
+    """Stop the SuperLink started under `flwr_home`, with its process group (the
+    simulation and ServerApp processes it spawned). Returns the pids it stopped."""
+    pids = superlink_pids(flwr_home)
+    groups = set()
+    for pid in pids:
+        try:
+            groups.add(os.getpgid(pid))
+        except ProcessLookupError:
+            pass
+    for group in groups:
+        try:
+            os.killpg(group, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.2)
+    for group in groups:
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is gone for our purposes
+    try:
+        return (Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]) != "Z"
+    except OSError:
+        return False
+
+
+def flwr_run(
+    app_dir: Path,
+    flwr_home: Path,
+    overrides: dict | None = None,
+    num_supernodes: int = 3,
+    http_port: int = 39091,
+    control_port: int = 39093,
+    timeout: float | None = None,
+    stdout=None,
+) -> int:
+    """`flwr run <app_dir> --stream` on a private local SuperLink; returns flwr's exit code."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.update({
+        "FLWR_HOME": str(flwr_home.resolve()),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(http_port),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(control_port),
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+    })
+    command = [str(Path(sys.executable).with_name("flwr")), "run", str(app_dir), "--stream",
+               "--federation-config", f"num-supernodes={num_supernodes}"]
+    if overrides:
+        command += ["--run-config", run_config_arg(overrides)]
+    try:
+        return subprocess.run(command, env=env, cwd=app_dir, timeout=timeout, stdout=stdout,
+                              stderr=subprocess.STDOUT if stdout else None).returncode
+    finally:
+        stop_superlink(flwr_home)

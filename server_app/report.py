@@ -1,0 +1,79 @@
+"""Per-round progress for the coordinator's console and `metrics.jsonl`: who trained on
+how much, their losses and F1, and the bytes each site sent and received."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class RoundReporter:
+    def __init__(self, strategy, adapter_bytes: int, full_model_bytes: int, num_rounds: int) -> None:
+        self.strategy = strategy
+        self.adapter_bytes = adapter_bytes
+        self.full_model_bytes = full_model_bytes
+        self.num_rounds = num_rounds
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self.site_rounds = 0
+
+    def round_record(self, server_round: int, server_metrics: dict[str, float]) -> dict[str, Any]:
+        record: dict[str, Any] = {"round": server_round, "coordinator": server_metrics}
+        if server_round == 0:
+            log.info("round 0 (zero-shot, initial adapter): coordinator val-loss %.4f, strict-f1 %.3f, "
+                     "lenient-f1 %.3f", server_metrics["val-loss"], server_metrics["strict-f1"],
+                     server_metrics["lenient-f1"])
+            return record
+        train = getattr(self.strategy, "last_train_report", None)
+        evaluated = dict(getattr(self.strategy, "last_evaluate_report", None) or [])
+        sites = []
+        lines = [f"round {server_round}/{self.num_rounds}:",
+                 f"  {'site':<14}{'examples':>9}{'weight':>8}{'train-loss':>11}{'val-loss':>9}"
+                 f"{'strict-f1':>10}{'lenient-f1':>11}{'up MB':>8}{'down MB':>8}"]
+        for update in (train.updates if train else []):
+            ev = evaluated.get(update.site, {})
+            down = self.adapter_bytes * (2 if ev else 1)  # train message, plus evaluate message
+            self.bytes_up += update.bytes_up
+            self.bytes_down += down
+            self.site_rounds += 1
+            sites.append({"site": update.site, "num-examples": update.num_examples, "weight": update.weight,
+                          "train": update.metrics, "evaluate": ev, "bytes-up": update.bytes_up,
+                          "bytes-down": down})
+            lines.append(
+                f"  {update.site:<14}{update.num_examples:>9}{update.weight:>8.3f}"
+                f"{update.metrics.get('train-loss', float('nan')):>11.4f}{ev.get('val-loss', float('nan')):>9.4f}"
+                f"{ev.get('strict-f1', float('nan')):>10.3f}{ev.get('lenient-f1', float('nan')):>11.3f}"
+                f"{update.bytes_up / 1e6:>8.2f}{down / 1e6:>8.2f}")
+        for site, reason in (train.rejected if train else []):
+            lines.append(f"  {site:<14} rejected: {reason}")
+        lines.append(f"  coordinator validation: val-loss {server_metrics['val-loss']:.4f}, strict-f1 "
+                     f"{server_metrics['strict-f1']:.3f}, lenient-f1 {server_metrics['lenient-f1']:.3f}")
+        lines.append(f"  communication per site: {self.adapter_bytes / 1e6:.2f} MB up, "
+                     f"{100 * self.adapter_bytes / self.full_model_bytes:.2f}% of a full-model update "
+                     f"({self.full_model_bytes / 1e6:.0f} MB in bf16)")
+        log.info("\n".join(lines))
+        record["sites"] = sites
+        record["rejected"] = [{"site": s, "reason": r} for s, r in (train.rejected if train else [])]
+        if train and train.extra:
+            record["strategy"] = train.extra
+        return record
+
+    def totals(self) -> dict[str, Any]:
+        per_site_round = self.adapter_bytes
+        return {
+            "adapter-bytes": self.adapter_bytes,
+            "full-model-bytes-bf16": self.full_model_bytes,
+            "bytes-up-total": self.bytes_up,
+            "bytes-down-total": self.bytes_down,
+            "site-rounds": self.site_rounds,
+            "upload-ratio-to-full-model": per_site_round / self.full_model_bytes,
+            "upload-reduction-percent": 100 * (1 - per_site_round / self.full_model_bytes),
+        }
+
+    def log_totals(self) -> None:
+        t = self.totals()
+        log.info("communication: %.2f MB up and %.2f MB down over %d site-rounds; each upload is %.2f%% "
+                 "of a full-model update (%.1f%% less)", t["bytes-up-total"] / 1e6, t["bytes-down-total"] / 1e6,
+                 t["site-rounds"], 100 * t["upload-ratio-to-full-model"], t["upload-reduction-percent"])

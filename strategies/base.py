@@ -1,0 +1,395 @@
+"""LoraFedAvg: FedAvg for LoRA adapters that screens every site update before averaging.
+
+Flower's FedAvg raises for the whole round when one reply is malformed. Here each reply is
+checked on its own against the global adapter's keys and shapes; a bad one is rejected
+(logged, and named in the round's report) and the round goes on with the others. The
+average itself goes through one overridable hook, `aggregation_weights`, so a strategy
+that only changes how sites are weighted (Fed-MedLoRA+) overrides that and nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from logging import INFO, WARNING
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg, Result
+
+from modeling.adapter_io import arrayrecord_nbytes, from_arrayrecord
+
+# Weights must sum to one up to this much float64 rounding.
+WEIGHT_SUM_TOLERANCE = 1e-6
+
+Metrics = dict[str, float | list[float]]
+
+
+@dataclass
+class SiteUpdate:
+    """One accepted site update, as the round report shows it."""
+
+    node_id: int
+    site: str
+    num_examples: float
+    weight: float
+    metrics: Metrics
+    bytes_up: int
+
+
+@dataclass
+class RoundReport:
+    """What `aggregate_train` did in one round: accepted updates, rejections, extras."""
+
+    server_round: int
+    updates: list[SiteUpdate] = field(default_factory=list)
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # (site, reason)
+    extra: dict[str, Any] = field(default_factory=dict)  # strategy-specific, JSON-ready
+
+
+@dataclass
+class SiteCandidate:
+    """A reply that passed the checks, decoded; input of `aggregation_weights`."""
+
+    node_id: int
+    site: str
+    num_examples: float
+    state: OrderedDict[str, np.ndarray]  # in the expected key order
+    metrics: MetricRecord
+    bytes_up: int
+    rejected: str | None = None  # set through `LoraFedAvg.reject`
+
+
+class UpdateRejected(ValueError):
+    """A site update failed a check; the message is the reason."""
+
+
+class LoraFedAvg(FedAvg):
+    """FedAvg over LoRA adapters with per-reply screening and a weighting hook.
+
+    Sampling, `configure_train` and `configure_evaluate` are FedAvg's. `aggregate_train`
+    checks each reply against the expected adapter (exactly one ArrayRecord with exactly the
+    expected keys and shapes, float dtype, finite values; exactly one MetricRecord whose
+    `weighted_by_key` is a number > 0), rejects failing replies and error replies, and
+    averages the rest per tensor in float64 with the weights of `aggregation_weights`.
+    The default weights are proportional to `num-examples` (Fed-MedLoRA). The result is
+    the same for the same replies in any order. What happened is kept in
+    `last_train_report` and `last_evaluate_report` for the server's report.
+
+    Parameters
+    ----------
+    expected_shapes : Mapping[str, Sequence[int]] | None (default: None)
+        Keys and shapes of the global adapter, in the order the aggregate is returned.
+        May be set later with `set_expected`; if still unset when `start` runs, it is
+        taken from `initial_arrays`.
+    **fedavg_kwargs
+        Passed to FedAvg (`fraction_train`, `min_train_nodes`, `min_available_nodes`,
+        `weighted_by_key`, ...); see `flwr.serverapp.strategy.FedAvg`.
+    """
+
+    invariants: tuple[str, ...] = ("weights-sum-to-one",)
+
+    def __init__(
+        self,
+        expected_shapes: Mapping[str, Sequence[int]] | None = None,
+        **fedavg_kwargs: Any,
+    ) -> None:
+        super().__init__(**fedavg_kwargs)
+        self.expected_shapes: OrderedDict[str, tuple[int, ...]] | None = None
+        if expected_shapes is not None:
+            self.set_expected(expected_shapes)
+        self.last_train_report: RoundReport | None = None
+        self.last_evaluate_report: list[tuple[str, Metrics]] = []
+
+    @classmethod
+    def from_run_config(
+        cls,
+        cfg: Mapping[str, Any],
+        expected_shapes: Mapping[str, Sequence[int]],
+        validation_loss: Callable[[dict[str, np.ndarray]], float] | None = None,
+        **fedavg_kwargs: Any,
+    ) -> LoraFedAvg:
+        """Build from the run config (`strategy.*` keys); this class reads none of them."""
+        del cfg, validation_loss  # plain averaging needs neither
+        return cls(expected_shapes=expected_shapes, **fedavg_kwargs)
+
+    def set_expected(self, shapes: Mapping[str, Sequence[int]]) -> None:
+        """Set the keys and shapes every update must have."""
+        if not shapes:
+            raise ValueError("expected adapter shapes: got no tensors")
+        self.expected_shapes = OrderedDict((str(k), tuple(int(d) for d in v)) for k, v in shapes.items())
+
+    def summary(self) -> None:
+        """Log summary configuration of the strategy."""
+        super().summary()
+        if self.expected_shapes is not None:
+            numel = sum(math.prod(s) for s in self.expected_shapes.values())
+            log(INFO, "\t└──> Adapter: %d tensors, %d parameters", len(self.expected_shapes), numel)
+
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, *args: Any, **kwargs: Any) -> Result:
+        """Run the federation (FedAvg's loop); the initial adapter fixes the expected shapes if unset."""
+        if self.expected_shapes is None:
+            self.set_expected({k: tuple(initial_arrays[k].shape) for k in initial_arrays.keys()})
+        return super().start(grid, initial_arrays, *args, **kwargs)
+
+    # --- training ---------------------------------------------------------------------
+
+    def aggregate_train(
+        self,
+        server_round: int,
+        replies: Iterable[Message],
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Screen the replies, weight the accepted updates and average them per tensor."""
+        if self.expected_shapes is None:
+            raise RuntimeError(
+                f"{type(self).__name__}: the expected adapter shapes are not set; pass "
+                "expected_shapes or call set_expected() before aggregating"
+            )
+        self.last_train_report = RoundReport(server_round=server_round)
+        candidates: list[SiteCandidate] = []
+        replies = list(replies)
+        for msg in replies:
+            site = site_label(msg)
+            if msg.has_error():
+                self._record_rejection(
+                    server_round, site, f"error reply (code {msg.error.code}): {msg.error.reason}"
+                )
+                continue
+            try:
+                candidates.append(self.check_reply(msg, site))
+            except UpdateRejected as err:
+                self._record_rejection(server_round, site, str(err))
+        log(INFO, "aggregate_train: %d of %d replies accepted", len(candidates), len(replies))
+
+        candidates = canonical_order(candidates)
+        weights = self.aggregation_weights(server_round, candidates) if candidates else []
+        accepted, weights = self._drop_rejected(candidates, weights)
+        self.last_train_report.rejected.sort()  # independent of arrival order
+        if not accepted:
+            log(WARNING, "round %d: no valid update; the global adapter is unchanged", server_round)
+            return None, None
+
+        arrays = self.weighted_average(accepted, weights)
+        metrics = self._aggregate_train_metrics(accepted)
+        self.last_train_report.updates = [
+            SiteUpdate(
+                node_id=c.node_id,
+                site=c.site,
+                num_examples=c.num_examples,
+                weight=w,
+                metrics=metric_dict([c.metrics]),
+                bytes_up=c.bytes_up,
+            )
+            for c, w in zip(accepted, weights, strict=True)
+        ]
+        return arrays, metrics
+
+    def check_reply(self, msg: Message, site: str) -> SiteCandidate:
+        """Decode one content reply, or raise UpdateRejected naming what is wrong."""
+        assert self.expected_shapes is not None
+        content = msg.content
+        if len(content.array_records) != 1:
+            raise UpdateRejected(f"expected exactly one ArrayRecord, found {len(content.array_records)}")
+        record = next(iter(content.array_records.values()))
+
+        missing = [k for k in self.expected_shapes if k not in record]
+        unexpected = [k for k in record.keys() if k not in self.expected_shapes]
+        if missing or unexpected:
+            raise UpdateRejected(
+                f"adapter keys differ: missing {_first(missing)}, unexpected {_first(unexpected)}"
+            )
+        # Metadata checks first: they cost nothing, decoding the tensors does.
+        for key, shape in self.expected_shapes.items():
+            array = record[key]
+            if tuple(array.shape) != shape:
+                raise UpdateRejected(f"{key} has shape {tuple(array.shape)}, expected {shape}")
+            if not _is_float_dtype(array.dtype):
+                raise UpdateRejected(f"{key} has dtype {array.dtype}, expected a float dtype")
+        num_examples, metrics = self._check_metrics(content)
+
+        try:
+            decoded = from_arrayrecord(record)
+        except Exception as err:  # noqa: BLE001 - any decoding failure is the reply's fault
+            raise UpdateRejected(f"arrays cannot be decoded ({type(err).__name__}: {err})") from err
+        state: OrderedDict[str, np.ndarray] = OrderedDict()
+        for key in self.expected_shapes:
+            values = decoded[key]
+            finite = np.isfinite(values)
+            if not finite.all():
+                bad = int(values.size - np.count_nonzero(finite))
+                raise UpdateRejected(f"{key} has {bad} non-finite value(s)")
+            state[key] = values
+        return SiteCandidate(
+            node_id=msg.metadata.src_node_id,
+            site=site,
+            num_examples=num_examples,
+            state=state,
+            metrics=metrics,
+            bytes_up=arrayrecord_nbytes(record),
+        )
+
+    def _check_metrics(self, content: RecordDict) -> tuple[float, MetricRecord]:
+        key = self.weighted_by_key
+        if len(content.metric_records) != 1:
+            raise UpdateRejected(f"expected exactly one MetricRecord, found {len(content.metric_records)}")
+        metrics = next(iter(content.metric_records.values()))
+        if key not in metrics:
+            raise UpdateRejected(f"MetricRecord has no '{key}'")
+        value = metrics[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UpdateRejected(f"'{key}' must be a single number, got {type(value).__name__}")
+        if not math.isfinite(value) or value <= 0:
+            raise UpdateRejected(f"'{key}' must be > 0, got {value}")
+        return value, metrics
+
+    def aggregation_weights(self, server_round: int, accepted: list[SiteCandidate]) -> list[float]:
+        """One weight per candidate: non-negative, summing to one. Default: n_k / sum(n).
+
+        A strategy may reject a candidate here with `self.reject(candidate, reason)` and
+        give it weight 0; the weights of the others must still sum to one.
+        """
+        del server_round
+        total = math.fsum(c.num_examples for c in accepted)
+        return [c.num_examples / total for c in accepted]
+
+    def reject(self, candidate: SiteCandidate, reason: str) -> None:
+        """Reject a screened candidate from inside `aggregation_weights`."""
+        candidate.rejected = reason
+        server_round = self.last_train_report.server_round if self.last_train_report else 0
+        self._record_rejection(server_round, candidate.site, reason)
+
+    def weighted_average(self, accepted: list[SiteCandidate], weights: list[float]) -> ArrayRecord:
+        """sum_k w_k * state_k per tensor, in float64, returned as float32."""
+        assert self.expected_shapes is not None
+        averaged: dict[str, Array] = {}
+        for key, shape in self.expected_shapes.items():
+            total = np.zeros(shape, dtype=np.float64)
+            for candidate, weight in zip(accepted, weights, strict=True):
+                total += candidate.state[key].astype(np.float64) * weight
+            averaged[key] = Array(total.astype(np.float32))
+        return ArrayRecord(averaged)
+
+    def _drop_rejected(
+        self, candidates: list[SiteCandidate], weights: Sequence[float]
+    ) -> tuple[list[SiteCandidate], list[float]]:
+        """Check the hook's weights and keep the candidates it did not reject."""
+        name = f"{type(self).__name__}.aggregation_weights"
+        weights = [float(w) for w in weights]
+        if len(weights) != len(candidates):
+            raise ValueError(f"{name} returned {len(weights)} weights for {len(candidates)} updates")
+        if any(not math.isfinite(w) or w < 0 for w in weights):
+            raise ValueError(f"{name} returned weights that are negative or not finite: {weights}")
+        kept = [(c, w) for c, w in zip(candidates, weights, strict=True) if c.rejected is None]
+        if any(w != 0 for c, w in zip(candidates, weights, strict=True) if c.rejected is not None):
+            raise ValueError(f"{name} gave a rejected update a non-zero weight: {weights}")
+        if kept and abs(math.fsum(w for _, w in kept) - 1.0) > WEIGHT_SUM_TOLERANCE:
+            raise ValueError(f"{name} returned weights that do not sum to one: {weights}")
+        return [c for c, _ in kept], [w for _, w in kept]
+
+    def _aggregate_train_metrics(self, accepted: list[SiteCandidate]) -> MetricRecord:
+        """Weighted average of the metrics every accepted site reported."""
+        common = _common_metric_keys([c.metrics for c in accepted])
+        dropped = sorted({k for c in accepted for k in c.metrics.keys()} - set(common))
+        if dropped:
+            log(INFO, "aggregate_train: metric(s) %s not reported alike by every site; left out", dropped)
+        records = [
+            RecordDict({"metrics": MetricRecord({k: c.metrics[k] for k in common})}) for c in accepted
+        ]
+        return self.train_metrics_aggr_fn(records, self.weighted_by_key)
+
+    def _record_rejection(self, server_round: int, site: str, reason: str) -> None:
+        log(WARNING, "round %d: update from site %s rejected: %s", server_round, site, reason)
+        if self.last_train_report is not None:
+            self.last_train_report.rejected.append((site, reason))
+
+    # --- evaluation -------------------------------------------------------------------
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """FedAvg's aggregation over the content replies; per-site metrics kept for the report."""
+        content_replies = []
+        for msg in replies:
+            if msg.has_error():
+                log(
+                    WARNING,
+                    "round %d: evaluation by site %s failed (code %d): %s",
+                    server_round,
+                    site_label(msg),
+                    msg.error.code,
+                    msg.error.reason,
+                )
+            else:
+                content_replies.append(msg)
+        # A fixed order keeps the float sums, and so the result, independent of arrival order.
+        content_replies.sort(key=lambda m: (site_label(m), m.metadata.src_node_id))
+        self.last_evaluate_report = [
+            (site_label(m), metric_dict(m.content.metric_records.values())) for m in content_replies
+        ]
+        return super().aggregate_evaluate(server_round, content_replies)
+
+
+def site_label(msg: Message) -> str:
+    """The site's name from the reply's `site` ConfigRecord, else `node <id>`."""
+    if msg.has_content():
+        record = msg.content.config_records.get("site")
+        if isinstance(record, ConfigRecord) and record.get("name") not in (None, ""):
+            return str(record["name"])
+    return f"node {msg.metadata.src_node_id}"
+
+
+def metric_dict(records: Iterable[MetricRecord]) -> Metrics:
+    """Plain-Python copy of MetricRecords (floats, or lists of floats)."""
+    out: Metrics = {}
+    for record in records:
+        for key, value in record.items():
+            out[key] = [float(v) for v in value] if isinstance(value, list) else float(value)
+    return out
+
+
+def canonical_order(candidates: list[SiteCandidate]) -> list[SiteCandidate]:
+    """Sort by site and node; the float sums then do not depend on arrival order."""
+    keys = [(c.site, c.node_id) for c in candidates]
+    if len(set(keys)) == len(keys):
+        return [c for _, c in sorted(zip(keys, candidates, strict=True), key=lambda p: p[0])]
+    # Duplicate (site, node): break ties by content so the order is still fixed.
+    return sorted(candidates, key=lambda c: (c.site, c.node_id, c.num_examples, _digest(c)))
+
+
+def _digest(candidate: SiteCandidate) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for key, values in candidate.state.items():
+        h.update(key.encode())
+        h.update(np.ascontiguousarray(values).tobytes())
+    return h.hexdigest()
+
+
+def _common_metric_keys(records: list[MetricRecord]) -> list[str]:
+    """Keys every record has, with values of one kind (number, or list of one length)."""
+    first = records[0]
+    common = []
+    for key in first.keys():
+        kinds = {_metric_kind(r[key]) if key in r else None for r in records}
+        if len(kinds) == 1 and None not in kinds:
+            common.append(key)
+    return common
+
+
+def _metric_kind(value: Any) -> str:
+    return f"list{len(value)}" if isinstance(value, list) else "scalar"
+
+
+def _is_float_dtype(dtype: str) -> bool:
+    try:
+        return np.dtype(dtype).kind == "f"
+    except TypeError:
+        return False
+
+
+def _first(keys: list[str], n: int = 3) -> str:
+    shown = ", ".join(keys[:n])
+    return f"[{shown}{', ...' if len(keys) > n else ''}]"

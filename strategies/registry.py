@@ -1,0 +1,60 @@
+"""Strategy names -> classes: the plugin point of `strategy.name`.
+
+A strategy module registers its class with `@register("name")`; a strategy outside
+this package is named as `package.module:Class` and imported on demand.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import TypeVar
+
+from flwr.serverapp.strategy import Strategy
+
+STRATEGIES: dict[str, type[Strategy]] = {}
+
+S = TypeVar("S", bound=type[Strategy])
+
+
+def register(name: str) -> Callable[[S], S]:
+    """Class decorator: make the strategy available as `strategy.name = name`."""
+
+    def decorate(cls: S) -> S:
+        if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+            raise TypeError(f"register({name!r}): {cls!r} is not a subclass of flwr's Strategy")
+        if STRATEGIES.get(name, cls) is not cls:
+            raise ValueError(f"register({name!r}): name already taken by {STRATEGIES[name].__qualname__}")
+        STRATEGIES[name] = cls
+        return cls
+
+    return decorate
+
+
+def available_strategies() -> list[str]:
+    """The registered names, sorted."""
+    return sorted(STRATEGIES)
+
+
+def strategy_class(name: str) -> type[Strategy]:
+    """The class for a registered name or a `package.module:Class` path."""
+    if name in STRATEGIES:
+        return STRATEGIES[name]
+    if ":" not in name:
+        raise ValueError(
+            f"strategy.name: unknown strategy {name!r}; registered strategies are "
+            f"{available_strategies()}, or give 'package.module:Class'"
+        )
+    module_name, _, qualname = name.partition(":")
+    try:
+        obj: object = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ValueError(f"strategy.name: cannot import {name!r} ({type(err).__name__}: {err})") from err
+    if not (isinstance(obj, type) and issubclass(obj, Strategy)):
+        raise ValueError(
+            f"strategy.name: {name!r} is not a strategy class (expected a subclass of "
+            "flwr.serverapp.strategy.Strategy)"
+        )
+    return obj
