@@ -16,6 +16,7 @@ from flwr.clientapp import ClientApp
 
 from fedmedlora import protocol
 from fedmedlora.config import ConfigError, lora_settings, train_settings, validate
+from fedmedlora.logs import setup_logging
 from modeling.adapter_io import from_arrayrecord, get_adapter_state, set_adapter_state, to_arrayrecord
 from modeling.training import train_round
 
@@ -53,6 +54,7 @@ def _report_safely(handler):
 
 
 def _prepare(msg: Message, context: Context):
+    setup_logging()
     cfg = validate(context.run_config)
     runtime = model_runtime(cfg)
     config = msg.content[protocol.CONFIG]

@@ -16,7 +16,7 @@ import torch
 from clinical_ie.evaluate import InstanceEvaluator, ner_instances, stable_subset, training_pairs
 from data_loaders.sites import SiteData, ensure_demo_corpus, load_site
 from fedmedlora.config import ConfigError, lora_settings, site_names
-from modeling.base import ModelIdentity, load_base_model, model_identity
+from modeling.base import ModelIdentity, load_base_model, model_identity, resolve_model_path
 from modeling.lora import attach_lora
 from modeling.training import Encoded, encode_all
 
@@ -53,7 +53,7 @@ def model_runtime(cfg: Mapping[str, Any]) -> ModelRuntime:
         _use_all_cores()
         _models.clear()  # one base model per process: memory is the scarce resource
         model, tokenizer = load_base_model(cfg["model.name"], cfg["quantization"], cfg["model.dtype"])
-        peft_model = attach_lora(model, lora, seed=cfg["seed"], base_model_name=cfg["model.name"])
+        peft_model = attach_lora(model, lora, seed=cfg["seed"], base_model_name=resolve_model_path(cfg["model.name"]))
         _models[key] = ModelRuntime(peft_model, tokenizer, model_identity(cfg["model.name"]))
     return _models[key]
 

@@ -40,6 +40,9 @@ def _boundaries(text: str, start: int, end: int) -> list[int]:
             word = token.group(1).lstrip("\"'(\u201c[").lower() if token else ""
             if word in ABBREVIATIONS:
                 continue
+            # "1. Diabetes": a list marker at the start of a line, not a sentence end
+            if token and word.isdigit() and not text[start : token.start()].strip(" \t*-\u2022"):
+                continue
         cuts.append(match.end())
     return cuts
 

@@ -45,29 +45,41 @@ def superlink_pids(flwr_home: Path) -> list[int]:
     return pids
 
 
+def _children() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    return children
+
+
+def process_tree(root: int) -> list[int]:
+    """`root` and all its descendants (Flower's SuperExec, simulation, Ray workers)."""
+    children, tree, stack = _children(), [], [root]
+    while stack:
+        pid = stack.pop()
+        tree.append(pid)
+        stack += children.get(pid, [])
+    return tree
+
+
 def stop_superlink(flwr_home: Path, grace: float = 10.0) -> list[int]:
-    """Stop the SuperLink started under `flwr_home`, with its process group (the
-    simulation and ServerApp processes it spawned). Returns the pids it stopped."""
-    pids = superlink_pids(flwr_home)
-    groups = set()
-    for pid in pids:
-        try:
-            groups.add(os.getpgid(pid))
-        except ProcessLookupError:
-            pass
-    for group in groups:
-        try:
-            os.killpg(group, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
-        time.sleep(0.2)
-    for group in groups:
-        try:
-            os.killpg(group, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    """Stop the SuperLink started under `flwr_home` and every process below it.
+    Returns the pids it signalled."""
+    pids = [p for root in superlink_pids(flwr_home) for p in process_tree(root)]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(_alive(p) for p in pids):
+            time.sleep(0.2)
     return pids
 
 

@@ -27,7 +27,7 @@ def generate_answers(
     model.eval()
     device = next(p for p in model.parameters()).device
     pad_id = tokenizer.pad_token_id
-    with tqdm(total=len(order), desc=description, unit="prompt", leave=False) as bar:
+    with tqdm(total=len(order), desc=description, unit="prompt", leave=False, disable=None) as bar:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             length = max(len(encoded[i]) for i in idx)

@@ -213,7 +213,7 @@ def train_round(
     loss_sum, loss_tokens, tokens, done = 0.0, 0, 0, 0
     start = time.perf_counter()
     queue: list[list[Encoded]] = []
-    with tqdm(total=steps, desc=description, unit="step", leave=False) as bar:
+    with tqdm(total=steps, desc=description, unit="step", leave=False, disable=None) as bar:
         while done < steps:
             if not queue:
                 queue = _batches(examples, settings.batch_size, rng)

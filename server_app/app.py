@@ -16,8 +16,9 @@ from clinical_ie.evaluate import InstanceEvaluator, ner_instances, stable_subset
 from data_loaders.sites import ensure_demo_corpus, load_site
 from fedmedlora import protocol
 from fedmedlora.config import lora_settings, validate
+from fedmedlora.logs import setup_logging
 from modeling.adapter_io import arrayrecord_nbytes, from_arrayrecord, get_adapter_state, set_adapter_state, to_arrayrecord
-from modeling.base import load_base_model, model_identity
+from modeling.base import load_base_model, model_identity, resolve_model_path
 from modeling.lora import attach_lora
 
 from .outputs import RunRecorder, run_folder
@@ -27,20 +28,6 @@ from .strategy_factory import build_strategy
 log = logging.getLogger(__name__)
 
 app = ServerApp()
-
-
-def _log_to(folder: Path) -> None:
-    """Our modules log through the root logger: to the console and the run's log file."""
-    root = logging.getLogger()
-    root.setLevel(logging.INFO)
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler) for h in root.handlers):
-        console = logging.StreamHandler()
-        console.setFormatter(fmt)
-        root.addHandler(console)
-    file_handler = logging.FileHandler(folder / "coordinator.log")
-    file_handler.setFormatter(fmt)
-    root.addHandler(file_handler)
 
 
 def _validation_folder(cfg: dict[str, Any]) -> Path:
@@ -53,14 +40,14 @@ def _validation_folder(cfg: dict[str, Any]) -> Path:
 def main(grid: Grid, context: Context) -> None:
     cfg = validate(context.run_config)  # stops here, before any training, on a bad config
     folder = run_folder(cfg["output-dir"], cfg["run-name"])
-    _log_to(folder)
+    setup_logging(folder / "coordinator.log")
     log.info("run folder: %s", folder)
     torch.set_num_threads(max(1, len(__import__("os").sched_getaffinity(0))))
 
     lora = lora_settings(cfg)
     model, tokenizer = load_base_model(cfg["model.name"], cfg["quantization"], cfg["model.dtype"])
     full_model_bytes = 2 * sum(p.numel() for p in model.parameters())  # bf16 full update
-    peft_model = attach_lora(model, lora, seed=cfg["seed"], base_model_name=cfg["model.name"])
+    peft_model = attach_lora(model, lora, seed=cfg["seed"], base_model_name=resolve_model_path(cfg["model.name"]))
     identity = model_identity(cfg["model.name"])
     initial = get_adapter_state(peft_model)
 
@@ -77,7 +64,7 @@ def main(grid: Grid, context: Context) -> None:
         return loss_evaluator.loss(peft_model)
 
     strategy = build_strategy(cfg, {k: v.shape for k, v in initial.items()}, validation_loss)
-    recorder = RunRecorder(folder, lora.to_peft_config(cfg["model.name"]), {
+    recorder = RunRecorder(folder, lora.to_peft_config(resolve_model_path(cfg["model.name"])), {
         "base-model": identity.name, "base-sha256": identity.sha256, "strategy": cfg["strategy.name"],
         "run-config": cfg,
     })

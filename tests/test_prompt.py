@@ -133,3 +133,11 @@ def test_messages() -> None:
     assert TYPE_DEFINITIONS["drug"] in user and TYPE_DEFINITIONS["problem"] in user
     assert "test" not in user.split("Sentence:")[0].replace("the types above", "")
     assert user.endswith("Sentence: " + instances[1].text)
+
+
+def test_numbered_list_markers_stay_with_their_item():
+    from clinical_ie.segment import split_sentences
+
+    text = "1. Type 2 diabetes - HbA1c 8.2%, poorly controlled.\n2. CKD stage 3. Stable."
+    pieces = [text[s:e] for s, e in split_sentences(text)]
+    assert pieces == ["1. Type 2 diabetes - HbA1c 8.2%, poorly controlled.", "2. CKD stage 3.", "Stable."]
