@@ -20,7 +20,7 @@ from fedmedlora.logs import setup_logging
 from modeling.adapter_io import from_arrayrecord, get_adapter_state, set_adapter_state, to_arrayrecord
 from modeling.training import train_round
 
-from .runtime import model_runtime, site_runtime
+from .runtime import SiteDataError, model_runtime, site_runtime
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class SiteFailure(RuntimeError):
 
 
 # Our own errors name file, line or key and a reason, and no note text.
-_SAFE_TO_REPORT = (ConfigError, FileNotFoundError, protocol.BaseModelMismatch)
+_SAFE_TO_REPORT = (ConfigError, FileNotFoundError, SiteDataError, protocol.BaseModelMismatch)
 
 
 def _report_safely(handler):

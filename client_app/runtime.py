@@ -30,11 +30,30 @@ class ModelRuntime:
     identity: ModelIdentity
 
 
+class SiteDataError(ValueError):
+    """A problem with a site's data whose message names only folders and counts."""
+
+
 @dataclass
 class SiteRuntime:
     site: SiteData
     train: list[Encoded]
-    evaluator: InstanceEvaluator
+    validation: list  # Instances scored by `evaluator`
+    eval_settings: tuple[int, int, int]  # max-length, max-new-tokens, batch-size
+    tokenizer: Any
+    _evaluator: InstanceEvaluator | None = None
+
+    @property
+    def evaluator(self) -> InstanceEvaluator:
+        """Built on first use: training needs none, and a site may have no validation split."""
+        if self._evaluator is None:
+            if not self.validation:
+                raise SiteDataError(
+                    f"{self.site.data_dir}: no validation instances (the validation split, 10% of "
+                    "documents by a hash of their ids, is empty); add documents to evaluate"
+                )
+            self._evaluator = InstanceEvaluator(self.tokenizer, self.validation, *self.eval_settings)
+        return self._evaluator
 
 
 _models: dict[tuple, ModelRuntime] = {}
@@ -90,14 +109,14 @@ def site_runtime(node_config: Mapping[str, Any], cfg: Mapping[str, Any], tokeniz
             train_instances = stable_subset(train_instances, cfg["data.max-train-instances"])
         train, _ = encode_all(tokenizer, training_pairs(train_instances), cfg["train.max-length"])
         if not train:
-            raise ValueError(f"{folder}: no training instances fit train.max-length={cfg['train.max-length']}")
+            raise SiteDataError(f"{folder}: no training instances (or none fits train.max-length="
+                                f"{cfg['train.max-length']})")
         val_instances = stable_subset(
             ner_instances(site.splits["validation"], site.entity_types), cfg["eval.max-instances"]
         )
-        evaluator = InstanceEvaluator(
-            tokenizer, val_instances, cfg["train.max-length"], cfg["eval.max-new-tokens"], cfg["eval.batch-size"]
-        )
         log.info("site %s: %d training and %d validation instances (types: %s)",
                  site.name, len(train), len(val_instances), ", ".join(site.entity_types))
-        _sites[key] = SiteRuntime(site, train, evaluator)
+        _sites[key] = SiteRuntime(site, train, val_instances,
+                                  (cfg["train.max-length"], cfg["eval.max-new-tokens"], cfg["eval.batch-size"]),
+                                  tokenizer)
     return _sites[key]

@@ -90,6 +90,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         overrides[key.strip()] = _parse_value(value.strip())
     if "output-dir" not in overrides:
         overrides["output-dir"] = str(Path(args.app).resolve() / "outputs")
+    from fedmedlora.config import validate
+
+    validate(overrides)  # Flower's own message for a bad key does not name it
     return flwr_run(Path(args.app).resolve(), Path(args.flwr_home), overrides, args.num_supernodes)
 
 

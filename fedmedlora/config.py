@@ -38,7 +38,7 @@ KEYS: dict[str, Key] = {
     "train.learning-rate": Key(float, 2e-4, "peak learning rate"),
     "train.batch-size": Key(int, 4, "instances per step"),
     "train.local-epochs": Key(float, 2.0, "local epochs per round"),
-    "train.max-steps": Key(int, 0, "cap on local steps per round; 0 = no cap"),
+    "train.max-steps": Key(int, 12, "cap on local steps per round; 0 = no cap"),
     "train.warmup-ratio": Key(float, 0.05, "share of all steps spent warming up"),
     "train.lr-scheduler": Key(str, "cosine", "learning-rate schedule across all rounds", SCHEDULER_CHOICES),
     "train.max-grad-norm": Key(float, 1.0, "gradient clipping; 0 = none"),
@@ -53,8 +53,8 @@ KEYS: dict[str, Key] = {
     "data.sites": Key(str, "site-a,site-b,site-c", "simulation: site folder for each partition-id"),
     "data.server-validation": Key(str, "", "coordinator's validation folder; empty = demo coordinator set"),
     "data.max-train-instances": Key(int, 0, "cap on training instances per site; 0 = all"),
-    "eval.max-instances": Key(int, 32, "validation instances scored by generation per evaluation; 0 = all"),
-    "eval.max-new-tokens": Key(int, 96, "generation budget per answer"),
+    "eval.max-instances": Key(int, 16, "validation instances scored by generation per evaluation; 0 = all"),
+    "eval.max-new-tokens": Key(int, 64, "generation budget per answer"),
     "eval.batch-size": Key(int, 16, "prompts generated together"),
 }
 

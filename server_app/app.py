@@ -79,7 +79,7 @@ def main(grid: Grid, context: Context) -> None:
         if server_round > 0:
             recorder.save_adapter(f"round-{server_round}", state, server_round)
         set_adapter_state(peft_model, state)
-        metrics = {"val-loss": loss_evaluator.loss(peft_model),
+        metrics = {"val-loss": f1_evaluator.loss(peft_model),
                    **f1_evaluator.scores(peft_model, f"coordinator round {server_round}").to_metrics()}
         recorder.append_round(reporter.round_record(server_round, metrics))
         return MetricRecord(metrics)

@@ -11,13 +11,15 @@ import numpy as np
 import pytest
 
 from fedmedlora.local_run import flwr_run, superlink_pids
-from tests.conftest import REPO
+from conftest import REPO
 
 
 def _ray_and_flower_processes() -> list[str]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    """Live processes of Flower or Ray (a zombie is already dead, just not yet reaped)."""
+    out = subprocess.run(["ps", "-eo", "pid=,stat=,args="], capture_output=True, text=True).stdout
     keys = ("flower-superlink", "flower-superexec", "flwr-simulation", "flwr-serverapp", "raylet", "gcs_server")
-    return [line for line in out.splitlines() if any(k in line for k in keys)]
+    rows = [line.split(None, 2) for line in out.splitlines()]
+    return [f"{r[0]} {r[2]}" for r in rows if len(r) == 3 and not r[1].startswith("Z") and any(k in r[2] for k in keys)]
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +27,7 @@ def tiny_corpus(tmp_path_factory) -> Path:
     from data_loaders.synthetic import generate_corpus
 
     root = tmp_path_factory.mktemp("corpus")
-    generate_corpus(root, seed=3, docs_per_site=12, coordinator_docs=4)
+    generate_corpus(root, seed=3, docs_per_site=24, coordinator_docs=4)
     return root
 
 

@@ -1,0 +1,57 @@
+"""The run-config table: pyproject defaults, and errors that name the key and the choices."""
+
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+
+from conftest import REPO
+from fedmedlora.cli import main as cli_main
+from fedmedlora.config import KEYS, ConfigError, validate
+
+
+def _flatten(table: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def test_pyproject_config_and_schema_agree():
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert "federations" not in pyproject["tool"]["flwr"]
+    defaults = _flatten(pyproject["tool"]["flwr"]["app"]["config"])
+    assert sorted(defaults) == sorted(KEYS)
+    assert {k: v for k, v in defaults.items()} == {k: spec.default for k, spec in KEYS.items()}
+    validate(defaults)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"lora.rank": 8}, "unknown config key.*lora.rank.*lora.r"),
+        ({"quantization": "3bit"}, "quantization.*'3bit'.*4bit"),
+        ({"strategy.name": "fedfoo"}, "strategy.name.*fedfoo.*fedmedlora-plus"),
+        ({"lora.r": "16"}, "lora.r: expected int"),
+        ({"strategy.size-weighted": 1}, "strategy.size-weighted: expected true or false"),
+        ({"train.lr-scheduler": "step"}, "train.lr-scheduler.*cosine"),
+        ({"num-server-rounds": 0}, "num-server-rounds"),
+        ({"lora.target-modules": " , "}, "lora.target-modules"),
+        ({"strategy.temperature": 0.0}, "strategy.temperature"),
+    ],
+)
+def test_bad_values_name_the_key_and_what_is_valid(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(overrides)
+
+
+def test_simulate_rejects_an_unknown_key_before_starting_flower(capsys, tmp_path):
+    code = cli_main(["simulate", "--flwr-home", str(tmp_path / "home"), "--run-config", "train.epochs=3"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "train.epochs" in err and "train.local-epochs" in err
+    assert not (tmp_path / "home").exists()  # no SuperLink was started
