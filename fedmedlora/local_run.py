@@ -114,6 +114,9 @@ def flwr_run(
         "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(http_port),
         "FLWR_LOCAL_CONTROL_API_PORT": str(control_port),
         "FLWR_DISABLE_UPDATE_CHECK": "1",
+        # Flower starts flower-superlink, flwr-simulation... by name: find ours first,
+        # also when the virtualenv is not activated.
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
     })
     command = [str(Path(sys.executable).with_name("flwr")), "run", str(app_dir), "--stream",
                "--federation-config", f"num-supernodes={num_supernodes}"]

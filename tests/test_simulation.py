@@ -49,7 +49,8 @@ def _run(tmp_path: Path, tiny_llama: Path, corpus: Path, **extra) -> tuple[int, 
     return code, tmp_path / "outputs" / "e2e", log.read_text()
 
 
-def test_three_site_simulation_produces_a_loadable_changed_adapter(tmp_path, tiny_llama, tiny_corpus):
+@pytest.mark.parametrize("strategy", ["fedmedlora", "fedmedlora-plus"])
+def test_three_site_simulation_produces_a_loadable_changed_adapter(strategy, tmp_path, tiny_llama, tiny_corpus):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -57,7 +58,7 @@ def test_three_site_simulation_produces_a_loadable_changed_adapter(tmp_path, tin
     from modeling.base import load_base_model
     from modeling.lora import LoraSettings, attach_lora
 
-    code, run_dir, log = _run(tmp_path, tiny_llama, tiny_corpus)
+    code, run_dir, log = _run(tmp_path, tiny_llama, tiny_corpus, **{"strategy.name": strategy})
     assert code == 0, log[-3000:]
     final = run_dir / "final"
     assert (final / "adapter_config.json").is_file() and (final / "adapter_model.safetensors").is_file()
@@ -70,6 +71,14 @@ def test_three_site_simulation_produces_a_loadable_changed_adapter(tmp_path, tin
         assert abs(sum(s["weight"] for s in record["sites"]) - 1) < 1e-6
         assert all(s["bytes-up"] > 0 and np.isfinite(s["train"]["train-loss"]) for s in record["sites"])
         assert all("strict-f1" in s["evaluate"] for s in record["sites"])
+        if strategy == "fedmedlora":  # weights = shares of training instances
+            total = sum(s["num-examples"] for s in record["sites"])
+            assert all(abs(s["weight"] - s["num-examples"] / total) < 1e-9 for s in record["sites"])
+        else:  # weights = softmax(-L_k) of the coordinator's validation losses
+            losses = record["strategy"]["validation-loss"]
+            expected = {k: np.exp(1 - v) for k, v in losses.items()}
+            norm = sum(expected.values())
+            assert all(abs(s["weight"] - expected[s["site"]] / norm) < 1e-6 for s in record["sites"])
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["rounds"] == 2 and 0 < summary["communication"]["upload-ratio-to-full-model"] < 1
 
