@@ -1,4 +1,4 @@
-"""Strict/lenient F1 of an adapter vs the base model (zero-shot) on every site's test split.
+"""Strict/lenient NER and RE F1 of an adapter vs the base model (zero-shot) on every site's test split.
 
     .venv/bin/python benchmarks/demo_test_f1.py outputs/<run>/final [--data ~/.cache/fedmedlora/demo-corpus]
 
@@ -13,7 +13,7 @@ import json
 import logging
 from pathlib import Path
 
-from clinical_ie.evaluate import InstanceEvaluator, ner_instances
+from clinical_ie.evaluate import InstanceEvaluator, site_instances
 from data_loaders.sites import ensure_demo_corpus, load_site
 from modeling.adapter_io import load_peft_folder, set_adapter_state
 from modeling.base import EMBEDDED_DEFAULT, load_base_model
@@ -26,6 +26,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=None, help="corpus root (default: the demo corpus)")
     parser.add_argument("--sites", default="site-a,site-b,site-c")
     parser.add_argument("--model", default=EMBEDDED_DEFAULT)
+    parser.add_argument("--tasks", default="ner,re", help="ner, re or ner,re")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -41,15 +42,17 @@ def main() -> None:
     rows, raw = [], {}
     for name in args.sites.split(","):
         site = load_site(root / name)
-        evaluator = InstanceEvaluator(tokenizer, ner_instances(site.splits["test"], site.entity_types), 384, 64, 16)
+        evaluator = InstanceEvaluator(tokenizer, site_instances(site, "test", args.tasks.split(",")),
+                                      384, 64, 16, score_by=site.score_by)
         for arm, state in (("zero-shot", zero), ("federated", trained)):
             set_adapter_state(peft_model, state)
-            scores = evaluator.scores(peft_model, f"{name} {arm}")
-            raw[f"{name}/{arm}"] = {**scores.to_metrics(), "instances": len(evaluator.instances)}
-            rows.append(f"| {name} | {arm} | {len(evaluator.instances)} | {scores.strict.f1:.3f} | "
-                        f"{scores.lenient.f1:.3f} | {scores.unaligned} | {scores.malformed} |")
-    table = "\n".join(["| site | arm | test instances | strict F1 | lenient F1 | unaligned | malformed |",
-                       "|---|---|---|---|---|---|---|", *rows])
+            m = evaluator.evaluate(peft_model, f"{name} {arm}").to_metrics()
+            raw[f"{name}/{arm}"] = m
+            rows.append(f"| {name} | {arm} | {m['ner-instances']:.0f} / {m['re-instances']:.0f} | "
+                        f"{m['strict-f1']:.3f} | {m['lenient-f1']:.3f} | {m['re-strict-f1']:.3f} | "
+                        f"{m['re-lenient-f1']:.3f} | {m['unaligned']:.0f} | {m['malformed']:.0f} |")
+    table = "\n".join(["| site | arm | NER / RE instances | NER strict F1 | NER lenient F1 | RE strict F1 "
+                       "| RE lenient F1 | unaligned | malformed |", "|---|---|---|---|---|---|---|---|---|", *rows])
     print(table)
     (args.adapter / "test-f1.md").write_text(table + "\n")
     (args.adapter / "test-f1.json").write_text(json.dumps(raw, indent=2))

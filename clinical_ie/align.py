@@ -1,4 +1,5 @@
-"""Predicted mention strings -> character spans in the sentence (DESIGN decision 4)."""
+"""Predicted mention strings (and relation argument strings) -> character spans in the
+sentence (DESIGN decision 4)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from collections.abc import Iterator, Sequence
 logger = logging.getLogger(__name__)
 
 Span = tuple[int, int]
+# (relation type, first argument span, second argument span)
+AlignedRelation = tuple[str, Span, Span]
 
 
 def align_predictions(
@@ -41,6 +44,73 @@ def align_predictions(
     if dropped:
         logger.debug("%d predicted mention(s) not found in the sentence", dropped)
     return aligned, dropped
+
+
+def align_relations(
+    predicted: Sequence[tuple[str, str, str]], text: str
+) -> tuple[list[AlignedRelation], int]:
+    """Map (type, first, second) argument strings to spans in ``text``.
+
+    An argument may take part in several relations, so occurrences are not used up one
+    per argument as entities are; the two arguments are placed together instead: each
+    argument's candidates are its exact occurrences (case-insensitive ones when there is
+    none), and the relation takes the pair of occurrences nearest each other, ties going
+    to the earliest in text order. As for entities, an occurrence inside a different
+    argument already placed (same type and position) comes after free ones, so "81" after
+    "81 mg" goes to a separate "81" when there is one. The k-th copy of a relation (same
+    type and strings) takes the k-th such pair, and is dropped when none is left. Returns
+    the aligned relations, in prediction order, and the number dropped (an empty
+    argument, an argument not in ``text``, or a copy with no pair left).
+    """
+    taken: dict[str, set[tuple[Span, Span]]] = {}
+    placed: dict[tuple[str, int], list[tuple[Span, str]]] = {}
+    aligned: list[AlignedRelation] = []
+    for typ, first, second in predicted:
+        first, second = first.strip(), second.strip()
+        pairs = taken.setdefault(typ, set())
+        firsts = _occurrences(text, first, placed.setdefault((typ, 0), []))
+        seconds = _occurrences(text, second, placed.setdefault((typ, 1), []))
+        pair = _nearest_pair(firsts, seconds, pairs)
+        if pair is not None:
+            pairs.add(pair)
+            placed[(typ, 0)].append((pair[0], first.lower()))
+            placed[(typ, 1)].append((pair[1], second.lower()))
+            aligned.append((typ, *pair))
+    dropped = len(predicted) - len(aligned)
+    if dropped:
+        logger.debug("%d predicted relation(s) with an argument not found in the sentence", dropped)
+    return aligned, dropped
+
+
+def _occurrences(text: str, mention: str, placed: list[tuple[Span, str]]) -> list[tuple[Span, bool]]:
+    """Occurrences of ``mention``, each with whether it lies across a different argument
+    already placed."""
+    if not mention:
+        return []
+    spans = list(_exact(text, mention)) or list(_ignore_case(text, mention))
+    lower = mention.lower()
+    return [
+        (span, any(p != span and p[0] < span[1] and span[0] < p[1] and t != lower for p, t in placed))
+        for span in spans
+    ]
+
+
+def _nearest_pair(firsts: list[tuple[Span, bool]], seconds: list[tuple[Span, bool]],
+                  taken: set[tuple[Span, Span]]) -> tuple[Span, Span] | None:
+    """The free (first, second) pair with the fewest occurrences inside other arguments,
+    then the smallest gap; an argument paired with its own span comes last (a relation
+    links two mentions)."""
+    best: tuple[Span, Span] | None = None
+    best_key: tuple[int, bool, int, int, int] | None = None
+    for a, a_inside in firsts:
+        for b, b_inside in seconds:
+            if (a, b) in taken:
+                continue
+            gap = max(0, max(a[0], b[0]) - min(a[1], b[1]))
+            key = (a_inside + b_inside, a == b, gap, a[0], b[0])
+            if best_key is None or key < best_key:
+                best, best_key = (a, b), key
+    return best
 
 
 def _choose(candidates: Iterator[Span], taken: list[Span]) -> Span | None:

@@ -5,6 +5,11 @@ ends at its last (so it covers every fragment). Lenient: same type, and the pred
 overlaps any fragment. Matching is one-to-one: strict pairs first, then a maximum matching
 of lenient pairs among the rest. Predictions whose text is not in the sentence
 (unaligned) are false positives under both.
+
+Corpora that annotate only the entities taking part in relations (ADE) leave correct
+predictions unannotated, so entity precision there means nothing: such a site scores with
+``recall_only`` (its ``score_by = "relations-and-entity-recall"``), which reports entity
+recall and marks precision and F1 as not measured (0.0 in metrics, n/a in tables).
 """
 
 from __future__ import annotations
@@ -52,14 +57,16 @@ class EntityScores:
     per_type: dict[str, tuple[PRF, PRF]]
     unaligned: int = 0
     malformed: int = 0
+    recall_only: bool = False  # precision not measured: the gold is partial (see above)
 
     def to_metrics(self, prefix: str = "") -> dict[str, float]:
-        """Flat metrics with the same keys at every site (Flower requires identical keys)."""
+        """Flat metrics with the same keys at every site (Flower requires identical keys);
+        with ``recall_only`` the precision and F1 values are 0.0 (not measured)."""
         metrics: dict[str, float] = {}
         for name, prf in (("strict", self.strict), ("lenient", self.lenient)):
-            metrics[f"{prefix}{name}-precision"] = prf.precision
+            metrics[f"{prefix}{name}-precision"] = 0.0 if self.recall_only else prf.precision
             metrics[f"{prefix}{name}-recall"] = prf.recall
-            metrics[f"{prefix}{name}-f1"] = prf.f1
+            metrics[f"{prefix}{name}-f1"] = 0.0 if self.recall_only else prf.f1
         metrics[f"{prefix}unaligned"] = float(self.unaligned)
         metrics[f"{prefix}malformed"] = float(self.malformed)
         return metrics
@@ -75,17 +82,24 @@ class EntityScores:
         for name, (strict, lenient) in entries:
             rows.append(
                 f"| {name} | {strict.tp + strict.fn} | {strict.tp + strict.fp} "
-                f"| {strict.precision:.3f} | {strict.recall:.3f} | {strict.f1:.3f} "
-                f"| {lenient.precision:.3f} | {lenient.recall:.3f} | {lenient.f1:.3f} |"
+                f"| {self._cell(strict.precision)} | {strict.recall:.3f} | {self._cell(strict.f1)} "
+                f"| {self._cell(lenient.precision)} | {lenient.recall:.3f} | {self._cell(lenient.f1)} |"
             )
         notes = f"\nUnaligned predictions: {self.unaligned}; malformed outputs: {self.malformed}."
+        if self.recall_only:
+            notes += " Precision and F1 not measured: only entities in relations are annotated."
         return "\n".join(rows) + "\n" + notes
+
+    def _cell(self, value: float) -> str:
+        return "n/a" if self.recall_only else f"{value:.3f}"
 
 
 class EntityScorer:
-    """Accumulates strict/lenient counts over instances."""
+    """Accumulates strict/lenient counts over instances; ``recall_only`` for corpora that
+    annotate only the entities in relations (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, recall_only: bool = False) -> None:
+        self.recall_only = recall_only
         self._per_type: dict[str, list[PRF]] = {}
         # Unaligned predictions given without a type (add_spans): micro false positives only.
         self._untyped_fp = 0
@@ -123,7 +137,7 @@ class EntityScorer:
         strict, lenient = PRF(fp=self._untyped_fp), PRF(fp=self._untyped_fp)
         for s, l in per_type.values():
             strict, lenient = strict + s, lenient + l
-        return EntityScores(strict, lenient, per_type, self._unaligned, self._malformed)
+        return EntityScores(strict, lenient, per_type, self._unaligned, self._malformed, self.recall_only)
 
     def _score(
         self,
@@ -160,11 +174,12 @@ def match_counts(gold: Sequence[GoldEntity], predicted: Sequence[tuple[int, int]
         [j for j in free_pred if any(s < predicted[j][1] and predicted[j][0] < e for s, e in g.spans)]
         for g in free_gold
     ]
-    return strict_tp, strict_tp + _max_matching(overlaps)
+    return strict_tp, strict_tp + max_matching(overlaps)
 
 
-def _max_matching(candidates: list[list[int]]) -> int:
-    """Size of a maximum bipartite matching (augmenting paths, deterministic order)."""
+def max_matching(candidates: list[list[int]]) -> int:
+    """Size of a maximum bipartite matching, ``candidates[g]`` listing the predictions gold
+    item ``g`` may pair with (augmenting paths, deterministic order)."""
     owner: dict[int, int] = {}
 
     def augment(g: int, visited: set[int]) -> bool:

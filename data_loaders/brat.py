@@ -2,7 +2,9 @@
 
 Supported ``.ann`` lines: ``T`` (text-bound, discontiguous spans allowed), ``E`` (events,
 resolved to their trigger ``T``), ``R`` (binary relations), ``A``/``M`` (attributes),
-``#`` notes (ignored), ``*`` equivalences and ``N`` normalisations (skipped, counted).
+``*`` n-ary groups (``*\tOVERLAP T1 T2``, ``*\tOR T1 T2``: kept as ``Group`` with ids
+``*1``, ``*2``.. in file order), ``#`` notes (ignored) and ``N`` normalisations (skipped,
+counted).
 
 Errors never quote note text: they name ``path:line`` and the reason, because error
 messages may travel beyond the site (DESIGN.md, decision 6).
@@ -15,7 +17,7 @@ import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from data_loaders.document import Attribute, Document, Entity, Relation, Span
+from data_loaders.document import Attribute, Document, Entity, Group, Relation, Span
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +44,8 @@ class BratStats:
     entities: int = 0
     relations: int = 0
     attributes: int = 0
+    groups: int = 0
     text_mismatches: int = 0
-    equivalences_skipped: int = 0
     normalizations_skipped: int = 0
     notes_ignored: int = 0
     continuation_lines: int = 0
@@ -113,6 +115,7 @@ class _Parser:
         self.events: list[_RawRef] = []
         self.relations: list[_RawRef] = []
         self.attributes: list[_RawRef] = []
+        self.groups: list[_RawRef] = []
         self.seen_ids: dict[str, int] = {}
 
     def error(self, line: int, reason: str) -> AnnotationError:
@@ -163,7 +166,7 @@ class _Parser:
         elif kind == "#":
             self.stats.notes_ignored += 1
         elif kind == "*":
-            self.stats.equivalences_skipped += 1
+            self.parse_group(number, line)
         else:
             self.stats.normalizations_skipped += 1
         return None
@@ -256,6 +259,15 @@ class _Parser:
         value = parts[2] if len(parts) == 3 else None
         self.attributes.append(_RawRef(number, ann_id, parts[0], [parts[1]], value))
 
+    def parse_group(self, number: int, line: str) -> None:
+        cols = _columns(line)
+        parts = cols[1].split() if len(cols) == 2 else []
+        if len(parts) < 3:
+            raise self.error(number, "expected '*<TAB>TYPE ID ID [ID ...]' (two members or more)")
+        # The id is ours: BRAT '*' lines have none, and ids must be unique per document.
+        group_id = f"*{len(self.groups) + 1}"
+        self.groups.append(_RawRef(number, group_id, parts[0], parts[1:]))
+
     def resolve(self, doc: Document) -> None:
         entity_ids = {e.id for e in self.entities}
         event_to_entity: dict[str, str] = {}
@@ -294,17 +306,21 @@ class _Parser:
                 self.skip_or_raise(error)
                 continue
             doc.attributes.append(Attribute(ref.id, ref.type, target, ref.value))
+        for ref in self.groups:
+            try:
+                members = tuple(dict.fromkeys(entity_ref(ref, a) for a in ref.args))
+            except AnnotationError as error:
+                self.skip_or_raise(error)
+                continue
+            doc.groups.append(Group(ref.id, ref.type, members))
         self.stats.entities += len(doc.entities)
         self.stats.relations += len(doc.relations)
         self.stats.attributes += len(doc.attributes)
+        self.stats.groups += len(doc.groups)
 
     def check_text(self, raw: _RawEntity) -> None:
         covered = " ".join(self.text[s:e] for s, e in raw.spans)
-        if covered == raw.text:
-            return
-        # Writers turn newlines inside a span into spaces (or leave them raw): whitespace
-        # differences are not a mismatch.
-        if covered.split() == raw.text.split():
+        if covered == raw.text or text_matches(covered, raw.text):
             return
         self.stats.text_mismatches += 1
         logger.warning(
@@ -312,6 +328,15 @@ class _Parser:
             self.path, raw.line, raw.id, _format_spans(raw.spans),
         )
         logger.debug("%s:%d: text %r, column %r", self.path, raw.line, covered, raw.text)
+
+
+def text_matches(covered: str, column: str) -> bool:
+    """Whether a span's text and its annotated text agree up to whitespace.
+
+    Writers turn newlines inside a span into spaces (or leave them raw), and DDI joins
+    fragments after a hyphen without a space ('mu-' + 'selective' -> 'mu-selective'):
+    neither means the offsets are wrong."""
+    return "".join(covered.split()) == "".join(column.split())
 
 
 def _columns(line: str) -> list[str]:
@@ -365,6 +390,16 @@ def write_brat(doc: Document, folder: Path) -> tuple[Path, Path]:
             _check_token(doc, att.id, "attribute value", att.value)
             suffix = f" {att.value}"
         lines.append(f"{att.id}\t{att.type} {att.target}{suffix}")
+    for group in doc.groups:
+        _check_token(doc, group.id, "group type", group.type)
+        if len(group.members) < 2:
+            raise ValueError(
+                f"document {doc.doc_id!r}, group {group.id}: BRAT needs two members or more, "
+                f"got {len(group.members)}"
+            )
+        for member in group.members:
+            _check_token(doc, group.id, "member", member)
+        lines.append(f"*\t{group.type} {' '.join(group.members)}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     txt_path = folder / f"{doc.doc_id}.txt"
@@ -393,6 +428,6 @@ def read_brat_folder(
     if orphans:
         logger.warning("%s: %d .ann file(s) without a .txt ignored, e.g. %s.ann",
                        folder, len(orphans), orphans[0])
-    if stats.text_mismatches or stats.equivalences_skipped or stats.malformed_skipped:
+    if stats.text_mismatches or stats.malformed_skipped:
         logger.info("%s: %s", folder, stats.as_dict())
     return docs

@@ -47,13 +47,31 @@ class Attribute:
     value: str | None = None
 
 
+@dataclass(frozen=True)
+class Group:
+    """An n-ary set of entities (BRAT ``*`` lines: ``OVERLAP``, ``OR``, equivalences).
+
+    ``id`` is assigned by the reader (BRAT ``*`` lines have none); ``members`` are
+    entity ids, in the order written."""
+
+    id: str
+    type: str
+    members: tuple[str, ...]
+
+
 @dataclass
 class Document:
+    """One note. ``source_split`` is the corpus's own official split (``"train"``,
+    ``"validation"`` or ``"test"``, e.g. DDI's Train/Test folders); None when the corpus
+    has none and the hash split decides (see ``data_loaders.splits``)."""
+
     doc_id: str
     text: str
     entities: list[Entity] = field(default_factory=list)
     relations: list[Relation] = field(default_factory=list)
     attributes: list[Attribute] = field(default_factory=list)
+    groups: list[Group] = field(default_factory=list)
+    source_split: str | None = None
 
     def entity(self, entity_id: str) -> Entity:
         for ent in self.entities:

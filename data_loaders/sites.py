@@ -1,5 +1,19 @@
-"""One site's data: its ``site.json`` (what it annotates), its BRAT notes, their splits;
-and where the synthetic demo corpus lives."""
+"""One site's data: its ``site.json`` (what it annotates), its notes, their splits; and
+where the synthetic demo corpus lives.
+
+A site folder is one of:
+
+* ``site.json`` with ``name``, ``entity_types`` and ``relation_types``, beside BRAT
+  ``.txt``/``.ann`` files already in the common schema (the demo corpus);
+* the same ``site.json`` beside ``documents.jsonl`` (what ``prepare`` writes) instead;
+* ``site.json`` naming a corpus and its preset: ``{"name": ..., "preset": "maccrobat" or
+  "path/to/my.toml", "source": "path"}`` (paths relative to the site folder; ``source``
+  defaults to the folder itself). The types come from the preset, optionally narrowed
+  by ``entity_types``/``relation_types``.
+
+Optional ``score_by`` (site.json, or the preset's) says how the site is scored when it
+annotates only part of its notes (``relations-and-entity-recall`` for ADE).
+"""
 
 from __future__ import annotations
 
@@ -8,12 +22,16 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from clinical_ie.schema import check_types
 from data_loaders.brat import read_brat_folder
+from data_loaders.corpora import JSONL_FILE, read_corpus
 from data_loaders.document import Document
+from data_loaders.jsonl import read_jsonl
+from data_loaders.mapping import SCORE_BY, load_preset, narrow_preset
 from data_loaders.splits import split_documents
 from data_loaders.synthetic import SITE_FILE, corpus_is_current, generate_corpus
 
@@ -27,6 +45,8 @@ class SiteData:
     entity_types: tuple[str, ...]
     relation_types: tuple[str, ...]
     splits: dict[str, list[Document]]
+    # None: every entity of the declared types is annotated (strict precision counts).
+    score_by: str | None = None
 
 
 def _string_list(config: dict, key: str, path: Path, allow_empty: bool) -> tuple[str, ...]:
@@ -47,7 +67,7 @@ def _read_site_json(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} not found; expected a JSON object with 'name', 'entity_types' and "
-            "'relation_types'"
+            "'relation_types' (or 'name' and 'preset')"
         )
     try:
         with open(path, encoding="utf-8") as handle:
@@ -59,26 +79,38 @@ def _read_site_json(path: Path) -> dict:
     return config
 
 
-def _check_documents(docs: list[Document], site: SiteData, site_json: Path) -> None:
+def _check_documents(docs: list[Document], site: SiteData, site_json: Path,
+                     where: Callable[[Document], Path]) -> None:
     """Every annotation must be of a type the site declares: anything else is a data error."""
     for doc in docs:
-        where = site.data_dir / f"{doc.doc_id}.ann"
         for ent in doc.entities:
             if ent.type not in site.entity_types:
                 raise ValueError(
-                    f"{where}: entity {ent.id} has type {ent.type!r}, which {site_json} does "
-                    f"not list in 'entity_types' {list(site.entity_types)}"
+                    f"{where(doc)}: entity {ent.id} has type {ent.type!r}, which {site_json} "
+                    f"does not list in 'entity_types' {list(site.entity_types)}"
                 )
         for rel in doc.relations:
             if rel.type not in site.relation_types:
                 raise ValueError(
-                    f"{where}: relation {rel.id} has type {rel.type!r}, which {site_json} "
-                    f"does not list in 'relation_types' {list(site.relation_types)}"
+                    f"{where(doc)}: relation {rel.id} has type {rel.type!r}, which "
+                    f"{site_json} does not list in 'relation_types' {list(site.relation_types)}"
                 )
 
 
+def _optional_string(config: dict, key: str, path: Path) -> str | None:
+    value = config.get(key)
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ValueError(f"{path}: key {key!r} must be a non-empty string")
+    return value
+
+
+def _resolve(data_dir: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else data_dir / path
+
+
 def load_site(data_dir: Path, name: str | None = None) -> SiteData:
-    """Read a site folder (``site.json`` + BRAT ``.txt``/``.ann``) and split it.
+    """Read a site folder (see the module docstring) and split it.
 
     ``name`` overrides the name in ``site.json`` (e.g. from a SuperNode's config).
     """
@@ -91,20 +123,64 @@ def load_site(data_dir: Path, name: str | None = None) -> SiteData:
         name = config.get("name")
         if not isinstance(name, str) or not name:
             raise ValueError(f"{site_json}: key 'name' is missing or empty; expected a string")
-    entity_types = _string_list(config, "entity_types", site_json, allow_empty=False)
-    check_types(entity_types, f"{site_json}: key 'entity_types'")
-    relation_types = _string_list(config, "relation_types", site_json, allow_empty=True)
-    docs = read_brat_folder(data_dir)
+    score_by = _optional_string(config, "score_by", site_json)
+    if score_by is not None and score_by not in SCORE_BY:
+        raise ValueError(f"{site_json}: key 'score_by' must be one of {list(SCORE_BY)}")
+    if "preset" in config:
+        site, docs, where = _load_corpus_site(data_dir, name, config, site_json)
+        site.score_by = score_by or site.score_by
+    else:
+        if "source" in config:
+            raise ValueError(f"{site_json}: key 'source' needs key 'preset' (how to read it)")
+        entity_types = _string_list(config, "entity_types", site_json, allow_empty=False)
+        check_types(entity_types, f"{site_json}: key 'entity_types'")
+        relation_types = _string_list(config, "relation_types", site_json, allow_empty=True)
+        docs, where = _read_site_documents(data_dir)
+        site = SiteData(name, data_dir, entity_types, relation_types, {}, score_by)
     if not docs:
         raise ValueError(f"site data folder {data_dir} holds no documents (*.txt)")
-    site = SiteData(name, data_dir, entity_types, relation_types, {})
-    _check_documents(docs, site, site_json)
+    _check_documents(docs, site, site_json, where)
     site.splits = split_documents(docs)
     logger.info(
         "site %s: %s documents (train/validation/test)", name,
         "/".join(str(len(site.splits[k])) for k in ("train", "validation", "test")),
     )
     return site
+
+
+def _read_site_documents(data_dir: Path) -> tuple[list[Document], Callable[[Document], Path]]:
+    """Documents already in the common schema: ``documents.jsonl`` or BRAT files."""
+    jsonl = data_dir / JSONL_FILE
+    if not jsonl.is_file():
+        return read_brat_folder(data_dir), lambda doc: data_dir / f"{doc.doc_id}.ann"
+    if any(data_dir.glob("*.ann")):
+        raise ValueError(f"{data_dir}: holds both {JSONL_FILE} and BRAT .ann files; expected "
+                         "one of them")
+    return read_jsonl(jsonl), lambda doc: jsonl
+
+
+def _load_corpus_site(data_dir: Path, name: str, config: dict, site_json: Path
+                      ) -> tuple[SiteData, list[Document], Callable[[Document], Path]]:
+    preset_ref = _optional_string(config, "preset", site_json)
+    if preset_ref is None:
+        raise ValueError(f"{site_json}: key 'preset' must be a preset name or a .toml path")
+    is_path = preset_ref.endswith(".toml") or "/" in preset_ref or "\\" in preset_ref
+    try:
+        preset = load_preset(_resolve(data_dir, preset_ref) if is_path else preset_ref)
+    except (ValueError, FileNotFoundError) as error:
+        raise type(error)(f"{site_json}: key 'preset': {error}") from None
+    narrowed = {key: _string_list(config, key, site_json, allow_empty=key == "relation_types")
+                for key in ("entity_types", "relation_types") if key in config}
+    preset = narrow_preset(preset, narrowed.get("entity_types"),
+                           narrowed.get("relation_types"), where=str(site_json))
+    source = _resolve(data_dir, _optional_string(config, "source", site_json) or ".")
+    if not source.exists():
+        raise FileNotFoundError(f"{site_json}: key 'source': {source} does not exist")
+    docs, stats = read_corpus(source, preset)
+    logger.info("site %s: %s", name, stats.summary())
+    site = SiteData(name, data_dir, preset.entity_types, preset.relation_types, {},
+                    preset.score_by)
+    return site, docs, lambda doc: source
 
 
 def demo_corpus_dir() -> Path:

@@ -45,37 +45,112 @@ def cmd_demo_corpus(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_model(cfg: dict[str, Any], adapter: str):
+    from modeling.adapter_io import attach_saved_adapter
+    from modeling.base import load_base_model
+
+    model, tokenizer = load_base_model(cfg["model.name"], cfg["quantization"], cfg["model.dtype"])
+    if adapter:
+        model = attach_saved_adapter(model, Path(adapter))
+    return model, tokenizer
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """Corpus + preset -> a site folder: documents.jsonl, site.json, stats.json."""
+    from data_loaders.corpora import read_corpus
+    from data_loaders.jsonl import write_jsonl
+    from data_loaders.mapping import load_preset
+    from data_loaders.splits import split_documents
+
+    preset = load_preset(args.preset)
+    docs, stats = read_corpus(Path(args.source), preset)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(docs, out / "documents.jsonl")
+    site = {"name": args.name or out.name, "entity_types": list(preset.entity_types),
+            "relation_types": list(preset.relation_types), "preset": preset.name}
+    if preset.score_by:
+        site["score_by"] = preset.score_by
+    (out / "site.json").write_text(json.dumps(site, indent=2) + "\n")
+    splits = {k: len(v) for k, v in split_documents(docs).items()}
+    (out / "stats.json").write_text(json.dumps({**stats.as_dict(), "splits": splits}, indent=2) + "\n")
+    print(stats.summary())
+    print(f"splits (documents): {splits}")
+    print(f"site folder: {out.resolve()}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score the base model (zero-shot) or base + adapter on one split of a site folder."""
-    from clinical_ie.evaluate import InstanceEvaluator, ner_instances, stable_subset
+    from clinical_ie.evaluate import InstanceEvaluator, site_instances, stable_subset
     from data_loaders.sites import load_site
-    from modeling.adapter_io import load_peft_folder, set_adapter_state
-    from modeling.base import load_base_model
-    from modeling.lora import attach_lora
-    from fedmedlora.config import lora_settings
+    from fedmedlora.config import tasks
 
     cfg = _run_config(args.set)
     site = load_site(Path(args.data))
-    instances = stable_subset(ner_instances(site.splits[args.split], site.entity_types), args.limit)
-    model, tokenizer = load_base_model(cfg["model.name"], cfg["quantization"], cfg["model.dtype"])
-    if args.adapter:
-        adapter_cfg = json.loads((Path(args.adapter) / "adapter_config.json").read_text())
-        cfg["lora.r"], cfg["lora.alpha"] = adapter_cfg["r"], adapter_cfg["lora_alpha"]
-        cfg["lora.target-modules"] = ",".join(sorted(adapter_cfg["target_modules"]))
-        model = attach_lora(model, lora_settings(cfg))
-        set_adapter_state(model, load_peft_folder(Path(args.adapter)))
-    evaluator = InstanceEvaluator(tokenizer, instances, cfg["train.max-length"],
-                                  cfg["eval.max-new-tokens"], cfg["eval.batch-size"])
+    instances = stable_subset(site_instances(site, args.split, tasks(cfg)), args.limit)
+    model, tokenizer = _load_model(cfg, args.adapter)
+    evaluator = InstanceEvaluator(tokenizer, instances, cfg["train.max-length"], cfg["eval.max-new-tokens"],
+                                  cfg["eval.batch-size"], score_by=site.score_by)
     evaluation = evaluator.evaluate(model, f"{site.name} {args.split}")
     result = {
         "site": site.name, "split": args.split, "adapter": args.adapter or None,
         "model": cfg["model.name"], **evaluation.to_metrics(),
     }
     print(f"## {site.name} / {args.split} ({'adapter ' + args.adapter if args.adapter else 'zero-shot'})\n")
-    print(evaluation.scores.to_markdown())
+    print(evaluation.to_markdown())
     print(json.dumps(result, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    """Folder of .txt notes -> .ann files (BRAT) or one JSONL file of entities and relations."""
+    from tqdm.auto import tqdm
+
+    from clinical_ie.extract import extract
+    from clinical_ie.schema import check_types
+    from data_loaders.brat import write_brat
+    from data_loaders.document import Document, Entity, Relation
+    from data_loaders.jsonl import write_jsonl
+
+    cfg = _run_config(args.set)
+    entity_types = [t.strip() for t in args.types.split(",") if t.strip()]
+    relation_types = [t.strip() for t in args.relation_types.split(",") if t.strip()]
+    check_types(entity_types, "--types")
+    notes = sorted(Path(args.input).glob("*.txt"))
+    if not notes:
+        raise FileNotFoundError(f"{args.input}: no .txt notes found")
+    model, tokenizer = _load_model(cfg, args.adapter)
+    out = Path(args.out)
+    docs, dropped = [], 0
+    for note in tqdm(notes, desc="extract", unit="note"):
+        text = note.read_text(encoding="utf-8", errors="strict")
+        result = extract(model, tokenizer, text, entity_types, relation_types,
+                         cfg["eval.max-new-tokens"], cfg["eval.batch-size"])
+        dropped += result.not_in_text
+        ids = {}
+        entities = []
+        for e in result.entities + [a for r in result.relations for a in (r.arg1, r.arg2)]:
+            if (e.start, e.end, e.type or "entity") not in ids:
+                key = (e.start, e.end, e.type or "entity")
+                ids[key] = f"T{len(ids) + 1}"
+                entities.append(Entity(ids[key], key[2], ((e.start, e.end),), e.text))
+        relations = [Relation(f"R{i + 1}", r.type, ids[(r.arg1.start, r.arg1.end, r.arg1.type or "entity")],
+                              ids[(r.arg2.start, r.arg2.end, r.arg2.type or "entity")])
+                     for i, r in enumerate(result.relations)]
+        docs.append(Document(note.stem, text, entities, relations))
+    if args.format == "brat":
+        out.mkdir(parents=True, exist_ok=True)
+        for doc in docs:
+            write_brat(doc, out)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_jsonl(docs, out)
+    print(f"{len(docs)} notes, {sum(len(d.entities) for d in docs)} entities, "
+          f"{sum(len(d.relations) for d in docs)} relations -> {out} "
+          f"({dropped} predicted strings not in the text were dropped)")
     return 0
 
 
@@ -105,6 +180,23 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--docs-per-site", type=int, default=60)
     demo.set_defaults(func=cmd_demo_corpus)
+
+    prep = sub.add_parser("prepare", help="corpus + label-mapping preset -> a site folder (JSONL + site.json + stats)")
+    prep.add_argument("--preset", required=True, help="built-in preset name or a path to your own TOML preset")
+    prep.add_argument("--source", required=True, help="the corpus folder (or ADE folder)")
+    prep.add_argument("--out", required=True, help="site folder to write")
+    prep.add_argument("--name", default="", help="site name (default: the folder name)")
+    prep.set_defaults(func=cmd_prepare)
+
+    ex = sub.add_parser("extract", help="extract entities (and relations) from a folder of .txt notes")
+    ex.add_argument("--input", required=True, help="folder of .txt notes")
+    ex.add_argument("--out", required=True, help="output folder (brat) or .jsonl file (jsonl)")
+    ex.add_argument("--adapter", default="", help="PEFT adapter folder; omit for zero-shot")
+    ex.add_argument("--format", choices=("brat", "jsonl"), default="brat")
+    ex.add_argument("--types", default="problem,treatment,test,drug", help="comma-separated entity types")
+    ex.add_argument("--relation-types", default="", help="comma-separated relation types (none = entities only)")
+    ex.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="run-config key")
+    ex.set_defaults(func=cmd_extract)
 
     ev = sub.add_parser("evaluate", help="strict/lenient F1 of the base model or an adapter on a site's split")
     ev.add_argument("--data", required=True, help="site folder (site.json + BRAT files)")

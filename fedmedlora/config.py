@@ -52,6 +52,7 @@ KEYS: dict[str, Key] = {
     "data.root": Key(str, "", "folder holding one sub-folder per site; empty = the generated demo corpus"),
     "data.sites": Key(str, "site-a,site-b,site-c", "simulation: site folder for each partition-id"),
     "data.server-validation": Key(str, "", "coordinator's validation folder; empty = demo coordinator set"),
+    "data.tasks": Key(str, "ner,re", "instance kinds trained and scored: ner, re, or both (multi-task)"),
     "data.max-train-instances": Key(int, 0, "cap on training instances per site; 0 = all"),
     "eval.max-instances": Key(int, 16, "validation instances scored by generation per evaluation; 0 = all"),
     "eval.max-new-tokens": Key(int, 64, "generation budget per answer"),
@@ -99,6 +100,9 @@ def validate(run_config: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("eval.max-instances", "data.max-train-instances"):
         if values[key] < 0:
             raise ConfigError(f"{key}: expected an integer >= 0")
+    tasks = [t.strip() for t in values["data.tasks"].split(",") if t.strip()]
+    if not tasks or any(t not in ("ner", "re") for t in tasks):
+        raise ConfigError(f"data.tasks: {values['data.tasks']!r}: expected 'ner', 're' or 'ner,re'")
     _check_strategy_name(values["strategy.name"])
     # Constructing the settings objects runs their own range checks.
     lora_settings(values)
@@ -140,6 +144,10 @@ def train_settings(cfg: Mapping[str, Any]) -> TrainSettings:
         )
     except ValueError as err:
         raise ConfigError(str(err)) from err
+
+
+def tasks(cfg: Mapping[str, Any]) -> tuple[str, ...]:
+    return tuple(t.strip() for t in cfg["data.tasks"].split(",") if t.strip())
 
 
 def site_names(cfg: Mapping[str, Any]) -> list[str]:

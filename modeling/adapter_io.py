@@ -104,3 +104,21 @@ def load_peft_folder(folder: Path) -> OrderedDict[str, np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist (not a PEFT adapter folder)")
     return OrderedDict(sorted(load_file(str(path)).items()))
+
+
+def attach_saved_adapter(model, folder: Path):
+    """Wrap `model` with the LoRA adapter saved in `folder` (a PEFT folder)."""
+    from .lora import LoraSettings, attach_lora
+
+    config_path = Path(folder) / "adapter_config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} does not exist (not a PEFT adapter folder)")
+    config = json.loads(config_path.read_text())
+    try:
+        settings = LoraSettings(r=config["r"], alpha=config["lora_alpha"], dropout=0.0,
+                                target_modules=tuple(sorted(config["target_modules"])))
+    except KeyError as err:
+        raise ValueError(f"{config_path}: missing key {err}") from None
+    peft_model = attach_lora(model, settings)
+    set_adapter_state(peft_model, load_peft_folder(folder))
+    return peft_model

@@ -12,10 +12,10 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from clinical_ie.evaluate import InstanceEvaluator, ner_instances, stable_subset
+from clinical_ie.evaluate import InstanceEvaluator, site_instances, stable_subset
 from data_loaders.sites import ensure_demo_corpus, load_site
 from fedmedlora import protocol
-from fedmedlora.config import lora_settings, validate
+from fedmedlora.config import lora_settings, tasks, validate
 from fedmedlora.logs import setup_logging
 from modeling.adapter_io import arrayrecord_nbytes, from_arrayrecord, get_adapter_state, set_adapter_state, to_arrayrecord
 from modeling.base import load_base_model, model_identity, resolve_model_path
@@ -52,12 +52,15 @@ def main(grid: Grid, context: Context) -> None:
     initial = get_adapter_state(peft_model)
 
     validation = load_site(_validation_folder(cfg), name="coordinator")
-    instances = ner_instances(validation.splits["validation"] + validation.splits["train"]
-                              + validation.splits["test"], validation.entity_types)
+    # A site-like folder lends its validation split; a dedicated coordinator set
+    # (no validation split of its own, as in the demo) is used whole.
+    split_names = ["validation"] if validation.splits["validation"] else ["train", "validation", "test"]
+    instances = [i for name in split_names for i in site_instances(validation, name, tasks(cfg))]
     loss_evaluator = InstanceEvaluator(tokenizer, instances, cfg["train.max-length"],
                                        cfg["eval.max-new-tokens"], cfg["eval.batch-size"])
     f1_evaluator = InstanceEvaluator(tokenizer, stable_subset(instances, cfg["eval.max-instances"]),
-                                     cfg["train.max-length"], cfg["eval.max-new-tokens"], cfg["eval.batch-size"])
+                                     cfg["train.max-length"], cfg["eval.max-new-tokens"], cfg["eval.batch-size"],
+                                     score_by=validation.score_by)
 
     def validation_loss(state) -> float:
         set_adapter_state(peft_model, state)
@@ -79,8 +82,7 @@ def main(grid: Grid, context: Context) -> None:
         if server_round > 0:
             recorder.save_adapter(f"round-{server_round}", state, server_round)
         set_adapter_state(peft_model, state)
-        metrics = {"val-loss": f1_evaluator.loss(peft_model),
-                   **f1_evaluator.scores(peft_model, f"coordinator round {server_round}").to_metrics()}
+        metrics = f1_evaluator.evaluate(peft_model, f"coordinator round {server_round}").to_metrics()
         recorder.append_round(reporter.round_record(server_round, metrics))
         return MetricRecord(metrics)
 

@@ -31,7 +31,7 @@ class RoundReporter:
         sites = []
         lines = [f"round {server_round}/{self.num_rounds}:",
                  f"  {'site':<14}{'examples':>9}{'weight':>8}{'train-loss':>11}{'val-loss':>9}"
-                 f"{'strict-f1':>10}{'lenient-f1':>11}{'up MB':>8}{'down MB':>8}"]
+                 f"{'strict-f1':>10}{'lenient-f1':>11}{'re-strict':>10}{'re-lenient':>11}{'up MB':>8}{'down MB':>8}"]
         for update in (train.updates if train else []):
             ev = evaluated.get(update.site, {})
             down = self.adapter_bytes * (2 if ev else 1)  # train message, plus evaluate message
@@ -45,11 +45,14 @@ class RoundReporter:
                 f"  {update.site:<14}{update.num_examples:>9}{update.weight:>8.3f}"
                 f"{update.metrics.get('train-loss', float('nan')):>11.4f}{ev.get('val-loss', float('nan')):>9.4f}"
                 f"{ev.get('strict-f1', float('nan')):>10.3f}{ev.get('lenient-f1', float('nan')):>11.3f}"
+                f"{ev.get('re-strict-f1', float('nan')):>10.3f}{ev.get('re-lenient-f1', float('nan')):>11.3f}"
                 f"{update.bytes_up / 1e6:>8.2f}{down / 1e6:>8.2f}")
         for site, reason in (train.rejected if train else []):
             lines.append(f"  {site:<14} rejected: {reason}")
         lines.append(f"  coordinator validation: val-loss {server_metrics['val-loss']:.4f}, strict-f1 "
-                     f"{server_metrics['strict-f1']:.3f}, lenient-f1 {server_metrics['lenient-f1']:.3f}")
+                     f"{server_metrics['strict-f1']:.3f}, lenient-f1 {server_metrics['lenient-f1']:.3f}, "
+                     f"re-strict-f1 {server_metrics.get('re-strict-f1', float('nan')):.3f}, "
+                     f"re-lenient-f1 {server_metrics.get('re-lenient-f1', float('nan')):.3f}")
         lines.append(f"  communication per site: {self.adapter_bytes / 1e6:.2f} MB up, "
                      f"{100 * self.adapter_bytes / self.full_model_bytes:.2f}% of a full-model update "
                      f"({self.full_model_bytes / 1e6:.0f} MB in bf16)")

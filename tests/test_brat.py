@@ -14,7 +14,7 @@ from data_loaders.brat import (
     read_brat_folder,
     write_brat,
 )
-from data_loaders.document import Attribute, Document, Entity, Relation
+from data_loaders.document import Attribute, Document, Entity, Group, Relation
 from data_loaders.synthetic import generate_corpus
 
 
@@ -96,7 +96,26 @@ def test_events_resolve_to_their_trigger(tmp_path: Path) -> None:
     assert [e.id for e in doc.entities] == ["T1", "T2"]
     assert doc.relations == [Relation("R1", "MODIFY", "T2", "T1")]
     assert doc.attributes == [Attribute("A1", "Negated", "T1")]
-    assert stats.equivalences_skipped == 1 and stats.notes_ignored == 1
+    assert doc.groups == [Group("*1", "Overlap", ("T1", "T2"))]
+    assert stats.groups == 1 and stats.notes_ignored == 1
+
+
+def test_groups_resolve_events_and_round_trip(tmp_path: Path) -> None:
+    ann = (
+        "T1\tSign_symptom 0 5\tFever\n"
+        "E1\tSign_symptom:T1\n"
+        "T2\tSign_symptom 10 15\tcough\n"
+        "T3\tSeverity 20 24\thigh\n"
+        "*\tOVERLAP E1 T2 T3\t\n"
+        "*\tOR T2 T3\n"
+    )
+    (tmp_path / "in").mkdir()
+    doc = read_brat(_write(tmp_path / "in", "g", "Fever and cough, so high.", ann))
+    assert doc.groups == [Group("*1", "OVERLAP", ("T1", "T2", "T3")),
+                          Group("*2", "OR", ("T2", "T3"))]
+    _, out = write_brat(doc, tmp_path / "out")
+    assert "*\tOVERLAP T1 T2 T3\n*\tOR T2 T3\n" in out.read_text(encoding="utf-8")
+    assert read_brat(tmp_path / "out" / "g.txt") == doc
 
 
 def test_missing_ann_gives_empty_document(tmp_path: Path) -> None:
@@ -138,6 +157,8 @@ def test_newline_inside_span_continues_text_column(tmp_path: Path) -> None:
         ("T1\tproblem 0 5\tFever\nA1\tNegated\n", 2, "expected 'TYPE TARGET [VALUE]'"),
         ("T1\tproblem 0 5\tFever\nT1\tproblem 0 5\tFever\n", 2, "duplicate id"),
         ("T1\tproblem 0 5\tFever\ngarbage line\n", 2, "expected an annotation line"),
+        ("T1\tproblem 0 5\tFever\n*\tOR T1\n", 2, "two members or more"),
+        ("T1\tproblem 0 5\tFever\n*\tOR T1 T4\n", 2, "unknown id 'T4'"),
     ],
 )
 def test_malformed_lines_name_file_and_line(tmp_path: Path, ann: str, line: int, reason: str

@@ -114,14 +114,16 @@ def test_target_format() -> None:
     assert target_text(instances[3]) == "{}"  # only a test entity, which is not asked
 
 
-def test_discontiguous_target_joins_fragments() -> None:
+def test_discontiguous_target_is_the_covering_text() -> None:
     text = "Pain in chest and back."
     doc = Document("d", text, [Entity("T1", "problem", ((0, 4), (8, 13)), "Pain chest")])
     (inst,), _ = make_ner_instances(doc, ["problem"])
     assert inst.entities[0].spans == ((0, 4), (8, 13))
-    assert target_text(inst) == '{"problem": ["Pain chest"]}'
-    # The joined text is not in the sentence: alignment drops it (scored as a false positive).
-    assert align_predictions(parse_entities(target_text(inst), ["problem"]).entities, text) == ([], 1)
+    # Joined fragments ("Pain chest") never occur in the sentence; the covering text
+    # aligns to the span a strict match needs (first fragment start to last fragment end).
+    assert target_text(inst) == '{"problem": ["Pain in chest"]}'
+    assert align_predictions(parse_entities(target_text(inst), ["problem"]).entities, text) == (
+        [("problem", 0, 13)], 0)
 
 
 def test_messages() -> None:

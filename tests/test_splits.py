@@ -55,3 +55,26 @@ def test_custom_fractions_and_errors() -> None:
         split_of("x", validation=0.5, test=0.5)
     with pytest.raises(ValueError, match="duplicate document id 'a'"):
         split_documents([Document("a", ""), Document("a", "")])
+
+
+def test_source_split_is_honoured_and_validation_carved_from_train() -> None:
+    official = {"train": [], "test": []}
+    docs = []
+    for i, doc_id in enumerate(IDS):
+        source = "test" if i % 5 == 0 else "train"  # a fifth is the official test
+        official[source].append(doc_id)
+        docs.append(Document(doc_id, "", source_split=source))
+    splits = split_documents(docs)
+    assert [d.doc_id for d in splits["test"]] == sorted(official["test"])
+    carved = {d.doc_id for d in splits["validation"]}
+    assert carved <= set(official["train"])
+    # 1/8 of the official train (800 documents) is about 10% of the corpus.
+    assert 70 <= len(carved) <= 130
+    assert carved == {i for i in official["train"] if split_of(i, 0.125, 0.0) == "validation"}
+    # Mixed corpora: documents without an official split get the plain hash split.
+    plain = split_documents(docs + [Document("extra", "")])
+    assert any(d.doc_id == "extra" for d in plain[split_of("extra")])
+    kept = split_documents([Document("v", "", source_split="validation")])
+    assert [d.doc_id for d in kept["validation"]] == ["v"]
+    with pytest.raises(ValueError, match="document 'x': source_split 'dev' is not one of"):
+        split_documents([Document("x", "", source_split="dev")])
