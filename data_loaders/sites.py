@@ -138,7 +138,7 @@ def load_site(data_dir: Path, name: str | None = None) -> SiteData:
         docs, where = _read_site_documents(data_dir)
         site = SiteData(name, data_dir, entity_types, relation_types, {}, score_by)
     if not docs:
-        raise ValueError(f"site data folder {data_dir} holds no documents (*.txt)")
+        raise ValueError(f"site data folder {data_dir} holds no documents (*.txt + .ann, or documents.jsonl)")
     _check_documents(docs, site, site_json, where)
     site.splits = split_documents(docs)
     logger.info(

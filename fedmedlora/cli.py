@@ -68,7 +68,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(docs, out / "documents.jsonl")
     site = {"name": args.name or out.name, "entity_types": list(preset.entity_types),
-            "relation_types": list(preset.relation_types), "preset": preset.name}
+            "relation_types": list(preset.relation_types), "prepared_with": preset.name}
     if preset.score_by:
         site["score_by"] = preset.score_by
     (out / "site.json").write_text(json.dumps(site, indent=2) + "\n")

@@ -1,6 +1,6 @@
 """Strict/lenient NER and RE F1 of an adapter vs the base model (zero-shot) on every site's test split.
 
-    .venv/bin/python benchmarks/demo_test_f1.py outputs/<run>/final [--data ~/.cache/fedmedlora/demo-corpus]
+    .venv/bin/python benchmarks/split_f1.py outputs/<run>/final [--data ~/.cache/fedmedlora/demo-corpus]
 
 The base model is loaded once; each site is asked only for the types it annotates.
 Prints a markdown table and writes it, with the raw numbers, beside the adapter.
@@ -13,7 +13,7 @@ import json
 import logging
 from pathlib import Path
 
-from clinical_ie.evaluate import InstanceEvaluator, site_instances
+from clinical_ie.evaluate import InstanceEvaluator, site_instances, stable_subset
 from data_loaders.sites import ensure_demo_corpus, load_site
 from modeling.adapter_io import load_peft_folder, set_adapter_state
 from modeling.base import EMBEDDED_DEFAULT, load_base_model
@@ -27,6 +27,8 @@ def main() -> None:
     parser.add_argument("--sites", default="site-a,site-b,site-c")
     parser.add_argument("--model", default=EMBEDDED_DEFAULT)
     parser.add_argument("--tasks", default="ner,re", help="ner, re or ner,re")
+    parser.add_argument("--limit", type=int, default=0, help="test instances per site, chosen by hash (0 = all)")
+    parser.add_argument("--max-length", type=int, default=512, help="longer instances are skipped")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -42,8 +44,8 @@ def main() -> None:
     rows, raw = [], {}
     for name in args.sites.split(","):
         site = load_site(root / name)
-        evaluator = InstanceEvaluator(tokenizer, site_instances(site, "test", args.tasks.split(",")),
-                                      384, 64, 16, score_by=site.score_by)
+        instances = stable_subset(site_instances(site, "test", args.tasks.split(",")), args.limit)
+        evaluator = InstanceEvaluator(tokenizer, instances, args.max_length, 64, 16, score_by=site.score_by)
         for arm, state in (("zero-shot", zero), ("federated", trained)):
             set_adapter_state(peft_model, state)
             m = evaluator.evaluate(peft_model, f"{name} {arm}").to_metrics()
