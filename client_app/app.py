@@ -20,6 +20,8 @@ from fedmedlora.logs import setup_logging
 from modeling.adapter_io import from_arrayrecord, get_adapter_state, set_adapter_state, to_arrayrecord
 from modeling.training import train_round
 
+from strategies import dp_clipping_mod
+
 from .runtime import SiteDataError, model_runtime, site_runtime
 
 log = logging.getLogger(__name__)
@@ -64,7 +66,7 @@ def _prepare(msg: Message, context: Context):
     return cfg, runtime, site, config
 
 
-@app.train()
+@app.train(mods=[dp_clipping_mod])  # Flower's client-side DP clipping when strategy.dp = client-*
 @_report_safely
 def train(msg: Message, context: Context) -> Message:
     cfg, runtime, site, config = _prepare(msg, context)

@@ -7,12 +7,15 @@ work starts, so a typo stops a run with the valid choices listed.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from modeling.base import DTYPE_CHOICES, EMBEDDED_DEFAULT, QUANTIZATION_CHOICES
 from modeling.lora import PAPER_TARGET_MODULES, LoraSettings
 from modeling.training import SCHEDULER_CHOICES, TrainSettings
+from strategies.clipping import UPDATE_NORM_ACTIONS
+from strategies.flower import DP_MODES
 
 
 @dataclass(frozen=True)
@@ -46,9 +49,21 @@ KEYS: dict[str, Key] = {
     "strategy.name": Key(str, "fedmedlora", "aggregation strategy: a registered name or package.module:Class"),
     "strategy.temperature": Key(float, 1.0, "Fed-MedLoRA+: weights exp((1 - L_k) / T)"),
     "strategy.size-weighted": Key(bool, False, "Fed-MedLoRA+: also multiply weights by n_k"),
+    "strategy.exact-rank": Key(str, "", "exact: rank of the global adapter, an integer or 'full'; empty = lora.r"),
     "strategy.min-sites": Key(int, 3, "sites that must be connected and reply for a round"),
     "strategy.fraction-train": Key(float, 1.0, "share of connected sites sampled per round"),
     "strategy.round-timeout": Key(float, 3600.0, "seconds to wait for replies in a round"),
+    "strategy.proximal-mu": Key(float, 0.0, "FedProx term mu/2 ||w - w_global||^2 at every site (any strategy); 0 = off"),
+    "strategy.server-learning-rate": Key(float, 0.0, "fedavgm/fedadam/fedyogi server step; 0 = default (1.0 / 1e-2 / 1e-2)"),
+    "strategy.server-momentum": Key(float, 0.0, "fedavgm server momentum in [0, 1); 0 = plain FedAvg, Hsu et al. use 0.9"),
+    "strategy.trim-beta": Key(float, 0.2, "fedtrimmedavg: share cut from each tail, in [0, 0.5)"),
+    "strategy.krum-byzantine": Key(int, 0, "krum: malicious sites tolerated (needs more than 2f + 2 sites)"),
+    "strategy.max-update-norm": Key(float, 0.0, "bound on a site's ||B_k A_k - B A|| summed over modules; 0 = off"),
+    "strategy.update-norm-action": Key(str, "clip", "update over the bound: scale it toward the global, or reject it", UPDATE_NORM_ACTIONS),
+    "strategy.dp": Key(str, "none", "Flower's central DP: clipping at the coordinator or the sites, fixed or adaptive", DP_MODES),
+    "strategy.dp-noise-multiplier": Key(float, 1.0, "DP: noise std = multiplier x clipping norm / sites sampled"),
+    "strategy.dp-clipping-norm": Key(float, 1.0, "DP: clipping norm of the A/B update (adaptive: the initial one)"),
+    "strategy.dp-num-sampled-sites": Key(int, 0, "DP: sites sampled per round; 0 = strategy.min-sites"),
     "data.root": Key(str, "", "folder holding one sub-folder per site; empty = the generated demo corpus"),
     "data.sites": Key(str, "site-a,site-b,site-c", "simulation: site folder for each partition-id"),
     "data.server-validation": Key(str, "", "coordinator's validation folder; empty = demo coordinator set"),
@@ -97,6 +112,7 @@ def validate(run_config: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError("strategy.fraction-train: expected a number in (0, 1]")
     if values["strategy.temperature"] <= 0:
         raise ConfigError("strategy.temperature: expected a number > 0")
+    _check_strategy_numbers(values)
     for key in ("eval.max-instances", "data.max-train-instances"):
         if values[key] < 0:
             raise ConfigError(f"{key}: expected an integer >= 0")
@@ -108,6 +124,35 @@ def validate(run_config: Mapping[str, Any]) -> dict[str, Any]:
     lora_settings(values)
     train_settings(values)
     return values
+
+
+def _check_strategy_numbers(values: Mapping[str, Any]) -> None:
+    """Ranges of the strategy, update-bound and DP keys (math.isfinite also refuses nan)."""
+    ranges = {
+        "strategy.proximal-mu": (lambda v: v >= 0, "a number >= 0"),
+        "strategy.server-learning-rate": (lambda v: v >= 0, "a number >= 0 (0 = the strategy's default)"),
+        "strategy.server-momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+        "strategy.trim-beta": (lambda v: 0 <= v < 0.5, "a number in [0, 0.5)"),
+        "strategy.krum-byzantine": (lambda v: v >= 0, "an integer >= 0"),
+        "strategy.max-update-norm": (lambda v: v >= 0, "a number >= 0 (0 = off)"),
+        "strategy.dp-noise-multiplier": (lambda v: v >= 0, "a number >= 0"),
+        "strategy.dp-clipping-norm": (lambda v: v > 0, "a number > 0"),
+        "strategy.dp-num-sampled-sites": (lambda v: v >= 0, "an integer >= 0 (0 = strategy.min-sites)"),
+    }
+    for key, (ok, expected) in ranges.items():
+        if not (math.isfinite(values[key]) and ok(values[key])):
+            raise ConfigError(f"{key}: expected {expected}, got {values[key]!r}")
+    noise = values["strategy.dp-noise-multiplier"]
+    sampled = values["strategy.dp-num-sampled-sites"] or values["strategy.min-sites"]
+    # Flower's adaptive clipping spends part of the noise on the clipped count, whose std
+    # defaults to sampled / 20; it cannot reach a noise multiplier of twice that.
+    if values["strategy.dp"].endswith("-adaptive") and noise >= 2 * sampled / 20:
+        raise ConfigError(
+            f"strategy.dp-noise-multiplier: {noise} is too large for strategy.dp = "
+            f"{values['strategy.dp']!r} with {sampled} sites sampled per round "
+            f"(strategy.dp-num-sampled-sites / strategy.min-sites): adaptive clipping needs a "
+            f"multiplier < {2 * sampled / 20:g}; use less noise, more sites or fixed clipping"
+        )
 
 
 def _check_strategy_name(name: str) -> None:

@@ -1,25 +1,52 @@
-"""Run config -> strategy object."""
+"""Run config -> strategy object: the named strategy, its screening, update bound and DP."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
+from flwr.serverapp.strategy import Strategy
 
-from strategies.registry import strategy_class
+from fedmedlora.config import KEYS, ConfigError
+from strategies.base import ReplyScreening
+from strategies.flower import DPSettings, ScreenedStrategy, with_dp
+from strategies.registry import STRATEGIES, strategy_class
+
+log = logging.getLogger(__name__)
+
+# Keys that only some registered strategies read; set for another, they are ignored (and said so).
+STRATEGY_KEYS: dict[str, tuple[str, ...]] = {
+    "strategy.temperature": ("fedmedlora-plus",),
+    "strategy.size-weighted": ("fedmedlora-plus",),
+    "strategy.server-learning-rate": ("fedavgm", "fedadam", "fedyogi"),
+    "strategy.server-momentum": ("fedavgm",),
+    "strategy.trim-beta": ("fedtrimmedavg",),
+    "strategy.krum-byzantine": ("krum",),
+}
+DP_KEYS = ("strategy.dp-noise-multiplier", "strategy.dp-clipping-norm", "strategy.dp-num-sampled-sites")
 
 
 def build_strategy(
-    cfg: dict[str, Any],
-    expected_shapes: dict[str, tuple[int, ...]],
-    validation_loss: Callable[[dict[str, np.ndarray]], float],
-):
-    """Instantiate `strategy.name` with the sampling settings of the run config.
+    cfg: Mapping[str, Any],
+    expected_shapes: Mapping[str, tuple[int, ...]],
+    validation_loss: Callable[[dict[str, np.ndarray]], float] | None,
+) -> Strategy:
+    """Instantiate `strategy.name` from a validated run config (fedmedlora.config.validate).
 
-    A strategy class may define `from_run_config(cfg, expected_shapes, validation_loss)`
-    to read its own keys; otherwise it is built with FedAvg's keyword arguments.
+    A strategy class may define `from_run_config(cfg, expected_shapes, validation_loss,
+    **sampling)` to read its own keys; otherwise it is built with FedAvg's keyword arguments.
+    A strategy without our reply screening (a plain flwr class named as `module:Class`)
+    is put behind it. Then `strategy.dp` wraps it in Flower's DP wrapper, and the outermost
+    screening gets `strategy.max-update-norm`, `strategy.update-norm-action` and
+    `strategy.proximal-mu`. A bad value raises ConfigError naming the key.
     """
-    cls = strategy_class(cfg["strategy.name"])
+    name = cfg["strategy.name"]
+    try:
+        cls = strategy_class(name)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
     min_sites = cfg["strategy.min-sites"]
     sampling = {
         "fraction_train": cfg["strategy.fraction-train"],
@@ -28,6 +55,34 @@ def build_strategy(
         "min_evaluate_nodes": min_sites,
         "min_available_nodes": min_sites,
     }
-    if hasattr(cls, "from_run_config"):
-        return cls.from_run_config(cfg, expected_shapes, validation_loss, **sampling)
-    return cls(**sampling)
+    try:
+        if hasattr(cls, "from_run_config"):
+            strategy = cls.from_run_config(cfg, expected_shapes, validation_loss, **sampling)
+        else:
+            strategy = cls(**sampling)
+        if not isinstance(strategy, ReplyScreening):
+            strategy = ScreenedStrategy(strategy, expected_shapes)
+        strategy = with_dp(strategy, DPSettings.from_run_config(cfg), expected_shapes)
+        strategy.configure_screening(
+            max_update_norm=cfg["strategy.max-update-norm"],
+            update_norm_action=cfg["strategy.update-norm-action"],
+            proximal_mu=cfg["strategy.proximal-mu"],
+        )
+    except ConfigError:
+        raise
+    except ValueError as err:  # our classes name the key; Flower's say what is wrong
+        raise ConfigError(f"strategy.name = {name!r}: {err}") from err
+    _warn_unused_keys(cfg, name)
+    return strategy
+
+
+def _warn_unused_keys(cfg: Mapping[str, Any], name: str) -> None:
+    """A strategy-specific key changed from its default but not read by this strategy."""
+    if name not in STRATEGIES:
+        return  # a plugin may read any key
+    unused = [k for k, users in STRATEGY_KEYS.items() if name not in users and cfg[k] != KEYS[k].default]
+    if cfg["strategy.dp"] == "none":
+        unused += [k for k in DP_KEYS if cfg[k] != KEYS[k].default]
+    for key in unused:
+        log.warning("%s = %r has no effect with strategy.name = %r (strategy.dp = %r)",
+                    key, cfg[key], name, cfg["strategy.dp"])

@@ -1,20 +1,59 @@
 """Aggregation strategies for federated LoRA, and their registry (`strategy.name`)."""
 
-from .base import LoraFedAvg, RoundReport, SiteCandidate, SiteUpdate, UpdateRejected
+from importlib.util import find_spec
+
+from .base import LoraFedAvg, ReplyScreening, RoundReport, SiteCandidate, SiteUpdate, UpdateRejected
+from .clipping import UPDATE_NORM_ACTIONS, dp_clipping_mod, scale_toward, update_norm, update_terms
 from .fedmedlora import FedMedLoRA
 from .fedmedlora_plus import FedMedLoRAPlus
+from .flower import (
+    DP_MODES,
+    DPSettings,
+    FlowerLoRA,
+    LoraFedAdam,
+    LoraFedAvgM,
+    LoraFedMedian,
+    LoraFedProx,
+    LoraFedTrimmedAvg,
+    LoraFedYogi,
+    LoraKrum,
+    ScreenedStrategy,
+    with_dp,
+)
 from .registry import STRATEGIES, available_strategies, register, strategy_class
 
+# Importing a strategy module registers its names; exact.py lands separately.
+if find_spec(f"{__name__}.exact") is not None:
+    from . import exact  # noqa: F401
+
 __all__ = [
+    "DP_MODES",
     "STRATEGIES",
+    "UPDATE_NORM_ACTIONS",
+    "DPSettings",
     "FedMedLoRA",
     "FedMedLoRAPlus",
+    "FlowerLoRA",
+    "LoraFedAdam",
     "LoraFedAvg",
+    "LoraFedAvgM",
+    "LoraFedMedian",
+    "LoraFedProx",
+    "LoraFedTrimmedAvg",
+    "LoraFedYogi",
+    "LoraKrum",
+    "ReplyScreening",
     "RoundReport",
+    "ScreenedStrategy",
     "SiteCandidate",
     "SiteUpdate",
     "UpdateRejected",
     "available_strategies",
+    "dp_clipping_mod",
     "register",
+    "scale_toward",
     "strategy_class",
+    "update_norm",
+    "update_terms",
+    "with_dp",
 ]

@@ -5,6 +5,11 @@ checked on its own against the global adapter's keys and shapes; a bad one is re
 (logged, and named in the round's report) and the round goes on with the others. The
 average itself goes through one overridable hook, `aggregation_weights`, so a strategy
 that only changes how sites are weighted (Fed-MedLoRA+) overrides that and nothing else.
+
+The screening itself lives in the `ReplyScreening` mixin, shared with the wrapper that puts
+Flower's own strategies behind the same checks (strategies/flower.py). It also bounds each
+site's update norm (`strategy.max-update-norm`, see strategies/clipping.py) and sends the
+FedProx coefficient (`strategy.proximal-mu`) with every train instruction.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 
 from modeling.adapter_io import arrayrecord_nbytes, from_arrayrecord
+
+from .clipping import UPDATE_NORM_ACTIONS, scale_toward, update_terms
 
 # Weights must sum to one up to this much float64 rounding.
 WEIGHT_SUM_TOLERANCE = 1e-6
@@ -64,60 +71,56 @@ class SiteCandidate:
     metrics: MetricRecord
     bytes_up: int
     rejected: str | None = None  # set through `LoraFedAvg.reject`
+    clip_factor: float | None = None  # set when the update-norm bound scaled the update
+    message: Message | None = field(default=None, repr=False, compare=False)  # the reply
 
 
 class UpdateRejected(ValueError):
     """A site update failed a check; the message is the reason."""
 
 
-class LoraFedAvg(FedAvg):
-    """FedAvg over LoRA adapters with per-reply screening and a weighting hook.
+class ReplyScreening:
+    """Per-reply screening shared by every strategy here (a mixin; see `LoraFedAvg`).
 
-    Sampling, `configure_train` and `configure_evaluate` are FedAvg's. `aggregate_train`
-    checks each reply against the expected adapter (exactly one ArrayRecord with exactly the
-    expected keys and shapes, float dtype, finite values; exactly one MetricRecord whose
-    `weighted_by_key` is a number > 0), rejects failing replies and error replies, and
-    averages the rest per tensor in float64 with the weights of `aggregation_weights`.
-    The default weights are proportional to `num-examples` (Fed-MedLoRA). The result is
-    the same for the same replies in any order. What happened is kept in
-    `last_train_report` and `last_evaluate_report` for the server's report.
+    Each train reply is checked on its own against the expected adapter (exactly one
+    ArrayRecord with exactly the expected keys and shapes, float dtype, finite values;
+    exactly one MetricRecord whose `weighted_by_key` is a number > 0). Error replies and
+    failing replies are rejected (logged with the site, recorded in `last_train_report`)
+    and the round goes on with the others. Accepted updates are put in a fixed order, then
+    held to `max_update_norm` (0 = off): an update whose norm (strategies/clipping.py)
+    exceeds it is rejected or moved toward the global adapter, per `update_norm_action`.
 
-    Parameters
-    ----------
-    expected_shapes : Mapping[str, Sequence[int]] | None (default: None)
-        Keys and shapes of the global adapter, in the order the aggregate is returned.
-        May be set later with `set_expected`; if still unset when `start` runs, it is
-        taken from `initial_arrays`.
-    **fedavg_kwargs
-        Passed to FedAvg (`fraction_train`, `min_train_nodes`, `min_available_nodes`,
-        `weighted_by_key`, ...); see `flwr.serverapp.strategy.FedAvg`.
+    The host class provides `weighted_by_key` and sets `expected_shapes`,
+    `last_train_report` and `last_evaluate_report` in its `__init__`.
     """
 
-    invariants: tuple[str, ...] = ("weights-sum-to-one",)
+    invariants: tuple[str, ...] = ()
+    weighted_by_key: str
+    expected_shapes: OrderedDict[str, tuple[int, ...]] | None
+    last_train_report: RoundReport | None
+    last_evaluate_report: list[tuple[str, Metrics]]
+    # Class defaults, so strategies built without `configure_screening` screen as before.
+    max_update_norm: float = 0.0
+    update_norm_action: str = "clip"
+    proximal_mu: float = 0.0
+    _global_arrays: ArrayRecord | None = None
+    _global_state: OrderedDict[str, np.ndarray] | None = None
 
-    def __init__(
-        self,
-        expected_shapes: Mapping[str, Sequence[int]] | None = None,
-        **fedavg_kwargs: Any,
+    def configure_screening(
+        self, max_update_norm: float = 0.0, update_norm_action: str = "clip", proximal_mu: float = 0.0
     ) -> None:
-        super().__init__(**fedavg_kwargs)
-        self.expected_shapes: OrderedDict[str, tuple[int, ...]] | None = None
-        if expected_shapes is not None:
-            self.set_expected(expected_shapes)
-        self.last_train_report: RoundReport | None = None
-        self.last_evaluate_report: list[tuple[str, Metrics]] = []
-
-    @classmethod
-    def from_run_config(
-        cls,
-        cfg: Mapping[str, Any],
-        expected_shapes: Mapping[str, Sequence[int]],
-        validation_loss: Callable[[dict[str, np.ndarray]], float] | None = None,
-        **fedavg_kwargs: Any,
-    ) -> LoraFedAvg:
-        """Build from the run config (`strategy.*` keys); this class reads none of them."""
-        del cfg, validation_loss  # plain averaging needs neither
-        return cls(expected_shapes=expected_shapes, **fedavg_kwargs)
+        """Set the update-norm bound and the FedProx coefficient sent to sites."""
+        if isinstance(max_update_norm, bool) or not (math.isfinite(max_update_norm) and max_update_norm >= 0):
+            raise ValueError(f"strategy.max-update-norm: expected a number >= 0, got {max_update_norm!r}")
+        if update_norm_action not in UPDATE_NORM_ACTIONS:
+            raise ValueError(
+                f"strategy.update-norm-action: {update_norm_action!r} is not one of {list(UPDATE_NORM_ACTIONS)}"
+            )
+        if isinstance(proximal_mu, bool) or not (math.isfinite(proximal_mu) and proximal_mu >= 0):
+            raise ValueError(f"strategy.proximal-mu: expected a number >= 0, got {proximal_mu!r}")
+        self.max_update_norm = float(max_update_norm)
+        self.update_norm_action = update_norm_action
+        self.proximal_mu = float(proximal_mu)
 
     def set_expected(self, shapes: Mapping[str, Sequence[int]]) -> None:
         """Set the keys and shapes every update must have."""
@@ -125,33 +128,46 @@ class LoraFedAvg(FedAvg):
             raise ValueError("expected adapter shapes: got no tensors")
         self.expected_shapes = OrderedDict((str(k), tuple(int(d) for d in v)) for k, v in shapes.items())
 
-    def summary(self) -> None:
-        """Log summary configuration of the strategy."""
-        super().summary()
-        if self.expected_shapes is not None:
-            numel = sum(math.prod(s) for s in self.expected_shapes.values())
-            log(INFO, "\t└──> Adapter: %d tensors, %d parameters", len(self.expected_shapes), numel)
+    def set_global(self, arrays: ArrayRecord | Mapping[str, np.ndarray]) -> None:
+        """The global adapter this round's updates start from (`configure_train` sets it)."""
+        if isinstance(arrays, ArrayRecord):
+            self._global_arrays, self._global_state = arrays, None  # decoded only if needed
+        else:
+            self._global_arrays = None
+            self._global_state = OrderedDict((k, np.asarray(v)) for k, v in arrays.items())
 
-    def start(self, grid: Grid, initial_arrays: ArrayRecord, *args: Any, **kwargs: Any) -> Result:
-        """Run the federation (FedAvg's loop); the initial adapter fixes the expected shapes if unset."""
-        if self.expected_shapes is None:
-            self.set_expected({k: tuple(initial_arrays[k].shape) for k in initial_arrays.keys()})
-        return super().start(grid, initial_arrays, *args, **kwargs)
+    def global_state(self) -> OrderedDict[str, np.ndarray]:
+        """The decoded global adapter; raises if no round has been configured yet."""
+        if self._global_state is None:
+            if self._global_arrays is None:
+                raise RuntimeError(
+                    f"{type(self).__name__}: strategy.max-update-norm needs the global adapter; "
+                    "call configure_train() or set_global() before aggregating"
+                )
+            self._global_state = from_arrayrecord(self._global_arrays)
+        return self._global_state
 
-    # --- training ---------------------------------------------------------------------
+    def _train_config(self, arrays: ArrayRecord, config: ConfigRecord) -> ConfigRecord:
+        """Remember the global adapter; send the FedProx coefficient when one is set."""
+        self.set_global(arrays)
+        if self.proximal_mu > 0:
+            # client_app/app.py passes config["proximal-mu"] to train_round's FedProx term.
+            config["proximal-mu"] = self.proximal_mu
+        return config
 
-    def aggregate_train(
-        self,
-        server_round: int,
-        replies: Iterable[Message],
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Screen the replies, weight the accepted updates and average them per tensor."""
+    def _require_expected(self) -> None:
         if self.expected_shapes is None:
             raise RuntimeError(
                 f"{type(self).__name__}: the expected adapter shapes are not set; pass "
                 "expected_shapes or call set_expected() before aggregating"
             )
-        self.last_train_report = RoundReport(server_round=server_round)
+
+    def screen_replies(self, server_round: int, replies: Iterable[Message]) -> list[SiteCandidate]:
+        """Check every reply, bound the accepted updates' norms; canonical order.
+
+        Rejections go to `last_train_report`, which the caller has set for this round.
+        """
+        self._require_expected()
         candidates: list[SiteCandidate] = []
         replies = list(replies)
         for msg in replies:
@@ -162,33 +178,14 @@ class LoraFedAvg(FedAvg):
                 )
                 continue
             try:
-                candidates.append(self.check_reply(msg, site))
+                candidate = self.check_reply(msg, site)
             except UpdateRejected as err:
                 self._record_rejection(server_round, site, str(err))
+                continue
+            candidate.message = msg
+            candidates.append(candidate)
         log(INFO, "aggregate_train: %d of %d replies accepted", len(candidates), len(replies))
-
-        candidates = canonical_order(candidates)
-        weights = self.aggregation_weights(server_round, candidates) if candidates else []
-        accepted, weights = self._drop_rejected(candidates, weights)
-        self.last_train_report.rejected.sort()  # independent of arrival order
-        if not accepted:
-            log(WARNING, "round %d: no valid update; the global adapter is unchanged", server_round)
-            return None, None
-
-        arrays = self.weighted_average(accepted, weights)
-        metrics = self._aggregate_train_metrics(accepted)
-        self.last_train_report.updates = [
-            SiteUpdate(
-                node_id=c.node_id,
-                site=c.site,
-                num_examples=c.num_examples,
-                weight=w,
-                metrics=metric_dict([c.metrics]),
-                bytes_up=c.bytes_up,
-            )
-            for c, w in zip(accepted, weights, strict=True)
-        ]
-        return arrays, metrics
+        return self.bound_update_norms(server_round, canonical_order(candidates))
 
     def check_reply(self, msg: Message, site: str) -> SiteCandidate:
         """Decode one content reply, or raise UpdateRejected naming what is wrong."""
@@ -248,6 +245,185 @@ class LoraFedAvg(FedAvg):
             raise UpdateRejected(f"'{key}' must be > 0, got {value}")
         return value, metrics
 
+    def bound_update_norms(self, server_round: int, candidates: list[SiteCandidate]) -> list[SiteCandidate]:
+        """Hold each update's norm to `max_update_norm`: reject it, or scale it toward the global.
+
+        The norms (and any clip factors) go to `last_train_report.extra["update-norm"]`
+        (and `["clipped"]`), by site.
+        """
+        bound = self.max_update_norm
+        if bound <= 0 or not candidates:
+            return candidates
+        global_state = self.global_state()
+        extra = self.last_train_report.extra if self.last_train_report is not None else {}
+        norms = extra.setdefault("update-norm", {})
+        kept = []
+        for candidate in candidates:
+            terms = update_terms(candidate.state, global_state)
+            norm = terms.norm()
+            norms[candidate.site] = norm
+            if norm <= bound:
+                kept.append(candidate)
+                continue
+            reason = f"update norm {norm:.4g} exceeds strategy.max-update-norm = {bound:g}"
+            if self.update_norm_action == "reject":
+                self._record_rejection(server_round, candidate.site, reason)
+                continue
+            factor = terms.clip_factor(bound)
+            candidate.state = scale_toward(candidate.state, global_state, factor)
+            candidate.clip_factor = factor
+            extra.setdefault("clipped", {})[candidate.site] = {"update-norm": norm, "factor": factor}
+            log(
+                WARNING,
+                "round %d: update from site %s clipped: %s; its A and B deltas were scaled by %.4g "
+                "(norm now %.4g)",
+                server_round,
+                candidate.site,
+                reason,
+                factor,
+                terms.norm(factor),
+            )
+            kept.append(candidate)
+        return kept
+
+    def reject(self, candidate: SiteCandidate, reason: str) -> None:
+        """Reject a screened candidate from inside `aggregation_weights`."""
+        candidate.rejected = reason
+        server_round = self.last_train_report.server_round if self.last_train_report else 0
+        self._record_rejection(server_round, candidate.site, reason)
+
+    def _record_rejection(self, server_round: int, site: str, reason: str) -> None:
+        log(WARNING, "round %d: update from site %s rejected: %s", server_round, site, reason)
+        if self.last_train_report is not None:
+            self.last_train_report.rejected.append((site, reason))
+
+    def screen_evaluate_replies(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
+        """The content replies, in a fixed order; failures logged, per-site metrics kept."""
+        content_replies = []
+        for msg in replies:
+            if msg.has_error():
+                log(
+                    WARNING,
+                    "round %d: evaluation by site %s failed (code %d): %s",
+                    server_round,
+                    site_label(msg),
+                    msg.error.code,
+                    msg.error.reason,
+                )
+            else:
+                content_replies.append(msg)
+        # A fixed order keeps the float sums, and so the result, independent of arrival order.
+        content_replies.sort(key=lambda m: (site_label(m), m.metadata.src_node_id))
+        self.last_evaluate_report = [
+            (site_label(m), metric_dict(m.content.metric_records.values())) for m in content_replies
+        ]
+        return content_replies
+
+
+class LoraFedAvg(ReplyScreening, FedAvg):
+    """FedAvg over LoRA adapters with per-reply screening and a weighting hook.
+
+    Sampling, `configure_train` and `configure_evaluate` are FedAvg's. `aggregate_train`
+    checks each reply against the expected adapter (exactly one ArrayRecord with exactly the
+    expected keys and shapes, float dtype, finite values; exactly one MetricRecord whose
+    `weighted_by_key` is a number > 0), rejects failing replies and error replies, and
+    averages the rest per tensor in float64 with the weights of `aggregation_weights`.
+    The default weights are proportional to `num-examples` (Fed-MedLoRA). The result is
+    the same for the same replies in any order. What happened is kept in
+    `last_train_report` and `last_evaluate_report` for the server's report. The update-norm
+    bound and the FedProx coefficient come from `configure_screening` (see `ReplyScreening`).
+
+    Parameters
+    ----------
+    expected_shapes : Mapping[str, Sequence[int]] | None (default: None)
+        Keys and shapes of the global adapter, in the order the aggregate is returned.
+        May be set later with `set_expected`; if still unset when `start` runs, it is
+        taken from `initial_arrays`.
+    **fedavg_kwargs
+        Passed to FedAvg (`fraction_train`, `min_train_nodes`, `min_available_nodes`,
+        `weighted_by_key`, ...); see `flwr.serverapp.strategy.FedAvg`.
+    """
+
+    invariants: tuple[str, ...] = ("weights-sum-to-one",)
+
+    def __init__(
+        self,
+        expected_shapes: Mapping[str, Sequence[int]] | None = None,
+        **fedavg_kwargs: Any,
+    ) -> None:
+        super().__init__(**fedavg_kwargs)
+        self.expected_shapes: OrderedDict[str, tuple[int, ...]] | None = None
+        if expected_shapes is not None:
+            self.set_expected(expected_shapes)
+        self.last_train_report: RoundReport | None = None
+        self.last_evaluate_report: list[tuple[str, Metrics]] = []
+
+    @classmethod
+    def from_run_config(
+        cls,
+        cfg: Mapping[str, Any],
+        expected_shapes: Mapping[str, Sequence[int]],
+        validation_loss: Callable[[dict[str, np.ndarray]], float] | None = None,
+        **fedavg_kwargs: Any,
+    ) -> LoraFedAvg:
+        """Build from the run config (`strategy.*` keys); this class reads none of them."""
+        del cfg, validation_loss  # plain averaging needs neither
+        return cls(expected_shapes=expected_shapes, **fedavg_kwargs)
+
+    def summary(self) -> None:
+        """Log summary configuration of the strategy."""
+        super().summary()
+        if self.expected_shapes is not None:
+            numel = sum(math.prod(s) for s in self.expected_shapes.values())
+            log(INFO, "\t└──> Adapter: %d tensors, %d parameters", len(self.expected_shapes), numel)
+        if self.max_update_norm > 0:
+            log(INFO, "\t└──> Update norm bound: %g (%s)", self.max_update_norm, self.update_norm_action)
+
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, *args: Any, **kwargs: Any) -> Result:
+        """Run the federation (FedAvg's loop); the initial adapter fixes the expected shapes if unset."""
+        if self.expected_shapes is None:
+            self.set_expected({k: tuple(initial_arrays[k].shape) for k in initial_arrays.keys()})
+        return super().start(grid, initial_arrays, *args, **kwargs)
+
+    # --- training ---------------------------------------------------------------------
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """FedAvg's sampling; the global adapter is kept for the update-norm bound."""
+        return super().configure_train(server_round, arrays, self._train_config(arrays, config), grid)
+
+    def aggregate_train(
+        self,
+        server_round: int,
+        replies: Iterable[Message],
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Screen the replies, weight the accepted updates and average them per tensor."""
+        self._require_expected()
+        self.last_train_report = RoundReport(server_round=server_round)
+        candidates = self.screen_replies(server_round, replies)
+        weights = self.aggregation_weights(server_round, candidates) if candidates else []
+        accepted, weights = self._drop_rejected(candidates, weights)
+        self.last_train_report.rejected.sort()  # independent of arrival order
+        if not accepted:
+            log(WARNING, "round %d: no valid update; the global adapter is unchanged", server_round)
+            return None, None
+
+        arrays = self.weighted_average(accepted, weights)
+        metrics = self._aggregate_train_metrics(accepted)
+        self.last_train_report.updates = [
+            SiteUpdate(
+                node_id=c.node_id,
+                site=c.site,
+                num_examples=c.num_examples,
+                weight=w,
+                metrics=metric_dict([c.metrics]),
+                bytes_up=c.bytes_up,
+            )
+            for c, w in zip(accepted, weights, strict=True)
+        ]
+        return arrays, metrics
+
     def aggregation_weights(self, server_round: int, accepted: list[SiteCandidate]) -> list[float]:
         """One weight per candidate: non-negative, summing to one. Default: n_k / sum(n).
 
@@ -257,12 +433,6 @@ class LoraFedAvg(FedAvg):
         del server_round
         total = math.fsum(c.num_examples for c in accepted)
         return [c.num_examples / total for c in accepted]
-
-    def reject(self, candidate: SiteCandidate, reason: str) -> None:
-        """Reject a screened candidate from inside `aggregation_weights`."""
-        candidate.rejected = reason
-        server_round = self.last_train_report.server_round if self.last_train_report else 0
-        self._record_rejection(server_round, candidate.site, reason)
 
     def weighted_average(self, accepted: list[SiteCandidate], weights: list[float]) -> ArrayRecord:
         """sum_k w_k * state_k per tensor, in float64, returned as float32."""
@@ -303,34 +473,11 @@ class LoraFedAvg(FedAvg):
         ]
         return self.train_metrics_aggr_fn(records, self.weighted_by_key)
 
-    def _record_rejection(self, server_round: int, site: str, reason: str) -> None:
-        log(WARNING, "round %d: update from site %s rejected: %s", server_round, site, reason)
-        if self.last_train_report is not None:
-            self.last_train_report.rejected.append((site, reason))
-
     # --- evaluation -------------------------------------------------------------------
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """FedAvg's aggregation over the content replies; per-site metrics kept for the report."""
-        content_replies = []
-        for msg in replies:
-            if msg.has_error():
-                log(
-                    WARNING,
-                    "round %d: evaluation by site %s failed (code %d): %s",
-                    server_round,
-                    site_label(msg),
-                    msg.error.code,
-                    msg.error.reason,
-                )
-            else:
-                content_replies.append(msg)
-        # A fixed order keeps the float sums, and so the result, independent of arrival order.
-        content_replies.sort(key=lambda m: (site_label(m), m.metadata.src_node_id))
-        self.last_evaluate_report = [
-            (site_label(m), metric_dict(m.content.metric_records.values())) for m in content_replies
-        ]
-        return super().aggregate_evaluate(server_round, content_replies)
+        return super().aggregate_evaluate(server_round, self.screen_evaluate_replies(server_round, replies))
 
 
 def site_label(msg: Message) -> str:

@@ -49,7 +49,7 @@ def _run(tmp_path: Path, tiny_llama: Path, corpus: Path, **extra) -> tuple[int, 
     return code, tmp_path / "outputs" / "e2e", log.read_text()
 
 
-@pytest.mark.parametrize("strategy", ["fedmedlora", "fedmedlora-plus"])
+@pytest.mark.parametrize("strategy", ["fedmedlora", "fedmedlora-plus", "exact"])
 def test_three_site_simulation_produces_a_loadable_changed_adapter(strategy, tmp_path, tiny_llama, tiny_corpus):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -71,7 +71,7 @@ def test_three_site_simulation_produces_a_loadable_changed_adapter(strategy, tmp
         assert abs(sum(s["weight"] for s in record["sites"]) - 1) < 1e-6
         assert all(s["bytes-up"] > 0 and np.isfinite(s["train"]["train-loss"]) for s in record["sites"])
         assert all("strict-f1" in s["evaluate"] for s in record["sites"])
-        if strategy == "fedmedlora":  # weights = shares of training instances
+        if strategy in ("fedmedlora", "exact"):  # weights = shares of training instances
             total = sum(s["num-examples"] for s in record["sites"])
             assert all(abs(s["weight"] - s["num-examples"] / total) < 1e-9 for s in record["sites"])
         else:  # weights = softmax(-L_k) of the coordinator's validation losses

@@ -1,0 +1,1 @@
+"""Examples of extending the app (see README, "Write your own strategy")."""

@@ -1,0 +1,350 @@
+"""ExactLoRA: aggregate the LoRA updates B_k A_k themselves, not A and B separately.
+
+Averaging A and B separately gives (sum p_k B_k)(sum p_k A_k), which is not the average
+update sum p_k B_k A_k. This strategy forms the exact weighted sum of the products in
+factored form and returns its best rank-r approximation (Eckart-Young), without ever
+building a dense out x in matrix.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from logging import INFO
+from typing import Any, Literal
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message
+from flwr.common.logger import log
+
+from .base import LoraFedAvg, SiteCandidate, UpdateRejected
+from .registry import register
+
+A_SUFFIX = ".lora_A.weight"
+B_SUFFIX = ".lora_B.weight"
+
+# Metric key a site may send with its own LoRA alpha (else the strategy's `alpha`).
+ALPHA_METRIC = "lora-alpha"
+
+Rank = int | Literal["full"] | None
+
+
+@dataclass(frozen=True)
+class LoraModule:
+    """One LoRA pair of the global adapter: A is (rank, in_features), B is (out_features, rank)."""
+
+    prefix: str
+    rank: int
+    in_features: int
+    out_features: int
+
+    @property
+    def a_key(self) -> str:
+        return self.prefix + A_SUFFIX
+
+    @property
+    def b_key(self) -> str:
+        return self.prefix + B_SUFFIX
+
+
+@dataclass(frozen=True)
+class ExactFactors:
+    """Result of `exact_factors`: B (out, k), A (k, in) in float64, and what truncation dropped."""
+
+    b: np.ndarray
+    a: np.ndarray
+    dropped_energy: float  # share of sum(s^2) in the discarded singular values, in [0, 1]
+
+
+@register("exact")
+class ExactLoRA(LoraFedAvg):
+    """Exact aggregation of the LoRA products, truncated to a fixed rank.
+
+    For every LoRA module (keys `<prefix>.lora_A.weight`, shape (r_k, in), and
+    `<prefix>.lora_B.weight`, shape (out, r_k)) the coordinator forms
+    M = sum_k p_k (alpha_k / r_k) B_k A_k, with p_k the weights of `aggregation_weights`
+    (default: `num-examples` shares), and returns global factors B, A with
+    (alpha / r) B A equal to the best rank-`rank` approximation of M, where alpha / r is the
+    global adapter's scaling. The singular values are split evenly (square roots) between
+    B and A, and the factors are ordered by singular value, so the first j columns of B and
+    rows of A are the best rank-j approximation. Keys that are not LoRA pairs are averaged
+    plainly. Sites may train with different ranks r_k: a reply whose A and B differ from the
+    global shapes only in the rank dimension is accepted. The share of energy (sum of
+    squared singular values) that truncation dropped is logged each round and kept in
+    `last_train_report.extra["truncated-energy"]` (`max` and `mean` over modules).
+
+    Parameters
+    ----------
+    rank : int | "full" | None (default: None)
+        Rank of the aggregate. None: each module's rank in the global adapter (the
+        returned adapter then has exactly the expected shapes). An int below that rank
+        is zero-padded to the expected shapes. "full": the stacked rank sum_k r_k, which
+        is exact (no truncation); like an int above the global rank it returns a wider
+        adapter, which sites of the global rank cannot load, so use it for analysis or
+        for the final export (exported with lora_alpha = alpha * width / r to keep the
+        scaling).
+    alpha : float | None (default: None)
+        LoRA alpha of the global adapter and of any site whose reply has no
+        `lora-alpha` metric. None: alpha = the module's global rank (scaling 1). When all
+        sites share alpha and rank the scalings cancel and alpha does not matter.
+    expected_shapes : Mapping[str, Sequence[int]] | None (default: None)
+        Keys and shapes of the global adapter (see `LoraFedAvg`).
+    **fedavg_kwargs
+        Passed to FedAvg (sampling and record keys).
+    """
+
+    # Weights still sum to one, but the tensors are not a weighted average of the replies.
+    invariants: tuple[str, ...] = ("exact-product",)
+
+    def __init__(
+        self,
+        rank: int | str | None = None,
+        alpha: float | None = None,
+        expected_shapes: Mapping[str, Sequence[int]] | None = None,
+        **fedavg_kwargs: Any,
+    ) -> None:
+        self.rank: Rank = _check_rank(rank, "strategy.exact-rank")
+        if alpha is not None:
+            alpha = _check_alpha(alpha, "lora.alpha")
+        self.alpha: float | None = alpha
+        self.modules: list[LoraModule] = []
+        super().__init__(expected_shapes=expected_shapes, **fedavg_kwargs)
+
+    @classmethod
+    def from_run_config(
+        cls,
+        cfg: Mapping[str, Any],
+        expected_shapes: Mapping[str, Sequence[int]],
+        validation_loss: Callable[[dict[str, np.ndarray]], float] | None = None,
+        **fedavg_kwargs: Any,
+    ) -> ExactLoRA:
+        """Build from the run config: `lora.alpha`, `lora.r`, optional `strategy.exact-rank`."""
+        del validation_loss  # weights are FedAvg's
+        strategy = cls(
+            rank=cfg.get("strategy.exact-rank"),
+            alpha=cfg.get("lora.alpha"),
+            expected_shapes=expected_shapes,
+            **fedavg_kwargs,
+        )
+        r = cfg.get("lora.r")
+        # The adapter is built from lora.r, so a disagreement means the shapes are not this run's.
+        mismatched = [m.prefix for m in strategy.modules if r is not None and m.rank != int(r)]
+        if mismatched:
+            raise ValueError(
+                f"lora.r = {r}, but the global adapter has another rank in {mismatched[:3]}"
+            )
+        return strategy
+
+    def set_expected(self, shapes: Mapping[str, Sequence[int]]) -> None:
+        """Set the global adapter's keys and shapes, and find its LoRA pairs."""
+        super().set_expected(shapes)
+        assert self.expected_shapes is not None
+        self.modules = lora_modules(self.expected_shapes)
+
+    def summary(self) -> None:
+        """Log summary configuration of the strategy."""
+        super().summary()
+        rank = self.rank or "global"
+        log(INFO, "\t└──> Exact LoRA aggregation: %d modules, rank %s", len(self.modules), rank)
+
+    # --- screening: accept other ranks -----------------------------------------------
+
+    def check_reply(self, msg: Message, site: str) -> SiteCandidate:
+        """LoraFedAvg's checks against the global shapes with this site's LoRA ranks."""
+        assert self.expected_shapes is not None
+        site_shapes = self._site_shapes(msg)
+        global_shapes = self.expected_shapes
+        # The base checks compare with `expected_shapes`; swap in the site's for one call.
+        self.expected_shapes = site_shapes
+        try:
+            candidate = super().check_reply(msg, site)
+        finally:
+            self.expected_shapes = global_shapes
+        if ALPHA_METRIC in candidate.metrics:
+            value = candidate.metrics[ALPHA_METRIC]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                math.isfinite(value) and value > 0
+            ):
+                raise UpdateRejected(f"'{ALPHA_METRIC}' must be a number > 0, got {value!r}")
+        return candidate
+
+    def _site_shapes(self, msg: Message) -> OrderedDict[str, tuple[int, ...]]:
+        """Expected shapes with each LoRA pair's rank taken from the reply, where only it differs.
+
+        Anything else (wrong in/out features, missing keys, not 2-D) keeps the global shape,
+        so the base check rejects it with its usual message.
+        """
+        assert self.expected_shapes is not None
+        shapes = OrderedDict(self.expected_shapes)
+        if len(msg.content.array_records) != 1:
+            return shapes
+        record = next(iter(msg.content.array_records.values()))
+        for module in self.modules:
+            if module.a_key not in record or module.b_key not in record:
+                continue
+            a_shape = tuple(record[module.a_key].shape)
+            b_shape = tuple(record[module.b_key].shape)
+            if len(a_shape) != 2 or len(b_shape) != 2:
+                continue
+            if a_shape[1] != module.in_features or b_shape[0] != module.out_features:
+                continue
+            if a_shape[0] != b_shape[1]:
+                raise UpdateRejected(
+                    f"{module.prefix}: lora_A has rank {a_shape[0]} but lora_B has rank {b_shape[1]}"
+                )
+            if a_shape[0] < 1:
+                raise UpdateRejected(f"{module.prefix}: LoRA rank must be >= 1, got {a_shape[0]}")
+            shapes[module.a_key] = a_shape
+            shapes[module.b_key] = b_shape
+        return shapes
+
+    # --- aggregation -----------------------------------------------------------------
+
+    def weighted_average(self, accepted: list[SiteCandidate], weights: list[float]) -> ArrayRecord:
+        """Exact rank-truncated aggregate of each LoRA product; other tensors averaged."""
+        assert self.expected_shapes is not None
+        out: dict[str, np.ndarray] = {}
+        paired = {k for m in self.modules for k in (m.a_key, m.b_key)}
+        for key, shape in self.expected_shapes.items():
+            if key not in paired:
+                total = np.zeros(shape, dtype=np.float64)
+                for candidate, weight in zip(accepted, weights, strict=True):
+                    total += candidate.state[key].astype(np.float64) * weight
+                out[key] = total
+
+        dropped: list[float] = []
+        for module in self.modules:
+            global_alpha = self.alpha if self.alpha is not None else float(module.rank)
+            scales = [
+                weight * self._site_alpha(c, module) / c.state[module.a_key].shape[0]
+                for c, weight in zip(accepted, weights, strict=True)
+            ]
+            target = module.rank if self.rank is None else self.rank
+            result = exact_factors(
+                [c.state[module.b_key] for c in accepted],
+                [c.state[module.a_key] for c in accepted],
+                scales,
+                target,
+                out_scale=module.rank / global_alpha,
+            )
+            out[module.b_key], out[module.a_key] = _pad_rank(result.b, result.a, module.rank)
+            dropped.append(result.dropped_energy)
+
+        report = self.last_train_report
+        summary = {
+            "max": max(dropped, default=0.0),
+            "mean": math.fsum(dropped) / len(dropped) if dropped else 0.0,
+            "modules": len(dropped),
+        }
+        if report is not None:
+            report.extra["truncated-energy"] = summary
+        log(
+            INFO,
+            "round %d: exact LoRA aggregation to rank %s dropped max %.3g, mean %.3g of the energy "
+            "over %d module(s)",
+            report.server_round if report is not None else 0,
+            self.rank or "global",
+            summary["max"],
+            summary["mean"],
+            summary["modules"],
+        )
+        # Keep the global key order (pairs were written after the plain keys).
+        return ArrayRecord({key: Array(out[key].astype(np.float32)) for key in self.expected_shapes})
+
+    def _site_alpha(self, candidate: SiteCandidate, module: LoraModule) -> float:
+        if ALPHA_METRIC in candidate.metrics:
+            return float(candidate.metrics[ALPHA_METRIC])
+        return self.alpha if self.alpha is not None else float(module.rank)
+
+
+def exact_factors(
+    bs: Sequence[np.ndarray],
+    as_: Sequence[np.ndarray],
+    scales: Sequence[float],
+    rank: int | str,
+    out_scale: float = 1.0,
+) -> ExactFactors:
+    """Best rank-`rank` factors of M = sum_k scales[k] * bs[k] @ as_[k], without forming M.
+
+    With U = [sqrt(c_k) B_k ...] (out x R) and V = [sqrt(c_k) A_k ...] (R x in), M = U V.
+    QR gives U = Q_U R_U and V^T = Q_V R_V, so M = Q_U (R_U R_V^T) Q_V^T and the SVD of the
+    small core R_U R_V^T = u diag(s) v^T is M's SVD up to the orthonormal Q's. The result
+    is B = Q_U u_k diag(sqrt(s_k)) * out_scale, A = diag(sqrt(s_k)) v_k^T Q_V^T, so
+    B A / out_scale is the best rank-k approximation. `rank` = "full" keeps every
+    singular value (exact). Cost O((out + in) R^2), memory O((out + in) R).
+    """
+    if not (len(bs) == len(as_) == len(scales)) or not bs:
+        raise ValueError(
+            f"exact_factors: need one B, A and scale per site, got {len(bs)}, {len(as_)}, {len(scales)}"
+        )
+    if any(not math.isfinite(c) or c < 0 for c in scales):
+        raise ValueError(f"exact_factors: scales must be finite and >= 0, got {list(scales)}")
+    # sqrt on both sides keeps U and V equally conditioned.
+    roots = [math.sqrt(c) for c in scales]
+    # One (out or in) x R stack at a time: memory stays O((out + in) R), never out x in.
+    u_stack = np.concatenate([np.asarray(b, np.float64) * c for b, c in zip(bs, roots, strict=True)], axis=1)
+    q_u, r_u = np.linalg.qr(u_stack)
+    del u_stack
+    vt_stack = np.concatenate([np.asarray(a, np.float64).T * c for a, c in zip(as_, roots, strict=True)], axis=1)
+    q_v, r_v = np.linalg.qr(vt_stack)
+    del vt_stack
+    u, s, vt = np.linalg.svd(r_u @ r_v.T)  # small: at most R x R
+
+    keep = len(s) if rank == "full" else min(int(rank), len(s))
+    energy = float(np.sum(s * s))
+    dropped = float(np.sum(s[keep:] ** 2)) / energy if energy > 0 else 0.0
+    root_s = np.sqrt(s[:keep])
+    b = (q_u @ (u[:, :keep] * root_s)) * out_scale
+    a = (root_s[:, None] * vt[:keep]) @ q_v.T
+    return ExactFactors(b=b, a=a, dropped_energy=min(max(dropped, 0.0), 1.0))
+
+
+def lora_modules(shapes: Mapping[str, tuple[int, ...]]) -> list[LoraModule]:
+    """The LoRA pairs of an adapter's shapes, in key order; a key without its partner is not one."""
+    modules = []
+    for key, a_shape in shapes.items():
+        if not key.endswith(A_SUFFIX):
+            continue
+        prefix = key[: -len(A_SUFFIX)]
+        b_shape = shapes.get(prefix + B_SUFFIX)
+        if b_shape is None or len(a_shape) != 2 or len(b_shape) != 2 or a_shape[0] != b_shape[1]:
+            continue
+        modules.append(LoraModule(prefix, rank=a_shape[0], in_features=a_shape[1], out_features=b_shape[0]))
+    return modules
+
+
+def _pad_rank(b: np.ndarray, a: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """Zero-pad factors narrower than the global rank; zero rows/columns add nothing to B A."""
+    width = b.shape[1]
+    if width >= rank:
+        return b, a
+    b_full = np.zeros((b.shape[0], rank), dtype=b.dtype)
+    a_full = np.zeros((rank, a.shape[1]), dtype=a.dtype)
+    b_full[:, :width] = b
+    a_full[:width] = a
+    return b_full, a_full
+
+
+def _check_rank(rank: Any, key: str) -> Rank:
+    """None, "full", or an int >= 1 (also given as a string, as the run config holds it)."""
+    if rank is None or rank == "":
+        return None
+    if isinstance(rank, str):
+        text = rank.strip().lower()
+        if text == "full":
+            return "full"
+        try:
+            rank = int(text)
+        except ValueError:
+            raise ValueError(f"{key}: expected 'full' or an integer >= 1, got {rank!r}") from None
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"{key}: expected 'full' or an integer >= 1, got {rank!r}")
+    return rank
+
+
+def _check_alpha(alpha: Any, key: str) -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"{key}: expected a number > 0, got {alpha!r}")
+    return float(alpha)
