@@ -106,6 +106,12 @@ class ReplyScreening:
     _global_arrays: ArrayRecord | None = None
     _global_state: OrderedDict[str, np.ndarray] | None = None
 
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, *args: Any, **kwargs: Any) -> Result:
+        """The wrapped strategy's loop; the initial adapter fixes the expected shapes if unset."""
+        if self.expected_shapes is None:
+            self.set_expected({k: tuple(initial_arrays[k].shape) for k in initial_arrays.keys()})
+        return super().start(grid, initial_arrays, *args, **kwargs)
+
     def configure_screening(
         self, max_update_norm: float = 0.0, update_norm_action: str = "clip", proximal_mu: float = 0.0
     ) -> None:
@@ -378,12 +384,6 @@ class LoraFedAvg(ReplyScreening, FedAvg):
             log(INFO, "\t└──> Adapter: %d tensors, %d parameters", len(self.expected_shapes), numel)
         if self.max_update_norm > 0:
             log(INFO, "\t└──> Update norm bound: %g (%s)", self.max_update_norm, self.update_norm_action)
-
-    def start(self, grid: Grid, initial_arrays: ArrayRecord, *args: Any, **kwargs: Any) -> Result:
-        """Run the federation (FedAvg's loop); the initial adapter fixes the expected shapes if unset."""
-        if self.expected_shapes is None:
-            self.set_expected({k: tuple(initial_arrays[k].shape) for k in initial_arrays.keys()})
-        return super().start(grid, initial_arrays, *args, **kwargs)
 
     # --- training ---------------------------------------------------------------------
 

@@ -131,12 +131,6 @@ class ScreenedStrategy(ReplyScreening, Strategy):
             log(INFO, "\t│\t└── Update norm bound: %g (%s)", self.max_update_norm, self.update_norm_action)
         self.inner.summary()
 
-    def start(self, grid: Grid, initial_arrays: ArrayRecord, *args: Any, **kwargs: Any) -> Result:
-        """Flower's loop; the initial adapter fixes the expected shapes if unset."""
-        if self.expected_shapes is None:
-            self.set_expected({k: tuple(initial_arrays[k].shape) for k in initial_arrays.keys()})
-        return super().start(grid, initial_arrays, *args, **kwargs)
-
     # --- training ---------------------------------------------------------------------
 
     def configure_train(
