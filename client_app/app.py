@@ -34,7 +34,8 @@ class SiteFailure(RuntimeError):
 
 
 # Our own errors name file, line or key and a reason, and no note text.
-_SAFE_TO_REPORT = (ConfigError, FileNotFoundError, SiteDataError, protocol.BaseModelMismatch)
+_SAFE_TO_REPORT = (ConfigError, FileNotFoundError, SiteDataError, protocol.BaseModelMismatch,
+                   protocol.MalformedMessage)
 
 
 def _report_safely(handler):
@@ -55,14 +56,21 @@ def _report_safely(handler):
     return wrapper
 
 
-def _prepare(msg: Message, context: Context):
+def _setup(msg: Message, context: Context):
+    """Config, cached model and site data; refuses a coordinator with another base model."""
     setup_logging()
     cfg = validate(context.run_config)
     runtime = model_runtime(cfg)
     config = msg.content[protocol.CONFIG]
     protocol.check_base(config, runtime.identity, lora_settings(cfg))
-    set_adapter_state(runtime.model, from_arrayrecord(msg.content[protocol.ARRAYS]))
     site = site_runtime(context.node_config, cfg, runtime.tokenizer)
+    return cfg, runtime, site, config
+
+
+def _prepare(msg: Message, context: Context):
+    """`_setup`, then the message's adapter loaded into the cached model."""
+    cfg, runtime, site, config = _setup(msg, context)
+    set_adapter_state(runtime.model, from_arrayrecord(msg.content[protocol.ARRAYS]))
     return cfg, runtime, site, config
 
 
@@ -109,6 +117,36 @@ def evaluate(msg: Message, context: Context) -> Message:
              config.get("server-round"), metrics["val-loss"], metrics["strict-f1"], metrics["lenient-f1"])
     content = RecordDict({
         protocol.METRICS: MetricRecord(metrics),
+        protocol.SITE: ConfigRecord({"name": site.site.name}),
+    })
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate(protocol.SCORE_ACTION)  # message type "evaluate.score": Fed-MedLoRA+ with strategy.validation = sites
+@_report_safely
+def score(msg: Message, context: Context) -> Message:
+    """The validation loss of each of the round's K candidate adapters on this site's data.
+
+    The loss is the one the coordinator computes in its own mode (mean cross-entropy per
+    answer token, `InstanceEvaluator.loss`), on the validation instances this site's
+    evaluate handler scores (`eval.max-instances` caps them). The cached model's adapter is
+    left at the last candidate: train and evaluate always load the adapter they are sent.
+    """
+    _, runtime, site, config = _setup(msg, context)
+    candidates = protocol.candidate_records(msg.content)
+    evaluator = site.evaluator  # raises SiteDataError, naming the folder, if it has no validation split
+    losses = []
+    for k, record in enumerate(candidates):
+        set_adapter_state(runtime.model, from_arrayrecord(record))
+        losses.append(float(evaluator.loss(runtime.model)))
+        log.info("site %s round %s: candidate %d of %d, val-loss %.4f", site.site.name,
+                 config.get("server-round"), k + 1, len(candidates), losses[-1])
+    content = RecordDict({
+        protocol.METRICS: MetricRecord({
+            protocol.SCORE_LOSSES: losses,
+            protocol.SCORE_INSTANCES: len(evaluator.encoded),
+            protocol.SCORE_TOKENS: sum(e.answer_len for e in evaluator.encoded),
+        }),
         protocol.SITE: ConfigRecord({"name": site.site.name}),
     })
     return Message(content=content, reply_to=msg)

@@ -15,6 +15,7 @@ from modeling.base import DTYPE_CHOICES, EMBEDDED_DEFAULT, QUANTIZATION_CHOICES
 from modeling.lora import PAPER_TARGET_MODULES, LoraSettings
 from modeling.training import SCHEDULER_CHOICES, TrainSettings
 from strategies.clipping import UPDATE_NORM_ACTIONS
+from strategies.fedmedlora_plus import VALIDATION_MODES
 from strategies.flower import DP_MODES
 
 
@@ -49,6 +50,9 @@ KEYS: dict[str, Key] = {
     "strategy.name": Key(str, "fedmedlora", "aggregation strategy: a registered name or package.module:Class"),
     "strategy.temperature": Key(float, 1.0, "Fed-MedLoRA+: weights exp((1 - L_k) / T)"),
     "strategy.size-weighted": Key(bool, False, "Fed-MedLoRA+: also multiply weights by n_k"),
+    "strategy.validation": Key(str, "coordinator", "Fed-MedLoRA+: who computes L_k: the coordinator on "
+                               "its validation set, or every site on its own (K adapters down per site)",
+                               VALIDATION_MODES),
     "strategy.exact-rank": Key(str, "", "exact: rank of the global adapter, an integer or 'full'; empty = lora.r"),
     "strategy.min-sites": Key(int, 3, "sites that must be connected and reply for a round"),
     "strategy.fraction-train": Key(float, 1.0, "share of connected sites sampled per round"),

@@ -20,9 +20,44 @@ SITE = "site"
 # Metric keys every site returns, identical everywhere (FedAvg requires it).
 TRAIN_METRIC_KEYS = ("num-examples", "train-loss", "train-tokens", "train-seconds", "train-steps")
 
+# Site-side scoring (Fed-MedLoRA+ with strategy.validation = "sites"): the coordinator sends
+# the round's K candidate adapters as ArrayRecords `candidate-0` .. `candidate-{K-1}` with the
+# round's CONFIG record, in a message of type SCORE_MESSAGE_TYPE (routed to the ClientApp's
+# `@app.evaluate(SCORE_ACTION)` handler). The site replies with a MetricRecord holding the K
+# losses in candidate order (SCORE_LOSSES), how many validation instances and answer tokens
+# it scored them on, and its SITE record.
+SCORE_ACTION = "score"
+SCORE_MESSAGE_TYPE = f"evaluate.{SCORE_ACTION}"
+CANDIDATE_PREFIX = "candidate-"
+SCORE_LOSSES = "candidate-loss"
+SCORE_INSTANCES = "num-examples"
+SCORE_TOKENS = "num-tokens"
+
+
+def candidate_name(index: int) -> str:
+    return f"{CANDIDATE_PREFIX}{index}"
+
+
+def candidate_records(content) -> list:
+    """The candidate ArrayRecords of a scoring message, in candidate order.
+
+    Raises MalformedMessage unless they are named `candidate-0` .. `candidate-{K-1}` with K >= 1.
+    """
+    records = content.array_records
+    names = [name for name in records if name.startswith(CANDIDATE_PREFIX)]
+    expected = [candidate_name(i) for i in range(len(names))]
+    if not names or sorted(names) != sorted(expected):
+        raise MalformedMessage(f"scoring message: expected ArrayRecords {CANDIDATE_PREFIX}0.."
+                         f"{CANDIDATE_PREFIX}<K-1>, got {sorted(records)}")
+    return [records[name] for name in expected]
+
 
 class BaseModelMismatch(RuntimeError):
     pass
+
+
+class MalformedMessage(ValueError):
+    """A coordinator message lacks what its type needs (names records only, safe to report)."""
 
 
 def base_config(identity: ModelIdentity, lora: LoraSettings, num_rounds: int) -> dict[str, Any]:

@@ -78,6 +78,11 @@ def arrayrecord_nbytes(record) -> int:
     return sum(len(record[k].data) for k in record.keys())
 
 
+def metricrecord_nbytes(record) -> int:
+    """Bytes of payload a MetricRecord puts on the wire: 8 per number (lists count each item)."""
+    return 8 * sum(len(v) if isinstance(v, list) else 1 for v in record.values())
+
+
 def save_peft_folder(
     state: dict[str, np.ndarray],
     lora_config,

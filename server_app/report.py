@@ -1,5 +1,10 @@
 """Per-round progress for the coordinator's console and `metrics.jsonl`: who trained on
-how much, their losses and F1, and the bytes each site sent and received."""
+how much, their losses and F1, and the bytes each site sent and received.
+
+Bytes are tensor payload: the global adapter down with every train and evaluate message,
+the site's adapter up, plus whatever a strategy exchanged with the sites beyond that
+(`last_train_report.extra["extra-traffic"]`, by site: Fed-MedLoRA+ with
+`strategy.validation = "sites"` sends K candidate adapters down and gets K losses up)."""
 
 from __future__ import annotations
 
@@ -17,6 +22,8 @@ class RoundReporter:
         self.num_rounds = num_rounds
         self.bytes_up = 0
         self.bytes_down = 0
+        self.extra_bytes_up = 0  # part of bytes_up / bytes_down: the strategy's own messages
+        self.extra_bytes_down = 0
         self.site_rounds = 0
 
     def round_record(self, server_round: int, server_metrics: dict[str, float]) -> dict[str, Any]:
@@ -28,6 +35,12 @@ class RoundReporter:
             return record
         train = getattr(self.strategy, "last_train_report", None)
         evaluated = dict(getattr(self.strategy, "last_evaluate_report", None) or [])
+        extra_traffic = dict((train.extra.get("extra-traffic") or {}) if train else {})
+        for traffic in extra_traffic.values():  # every site the strategy messaged, accepted or not
+            self.extra_bytes_up += traffic["bytes-up"]
+            self.extra_bytes_down += traffic["bytes-down"]
+            self.bytes_up += traffic["bytes-up"]
+            self.bytes_down += traffic["bytes-down"]
         sites = []
         lines = [f"round {server_round}/{self.num_rounds}:",
                  f"  {'site':<14}{'examples':>9}{'weight':>8}{'train-loss':>11}{'val-loss':>9}"
@@ -35,18 +48,25 @@ class RoundReporter:
         for update in (train.updates if train else []):
             ev = evaluated.get(update.site, {})
             down = self.adapter_bytes * (2 if ev else 1)  # train message, plus evaluate message
-            self.bytes_up += update.bytes_up
+            up = update.bytes_up
+            self.bytes_up += up
             self.bytes_down += down
             self.site_rounds += 1
-            sites.append({"site": update.site, "num-examples": update.num_examples, "weight": update.weight,
-                          "train": update.metrics, "evaluate": ev, "bytes-up": update.bytes_up,
-                          "bytes-down": down})
+            row = {"site": update.site, "num-examples": update.num_examples, "weight": update.weight,
+                   "train": update.metrics, "evaluate": ev}
+            extra = extra_traffic.get(update.site)
+            if extra:  # already in the totals above; shown in the site's row too
+                down += extra["bytes-down"]
+                up += extra["bytes-up"]
+                row["extra-bytes-down"] = extra["bytes-down"]
+                row["extra-bytes-up"] = extra["bytes-up"]
+            sites.append({**row, "bytes-up": up, "bytes-down": down})
             lines.append(
                 f"  {update.site:<14}{update.num_examples:>9}{update.weight:>8.3f}"
                 f"{update.metrics.get('train-loss', float('nan')):>11.4f}{ev.get('val-loss', float('nan')):>9.4f}"
                 f"{ev.get('strict-f1', float('nan')):>10.3f}{ev.get('lenient-f1', float('nan')):>11.3f}"
                 f"{ev.get('re-strict-f1', float('nan')):>10.3f}{ev.get('re-lenient-f1', float('nan')):>11.3f}"
-                f"{update.bytes_up / 1e6:>8.2f}{down / 1e6:>8.2f}")
+                f"{up / 1e6:>8.2f}{down / 1e6:>8.2f}")
         for site, reason in (train.rejected if train else []):
             lines.append(f"  {site:<14} rejected: {reason}")
         lines.append(f"  coordinator validation: val-loss {server_metrics['val-loss']:.4f}, strict-f1 "
@@ -56,6 +76,11 @@ class RoundReporter:
         lines.append(f"  communication per site: {self.adapter_bytes / 1e6:.2f} MB up, "
                      f"{100 * self.adapter_bytes / self.full_model_bytes:.2f}% of a full-model update "
                      f"({self.full_model_bytes / 1e6:.0f} MB in bf16)")
+        if extra_traffic:
+            down = max(t["bytes-down"] for t in extra_traffic.values())
+            up = max(t["bytes-up"] for t in extra_traffic.values())
+            lines.append(f"  strategy messages ({len(extra_traffic)} site(s), in the table above): "
+                         f"{down / 1e6:.2f} MB down and {up} B up per site")
         log.info("\n".join(lines))
         record["sites"] = sites
         record["rejected"] = [{"site": s, "reason": r} for s, r in (train.rejected if train else [])]
@@ -70,6 +95,8 @@ class RoundReporter:
             "full-model-bytes-bf16": self.full_model_bytes,
             "bytes-up-total": self.bytes_up,
             "bytes-down-total": self.bytes_down,
+            "extra-bytes-up-total": self.extra_bytes_up,
+            "extra-bytes-down-total": self.extra_bytes_down,
             "site-rounds": self.site_rounds,
             "upload-ratio-to-full-model": per_site_round / self.full_model_bytes,
             "upload-reduction-percent": 100 * (1 - per_site_round / self.full_model_bytes),
@@ -80,3 +107,6 @@ class RoundReporter:
         log.info("communication: %.2f MB up and %.2f MB down over %d site-rounds; each upload is %.2f%% "
                  "of a full-model update (%.1f%% less)", t["bytes-up-total"] / 1e6, t["bytes-down-total"] / 1e6,
                  t["site-rounds"], 100 * t["upload-ratio-to-full-model"], t["upload-reduction-percent"])
+        if t["extra-bytes-down-total"] or t["extra-bytes-up-total"]:
+            log.info("  of which the strategy's own messages (site-side scoring): %.2f MB down, %d B up",
+                     t["extra-bytes-down-total"] / 1e6, t["extra-bytes-up-total"])

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import Any
@@ -60,14 +60,41 @@ class RoundReport:
     extra: dict[str, Any] = field(default_factory=dict)  # strategy-specific, JSON-ready
 
 
+class ReplyState(Mapping[str, np.ndarray]):
+    """A reply's adapter, decoded one tensor at a time on access and never kept.
+
+    Holding every site's decoded float32 copy beside the replies' own bytes doubled a
+    round's peak memory; reading tensor by tensor keeps one tensor per site alive at most.
+    """
+
+    def __init__(self, record: ArrayRecord, keys: Sequence[str]) -> None:
+        self._record = record
+        self._keys = tuple(keys)
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if key not in self._keys:
+            raise KeyError(key)
+        return self._record[key].numpy()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
 @dataclass
 class SiteCandidate:
-    """A reply that passed the checks, decoded; input of `aggregation_weights`."""
+    """A reply that passed the checks; input of `aggregation_weights`.
+
+    `state` reads the reply's tensors on demand (a `ReplyState`) in the expected key order;
+    a strategy that changes an update (the norm bound) replaces it with decoded arrays.
+    """
 
     node_id: int
     site: str
     num_examples: float
-    state: OrderedDict[str, np.ndarray]  # in the expected key order
+    state: Mapping[str, np.ndarray]  # in the expected key order
     metrics: MetricRecord
     bytes_up: int
     rejected: str | None = None  # set through `LoraFedAvg.reject`
@@ -216,23 +243,22 @@ class ReplyScreening:
                 raise UpdateRejected(f"{key} has dtype {array.dtype}, expected a float dtype")
         num_examples, metrics = self._check_metrics(content)
 
-        try:
-            decoded = from_arrayrecord(record)
-        except Exception as err:  # noqa: BLE001 - any decoding failure is the reply's fault
-            raise UpdateRejected(f"arrays cannot be decoded ({type(err).__name__}: {err})") from err
-        state: OrderedDict[str, np.ndarray] = OrderedDict()
+        # One tensor decoded at a time: the check keeps nothing but the verdict.
         for key in self.expected_shapes:
-            values = decoded[key]
+            try:
+                values = record[key].numpy()
+            except Exception as err:  # noqa: BLE001 - any decoding failure is the reply's fault
+                raise UpdateRejected(f"{key} cannot be decoded ({type(err).__name__}: {err})") from err
             finite = np.isfinite(values)
             if not finite.all():
                 bad = int(values.size - np.count_nonzero(finite))
                 raise UpdateRejected(f"{key} has {bad} non-finite value(s)")
-            state[key] = values
+            del values, finite
         return SiteCandidate(
             node_id=msg.metadata.src_node_id,
             site=site,
             num_examples=num_examples,
-            state=state,
+            state=ReplyState(record, list(self.expected_shapes)),
             metrics=metrics,
             bytes_up=arrayrecord_nbytes(record),
         )
@@ -435,14 +461,19 @@ class LoraFedAvg(ReplyScreening, FedAvg):
         return [c.num_examples / total for c in accepted]
 
     def weighted_average(self, accepted: list[SiteCandidate], weights: list[float]) -> ArrayRecord:
-        """sum_k w_k * state_k per tensor, in float64, returned as float32."""
+        """sum_k w_k * state_k per tensor, in float64, returned as float32.
+
+        Streams: one tensor of one site is decoded at a time, so the round's extra memory
+        is one float64 accumulator plus the float32 result, not a copy per site.
+        """
         assert self.expected_shapes is not None
         averaged: dict[str, Array] = {}
         for key, shape in self.expected_shapes.items():
             total = np.zeros(shape, dtype=np.float64)
             for candidate, weight in zip(accepted, weights, strict=True):
-                total += candidate.state[key].astype(np.float64) * weight
+                total += np.multiply(candidate.state[key], weight, dtype=np.float64)
             averaged[key] = Array(total.astype(np.float32))
+            del total
         return ArrayRecord(averaged)
 
     def _drop_rejected(

@@ -12,12 +12,14 @@ import math
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from logging import INFO
+from logging import INFO, WARNING
 from typing import Any, Literal
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
+from flwr.serverapp import Grid
+from threadpoolctl import threadpool_limits
 
 from .base import LoraFedAvg, SiteCandidate, UpdateRejected
 from .registry import register
@@ -51,11 +53,30 @@ class LoraModule:
 
 @dataclass(frozen=True)
 class ExactFactors:
-    """Result of `exact_factors`: B (out, k), A (k, in) in float64, and what truncation dropped."""
+    """Result of `exact_factors`: B (out, k), A (k, in) in float64, and what truncation dropped.
+
+    The columns of B and rows of A are ordered by singular value, so their first j give the
+    best rank-j approximation; `singular_values` holds all of M's non-trivial ones.
+    """
 
     b: np.ndarray
     a: np.ndarray
     dropped_energy: float  # share of sum(s^2) in the discarded singular values, in [0, 1]
+    singular_values: np.ndarray
+
+    def dropped_at(self, rank: int) -> float:
+        """Share of the energy a truncation to `rank` drops."""
+        s2 = self.singular_values**2
+        total = float(np.sum(s2))
+        return min(max(float(np.sum(s2[rank:])) / total, 0.0), 1.0) if total > 0 else 0.0
+
+
+@dataclass
+class SiteShape:
+    """A site's LoRA rank per module (only where it differs from the global) and its alpha."""
+
+    ranks: dict[str, int]  # module prefix -> rank
+    alpha: float | None  # from the site's `lora-alpha` metric, else None
 
 
 @register("exact")
@@ -71,7 +92,10 @@ class ExactLoRA(LoraFedAvg):
     B and A, and the factors are ordered by singular value, so the first j columns of B and
     rows of A are the best rank-j approximation. Keys that are not LoRA pairs are averaged
     plainly. Sites may train with different ranks r_k: a reply whose A and B differ from the
-    global shapes only in the rank dimension is accepted. The share of energy (sum of
+    global shapes only in the rank dimension is accepted, and from then on that site is
+    sent (train and evaluate) its own rank: the best rank-r_k factors of the same aggregate,
+    scaled by its own r_k / alpha_k. The first round, before a site has replied, every site
+    gets the global adapter. The share of energy (sum of
     squared singular values) that truncation dropped is logged each round and kept in
     `last_train_report.extra["truncated-energy"]` (`max` and `mean` over modules).
 
@@ -110,6 +134,10 @@ class ExactLoRA(LoraFedAvg):
             alpha = _check_alpha(alpha, "lora.alpha")
         self.alpha: float | None = alpha
         self.modules: list[LoraModule] = []
+        # Sites of another rank, by node id, and the aggregate's factors wide enough for them.
+        self.site_shapes: dict[int, SiteShape] = {}
+        self._wide: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._returned: ArrayRecord | None = None  # the global adapter `_wide` belongs to
         super().__init__(expected_shapes=expected_shapes, **fedavg_kwargs)
 
     @classmethod
@@ -148,6 +176,72 @@ class ExactLoRA(LoraFedAvg):
         super().summary()
         rank = self.rank or "global"
         log(INFO, "\t└──> Exact LoRA aggregation: %d modules, rank %s", len(self.modules), rank)
+
+    # --- each site its own rank ------------------------------------------------------
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> list[Message]:
+        """FedAvg's instructions; a site of another rank gets the aggregate at its rank."""
+        return self._per_site_rank(list(super().configure_train(server_round, arrays, config, grid)), arrays)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> list[Message]:
+        """FedAvg's instructions; a site of another rank gets the aggregate at its rank."""
+        return self._per_site_rank(list(super().configure_evaluate(server_round, arrays, config, grid)), arrays)
+
+    def _per_site_rank(self, messages: list[Message], arrays: ArrayRecord) -> list[Message]:
+        if not self.site_shapes:
+            return messages
+        if arrays is not self._returned:
+            # Another layer (a DP wrapper's noise) changed the aggregate: its wide factors no
+            # longer match, so every site gets the global adapter as it is.
+            log(WARNING, "exact: the global adapter is not the one aggregated last; sites of "
+                "another rank get the global rank")
+            return messages
+        out = []
+        for message in messages:
+            shape = self.site_shapes.get(message.metadata.dst_node_id)
+            if shape is None:
+                out.append(message)
+                continue
+            site_arrays = self.site_adapter(arrays, shape)
+            content = RecordDict({
+                name: site_arrays if isinstance(record, ArrayRecord) else record
+                for name, record in message.content.items()
+            })
+            out.append(Message(content=content, message_type=message.metadata.message_type,
+                               dst_node_id=message.metadata.dst_node_id))
+        return out
+
+    def site_adapter(self, arrays: ArrayRecord, shape: SiteShape) -> ArrayRecord:
+        """The global adapter with each module of another rank cut to the site's best rank-r_k
+        factors, B scaled by the site's r_k / alpha_k (its own LoRA scaling)."""
+        out = {key: arrays[key] for key in arrays.keys()}
+        for module in self.modules:
+            rank = shape.ranks.get(module.prefix)
+            if rank is None:
+                continue
+            b_wide, a_wide = self._wide[module.prefix]
+            b, a = _pad_rank(b_wide[:, :rank], a_wide[:rank], rank)
+            site_alpha = shape.alpha if shape.alpha is not None else self._default_alpha(module)
+            out[module.b_key] = Array((b * (rank / site_alpha)).astype(np.float32))
+            out[module.a_key] = Array(a.astype(np.float32))
+        return ArrayRecord(out)
+
+    def _remember_site_shapes(self, accepted: list[SiteCandidate]) -> None:
+        for candidate in accepted:
+            ranks = {
+                m.prefix: candidate.state[m.a_key].shape[0]
+                for m in self.modules
+                if candidate.state[m.a_key].shape[0] != m.rank
+            }
+            if ranks:
+                alpha = float(candidate.metrics[ALPHA_METRIC]) if ALPHA_METRIC in candidate.metrics else None
+                self.site_shapes[candidate.node_id] = SiteShape(ranks, alpha)
+            else:
+                self.site_shapes.pop(candidate.node_id, None)
 
     # --- screening: accept other ranks -----------------------------------------------
 
@@ -211,26 +305,36 @@ class ExactLoRA(LoraFedAvg):
             if key not in paired:
                 total = np.zeros(shape, dtype=np.float64)
                 for candidate, weight in zip(accepted, weights, strict=True):
-                    total += candidate.state[key].astype(np.float64) * weight
+                    total += np.multiply(candidate.state[key], weight, dtype=np.float64)
                 out[key] = total
 
+        self._remember_site_shapes(accepted)
+        self._wide = {}
         dropped: list[float] = []
         for module in self.modules:
-            global_alpha = self.alpha if self.alpha is not None else float(module.rank)
+            global_alpha = self._default_alpha(module)
             scales = [
                 weight * self._site_alpha(c, module) / c.state[module.a_key].shape[0]
                 for c, weight in zip(accepted, weights, strict=True)
             ]
             target = module.rank if self.rank is None else self.rank
-            result = exact_factors(
-                [c.state[module.b_key] for c in accepted],
-                [c.state[module.a_key] for c in accepted],
-                scales,
-                target,
-                out_scale=module.rank / global_alpha,
-            )
-            out[module.b_key], out[module.a_key] = _pad_rank(result.b, result.a, module.rank)
-            dropped.append(result.dropped_energy)
+            site_ranks = [s.ranks[module.prefix] for s in self.site_shapes.values() if module.prefix in s.ranks]
+            width: int | str = target if target == "full" else max([target, *site_ranks])
+            # Small QRs and an R x R SVD: threaded BLAS only adds contention here (on a
+            # 2-core machine it made a round 5-10x slower), so one thread.
+            with threadpool_limits(limits=1, user_api="blas"):
+                result = exact_factors(
+                    [c.state[module.b_key] for c in accepted],
+                    [c.state[module.a_key] for c in accepted],
+                    scales,
+                    width,
+                    out_scale=module.rank / global_alpha,
+                )
+            if site_ranks:
+                self._wide[module.prefix] = (result.b / (module.rank / global_alpha), result.a)
+            b, a = (result.b, result.a) if target == "full" else (result.b[:, :target], result.a[:target])
+            out[module.b_key], out[module.a_key] = _pad_rank(b, a, module.rank)
+            dropped.append(result.dropped_energy if target == "full" else result.dropped_at(target))
 
         report = self.last_train_report
         summary = {
@@ -251,12 +355,16 @@ class ExactLoRA(LoraFedAvg):
             summary["modules"],
         )
         # Keep the global key order (pairs were written after the plain keys).
-        return ArrayRecord({key: Array(out[key].astype(np.float32)) for key in self.expected_shapes})
+        self._returned = ArrayRecord({key: Array(out[key].astype(np.float32)) for key in self.expected_shapes})
+        return self._returned
+
+    def _default_alpha(self, module: LoraModule) -> float:
+        return self.alpha if self.alpha is not None else float(module.rank)
 
     def _site_alpha(self, candidate: SiteCandidate, module: LoraModule) -> float:
         if ALPHA_METRIC in candidate.metrics:
             return float(candidate.metrics[ALPHA_METRIC])
-        return self.alpha if self.alpha is not None else float(module.rank)
+        return self._default_alpha(module)
 
 
 def exact_factors(
@@ -298,7 +406,7 @@ def exact_factors(
     root_s = np.sqrt(s[:keep])
     b = (q_u @ (u[:, :keep] * root_s)) * out_scale
     a = (root_s[:, None] * vt[:keep]) @ q_v.T
-    return ExactFactors(b=b, a=a, dropped_energy=min(max(dropped, 0.0), 1.0))
+    return ExactFactors(b=b, a=a, dropped_energy=min(max(dropped, 0.0), 1.0), singular_values=s)
 
 
 def lora_modules(shapes: Mapping[str, tuple[int, ...]]) -> list[LoraModule]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from logging import ERROR, INFO, WARNING
@@ -115,14 +114,8 @@ class ScreenedStrategy(ReplyScreening, Strategy):
     def check_reply(self, msg: Message, site: str) -> SiteCandidate:
         """A screening core's own checks (ExactLoRA accepts other ranks), else the shared ones."""
         if isinstance(self.core, ReplyScreening):
-            candidate = self.core.check_reply(msg, site)
-        else:
-            candidate = super().check_reply(msg, site)
-        if self.max_update_norm <= 0:
-            # Only the norm bound needs the decoded copy here; the inner strategy decodes the
-            # reply itself, so holding every site's copy would double the round's peak memory.
-            candidate.state = OrderedDict()
-        return candidate
+            return self.core.check_reply(msg, site)
+        return super().check_reply(msg, site)
 
     def summary(self) -> None:
         """Log summary configuration of the strategy."""
@@ -195,7 +188,6 @@ class ScreenedStrategy(ReplyScreening, Strategy):
                 }
             )
             messages.append(Message(content=content, metadata=copy.copy(candidate.message.metadata)))
-            candidate.state = OrderedDict()  # the inner strategy decodes its own copy
         return messages
 
     def _updates(self, candidates: list[SiteCandidate]) -> list[SiteUpdate | None]:

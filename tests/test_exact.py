@@ -6,16 +6,14 @@ Replies are built as in tests/test_strategies.py: `Message(content, reply_to=ins
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import itertools
 import logging
 import time
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Metadata, MetricRecord, RecordDict
 
 from strategies.exact import ExactLoRA, exact_factors, lora_modules
@@ -176,6 +174,66 @@ def test_sites_with_different_ranks_and_alphas() -> None:
     np.testing.assert_allclose(product(full), m, atol=1e-5 * np.abs(m).max())
 
 
+class FakeGrid:
+    """Enough of flwr's Grid for `configure_train`: the connected nodes."""
+
+    def get_node_ids(self) -> list[int]:
+        return [1, 2, 3]
+
+
+@pytest.fixture
+def server_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Instruction messages take their run from the ServerApp process's identity."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 0)
+
+
+@pytest.mark.usefixtures("server_identity")
+@pytest.mark.parametrize("configure", ["configure_train", "configure_evaluate"])
+def test_each_site_is_sent_its_own_rank(configure: str) -> None:
+    rng = np.random.default_rng(11)
+    ranks, alphas = (2, 3, 5), (4.0, ALPHA, 16.0)  # node 2 has the global rank R = 3
+    states = [site_state(rng, rank) for rank in ranks]
+    replies = [
+        reply(i + 1, s, n, f"h{i + 1}", **{"lora-alpha": a})
+        for i, (s, n, a) in enumerate(zip(states, NUMS, alphas, strict=True))
+    ]
+    strategy = ExactLoRA(alpha=ALPHA, expected_shapes=SHAPES)
+    arrays, _ = strategy.aggregate_train(1, replies)
+    m = dense(states, WEIGHTS, alphas)
+
+    messages = getattr(strategy, configure)(2, arrays, ConfigRecord({}), FakeGrid())
+    sent = {msg.metadata.dst_node_id: msg.content.array_records for msg in messages}
+    assert sorted(sent) == [1, 2, 3]
+    for node, rank, alpha in zip((1, 2, 3), ranks, alphas, strict=True):
+        (record,) = sent[node].values()
+        assert record[A_KEY].numpy().shape == (rank, IN)
+        assert record[B_KEY].numpy().shape == (OUT, rank)
+        # The site's own scaling alpha_k / r_k applied to its factors gives M's best rank-r_k part.
+        np.testing.assert_allclose(
+            product(record, alpha, rank), best_rank(m, rank), atol=1e-5 * np.abs(m).max()
+        )
+    # The global-rank site gets the global adapter itself.
+    assert next(iter(sent[2].values())) is arrays
+
+
+@pytest.mark.usefixtures("server_identity")
+def test_a_changed_global_adapter_is_sent_to_every_site_as_it_is(caplog) -> None:
+    rng = np.random.default_rng(12)
+    states = [site_state(rng, rank) for rank in (2, 3, 5)]
+    replies = [reply(i + 1, s, n, f"h{i + 1}") for i, (s, n) in enumerate(zip(states, NUMS, strict=True))]
+    strategy = ExactLoRA(alpha=ALPHA, expected_shapes=SHAPES)
+    arrays, _ = strategy.aggregate_train(1, replies)
+    noised = ArrayRecord({k: Array(arrays[k].numpy() + 1e-3) for k in arrays.keys()})  # e.g. DP noise
+    with caplog.at_level(logging.WARNING):
+        messages = strategy.configure_train(2, noised, ConfigRecord({}), FakeGrid())
+    assert all(next(iter(m.content.array_records.values())) is noised for m in messages)
+    assert "not the one aggregated last" in caplog.text
+
+
 def test_all_zero_updates_give_a_zero_adapter(states) -> None:
     for state in states:
         state[B_KEY][:] = 0  # B starts at zero in LoRA: M = 0
@@ -285,22 +343,10 @@ def test_lora_modules_pairs_only() -> None:
 DIM, RANK_8B, SITES_8B = 4096, 16, 20  # LLaMA-3-8B q_proj / o_proj, the paper's r, 20 sites
 
 
-@contextlib.contextmanager
 def one_blas_thread():
-    """Time with one OpenBLAS thread: threaded LAPACK slows down many-fold when other
-    processes hold the cores, which would make a wall-clock bound flaky. No-op if absent."""
-    try:
-        lib = ctypes.CDLL(next(Path(np.__file__).parent.parent.glob("numpy.libs/libscipy_openblas*.so")))
-        get, set_ = lib.scipy_openblas_get_num_threads64_, lib.scipy_openblas_set_num_threads64_
-    except (StopIteration, OSError, AttributeError):
-        yield
-        return
-    before = get()
-    set_(1)
-    try:
-        yield
-    finally:
-        set_(before)
+    """Time with one BLAS thread, as the strategy itself runs: threaded LAPACK slows down
+    many-fold when other processes hold the cores, which would make a wall-clock bound flaky."""
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def test_8b_module_factors_in_far_less_memory_than_one_dense_matrix() -> None:

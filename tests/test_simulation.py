@@ -49,8 +49,18 @@ def _run(tmp_path: Path, tiny_llama: Path, corpus: Path, **extra) -> tuple[int, 
     return code, tmp_path / "outputs" / "e2e", log.read_text()
 
 
-@pytest.mark.parametrize("strategy", ["fedmedlora", "fedmedlora-plus", "exact"])
-def test_three_site_simulation_produces_a_loadable_changed_adapter(strategy, tmp_path, tiny_llama, tiny_corpus):
+@pytest.mark.parametrize(
+    ("strategy", "extra"),
+    [
+        ("fedmedlora", {}),
+        ("fedmedlora-plus", {}),
+        ("fedmedlora-plus", {"strategy.validation": "sites"}),  # the sites score the candidates
+        ("exact", {}),
+    ],
+    ids=["fedmedlora", "fedmedlora-plus", "fedmedlora-plus-sites", "exact"],
+)
+def test_three_site_simulation_produces_a_loadable_changed_adapter(strategy, extra, tmp_path, tiny_llama,
+                                                                   tiny_corpus):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -58,7 +68,7 @@ def test_three_site_simulation_produces_a_loadable_changed_adapter(strategy, tmp
     from modeling.base import load_base_model
     from modeling.lora import LoraSettings, attach_lora
 
-    code, run_dir, log = _run(tmp_path, tiny_llama, tiny_corpus, **{"strategy.name": strategy})
+    code, run_dir, log = _run(tmp_path, tiny_llama, tiny_corpus, **{"strategy.name": strategy, **extra})
     assert code == 0, log[-3000:]
     final = run_dir / "final"
     assert (final / "adapter_config.json").is_file() and (final / "adapter_model.safetensors").is_file()
@@ -74,13 +84,34 @@ def test_three_site_simulation_produces_a_loadable_changed_adapter(strategy, tmp
         if strategy in ("fedmedlora", "exact"):  # weights = shares of training instances
             total = sum(s["num-examples"] for s in record["sites"])
             assert all(abs(s["weight"] - s["num-examples"] / total) < 1e-9 for s in record["sites"])
-        else:  # weights = softmax(-L_k) of the coordinator's validation losses
+        else:  # weights = softmax(-L_k) of the validation losses (coordinator's, or the sites' mean)
             losses = record["strategy"]["validation-loss"]
             expected = {k: np.exp(1 - v) for k, v in losses.items()}
             norm = sum(expected.values())
             assert all(abs(s["weight"] - expected[s["site"]] / norm) < 1e-6 for s in record["sites"])
+        if extra.get("strategy.validation") == "sites":
+            # Every site scored all three candidates; L_k is the plain mean of their losses.
+            assert record["strategy"]["validation-mode"] == "sites"
+            scores = record["strategy"]["site-scores"]
+            assert sorted(scores) == ["site-a", "site-b", "site-c"] and record["strategy"]["scoring-ignored"] == {}
+            for candidate, loss in losses.items():
+                assert abs(loss - np.mean([s["candidate-loss"][candidate] for s in scores.values()])) < 1e-9
+            assert all(s["num-examples"] > 0 and s["num-tokens"] > 0 for s in scores.values())
+            # Scoring traffic: the 3 candidates down and the losses up, in every site's row.
+            for row in record["sites"]:
+                adapter = row["bytes-up"] - row["extra-bytes-up"]
+                assert row["extra-bytes-down"] == 3 * adapter and row["bytes-down"] == 5 * adapter
+                assert 0 < row["extra-bytes-up"] < 100
+        else:
+            assert all("extra-bytes-down" not in s for s in record["sites"])
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["rounds"] == 2 and 0 < summary["communication"]["upload-ratio-to-full-model"] < 1
+    scoring_down = summary["communication"]["extra-bytes-down-total"]
+    if extra.get("strategy.validation") == "sites":
+        assert scoring_down == 2 * 3 * 3 * summary["communication"]["adapter-bytes"]  # rounds x sites x K
+        assert "scores from site" not in log and "sent no scores" not in log
+    else:
+        assert scoring_down == 0
 
     loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), final)
     assert loaded.peft_config["default"].r == 4

@@ -448,3 +448,31 @@ def test_start_runs_fedavg_loop_and_infers_shapes(monkeypatch: pytest.MonkeyPatc
     np.testing.assert_allclose(result.arrays["a"].numpy(), 10 / 3, rtol=1e-6)
     assert strategy.last_train_report.rejected == [("h3", "a has 1 non-finite value(s)")]
     assert result.evaluate_metrics_clientapp[2]["val-loss"] == pytest.approx(2.0)
+
+
+def test_averaging_streams_instead_of_holding_a_copy_per_site() -> None:
+    """Peak extra memory of a round stays near one tensor's float64 sum plus the float32
+    result, however many sites reply (it used to hold every site's decoded copy)."""
+    import tracemalloc
+
+    shapes = {f"layer{i}": (256, 256) for i in range(8)}  # 8 tensors of 256 KiB (float32)
+    sites = 12
+    rng = np.random.default_rng(0)
+    replies = [
+        reply(k + 1, {key: rng.standard_normal(s).astype(np.float32) for key, s in shapes.items()},
+              num_examples=k + 1, site=f"h{k:02d}")
+        for k in range(sites)
+    ]
+    adapter_bytes = sum(math.prod(s) for s in shapes.values()) * 4
+    strategy = FedMedLoRA(expected_shapes=shapes)
+    tracemalloc.start()
+    try:
+        arrays, _ = strategy.aggregate_train(1, replies)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert arrays is not None
+    assert peak < 3 * adapter_bytes, f"peak {peak / 2**20:.1f} MiB for a {adapter_bytes / 2**20:.1f} MiB adapter"
+    expected = sum((k + 1) * next(iter(r.content.array_records.values()))["layer3"].numpy().astype(np.float64)
+                   for k, r in enumerate(replies)) / sum(range(1, sites + 1))
+    np.testing.assert_allclose(arrays["layer3"].numpy(), expected, rtol=1e-6, atol=1e-7)

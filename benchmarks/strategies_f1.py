@@ -1,0 +1,171 @@
+"""Strict/lenient F1 per round of every aggregation strategy on the same federated run.
+
+Each arm is one real `flwr run` (Flower's simulation engine, as `fedmedlora simulate`
+starts it) with the same sites, data, seed and training budget; only the strategy keys
+differ. After the runs the script reads each run's `metrics.jsonl` and prints, per strategy
+and round, the F1 of the global adapter on the coordinator's validation instances and on
+every site's validation instances (mean over sites), for entities and relations.
+
+    .venv/bin/python benchmarks/strategies_f1.py --data data --sites maccrobat,chia,ddi \\
+        --server-validation data/maccrobat
+
+A finished run is not run again (its `summary.json` exists): rerun the same command after
+an interruption and only the missing arms run. `--only` picks arms; `--set key=value`
+adds run-config keys to every arm. Writes `strategies.md` and `strategies.json` into the
+output folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from anywhere in the checkout
+
+from fedmedlora.cli import _parse_value  # noqa: E402
+from fedmedlora.config import validate  # noqa: E402
+from fedmedlora.local_run import flwr_run  # noqa: E402
+
+# Arm name -> run-config keys. Defaults that would make an arm identical to plain FedAvg
+# are changed to the values their papers use (FedAvgM momentum 0.9, FedProx mu 0.01).
+ARMS: dict[str, dict[str, Any]] = {
+    "fedmedlora": {"strategy.name": "fedmedlora"},
+    "fedmedlora-plus": {"strategy.name": "fedmedlora-plus"},
+    "fedmedlora-plus-sites": {"strategy.name": "fedmedlora-plus", "strategy.validation": "sites"},
+    "exact": {"strategy.name": "exact"},
+    "fedprox": {"strategy.name": "fedprox", "strategy.proximal-mu": 0.01},
+    "fedavgm": {"strategy.name": "fedavgm", "strategy.server-momentum": 0.9},
+    "fedadam": {"strategy.name": "fedadam"},
+    "fedyogi": {"strategy.name": "fedyogi"},
+    "fedtrimmedavg": {"strategy.name": "fedtrimmedavg"},
+    "fedmedian": {"strategy.name": "fedmedian"},
+    "krum": {"strategy.name": "krum"},
+}
+
+F1_KEYS = ("strict-f1", "lenient-f1", "re-strict-f1", "re-lenient-f1")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="folder of prepared site folders")
+    parser.add_argument("--sites", default="maccrobat,chia,ddi")
+    parser.add_argument("--server-validation", type=Path, required=True, help="coordinator's validation folder")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=8, help="train.max-steps per site and round")
+    parser.add_argument("--eval-instances", type=int, default=16, help="eval.max-instances per site and round")
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--only", default="", help="comma-separated arms (default: all of " + ",".join(ARMS) + ")")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="run-config key for every arm")
+    parser.add_argument("--out", type=Path, default=REPO / "outputs" / "strategies")
+    args = parser.parse_args()
+
+    arms = [a.strip() for a in args.only.split(",") if a.strip()] or list(ARMS)
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        parser.error(f"--only: unknown arm(s) {unknown}; known: {list(ARMS)}")
+    common: dict[str, Any] = {
+        "data.root": str(args.data.resolve()),
+        "data.sites": args.sites,
+        "data.server-validation": str(args.server_validation.resolve()),
+        "num-server-rounds": args.rounds,
+        "train.max-steps": args.steps,
+        "train.max-length": args.max_length,
+        "eval.max-instances": args.eval_instances,
+        "output-dir": str(args.out.resolve()),
+    }
+    for pair in args.set:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            parser.error(f"--set {pair!r}: expected key=value")
+        common[key.strip()] = _parse_value(value.strip())
+    for arm in arms:
+        validate({**common, **ARMS[arm]})  # every arm's config is checked before any runs
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    walls: dict[str, float | None] = {}
+    for arm in arms:
+        run = args.out / arm
+        if (run / "summary.json").exists():
+            print(f"{arm}: finished earlier, reusing {run}", flush=True)
+            walls[arm] = None
+            continue
+        print(f"{arm}: running ({run})", flush=True)
+        start = time.perf_counter()
+        with open(args.out / f"{arm}.log", "w") as log:
+            code = flwr_run(REPO, args.out / ".flwr-home", {**common, **ARMS[arm], "run-name": arm},
+                            num_supernodes=len(args.sites.split(",")), http_port=39291,
+                            control_port=39293, stdout=log)
+        walls[arm] = time.perf_counter() - start
+        status = "ok" if code == 0 and (run / "summary.json").exists() else f"FAILED (exit {code})"
+        print(f"{arm}: {status} in {walls[arm]:.0f} s; log {args.out / f'{arm}.log'}", flush=True)
+
+    results = {arm: read_run(args.out / arm) for arm in arms}
+    command = "python benchmarks/strategies_f1.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    table = markdown(results, command, common)
+    (args.out / "strategies.md").write_text(table)
+    (args.out / "strategies.json").write_text(json.dumps(
+        {"command": command, "run-config": common, "arms": ARMS, "wall-seconds": walls, "results": results},
+        indent=2, sort_keys=True))
+    print(table)
+    return 0 if all(r is not None for r in results.values()) else 1
+
+
+def read_run(run: Path) -> dict[str, Any] | None:
+    """Per round: coordinator F1, mean site F1, validation loss, elapsed seconds."""
+    path = run / "metrics.jsonl"
+    if not (run / "summary.json").exists() or not path.exists():
+        return None
+    rounds = []
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        sites = [s["evaluate"] for s in record.get("sites", []) if s.get("evaluate")]
+        rounds.append({
+            "round": record["round"],
+            "coordinator": {k: record["coordinator"][k] for k in (*F1_KEYS, "val-loss")},
+            "sites-mean": {k: statistics.fmean(s[k] for s in sites) for k in (*F1_KEYS, "val-loss")} if sites else None,
+            "weights": {s["site"]: s["weight"] for s in record.get("sites", [])},
+            "rejected": record.get("rejected", []),
+            "elapsed-seconds": record["elapsed-seconds"],
+        })
+    return {"rounds": rounds}
+
+
+def markdown(results: dict[str, Any], command: str, common: dict[str, Any]) -> str:
+    lines = [
+        "# Strategies side by side",
+        "",
+        f"Command: `{command}`",
+        f"Machine: {platform.machine()}, {len(__import__('os').sched_getaffinity(0))} CPU(s), Python {platform.python_version()}",
+        f"Budget per arm: {common['num-server-rounds']} rounds x {common['train.max-steps']} steps per site; "
+        f"F1 on {common['eval.max-instances']} validation instances per site and at the coordinator each round.",
+        "",
+        "| strategy | round | coordinator NER strict / lenient | sites NER strict / lenient | sites RE strict / lenient | sites val-loss | weights | elapsed s |",
+        "|---|---:|---|---|---|---:|---|---:|",
+    ]
+    for arm, result in results.items():
+        if result is None:
+            lines.append(f"| {arm} | - | run missing or failed | | | | | |")
+            continue
+        for r in result["rounds"]:
+            c, s = r["coordinator"], r["sites-mean"]
+            site_ner = f"{s['strict-f1']:.3f} / {s['lenient-f1']:.3f}" if s else "-"
+            site_re = f"{s['re-strict-f1']:.3f} / {s['re-lenient-f1']:.3f}" if s else "-"
+            loss = f"{s['val-loss']:.3f}" if s else "-"
+            weights = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["weights"].items())) or "-"
+            lines.append(
+                f"| {arm} | {r['round']} | {c['strict-f1']:.3f} / {c['lenient-f1']:.3f} | {site_ner} | {site_re} "
+                f"| {loss} | {weights} | {r['elapsed-seconds']:.0f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
