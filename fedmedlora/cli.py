@@ -154,8 +154,10 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_simulate(args: argparse.Namespace) -> int:
-    from fedmedlora.local_run import flwr_run
+def _flwr_run_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """`--run-config key=value` pairs -> validated overrides; `output-dir` defaults to
+    <app>/outputs (the ServerApp's working directory is not the caller's)."""
+    from fedmedlora.config import validate
 
     overrides = {}
     for pair in args.run_config:
@@ -165,10 +167,32 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         overrides[key.strip()] = _parse_value(value.strip())
     if "output-dir" not in overrides:
         overrides["output-dir"] = str(Path(args.app).resolve() / "outputs")
-    from fedmedlora.config import validate
-
     validate(overrides)  # Flower's own message for a bad key does not name it
+    return overrides
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from fedmedlora.local_run import flwr_run
+
+    overrides = _flwr_run_overrides(args)
     return flwr_run(Path(args.app).resolve(), Path(args.flwr_home), overrides, args.num_supernodes)
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from fedmedlora.deploy import DeploymentError, demo_sites, deploy, parse_site
+
+    overrides = _flwr_run_overrides(args)
+    sites = [parse_site(s) for s in args.site] if args.site else demo_sites()
+    try:
+        return deploy(Path(args.app), sites, overrides, Path(args.workdir) if args.workdir else None,
+                      tls=args.tls, auth=args.tls and not args.no_node_auth, timeout=args.timeout or None,
+                      stdout=sys.stdout)
+    except DeploymentError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: every process of the deployment was stopped", file=sys.stderr)
+        return 130
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,6 +239,21 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--run-config", action="append", default=[], metavar="KEY=VALUE",
                      help="override a run-config key (repeatable)")
     sim.set_defaults(func=cmd_simulate)
+
+    dep = sub.add_parser("deploy", help="a real deployment on loopback: a SuperLink, one SuperNode per site, "
+                                        "`flwr run`, then stop them all")
+    dep.add_argument("--app", default=".", help="the Flower app folder (this project)")
+    dep.add_argument("--site", action="append", default=[], metavar="NAME=FOLDER",
+                     help="a site and its data folder (repeatable; default: the demo corpus's site-a,b,c)")
+    dep.add_argument("--tls", action="store_true",
+                     help="TLS with a generated CA and server certificate, and SuperNode authentication")
+    dep.add_argument("--no-node-auth", action="store_true", help="with --tls: skip SuperNode authentication")
+    dep.add_argument("--workdir", default="", help="folder for logs, certificates, keys and FLWR_HOME "
+                                                   "(default: <app>/.deploy/<date-time>)")
+    dep.add_argument("--timeout", type=float, default=0, help="stop the run after this many seconds (0 = none)")
+    dep.add_argument("--run-config", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a run-config key (repeatable)")
+    dep.set_defaults(func=cmd_deploy)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

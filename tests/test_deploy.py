@@ -1,0 +1,186 @@
+"""A real deployment on loopback: a SuperLink, one SuperNode per site (each with its own
+`--node-config`), `flwr run` against it; insecure, and with TLS and SuperNode authentication.
+Same tiny model, corpus and run-config overrides as tests/test_simulation.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from fedmedlora.deploy import (
+    LoopbackDeployment, ProcessSet, Site, write_flwr_config, write_node_keys, write_tls_files,
+)
+
+
+def _processes_of(workdir: Path) -> list[int]:
+    """Live processes whose command line or environment names `workdir` (every process a
+    deployment starts has FLWR_HOME inside it), found without the module's own bookkeeping."""
+    needle = str(workdir).encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue
+            if needle in (entry / "environ").read_bytes() or needle in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+        except (OSError, IndexError):
+            continue
+    return pids
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory) -> Path:
+    from data_loaders.synthetic import generate_corpus
+
+    root = tmp_path_factory.mktemp("corpus")
+    generate_corpus(root, seed=3, docs_per_site=24, coordinator_docs=4)
+    return root
+
+
+def _overrides(tiny_llama: Path, corpus: Path, out: Path, rounds: int) -> dict:
+    # as in tests/test_simulation.py (data.root/data.sites only matter in simulation)
+    return {
+        "model.name": str(tiny_llama), "num-server-rounds": rounds, "train.max-steps": 2,
+        "train.batch-size": 2, "lora.r": 4, "lora.alpha": 8, "eval.max-instances": 3,
+        "eval.max-new-tokens": 8, "data.server-validation": str(corpus / "coordinator"),
+        "output-dir": str(out), "run-name": "deploy", "strategy.min-sites": 3,
+    }
+
+
+def _sites(corpus: Path) -> list[Site]:
+    return [Site(f"hospital-{x}", corpus / f"site-{x}") for x in "abc"]
+
+
+def _check_run(run_dir: Path, log: str, rounds: int) -> None:
+    from peft import PeftConfig
+
+    final = run_dir / "final"
+    assert (final / "adapter_config.json").is_file() and (final / "adapter_model.safetensors").is_file(), log[-3000:]
+    assert PeftConfig.from_pretrained(final).r == 4
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == list(range(rounds + 1))
+    assert (run_dir / f"round-{rounds}").is_dir()
+    for record in records[1:]:
+        # the names come from each SuperNode's --node-config (site-name), not from the folders
+        assert sorted(s["site"] for s in record["sites"]) == ["hospital-a", "hospital-b", "hospital-c"]
+        assert all(s["bytes-up"] > 0 and "strict-f1" in s["evaluate"] for s in record["sites"])
+
+
+def _deploy(tmp_path, tiny_llama, tiny_corpus, tls: bool, rounds: int, rogue: bool = False) -> None:
+    workdir = tmp_path / "deploy"
+    t0 = time.monotonic()
+    with LoopbackDeployment(REPO, _sites(tiny_corpus), workdir, tls=tls) as deployment:
+        deployment.start()
+        assert len(deployment.online_nodes()) == 3
+        if rogue:  # a SuperNode whose key was never registered is refused and exits
+            private, _ = write_node_keys(workdir / "node-keys", "rogue")
+            refused = deployment.start_supernode(Site("rogue", tiny_corpus / "site-a"), private)
+            assert refused.process.wait(timeout=90) != 0
+            assert "Failed to activate SuperNode" in refused.log_file.read_text()
+            del deployment.supernodes["rogue"]  # its exit is expected, not a failure of the run
+            assert len(deployment.online_nodes()) == 3
+        started = time.monotonic()
+        code = deployment.run(_overrides(tiny_llama, tiny_corpus, tmp_path / "outputs", rounds), timeout=900)
+        log = (deployment.processes.log_dir / "flwr-run.log").read_text()
+        print(f"deployment (tls={tls}): start {started - t0:.1f} s, run {time.monotonic() - started:.1f} s")
+        assert code == 0, log[-3000:]
+        assert deployment.processes.pids(), "the SuperLink and SuperNodes run until stopped"
+    assert deployment.processes.pids() == [] and _processes_of(workdir) == []
+    _check_run(tmp_path / "outputs" / "deploy", log, rounds)
+
+
+def test_insecure_loopback_deployment_trains_three_sites(tmp_path, tiny_llama, tiny_corpus):
+    # two rounds: what carries over between rounds works with a fresh ClientApp process per message
+    _deploy(tmp_path, tiny_llama, tiny_corpus, tls=False, rounds=2)
+
+
+def test_tls_deployment_authenticates_supernodes_and_refuses_an_unregistered_one(tmp_path, tiny_llama, tiny_corpus):
+    _deploy(tmp_path, tiny_llama, tiny_corpus, tls=True, rounds=1, rogue=True)
+    config = (tmp_path / "deploy" / "flwr-home" / "config.toml").read_text()
+    assert "root-certificates" in config and "insecure" not in config
+    superlink = (tmp_path / "deploy" / "logs" / "superlink.log").read_text().splitlines()[0]
+    assert "--enable-supernode-auth" in superlink and "--ssl-certfile" in superlink
+
+
+def test_ctrl_c_stops_every_process(tmp_path, tiny_llama, tiny_corpus):
+    """`fedmedlora deploy` interrupted while the SuperNodes are up leaves nothing running."""
+    workdir = tmp_path / "deploy"
+    command = [sys.executable, "-m", "fedmedlora.cli", "deploy", "--app", str(REPO), "--workdir", str(workdir),
+               *[f"--site={s.name}={s.data_dir}" for s in _sites(tiny_corpus)],
+               "--run-config", f"model.name={tiny_llama}", "--run-config", "num-server-rounds=50"]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (workdir / "logs" / "flwr-run.log").exists():  # written once all SuperNodes are online
+            assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
+            time.sleep(0.5)
+        assert _processes_of(workdir)
+        process.send_signal(signal.SIGINT)
+        output = process.communicate(timeout=60)[0]
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, output[-3000:]
+    assert _processes_of(workdir) == []
+
+
+def test_tls_files_and_connection_config(tmp_path):
+    from cryptography import x509
+
+    files = write_tls_files(tmp_path / "certs")
+    cert = x509.load_pem_x509_certificate(files.server_cert.read_bytes())
+    ca = x509.load_pem_x509_certificate(files.ca_cert.read_bytes())
+    cert.verify_directly_issued_by(ca)
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)} == {"127.0.0.1", "::1"}
+    assert sans.get_values_for_type(x509.DNSName) == ["localhost"]
+    assert oct(files.server_key.stat().st_mode & 0o777) == "0o600"
+
+    private, public = write_node_keys(tmp_path / "keys", "site-a")
+    assert public.read_text().startswith("ecdsa-sha2-nistp384 ")
+    assert private.read_text().startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+
+    import tomllib
+
+    secure = tomllib.loads(write_flwr_config(tmp_path / "h1", "127.0.0.1:1234", files.ca_cert).read_text())
+    assert secure["superlink"] == {"default": "deploy", "deploy": {
+        "address": "127.0.0.1:1234", "root-certificates": str(files.ca_cert.resolve())}}
+    insecure = tomllib.loads(write_flwr_config(tmp_path / "h2", "127.0.0.1:1234", None).read_text())
+    assert insecure["superlink"]["deploy"]["insecure"] is True
+
+
+def test_site_node_config_is_what_the_client_app_reads(tmp_path):
+    from flwr.common.config import parse_config_args
+
+    from client_app.runtime import site_dir
+
+    folder = tmp_path / "a folder with spaces"
+    folder.mkdir()
+    parsed = parse_config_args([Site("hospital-a", folder).node_config()])
+    assert parsed == {"data-dir": str(folder), "site-name": "hospital-a"}
+    assert site_dir(parsed, {}) == folder.resolve()
+
+
+def test_process_set_stops_orphaned_descendants(tmp_path):
+    """A child that outlives its parent (re-parented to init) is still found by the marker."""
+    processes = ProcessSet(tmp_path / "logs", dict(os.environ))
+    started = processes.start("orphans", ["bash", "-c", "sleep 300 & sleep 300 & exit 0"], cwd=tmp_path)
+    started.process.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while len(processes.pids()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    orphans = processes.pids()
+    assert len(orphans) == 2
+    assert processes.stop(grace=5) == []
+    assert not any(Path(f"/proc/{p}").exists() and "sleep" in Path(f"/proc/{p}/cmdline").read_text()
+                   for p in orphans)
