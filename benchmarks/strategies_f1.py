@@ -36,18 +36,20 @@ from fedmedlora.local_run import flwr_run  # noqa: E402
 
 # Arm name -> run-config keys. Defaults that would make an arm identical to plain FedAvg
 # are changed to the values their papers use (FedAvgM momentum 0.9, FedProx mu 0.01).
+# The order is the order they run in: the paper's strategies first.
 ARMS: dict[str, dict[str, Any]] = {
     "fedmedlora": {"strategy.name": "fedmedlora"},
-    "fedmedlora-plus": {"strategy.name": "fedmedlora-plus"},
+    # The coordinator scores each candidate on as many instances as the sites score in total.
+    "fedmedlora-plus": {"strategy.name": "fedmedlora-plus", "strategy.validation-instances": 48},
     "fedmedlora-plus-sites": {"strategy.name": "fedmedlora-plus", "strategy.validation": "sites"},
     "exact": {"strategy.name": "exact"},
     "fedprox": {"strategy.name": "fedprox", "strategy.proximal-mu": 0.01},
-    "fedavgm": {"strategy.name": "fedavgm", "strategy.server-momentum": 0.9},
     "fedadam": {"strategy.name": "fedadam"},
+    "krum": {"strategy.name": "krum"},
+    "fedmedian": {"strategy.name": "fedmedian"},
+    "fedavgm": {"strategy.name": "fedavgm", "strategy.server-momentum": 0.9},
     "fedyogi": {"strategy.name": "fedyogi"},
     "fedtrimmedavg": {"strategy.name": "fedtrimmedavg"},
-    "fedmedian": {"strategy.name": "fedmedian"},
-    "krum": {"strategy.name": "krum"},
 }
 
 F1_KEYS = ("strict-f1", "lenient-f1", "re-strict-f1", "re-lenient-f1")

@@ -53,6 +53,7 @@ KEYS: dict[str, Key] = {
     "strategy.validation": Key(str, "coordinator", "Fed-MedLoRA+: who computes L_k: the coordinator on "
                                "its validation set, or every site on its own (K adapters down per site)",
                                VALIDATION_MODES),
+    "strategy.validation-instances": Key(int, 0, "Fed-MedLoRA+ coordinator mode: validation instances L_k is computed on, chosen by hash; 0 = all"),
     "strategy.exact-rank": Key(str, "", "exact: rank of the global adapter, an integer or 'full'; empty = lora.r"),
     "strategy.min-sites": Key(int, 3, "sites that must be connected and reply for a round"),
     "strategy.fraction-train": Key(float, 1.0, "share of connected sites sampled per round"),
@@ -138,6 +139,7 @@ def _check_strategy_numbers(values: Mapping[str, Any]) -> None:
         "strategy.server-momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
         "strategy.trim-beta": (lambda v: 0 <= v < 0.5, "a number in [0, 0.5)"),
         "strategy.krum-byzantine": (lambda v: v >= 0, "an integer >= 0"),
+        "strategy.validation-instances": (lambda v: v >= 0, "an integer >= 0 (0 = all)"),
         "strategy.max-update-norm": (lambda v: v >= 0, "a number >= 0 (0 = off)"),
         "strategy.dp-noise-multiplier": (lambda v: v >= 0, "a number >= 0"),
         "strategy.dp-clipping-norm": (lambda v: v > 0, "a number > 0"),

@@ -56,7 +56,9 @@ def main(grid: Grid, context: Context) -> None:
     # (no validation split of its own, as in the demo) is used whole.
     split_names = ["validation"] if validation.splits["validation"] else ["train", "validation", "test"]
     instances = [i for name in split_names for i in site_instances(validation, name, tasks(cfg))]
-    loss_evaluator = InstanceEvaluator(tokenizer, instances, cfg["train.max-length"],
+    # Fed-MedLoRA+ scores every candidate on these each round: a cap keeps CPU runs short.
+    loss_instances = stable_subset(instances, cfg["strategy.validation-instances"])
+    loss_evaluator = InstanceEvaluator(tokenizer, loss_instances, cfg["train.max-length"],
                                        cfg["eval.max-new-tokens"], cfg["eval.batch-size"])
     f1_evaluator = InstanceEvaluator(tokenizer, stable_subset(instances, cfg["eval.max-instances"]),
                                      cfg["train.max-length"], cfg["eval.max-new-tokens"], cfg["eval.batch-size"],

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 STRATEGY_KEYS: dict[str, tuple[str, ...]] = {
     "strategy.temperature": ("fedmedlora-plus",),
     "strategy.size-weighted": ("fedmedlora-plus",),
+    "strategy.validation-instances": ("fedmedlora-plus",),
     "strategy.validation": ("fedmedlora-plus",),
     "strategy.server-learning-rate": ("fedavgm", "fedadam", "fedyogi"),
     "strategy.server-momentum": ("fedavgm",),
