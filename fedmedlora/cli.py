@@ -186,13 +186,33 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     try:
         return deploy(Path(args.app), sites, overrides, Path(args.workdir) if args.workdir else None,
                       tls=args.tls, auth=args.tls and not args.no_node_auth, timeout=args.timeout or None,
-                      stdout=sys.stdout)
+                      stdout=sys.stdout, isolation=args.isolation)
     except DeploymentError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted: every process of the deployment was stopped", file=sys.stderr)
         return 130
+
+
+def cmd_deploy_keys(args: argparse.Namespace) -> int:
+    """Certificates and SuperNode keys for docker-compose.tls.yml."""
+    from fedmedlora.deploy import COMPOSE_SITES, SUPERLINK_SERVICE, write_compose_credentials
+
+    if args.no_sites and args.site:
+        raise ValueError("--no-sites and --site exclude each other")
+    sites = [] if args.no_sites else args.site or list(COMPOSE_SITES)
+    for name in sites:
+        if not name or any(c.isspace() or c in "'\"/" for c in name):
+            raise ValueError(f"--site {name!r}: a site name must be non-empty, without spaces, quotes or '/'")
+    hosts = [SUPERLINK_SERVICE, "localhost", "127.0.0.1", *args.host]
+    paths = write_compose_credentials(Path(args.out), sites, hosts=list(dict.fromkeys(hosts)), days=args.days)
+    out = Path(args.out).resolve()
+    print(f"wrote certificates and keys to {out} (server certificate for {', '.join(dict.fromkeys(hosts))})")
+    for role, path in paths.items():
+        print(f"  {role:24s} {path}")
+    print(f"connect with: FLWR_HOME={paths['flwr-config'].parent.resolve()} flwr run . compose --stream")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -248,12 +268,30 @@ def main(argv: list[str] | None = None) -> int:
     dep.add_argument("--tls", action="store_true",
                      help="TLS with a generated CA and server certificate, and SuperNode authentication")
     dep.add_argument("--no-node-auth", action="store_true", help="with --tls: skip SuperNode authentication")
+    dep.add_argument("--isolation", choices=("subprocess", "process"), default="subprocess",
+                     help="process: a separate flower-superexec beside the SuperLink and each SuperNode, as in "
+                          "docker-compose.yml (with --tls, each SuperNode's Runtime API uses TLS too)")
     dep.add_argument("--workdir", default="", help="folder for logs, certificates, keys and FLWR_HOME "
                                                    "(default: <app>/.deploy/<date-time>)")
     dep.add_argument("--timeout", type=float, default=0, help="stop the run after this many seconds (0 = none)")
     dep.add_argument("--run-config", action="append", default=[], metavar="KEY=VALUE",
                      help="override a run-config key (repeatable)")
     dep.set_defaults(func=cmd_deploy)
+
+    keys = sub.add_parser("deploy-keys", help="certificates and SuperNode keys for the TLS compose deployment "
+                                              "(docker-compose.tls.yml)")
+    keys.add_argument("--out", default="deploy/certificates", help="folder to write (the overlay reads "
+                                                                   "./deploy/certificates or $FEDMEDLORA_CERTS)")
+    keys.add_argument("--site", action="append", default=[], metavar="NAME",
+                      help="a site with a SuperNode (repeatable; default: hospital-a, hospital-b, hospital-c)")
+    keys.add_argument("--host", action="append", default=[],
+                      help="another name or IP the SuperLink's certificate is valid for (repeatable; always: "
+                           "superlink, localhost, 127.0.0.1)")
+    keys.add_argument("--no-sites", action="store_true",
+                      help="only the CA, the SuperLink's certificate and the connection (across hospitals, each "
+                           "hospital makes its own key pair)")
+    keys.add_argument("--days", type=int, default=365, help="validity of the certificates")
+    keys.set_defaults(func=cmd_deploy_keys)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -17,6 +17,12 @@ starts every component with TLS; with ``auth=True`` (needs TLS) it also writes a
 pair per site, registers each public key with `flwr supernode register`, and starts each
 SuperNode with its private key: the SuperLink refuses a SuperNode whose key it does not know.
 
+The command line of every component comes from one function each (`superlink_command`,
+`supernode_command`, `superexec_command`, `register_command`); `container_commands` applies
+them to the container layout of docker-compose.yml and docker-compose.tls.yml (process
+isolation: a `flower-superexec` per SuperLink and SuperNode), and
+`write_compose_credentials` writes the certificates and keys that overlay mounts.
+
 Every process we start gets its own session and a marker in its environment, which its
 children (SuperExec, `flwr-serverapp`, `flwr-clientapp`) inherit; stopping a deployment
 signals the process trees of what we started plus every live process carrying the marker,
@@ -39,7 +45,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Sequence
+from typing import IO, Mapping, Sequence
 
 from fedmedlora.local_run import _alive, process_tree, run_config_arg
 
@@ -185,21 +191,29 @@ def _write_private(path: Path, data: bytes) -> None:
 # --------------------------------------------------------------------------- flwr configuration
 
 
-def write_flwr_config(flwr_home: Path, address: str, root_certificates: Path | None) -> Path:
-    """`FLWR_HOME/config.toml` with one SuperLink connection, `deploy`, the default.
+def flwr_config_text(address: str, root_certificates: str | None, connection: str = CONNECTION) -> str:
+    """The text of a `config.toml` with one SuperLink connection, `connection`, the default.
 
     flwr 1.42 reads `[superlink.<name>]` with `address` (the SuperLink's HTTP port: the
     Control API shares it with the Fleet and Runtime APIs), and either `insecure = true` or
     `root-certificates` (an absolute path to the CA that signed the SuperLink's certificate).
     """
-    flwr_home.mkdir(parents=True, exist_ok=True)
-    lines = ["[superlink]", f'default = "{CONNECTION}"', "", f"[superlink.{CONNECTION}]", f'address = "{address}"']
+    lines = ["[superlink]", f'default = "{connection}"', "", f"[superlink.{connection}]", f'address = "{address}"']
     if root_certificates is None:
         lines.append("insecure = true")
     else:
-        lines.append(f'root-certificates = "{root_certificates.resolve()}"')
+        lines.append(f'root-certificates = "{root_certificates}"')
+    return "\n".join(lines) + "\n"
+
+
+def write_flwr_config(flwr_home: Path, address: str, root_certificates: Path | None,
+                      connection: str = CONNECTION) -> Path:
+    """`FLWR_HOME/config.toml` with one SuperLink connection (see :func:`flwr_config_text`);
+    `root_certificates` is made absolute."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
     path = flwr_home / "config.toml"
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(flwr_config_text(
+        address, None if root_certificates is None else str(root_certificates.resolve()), connection))
     return path
 
 
@@ -216,6 +230,166 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     finally:
         for sock in sockets:
             sock.close()
+
+
+# --------------------------------------------------------------------------- command lines
+
+# The command line of every component, built in one place: the loopback deployment below
+# runs them (with absolute executable paths; subprocess isolation unless asked), and
+# docker-compose.yml / docker-compose.tls.yml spell out the same lines for containers
+# (`container_commands`; tests/test_compose.py checks that the files agree with it).
+
+ISOLATION_MODES = ("subprocess", "process")
+
+
+def _check_isolation(isolation: str) -> None:
+    if isolation not in ISOLATION_MODES:
+        raise ValueError(f"isolation {isolation!r}: expected one of {ISOLATION_MODES}")
+
+
+def superlink_command(host: str, port: int, tls: TlsFiles | None = None, node_auth: bool = False,
+                      isolation: str = "subprocess", executable: str = "flower-superlink") -> list[str]:
+    """`flower-superlink`: Fleet, Control and Runtime APIs on `host:port` (one HTTP port in
+    flwr 1.42), no dependency installation at run time, TLS with `tls` (else `--insecure`),
+    SuperNode authentication with `node_auth` (needs TLS). With `isolation="process"` the
+    ServerApp runs under a separate `flower-superexec` (:func:`superexec_command`)."""
+    _check_isolation(isolation)
+    if node_auth and tls is None:
+        raise ValueError("SuperNode authentication needs TLS (flwr refuses it on an insecure connection)")
+    command = [executable, "--host", host, "--port", str(port), "--disable-runtime-dependency-installation"]
+    if isolation != "subprocess":
+        command += ["--isolation", isolation]
+    if tls is not None:
+        command += ["--ssl-ca-certfile", str(tls.ca_cert), "--ssl-certfile", str(tls.server_cert),
+                    "--ssl-keyfile", str(tls.server_key)]
+    else:
+        command.append("--insecure")
+    if node_auth:
+        command.append("--enable-supernode-auth")
+    return command
+
+
+def supernode_command(superlink: str, node_config: str, host: str, port: int,
+                      root_certificates: Path | str | None = None, private_key: Path | str | None = None,
+                      isolation: str = "subprocess", runtime_tls: TlsFiles | None = None,
+                      executable: str = "flower-supernode") -> list[str]:
+    """`flower-supernode` of one site: connects to the SuperLink's `superlink` address (TLS
+    verified with `root_certificates`, else `--insecure`), passes `node_config` (see
+    :meth:`Site.node_config`) to its ClientApps, serves its Runtime API on `host:port`
+    (with TLS if `runtime_tls` is given: needed when a separate `flower-superexec` connects
+    with `--root-certificates`), and signs its requests with `private_key` when the SuperLink
+    authenticates SuperNodes."""
+    _check_isolation(isolation)
+    if private_key is not None and root_certificates is None:
+        raise ValueError("SuperNode authentication needs TLS (flwr refuses it on an insecure connection)")
+    command = [executable, "--superlink", superlink, "--node-config", node_config,
+               "--host", host, "--port", str(port)]
+    if isolation != "subprocess":
+        command += ["--isolation", isolation]
+    command += ["--root-certificates", str(root_certificates)] if root_certificates is not None else ["--insecure"]
+    if private_key is not None:
+        command += ["--auth-supernode-private-key", str(private_key)]
+    if runtime_tls is not None:
+        command += ["--ssl-ca-certfile", str(runtime_tls.ca_cert), "--ssl-certfile", str(runtime_tls.server_cert),
+                    "--ssl-keyfile", str(runtime_tls.server_key)]
+    return command
+
+
+def superexec_command(runtime_api_address: str, root_certificates: Path | str | None = None,
+                      executable: str = "flower-superexec") -> list[str]:
+    """`flower-superexec` for `--isolation process`: it polls the Runtime API at
+    `runtime_api_address` (a SuperLink's: it runs ServerApps; a SuperNode's: ClientApps;
+    flwr 1.42 tells which from the API itself) and starts `flwr-serverapp` /
+    `flwr-clientapp` processes in its own environment (no dependency installation)."""
+    command = [executable, "--runtime-api-address", runtime_api_address]
+    command += ["--root-certificates", str(root_certificates)] if root_certificates is not None else ["--insecure"]
+    return command
+
+
+def register_command(public_key: Path | str, connection: str, name: str, executable: str = "flwr") -> list[str]:
+    """`flwr supernode register`: tell the SuperLink of `connection` the public key of the
+    SuperNode called `name` (run by the coordinator, before that SuperNode starts)."""
+    return [executable, "supernode", "register", str(public_key), connection, "--name", name]
+
+
+# The container layout of docker-compose.yml (and its TLS overlay docker-compose.tls.yml).
+SUPERLINK_SERVICE = "superlink"
+SUPERLINK_PORT = 9092                 # Fleet, Control and Runtime APIs, published on the host
+CONTAINER_DATA_DIR = "/data/site"     # each site's data folder, in its ClientApp executor only
+CONTAINER_SECRETS = "/run/secrets"    # where compose mounts `secrets`
+COMPOSE_CONNECTION = "compose"        # the connection name in the compose config.toml files
+COMPOSE_SITES = {"hospital-a": 9094, "hospital-b": 9095, "hospital-c": 9096}  # site -> Runtime API port
+
+
+def secret_path(name: str) -> str:
+    """Where compose mounts the secret `name` in a container."""
+    return f"{CONTAINER_SECRETS}/{name}"
+
+
+def container_tls(prefix: str) -> TlsFiles:
+    """The secrets `<prefix>-ca`, `<prefix>-cert`, `<prefix>-key` as a :class:`TlsFiles`."""
+    return TlsFiles(Path(secret_path(f"{prefix}-ca")), Path(secret_path(f"{prefix}-cert")),
+                    Path(secret_path(f"{prefix}-key")))
+
+
+def container_commands(sites: Mapping[str, int] | None = None, tls: bool = False) -> dict[str, list[str]]:
+    """The command of every service of the compose deployment, by service name.
+
+    `sites` maps a site name to the port of its SuperNode's Runtime API (default
+    :data:`COMPOSE_SITES`). Services: `superlink`, `superexec-serverapp`, and per site
+    `supernode-<site>` and `superexec-clientapp-<site>`; with `tls`, also
+    `register-<site>` (its public key, registered before its SuperNode starts), and the
+    SuperLink authenticates SuperNodes."""
+    sites = COMPOSE_SITES if sites is None else sites
+    superlink_address = f"{SUPERLINK_SERVICE}:{SUPERLINK_PORT}"
+    ca = secret_path("superlink-ca") if tls else None
+    commands = {
+        SUPERLINK_SERVICE: superlink_command("0.0.0.0", SUPERLINK_PORT, container_tls("superlink") if tls else None,
+                                             node_auth=tls, isolation="process"),
+        "superexec-serverapp": superexec_command(superlink_address, ca),
+    }
+    for name, port in sites.items():
+        node_config = Site(name, Path(CONTAINER_DATA_DIR)).node_config()
+        commands[f"supernode-{name}"] = supernode_command(
+            superlink_address, node_config, "0.0.0.0", port, root_certificates=ca,
+            private_key=secret_path(f"{name}-node-key") if tls else None, isolation="process",
+            runtime_tls=container_tls(f"{name}-runtime") if tls else None)
+        commands[f"superexec-clientapp-{name}"] = superexec_command(
+            f"supernode-{name}:{port}", secret_path(f"{name}-runtime-ca") if tls else None)
+        if tls:
+            commands[f"register-{name}"] = register_command(secret_path(f"{name}-node-pub"), COMPOSE_CONNECTION, name)
+    return commands
+
+
+def write_compose_credentials(out: Path, sites: Sequence[str] | None = None,
+                              hosts: Sequence[str] = (SUPERLINK_SERVICE, "localhost", "127.0.0.1"),
+                              days: int = 365) -> dict[str, Path]:
+    """Everything docker-compose.tls.yml mounts as secrets, written under `out`:
+
+    - `ca.crt`, `server.pem`, `server.key`: the consortium CA and the SuperLink's certificate,
+      valid for `hosts` (the `superlink` service name, and localhost for `flwr` on the host);
+    - `node-keys/<site>`, `node-keys/<site>.pub`: each SuperNode's key pair (the coordinator
+      registers the public key; the private key stays with the site);
+    - `runtime/<site>/ca.crt`, `server.pem`, `server.key`: each site's own CA and the
+      certificate of its SuperNode's Runtime API (`supernode-<site>`), which its ClientApp
+      executor verifies;
+    - `flwr-home/config.toml`: the connection `compose` for `flwr` on the host
+      (127.0.0.1:SUPERLINK_PORT, verified with `ca.crt`).
+
+    Returns the paths by the name of the compose secret that mounts each (plus
+    `flwr-config`). Private keys are written with mode 0600."""
+    sites = list(COMPOSE_SITES if sites is None else sites)
+    out = Path(out)
+    tls = write_tls_files(out, hosts, days=days)
+    paths = {"superlink-ca": tls.ca_cert, "superlink-cert": tls.server_cert, "superlink-key": tls.server_key}
+    for name in sites:
+        private, public = write_node_keys(out / "node-keys", name)
+        runtime = write_tls_files(out / "runtime" / name, (f"supernode-{name}", "localhost", "127.0.0.1"), days=days)
+        paths.update({f"{name}-node-key": private, f"{name}-node-pub": public, f"{name}-runtime-ca": runtime.ca_cert,
+                      f"{name}-runtime-cert": runtime.server_cert, f"{name}-runtime-key": runtime.server_key})
+    paths["flwr-config"] = write_flwr_config(out / "flwr-home", f"127.0.0.1:{SUPERLINK_PORT}", tls.ca_cert,
+                                             COMPOSE_CONNECTION)
+    return paths
 
 
 # --------------------------------------------------------------------------- processes
@@ -334,10 +508,17 @@ class LoopbackDeployment:
         with LoopbackDeployment(app_dir, sites, workdir, tls=True) as deployment:
             deployment.start()
             code = deployment.run({"num-server-rounds": 2})
+
+    With ``isolation="process"`` it runs the layout of docker-compose.yml as processes: the
+    SuperLink and each SuperNode get a separate `flower-superexec` (started here, as a
+    container would be), and with TLS each SuperNode serves its Runtime API over TLS with a
+    certificate of its own CA (``runtime/<site>/``) that its executor verifies.
     """
 
     def __init__(self, app_dir: Path, sites: Sequence[Site], workdir: Path, tls: bool = False,
-                 auth: bool | None = None, startup_timeout: float = 60.0) -> None:
+                 auth: bool | None = None, startup_timeout: float = 60.0, isolation: str = "subprocess") -> None:
+        _check_isolation(isolation)
+        self.isolation = isolation
         self.app_dir = Path(app_dir).resolve()
         self.sites = list(sites)
         names = [s.name for s in self.sites]
@@ -363,6 +544,7 @@ class LoopbackDeployment:
         self.processes = ProcessSet(self.workdir / "logs", env)
         self.superlink: Started | None = None
         self.supernodes: dict[str, Started] = {}
+        self.executors: dict[str, Started] = {}  # isolation="process": the flower-superexec processes
         self.port = 0
         self.tls_files: TlsFiles | None = None
         self.node_keys: dict[str, tuple[Path, Path]] = {}
@@ -378,28 +560,27 @@ class LoopbackDeployment:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def _flwr(self, *args: str) -> list[str]:
-        return [str(self.bin / "flwr"), *args]
+    def _flwr(self) -> str:
+        return str(self.bin / "flwr")
 
     # -- components
     def start_superlink(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.port,) = free_ports(1)
-        command = [str(self.bin / "flower-superlink"), "--host", "127.0.0.1", "--port", str(self.port),
-                   "--disable-runtime-dependency-installation"]
         if self.tls:
             self.tls_files = write_tls_files(self.workdir / "certificates")
-            command += ["--ssl-ca-certfile", str(self.tls_files.ca_cert),
-                        "--ssl-certfile", str(self.tls_files.server_cert),
-                        "--ssl-keyfile", str(self.tls_files.server_key)]
-        else:
-            command.append("--insecure")
-        if self.auth:
-            command.append("--enable-supernode-auth")
+        command = superlink_command("127.0.0.1", self.port, self.tls_files, node_auth=self.auth,
+                                    isolation=self.isolation, executable=str(self.bin / "flower-superlink"))
         write_flwr_config(self.flwr_home, self.address, self.tls_files.ca_cert if self.tls_files else None)
         # cwd = the app folder, as for `flwr run .` in simulation (relative run-config paths).
         self.superlink = self.processes.start("superlink", command, cwd=self.app_dir)
         self._wait_for_health()
+        if self.isolation == "process":  # the ServerApp executor: same working directory (outputs)
+            self.executors["serverapp"] = self.processes.start(
+                "superexec-serverapp",
+                superexec_command(self.address, self.tls_files.ca_cert if self.tls_files else None,
+                                  executable=str(self.bin / "flower-superexec")),
+                cwd=self.app_dir, env={"FLWR_HOME": str(self.workdir / "superexec-serverapp")})
 
     def _wait_for_health(self) -> None:
         import httpx
@@ -424,19 +605,18 @@ class LoopbackDeployment:
     def register(self, site_name: str) -> tuple[Path, Path]:
         """Write a key pair for `site_name` and register its public key (`flwr supernode register`)."""
         private, public = write_node_keys(self.workdir / "node-keys", site_name)
-        self._cli("register-" + site_name, "supernode", "register", str(public), CONNECTION, "--name", site_name)
+        self._cli("register-" + site_name, register_command(public, CONNECTION, site_name, self._flwr()))
         self.node_keys[site_name] = (private, public)
         return private, public
 
-    def _cli(self, name: str, *args: str, timeout: float = 120.0) -> str:
+    def _cli(self, name: str, command: list[str], timeout: float = 120.0) -> str:
         """Run a `flwr` command against our connection; its output goes to logs/<name>.log."""
         log_file = self.processes.log_dir / f"{name}.log"
-        command = self._flwr(*args)
         result = subprocess.run(command, cwd=self.workdir, env=self.processes.env, capture_output=True,
                                 text=True, timeout=timeout)
         log_file.write_text(f"$ {' '.join(command)}\n{result.stdout}{result.stderr}")
         if result.returncode != 0:
-            raise DeploymentError(f"`flwr {' '.join(args)}` failed ({result.returncode}); log {log_file}:\n"
+            raise DeploymentError(f"`{' '.join(command)}` failed ({result.returncode}); log {log_file}:\n"
                                   f"{_tail(log_file)}")
         return result.stdout
 
@@ -446,21 +626,28 @@ class LoopbackDeployment:
         (runtime_port,) = free_ports(1)
         home = self.workdir / "sites" / site.name
         home.mkdir(parents=True, exist_ok=True)
-        command = [str(self.bin / "flower-supernode"), "--superlink", self.address,
-                   "--node-config", site.node_config(),
-                   "--host", "127.0.0.1", "--port", str(runtime_port)]
-        command += ["--root-certificates", str(self.tls_files.ca_cert)] if self.tls_files else ["--insecure"]
-        if private_key is not None:
-            command += ["--auth-supernode-private-key", str(private_key)]
+        runtime_tls = None
+        if self.isolation == "process" and self.tls_files:
+            runtime_tls = write_tls_files(self.workdir / "runtime" / site.name)
+        command = supernode_command(self.address, site.node_config(), "127.0.0.1", runtime_port,
+                                    root_certificates=self.tls_files.ca_cert if self.tls_files else None,
+                                    private_key=private_key, isolation=self.isolation, runtime_tls=runtime_tls,
+                                    executable=str(self.bin / "flower-supernode"))
         # Each site keeps its own FLWR_HOME (installed app bundles), as on its own machine.
         started = self.processes.start(f"supernode-{site.name}", command, cwd=home,
                                        env={"FLWR_HOME": str(home / "flwr-home")})
         self.supernodes[site.name] = started
+        if self.isolation == "process":  # the site's ClientApp executor, with its own FLWR_HOME
+            self.executors[site.name] = self.processes.start(
+                f"superexec-clientapp-{site.name}",
+                superexec_command(f"127.0.0.1:{runtime_port}", runtime_tls.ca_cert if runtime_tls else None,
+                                  executable=str(self.bin / "flower-superexec")),
+                cwd=home, env={"FLWR_HOME": str(home / "superexec-home")})
         return started
 
     def online_nodes(self) -> list[dict]:
         """`flwr supernode list --format json`: the SuperNodes the SuperLink knows."""
-        out = self._cli("supernode-list", "supernode", "list", CONNECTION, "--format", "json")
+        out = self._cli("supernode-list", [self._flwr(), "supernode", "list", CONNECTION, "--format", "json"])
         data = json.loads(out[out.index("{"):])
         return [n for n in data.get("nodes", []) if str(n.get("status", "")).lower() == "online"]
 
@@ -481,8 +668,8 @@ class LoopbackDeployment:
             time.sleep(0.5)
 
     def check_alive(self) -> None:
-        """Raise if the SuperLink or a SuperNode has exited."""
-        for started in [self.superlink, *self.supernodes.values()]:
+        """Raise if the SuperLink, a SuperNode or an executor has exited."""
+        for started in [self.superlink, *self.supernodes.values(), *self.executors.values()]:
             if started is not None and started.process.poll() is not None:
                 raise DeploymentError(f"{started.name} exited with code {started.process.returncode}; "
                                       f"log {started.log_file}:\n{_tail(started.log_file)}")
@@ -517,7 +704,7 @@ class LoopbackDeployment:
 
         flwr's output goes to logs/flwr-run.log and, if given, to `stdout`. Stops early
         (code 1) if the SuperLink or a SuperNode exits during the run."""
-        command = self._flwr("run", str(self.app_dir), CONNECTION, "--stream")
+        command = [self._flwr(), "run", str(self.app_dir), CONNECTION, "--stream"]
         if overrides:
             command += ["--run-config", run_config_arg(overrides)]
         started = self.processes.start("flwr-run", command, cwd=self.app_dir, stdout=subprocess.PIPE)
@@ -567,7 +754,7 @@ def _raise_on_sigterm(signum, frame):  # pragma: no cover - signal handler
 
 def deploy(app_dir: Path, sites: Sequence[Site], overrides: dict | None = None, workdir: Path | None = None,
            tls: bool = False, auth: bool | None = None, timeout: float | None = None,
-           stdout: IO[str] | None = None) -> int:
+           stdout: IO[str] | None = None, isolation: str = "subprocess") -> int:
     """Start a loopback deployment, run the app once, stop every process; flwr's exit code.
 
     `strategy.min-sites` defaults to the number of sites (the run waits for that many)."""
@@ -579,7 +766,7 @@ def deploy(app_dir: Path, sites: Sequence[Site], overrides: dict | None = None, 
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
     try:
-        with LoopbackDeployment(app_dir, sites, workdir, tls=tls, auth=auth) as deployment:
+        with LoopbackDeployment(app_dir, sites, workdir, tls=tls, auth=auth, isolation=isolation) as deployment:
             deployment.start()
             return deployment.run(overrides, timeout=timeout, stdout=stdout)
     finally:
@@ -588,6 +775,8 @@ def deploy(app_dir: Path, sites: Sequence[Site], overrides: dict | None = None, 
 
 
 __all__ = [
-    "Site", "parse_site", "demo_sites", "write_tls_files", "write_node_keys", "write_flwr_config",
-    "free_ports", "ProcessSet", "LoopbackDeployment", "DeploymentError", "deploy",
+    "Site", "parse_site", "demo_sites", "write_tls_files", "write_node_keys", "flwr_config_text",
+    "write_flwr_config", "free_ports", "superlink_command", "supernode_command", "superexec_command",
+    "register_command", "container_commands", "write_compose_credentials", "ProcessSet",
+    "LoopbackDeployment", "DeploymentError", "deploy",
 ]

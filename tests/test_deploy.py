@@ -76,10 +76,11 @@ def _check_run(run_dir: Path, log: str, rounds: int) -> None:
         assert all(s["bytes-up"] > 0 and "strict-f1" in s["evaluate"] for s in record["sites"])
 
 
-def _deploy(tmp_path, tiny_llama, tiny_corpus, tls: bool, rounds: int, rogue: bool = False) -> None:
+def _deploy(tmp_path, tiny_llama, tiny_corpus, tls: bool, rounds: int, rogue: bool = False,
+            isolation: str = "subprocess") -> None:
     workdir = tmp_path / "deploy"
     t0 = time.monotonic()
-    with LoopbackDeployment(REPO, _sites(tiny_corpus), workdir, tls=tls) as deployment:
+    with LoopbackDeployment(REPO, _sites(tiny_corpus), workdir, tls=tls, isolation=isolation) as deployment:
         deployment.start()
         assert len(deployment.online_nodes()) == 3
         if rogue:  # a SuperNode whose key was never registered is refused and exits
@@ -92,7 +93,7 @@ def _deploy(tmp_path, tiny_llama, tiny_corpus, tls: bool, rounds: int, rogue: bo
         started = time.monotonic()
         code = deployment.run(_overrides(tiny_llama, tiny_corpus, tmp_path / "outputs", rounds), timeout=900)
         log = (deployment.processes.log_dir / "flwr-run.log").read_text()
-        print(f"deployment (tls={tls}): start {started - t0:.1f} s, run {time.monotonic() - started:.1f} s")
+        print(f"deployment (tls={tls}, isolation={isolation}): start {started - t0:.1f} s, run {time.monotonic() - started:.1f} s")
         assert code == 0, log[-3000:]
         assert deployment.processes.pids(), "the SuperLink and SuperNodes run until stopped"
     assert deployment.processes.pids() == [] and _processes_of(workdir) == []
@@ -110,6 +111,19 @@ def test_tls_deployment_authenticates_supernodes_and_refuses_an_unregistered_one
     assert "root-certificates" in config and "insecure" not in config
     superlink = (tmp_path / "deploy" / "logs" / "superlink.log").read_text().splitlines()[0]
     assert "--enable-supernode-auth" in superlink and "--ssl-certfile" in superlink
+
+
+def test_process_isolation_as_in_docker_compose(tmp_path, tiny_llama, tiny_corpus):
+    """The layout of docker-compose.yml + docker-compose.tls.yml, as processes: a separate
+    flower-superexec beside the SuperLink and each SuperNode, TLS on every Runtime API too."""
+    _deploy(tmp_path, tiny_llama, tiny_corpus, tls=True, rounds=1, isolation="process")
+    logs = tmp_path / "deploy" / "logs"
+    assert "--isolation process" in (logs / "superlink.log").read_text().splitlines()[0]
+    supernode = (logs / "supernode-hospital-a.log").read_text().splitlines()[0]
+    assert "--isolation process" in supernode and "--ssl-certfile" in supernode
+    executor = (logs / "superexec-clientapp-hospital-a.log").read_text().splitlines()[0]
+    assert "flower-superexec" in executor and "--root-certificates" in executor
+    assert "flower-superexec" in (logs / "superexec-serverapp.log").read_text().splitlines()[0]
 
 
 def test_ctrl_c_stops_every_process(tmp_path, tiny_llama, tiny_corpus):
