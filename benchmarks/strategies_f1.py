@@ -10,7 +10,8 @@ every site's validation instances (mean over sites), for entities and relations.
         --server-validation data/maccrobat
 
 A finished run is not run again (its `summary.json` exists): rerun the same command after
-an interruption and only the missing arms run. `--only` picks arms; `--set key=value`
+an interruption and only the missing arms run, an interrupted one continued from its last
+finished round (`resume = true`; its wall time is then not reported). `--only` picks arms; `--set key=value`
 adds run-config keys to every arm. Writes `strategies.md` and `strategies.json` into the
 output folder.
 """
@@ -33,6 +34,7 @@ sys.path.insert(0, str(REPO))  # run from anywhere in the checkout
 from fedmedlora.cli import _parse_value  # noqa: E402
 from fedmedlora.config import validate  # noqa: E402
 from fedmedlora.local_run import flwr_run  # noqa: E402
+from server_app.checkpoint import existing_round  # noqa: E402
 
 # Arm name -> run-config keys. Defaults that would make an arm identical to plain FedAvg
 # are changed to the values their papers use (FedAvgM momentum 0.9, FedProx mu 0.01).
@@ -99,15 +101,18 @@ def main() -> int:
             print(f"{arm}: finished earlier, reusing {run}", flush=True)
             walls[arm] = None
             continue
-        print(f"{arm}: running ({run})", flush=True)
+        done = existing_round(run)  # an interrupted run continues from its checkpoint
+        resume = {"resume": True} if done is not None else {}
+        print(f"{arm}: {'resuming after round ' + str(done) if resume else 'running'} ({run})", flush=True)
         start = time.perf_counter()
-        with open(args.out / f"{arm}.log", "w") as log:
-            code = flwr_run(REPO, args.out / ".flwr-home", {**common, **ARMS[arm], "run-name": arm},
+        with open(args.out / f"{arm}.log", "a" if resume else "w") as log:
+            code = flwr_run(REPO, args.out / ".flwr-home", {**common, **ARMS[arm], "run-name": arm, **resume},
                             num_supernodes=len(args.sites.split(",")), http_port=39291,
                             control_port=39293, stdout=log)
-        walls[arm] = time.perf_counter() - start
+        wall = time.perf_counter() - start
+        walls[arm] = None if resume else wall  # a continued run's wall is not the whole run's
         status = "ok" if code == 0 and (run / "summary.json").exists() else f"FAILED (exit {code})"
-        print(f"{arm}: {status} in {walls[arm]:.0f} s; log {args.out / f'{arm}.log'}", flush=True)
+        print(f"{arm}: {status} in {wall:.0f} s; log {args.out / f'{arm}.log'}", flush=True)
 
     results = {arm: read_run(args.out / arm) for arm in arms}
     command = "python benchmarks/strategies_f1.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])

@@ -31,6 +31,8 @@ KEYS: dict[str, Key] = {
     "num-server-rounds": Key(int, 3, "federated rounds"),
     "output-dir": Key(str, "outputs", "folder for run outputs (resolved to an absolute path)"),
     "run-name": Key(str, "", "name of this run's folder under output-dir; empty = date and time"),
+    "resume": Key(bool, False, "continue the run in output-dir/run-name from its last finished round "
+                  "(its checkpoint.npz); needs run-name"),
     "seed": Key(int, 0, "seed of the initial adapter and data order"),
     "model.name": Key(str, EMBEDDED_DEFAULT, "base model: the embedded default, a checkpoint folder or a Hub id"),
     "model.dtype": Key(str, "auto", "compute dtype; auto = bf16/fp16 on CUDA, fp32 on CPU", DTYPE_CHOICES),
@@ -111,6 +113,8 @@ def validate(run_config: Mapping[str, Any]) -> dict[str, Any]:
         values[key] = value
     if values["num-server-rounds"] < 1:
         raise ConfigError("num-server-rounds: expected an integer >= 1")
+    if values["resume"] and not values["run-name"].strip():
+        raise ConfigError("resume = true needs run-name: the name of the run folder under output-dir to continue")
     if values["strategy.min-sites"] < 1:
         raise ConfigError("strategy.min-sites: expected an integer >= 1")
     if not 0 < values["strategy.fraction-train"] <= 1:

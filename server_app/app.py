@@ -1,10 +1,13 @@
 """ServerApp: the coordinator. Builds the strategy from the run config, sends the
 initial global adapter, and after every round saves the global adapter as a PEFT
-folder, scores it on the coordinator's validation set and logs the round."""
+folder, scores it on the coordinator's validation set, logs the round and replaces the
+run's checkpoint (server_app/checkpoint.py). With `resume = true` it continues the run
+`run-name` from that checkpoint: the remaining rounds only, in the same folder."""
 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +18,13 @@ from flwr.serverapp import Grid, ServerApp
 from clinical_ie.evaluate import InstanceEvaluator, site_instances, stable_subset
 from data_loaders.sites import ensure_demo_corpus, load_site
 from fedmedlora import protocol
-from fedmedlora.config import lora_settings, tasks, validate
+from fedmedlora.config import ConfigError, lora_settings, tasks, validate
 from fedmedlora.logs import setup_logging
 from modeling.adapter_io import arrayrecord_nbytes, from_arrayrecord, get_adapter_state, set_adapter_state, to_arrayrecord
 from modeling.base import load_base_model, model_identity, resolve_model_path
 from modeling.lora import attach_lora
 
+from .checkpoint import Checkpoint, checkpoint_path, existing_round, resume_checkpoint, save_checkpoint
 from .outputs import RunRecorder, run_folder
 from .report import RoundReporter
 from .strategy_factory import build_strategy
@@ -39,7 +43,12 @@ def _validation_folder(cfg: dict[str, Any]) -> Path:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = validate(context.run_config)  # stops here, before any training, on a bad config
-    folder = run_folder(cfg["output-dir"], cfg["run-name"])
+    folder = run_folder(cfg["output-dir"], cfg["run-name"], create=not cfg["resume"])
+    # Also before any training: the checkpoint a continued run needs, or a new run's refusal
+    # to write over the rounds of another run.
+    checkpoint = resume_checkpoint(folder, cfg) if cfg["resume"] else None
+    if checkpoint is None:
+        _refuse_finished_rounds(folder, cfg)
     setup_logging(folder / "coordinator.log")
     log.info("run folder: %s", folder)
     torch.set_num_threads(max(1, len(__import__("os").sched_getaffinity(0))))
@@ -69,12 +78,24 @@ def main(grid: Grid, context: Context) -> None:
         return loss_evaluator.loss(peft_model)
 
     strategy = build_strategy(cfg, {k: v.shape for k, v in initial.items()}, validation_loss)
+    done = 0  # rounds finished before this process started
+    metrics_by_round: dict[int, dict[str, float]] = {}  # the coordinator's, round 0 included
+    resumes: list[dict[str, Any]] = []
+    if checkpoint is not None:
+        _restore(checkpoint, strategy, initial, folder, cfg)
+        done = checkpoint.round
+        initial = checkpoint.global_state
+        metrics_by_round = dict(checkpoint.coordinator_metrics)
+        resumes = [*checkpoint.resumes, {"after-round": done, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}]
     recorder = RunRecorder(folder, lora.to_peft_config(resolve_model_path(cfg["model.name"])), {
         "base-model": identity.name, "base-sha256": identity.sha256, "strategy": cfg["strategy.name"],
         "run-config": cfg,
-    })
+    }, elapsed_before=checkpoint.elapsed_seconds if checkpoint is not None else 0.0)
     adapter_bytes = arrayrecord_nbytes(to_arrayrecord(initial))
     reporter = RoundReporter(strategy, adapter_bytes, full_model_bytes, cfg["num-server-rounds"])
+    if checkpoint is not None:
+        recorder.keep_rounds_up_to(done)
+        reporter.load_state_dict(checkpoint.communication)
     log.info("base model %s (sha256 %s), adapter %.2f MB vs full model %.1f MB (%.2f%%)",
              identity.name, identity.sha256[:12], adapter_bytes / 1e6, full_model_bytes / 1e6,
              100 * adapter_bytes / full_model_bytes)
@@ -85,26 +106,72 @@ def main(grid: Grid, context: Context) -> None:
             recorder.save_adapter(f"round-{server_round}", state, server_round)
         set_adapter_state(peft_model, state)
         metrics = f1_evaluator.evaluate(peft_model, f"coordinator round {server_round}").to_metrics()
+        metrics_by_round[server_round] = metrics
         recorder.append_round(reporter.round_record(server_round, metrics))
+        # Last: a run killed before this line redoes the round (metrics.jsonl is trimmed).
+        save_checkpoint(folder, Checkpoint(
+            round=server_round, global_state=state, strategy_state=strategy.state_dict(), run_config=cfg,
+            coordinator_metrics=metrics_by_round, communication=reporter.state_dict(),
+            elapsed_seconds=recorder.elapsed(), resumes=resumes, strategy_class=type(strategy).__qualname__,
+        ))
         return MetricRecord(metrics)
 
     config = ConfigRecord(protocol.base_config(identity, lora, cfg["num-server-rounds"]))
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=to_arrayrecord(initial),
-        num_rounds=cfg["num-server-rounds"],
-        timeout=cfg["strategy.round-timeout"],
-        train_config=config,
-        evaluate_config=ConfigRecord(dict(config)),
-        evaluate_fn=after_round,
-    )
-    last = max(result.evaluate_metrics_serverapp)
+    if done < cfg["num-server-rounds"]:
+        if checkpoint is not None:
+            log.info("resuming %s after round %d: rounds %d..%d", folder, done, done + 1, cfg["num-server-rounds"])
+        strategy.start(
+            grid=grid,
+            initial_arrays=to_arrayrecord(initial),
+            num_rounds=cfg["num-server-rounds"],
+            timeout=cfg["strategy.round-timeout"],
+            train_config=config,
+            evaluate_config=ConfigRecord(dict(config)),
+            evaluate_fn=after_round,
+            first_round=done + 1,
+        )
+    else:
+        log.info("%s already finished all %d rounds; writing its final adapter and summary", folder, done)
+    last = max(metrics_by_round)
     final = recorder.finish(last, {
         "rounds": last,
-        "final-metrics": dict(result.evaluate_metrics_serverapp[last]),
-        "zero-shot-metrics": dict(result.evaluate_metrics_serverapp[0]),
+        "final-metrics": metrics_by_round[last],
+        "zero-shot-metrics": metrics_by_round[0],
         "communication": reporter.totals(),
+        **({"resumed": resumes} if resumes else {}),
     })
     reporter.log_totals()
     log.info("global adapter: %s (load it with peft.PeftModel.from_pretrained)", final)
     log.info("metrics per round: %s", recorder.metrics_path)
+
+
+def _refuse_finished_rounds(folder: Path, cfg: dict[str, Any]) -> None:
+    """A new run (resume = false) does not write over a folder that holds another run's rounds."""
+    done = existing_round(folder)
+    if done is not None:
+        finished = f"its checkpoint is after round {done}" if done >= 0 else "it has an unreadable checkpoint"
+        raise ConfigError(
+            f"run-name = {cfg['run-name']!r}: {folder} already holds a run ({finished}); set resume = true "
+            "to continue it, or choose another run-name (or output-dir)"
+        )
+
+
+def _restore(checkpoint: Checkpoint, strategy, initial, folder: Path, cfg: dict[str, Any]) -> None:
+    """Check the saved adapter against this run's and load the strategy's state; ConfigError if not."""
+    saved = {k: tuple(v.shape) for k, v in checkpoint.global_state.items()}
+    ours = {k: tuple(v.shape) for k, v in initial.items()}
+    if saved != ours:
+        raise ConfigError(f"resume = true: the adapter in {checkpoint_path(folder)} has other keys or shapes "
+                          "than this run's model and lora keys give")
+    if checkpoint.strategy_class and checkpoint.strategy_class != type(strategy).__qualname__:
+        log.warning("the checkpoint was written by strategy class %s, this run built %s",
+                    checkpoint.strategy_class, type(strategy).__qualname__)
+    try:
+        strategy.load_state_dict(checkpoint.strategy_state)
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"resume = true: cannot restore the state of strategy.name = "
+                          f"{cfg['strategy.name']!r} from {checkpoint_path(folder)}: {err}") from err
+    prev = checkpoint.run_config.get("num-server-rounds")
+    if prev != cfg["num-server-rounds"]:
+        log.warning("num-server-rounds changed from %s to %d: the sites' learning-rate schedule spans the "
+                    "new total from round %d on", prev, cfg["num-server-rounds"], checkpoint.round + 1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from datetime import datetime
@@ -18,21 +19,60 @@ from modeling.adapter_io import save_peft_folder
 log = logging.getLogger(__name__)
 
 
-def run_folder(output_dir: str, run_name: str) -> Path:
+def run_folder(output_dir: str, run_name: str, create: bool = True) -> Path:
+    """`output-dir/run-name` as an absolute path (run-name empty: the date and time)."""
     name = run_name or datetime.now().strftime("%Y%m%d-%H%M%S")
     folder = Path(output_dir).expanduser().resolve() / name
-    folder.mkdir(parents=True, exist_ok=True)
+    if create:
+        folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 
 class RunRecorder:
-    def __init__(self, folder: Path, lora_config, metadata: dict[str, Any]) -> None:
+    """Writes a run's folder. `elapsed_before`: seconds the run ran before it was continued
+    (the `elapsed-seconds` of records and summary go on from there)."""
+
+    def __init__(self, folder: Path, lora_config, metadata: dict[str, Any], elapsed_before: float = 0.0) -> None:
         self.folder = folder
         self.lora_config = lora_config
         self.metadata = metadata
         self.metrics_path = folder / "metrics.jsonl"
-        self.started = time.time()
+        self.started = time.time() - elapsed_before
         (folder / "run.json").write_text(json.dumps(metadata, indent=2, sort_keys=True))
+
+    def elapsed(self) -> float:
+        return time.time() - self.started
+
+    def keep_rounds_up_to(self, last_round: int) -> None:
+        """Before continuing after `last_round`: drop what a killed run wrote past it.
+
+        `metrics.jsonl` keeps one record per round up to `last_round` (the first one of a
+        round; a line cut short by the kill is dropped), rewritten atomically; adapter
+        folders of later rounds go (the continued run writes them again). `final/` and
+        `summary.json` of a finished run that is being extended stay until it finishes.
+        """
+        kept: dict[int, str] = {}
+        if self.metrics_path.exists():
+            for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
+                try:
+                    record = json.loads(line)
+                    server_round = int(record["round"])
+                except (ValueError, KeyError, TypeError):
+                    log.warning("%s: dropping an unreadable line (cut short when the run stopped?)",
+                                self.metrics_path)
+                    continue
+                if server_round <= last_round and server_round not in kept:
+                    kept[server_round] = line
+            dropped = [r for r in range(last_round + 1) if r not in kept]
+            if dropped:
+                log.warning("%s has no record of round(s) %s", self.metrics_path, dropped)
+            tmp = self.metrics_path.with_name(f".{self.metrics_path.name}.tmp")
+            tmp.write_text("".join(kept[r] + "\n" for r in sorted(kept)), encoding="utf-8")
+            os.replace(tmp, self.metrics_path)
+        for path in self.folder.glob("round-*"):
+            suffix = path.name[len("round-"):]
+            if path.is_dir() and suffix.isdigit() and int(suffix) > last_round:
+                shutil.rmtree(path)
 
     def save_adapter(self, name: str, state: dict[str, np.ndarray], server_round: int) -> Path:
         return save_peft_folder(

@@ -88,6 +88,16 @@ class RoundReporter:
             record["strategy"] = train.extra
         return record
 
+    # Running totals: what a checkpoint keeps so a continued run's totals cover every round.
+    _STATE = ("bytes_up", "bytes_down", "extra_bytes_up", "extra_bytes_down", "site_rounds")
+
+    def state_dict(self) -> dict[str, int]:
+        return {name.replace("_", "-"): int(getattr(self, name)) for name in self._STATE}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        for name in self._STATE:
+            setattr(self, name, int(state[name.replace("_", "-")]))
+
     def totals(self) -> dict[str, Any]:
         per_site_round = self.adapter_bytes
         return {

@@ -26,7 +26,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, Result
+from flwr.serverapp.strategy import FedAvg, Result, Strategy
 
 from modeling.adapter_io import arrayrecord_nbytes, from_arrayrecord
 
@@ -133,11 +133,75 @@ class ReplyScreening:
     _global_arrays: ArrayRecord | None = None
     _global_state: OrderedDict[str, np.ndarray] | None = None
 
-    def start(self, grid: Grid, initial_arrays: ArrayRecord, *args: Any, **kwargs: Any) -> Result:
-        """The wrapped strategy's loop; the initial adapter fixes the expected shapes if unset."""
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+        *,
+        first_round: int = 1,
+    ) -> Result:
+        """Flower's loop over rounds `first_round` .. `num_rounds`; the initial adapter fixes
+        the expected shapes if unset.
+
+        `first_round` > 1 continues a run (server_app/checkpoint.py): `initial_arrays` is the
+        global adapter after round `first_round - 1` and the strategy's state has been
+        restored with `load_state_dict`. Flower's `Strategy.start` always counts from 1, so
+        it runs `num_rounds - first_round + 1` rounds through `RoundOffset`, which hands every
+        strategy method, `evaluate_fn` and the returned `Result` the run's own round numbers
+        (the sites' `server-round`, and so their learning-rate schedule, continues). The
+        round-0 evaluation is not repeated.
+        """
         if self.expected_shapes is None:
             self.set_expected({k: tuple(initial_arrays[k].shape) for k in initial_arrays.keys()})
-        return super().start(grid, initial_arrays, *args, **kwargs)
+        if isinstance(first_round, bool) or not isinstance(first_round, int) or first_round < 1:
+            raise ValueError(f"first_round: expected an integer >= 1, got {first_round!r}")
+        if first_round == 1:
+            return super().start(grid, initial_arrays, num_rounds, timeout, train_config, evaluate_config,
+                                 evaluate_fn)
+        offset = first_round - 1
+        if num_rounds <= offset:
+            log(INFO, "rounds 1..%d are done; nothing left to run", num_rounds)
+            return Result()
+        log(INFO, "continuing at round %d of %d (Flower's log counts these rounds from 1)", first_round, num_rounds)
+
+        def shifted_evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+            if server_round == 0:  # evaluated before the interruption
+                return None
+            assert evaluate_fn is not None
+            return evaluate_fn(server_round + offset, arrays)
+
+        result = RoundOffset(self, offset).start(
+            grid, initial_arrays, num_rounds - offset, timeout, train_config, evaluate_config,
+            shifted_evaluate if evaluate_fn is not None else None,
+        )
+        return Result(
+            arrays=result.arrays,
+            train_metrics_clientapp={r + offset: m for r, m in result.train_metrics_clientapp.items()},
+            evaluate_metrics_clientapp={r + offset: m for r, m in result.evaluate_metrics_clientapp.items()},
+            evaluate_metrics_serverapp={r + offset: m for r, m in result.evaluate_metrics_serverapp.items()},
+        )
+
+    # --- what carries over between rounds (checkpoints) --------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """What this strategy carries from one round to the next, for a checkpoint.
+
+        Values may be None, bools, numbers, strings, numpy arrays, ArrayRecords, and lists
+        and dicts (string keys) of those. The default keeps nothing: screening and plain
+        weighted averaging start every round afresh. A strategy with state between rounds
+        (server optimiser moments, per-site ranks) overrides this and `load_state_dict`.
+        """
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what `state_dict` returned (the run continues after that round)."""
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no state between rounds, got {sorted(state)}")
 
     def configure_screening(
         self, max_update_norm: float = 0.0, update_norm_action: str = "clip", proximal_mu: float = 0.0
@@ -350,6 +414,45 @@ class ReplyScreening:
             (site_label(m), metric_dict(m.content.metric_records.values())) for m in content_replies
         ]
         return content_replies
+
+
+class RoundOffset(Strategy):
+    """A strategy seen through shifted round numbers: round r here is `offset + r` to it.
+
+    Used by `ReplyScreening.start` to continue a run with Flower's `Strategy.start`, which
+    always counts rounds from 1 (FedAvg's `configure_train` writes that count into the
+    sites' `server-round`; FedAdam's bias correction reads it).
+    """
+
+    def __init__(self, strategy: Strategy, offset: int) -> None:
+        self.strategy = strategy
+        self.offset = offset
+
+    def summary(self) -> None:
+        """The strategy's own summary."""
+        self.strategy.summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """The strategy's `configure_train` for round `offset + server_round`."""
+        return self.strategy.configure_train(server_round + self.offset, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The strategy's `aggregate_train` for round `offset + server_round`."""
+        return self.strategy.aggregate_train(server_round + self.offset, replies)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """The strategy's `configure_evaluate` for round `offset + server_round`."""
+        return self.strategy.configure_evaluate(server_round + self.offset, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """The strategy's `aggregate_evaluate` for round `offset + server_round`."""
+        return self.strategy.aggregate_evaluate(server_round + self.offset, replies)
 
 
 class LoraFedAvg(ReplyScreening, FedAvg):

@@ -8,6 +8,7 @@ building a dense out x in matrix.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -138,6 +139,8 @@ class ExactLoRA(LoraFedAvg):
         self.site_shapes: dict[int, SiteShape] = {}
         self._wide: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._returned: ArrayRecord | None = None  # the global adapter `_wide` belongs to
+        # After `load_state_dict`: the digest of the global adapter `_wide` belonged to.
+        self._restored_digest: str | None = None
         super().__init__(expected_shapes=expected_shapes, **fedavg_kwargs)
 
     @classmethod
@@ -177,6 +180,41 @@ class ExactLoRA(LoraFedAvg):
         rank = self.rank or "global"
         log(INFO, "\t└──> Exact LoRA aggregation: %d modules, rank %s", len(self.modules), rank)
 
+    # --- state between rounds (checkpoints) -------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Each site's other rank (by node id) and the wide factors of the last aggregate.
+
+        With the digest of the global adapter those factors belong to: after a restore, a
+        site is sent its own rank only if the adapter the run continues from is that one.
+        """
+        return {
+            "site-shapes": [
+                {"node-id": node, "ranks": dict(shape.ranks), "alpha": shape.alpha}
+                for node, shape in sorted(self.site_shapes.items())
+            ],
+            "wide": {prefix: [b, a] for prefix, (b, a) in self._wide.items()},
+            "returned-digest": arrays_digest(self._returned) if self._returned is not None else None,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what `state_dict` returned.
+
+        Site ranks are kept by node id: where the continued run's nodes have other ids (a
+        restarted simulation), those sites get the global rank until they reply again, as in
+        a run's first round.
+        """
+        self.site_shapes = {
+            int(entry["node-id"]): SiteShape(
+                {str(k): int(v) for k, v in entry["ranks"].items()},
+                None if entry["alpha"] is None else float(entry["alpha"]),
+            )
+            for entry in state.get("site-shapes", [])
+        }
+        self._wide = {str(prefix): (np.asarray(b), np.asarray(a)) for prefix, (b, a) in state.get("wide", {}).items()}
+        self._returned = None
+        self._restored_digest = state.get("returned-digest")
+
     # --- each site its own rank ------------------------------------------------------
 
     def configure_train(
@@ -194,6 +232,12 @@ class ExactLoRA(LoraFedAvg):
     def _per_site_rank(self, messages: list[Message], arrays: ArrayRecord) -> list[Message]:
         if not self.site_shapes:
             return messages
+        if self._restored_digest is not None and arrays is not self._returned:
+            # The first round after a restore: the wide factors belong to this adapter if
+            # it is the aggregate they were saved with.
+            if arrays_digest(arrays) == self._restored_digest:
+                self._returned = arrays
+            self._restored_digest = None
         if arrays is not self._returned:
             # Another layer (a DP wrapper's noise) changed the aggregate: its wide factors no
             # longer match, so every site gets the global adapter as it is.
@@ -407,6 +451,16 @@ def exact_factors(
     b = (q_u @ (u[:, :keep] * root_s)) * out_scale
     a = (root_s[:, None] * vt[:keep]) @ q_v.T
     return ExactFactors(b=b, a=a, dropped_energy=min(max(dropped, 0.0), 1.0), singular_values=s)
+
+
+def arrays_digest(record: ArrayRecord) -> str:
+    """A hash of an adapter's keys, dtypes, shapes and values."""
+    h = hashlib.blake2b(digest_size=16)
+    for key in record.keys():
+        values = np.ascontiguousarray(record[key].numpy())
+        h.update(f"{key}|{values.dtype.str}|{values.shape}|".encode())
+        h.update(values.tobytes())
+    return h.hexdigest()
 
 
 def lora_modules(shapes: Mapping[str, tuple[int, ...]]) -> list[LoraModule]:

@@ -47,6 +47,8 @@ from flwr.serverapp.strategy import (
     Result,
     Strategy,
 )
+from flwr.serverapp.strategy.dp_adaptive_clipping import DifferentialPrivacyAdaptiveBase
+from flwr.serverapp.strategy.fedopt import FedOpt
 from flwr.serverapp.strategy.multikrum import select_multikrum
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
@@ -70,6 +72,14 @@ DP_MODES = ("none", "server-fixed", "server-adaptive", "client-fixed", "client-a
 # per-element updates below tau (typical for a few local steps at lr 2e-4), a FedAdam step
 # is about 10 * eta * the averaged update, so 1e-2 keeps it near one FedAvg step.
 DEFAULT_SERVER_LR = {"fedavgm": 1.0, "fedadam": 1e-2, "fedyogi": 1e-2}
+
+# What Flower's strategies (flwr 1.42) keep between rounds, for checkpoints: the server
+# optimisers' moments and the adapter they step from, adaptive clipping's current norm.
+FLOWER_STATE: tuple[tuple[type[Strategy], tuple[str, ...]], ...] = (
+    (FedOpt, ("current_arrays", "m_t", "v_t")),  # FedAdam, FedYogi, FedAdagrad
+    (FedAvgM, ("current_arrays", "momentum_vector")),
+    (DifferentialPrivacyAdaptiveBase, ("clipping_norm",)),
+)
 
 
 class ScreenedStrategy(ReplyScreening, Strategy):
@@ -110,6 +120,14 @@ class ScreenedStrategy(ReplyScreening, Strategy):
         super().set_expected(shapes)
         if isinstance(self.core, ReplyScreening):
             self.core.set_expected(shapes)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The wrapped strategies' state between rounds (`strategy_state`)."""
+        return strategy_state(self.inner)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what `state_dict` returned into the wrapped strategies."""
+        load_strategy_state(self.inner, state)
 
     def check_reply(self, msg: Message, site: str) -> SiteCandidate:
         """A screening core's own checks (ExactLoRA accepts other ranks), else the shared ones."""
@@ -267,6 +285,46 @@ class ScreenedStrategy(ReplyScreening, Strategy):
         return self.inner.aggregate_evaluate(server_round, content) if content else None
 
 
+def strategy_state(strategy: Strategy) -> dict[str, Any]:
+    """What `strategy`, and any strategy it wraps, keeps between rounds.
+
+    A strategy with `state_dict()` (ours: `ReplyScreening`) gives its own; Flower's give
+    the attributes listed in `FLOWER_STATE`; a DP wrapper adds the strategy it wraps.
+    """
+    if callable(getattr(strategy, "state_dict", None)):
+        return {"own": strategy.state_dict()}
+    state: dict[str, Any] = {}
+    for cls, attributes in FLOWER_STATE:
+        if isinstance(strategy, cls):
+            state.update({name: getattr(strategy, name) for name in attributes})
+    wrapped = getattr(strategy, "strategy", None)  # Flower's DP wrappers
+    if isinstance(wrapped, Strategy):
+        state["wrapped"] = strategy_state(wrapped)
+    return state
+
+
+def load_strategy_state(strategy: Strategy, state: Mapping[str, Any]) -> None:
+    """Put back what `strategy_state` returned; raises ValueError if a part is missing."""
+    name = type(strategy).__name__
+    if callable(getattr(strategy, "load_state_dict", None)):
+        strategy.load_state_dict(state.get("own", {}))
+        return
+    known = False
+    for cls, attributes in FLOWER_STATE:
+        if isinstance(strategy, cls):
+            known = True
+            for attribute in attributes:
+                if attribute not in state:
+                    raise ValueError(f"{name}: the saved state has no {attribute!r}")
+                setattr(strategy, attribute, state[attribute])
+    wrapped = getattr(strategy, "strategy", None)
+    if isinstance(wrapped, Strategy):
+        load_strategy_state(wrapped, state.get("wrapped", {}))
+    elif not known and not type(strategy).__module__.startswith("flwr."):
+        log(WARNING, "%s declares no state between rounds (no state_dict/load_state_dict): if it keeps "
+            "any, the continued run starts it afresh", name)
+
+
 class FlowerLoRA(ScreenedStrategy):
     """A Flower strategy class behind the screening; subclasses set `flower_class`.
 
@@ -393,6 +451,14 @@ class _SelectingKrum(Krum):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.selected: list[int] = []  # indices into the replies of the last round
+
+    def state_dict(self) -> dict[str, Any]:
+        """Nothing carries over: `selected` is the last round's choice."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Nothing to restore (see `state_dict`)."""
+        del state
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

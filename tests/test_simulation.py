@@ -127,3 +127,79 @@ def test_bad_config_value_stops_the_run_before_training(tmp_path, tiny_llama, ti
     assert code != 0 or not (run_dir / "round-1").exists()
     assert "fedfoo" in log and "fedmedlora-plus" in log  # the valid choices are listed
     assert not (run_dir / "round-1").exists()
+
+
+def _processes_of(flwr_home: Path) -> list[int]:
+    """Live processes started under this FLWR_HOME (the SuperLink passes it to all below it)."""
+    marker = f"FLWR_HOME={flwr_home.resolve()}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if marker in (entry / "environ").read_bytes().split(b"\0") and \
+                    (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                pids.append(int(entry.name))
+        except (OSError, IndexError):
+            continue
+    return pids
+
+
+def test_a_killed_run_resumes_from_its_last_finished_round(tmp_path, tiny_llama, tiny_corpus):
+    """`flwr run` killed after round 2's checkpoint (its SuperLink and everything below it
+    stopped), then `resume = true`: round 3 only, in the same folder, one record per round."""
+    import threading
+    import time
+
+    from fedmedlora.local_run import stop_superlink
+    from modeling.adapter_io import load_peft_folder
+    from server_app.checkpoint import existing_round
+
+    overrides = {
+        "model.name": str(tiny_llama), "num-server-rounds": 3, "train.max-steps": 2,
+        "train.batch-size": 2, "lora.r": 4, "lora.alpha": 8, "eval.max-instances": 3,
+        "eval.max-new-tokens": 8, "data.root": str(tiny_corpus),
+        "data.server-validation": str(tiny_corpus / "coordinator"), "output-dir": str(tmp_path / "outputs"),
+        "run-name": "e2e", "strategy.name": "fedadam",  # FedAdam: server state carried over
+    }
+    run_dir = tmp_path / "outputs" / "e2e"
+    home = tmp_path / "flwr-home"
+    codes: dict[str, int] = {}
+
+    def first_run() -> None:
+        with open(tmp_path / "first.log", "w") as fh:
+            codes["first"] = flwr_run(REPO, home, overrides, num_supernodes=3, http_port=39391,
+                                      control_port=39393, timeout=900, stdout=fh)
+
+    thread = threading.Thread(target=first_run)
+    thread.start()
+    deadline = time.monotonic() + 900
+    while thread.is_alive() and time.monotonic() < deadline and (existing_round(run_dir) or 0) < 2:
+        time.sleep(0.2)
+    stop_superlink(home)  # the coordinator dies with its SuperLink
+    thread.join(timeout=120)
+    first_log = (tmp_path / "first.log").read_text()
+    assert not thread.is_alive() and superlink_pids(home) == [] and _processes_of(home) == []
+    assert existing_round(run_dir) == 2, first_log[-3000:]
+    assert not (run_dir / "summary.json").exists()
+    assert [json.loads(line)["round"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
+
+    with open(tmp_path / "resumed.log", "w") as fh:
+        code = flwr_run(REPO, home, {**overrides, "resume": True}, num_supernodes=3, http_port=39391,
+                        control_port=39393, timeout=900, stdout=fh)
+    log = (tmp_path / "resumed.log").read_text()
+    assert code == 0, log[-3000:]
+    assert superlink_pids(home) == [] and _processes_of(home) == []
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == [0, 1, 2, 3]
+    assert sorted(s["site"] for s in records[3]["sites"]) == ["site-a", "site-b", "site-c"]
+    assert "round 0 (zero-shot" not in (run_dir / "coordinator.log").read_text().split("resuming")[-1]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["rounds"] == 3 and summary["communication"]["site-rounds"] == 9
+    assert [r["after-round"] for r in summary["resumed"]] == [2]
+    assert summary["final-metrics"] == records[3]["coordinator"]
+    assert summary["zero-shot-metrics"] == records[0]["coordinator"]
+    final, round2, round3 = (load_peft_folder(run_dir / name) for name in ("final", "round-2", "round-3"))
+    assert json.loads((run_dir / "round-3" / "fedmedlora.json").read_text())["server-round"] == 3
+    assert all(np.array_equal(final[k], round3[k]) for k in round3)
+    assert any(not np.allclose(round2[k], round3[k]) for k in round3)
