@@ -14,6 +14,7 @@ import traceback
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from data_loaders.sites import SiteFolderError
 from fedmedlora import protocol
 from fedmedlora.config import ConfigError, lora_settings, train_settings, validate
 from fedmedlora.logs import setup_logging
@@ -34,7 +35,8 @@ class SiteFailure(RuntimeError):
 
 
 # Our own errors name file, line or key and a reason, and no note text.
-_SAFE_TO_REPORT = (ConfigError, FileNotFoundError, SiteDataError, protocol.BaseModelMismatch,
+# OSError: a path and the system's reason (unreadable file, a folder where a file belongs).
+_SAFE_TO_REPORT = (ConfigError, OSError, SiteDataError, SiteFolderError, protocol.BaseModelMismatch,
                    protocol.MalformedMessage)
 
 

@@ -22,7 +22,7 @@ from collections import Counter
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from data_loaders.brat import AnnotationError
+from data_loaders.brat import AnnotationError, read_text
 from data_loaders.document import Document, Entity, Relation
 
 logger = logging.getLogger(__name__)
@@ -100,8 +100,7 @@ def read_ade(folder: Path, stats: AdeStats | None = None) -> list[Document]:
 
 def _read_lines(path: Path, stats: AdeStats) -> list[_Line]:
     other_type, relation_type = ADE_FILES[path.name]
-    with open(path, encoding="utf-8", newline="") as handle:
-        content = handle.read()
+    content = read_text(path)
     lines: list[_Line] = []
     for number, raw in enumerate(content.split("\n"), start=1):
         raw = raw.rstrip("\r")

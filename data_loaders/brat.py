@@ -27,13 +27,62 @@ _LINE_START = re.compile(r"([TERAMN#]\S*|\*)\t")
 
 
 class AnnotationError(ValueError):
-    """A malformed or inconsistent ``.ann`` line; the message starts with ``path:line``."""
+    """A malformed or inconsistent line of a data file; the message starts with ``path:line``."""
 
     def __init__(self, path: Path | str, line: int, reason: str) -> None:
         super().__init__(f"{path}:{line}: {reason}")
         self.path = Path(path)
         self.line = line
         self.reason = reason
+
+
+# What an error may quote from a data file: types, keys (short tokens, no spaces).
+_QUOTABLE = re.compile(r"[\w.:*#+/-]{1,40}")
+
+
+def quoted(value: object) -> str:
+    """``value`` quoted when it is a short token (a type, a key), else only what it is.
+
+    Annotation files copy note text into their columns, and a malformed line may hold it
+    where an id belongs: errors quote nothing that could be note text."""
+    if isinstance(value, str):
+        if _QUOTABLE.fullmatch(value):
+            return repr(value)
+        return f"a string of {len(value)} characters (not shown)"
+    if isinstance(value, (bool, int, float)) or value is None:
+        return repr(value)
+    return f"a {type(value).__name__}"
+
+
+# What an error may quote of an id: BRAT-style ids (T12, R3, *1, #2), short names, numbers.
+_QUOTABLE_ID = re.compile(r"[A-Za-z*#]{0,4}\d{0,9}")
+
+
+def quoted_id(value: object, bare: bool = False) -> str:
+    """An annotation or document id quoted when it looks like one (up to four letters and
+    digits: ``T12``, ``R3``, ``15939911``; ``bare``: without quotes), else only its length:
+    an id column that holds anything else may hold note text."""
+    if isinstance(value, str) and value and _QUOTABLE_ID.fullmatch(value):
+        return value if bare else repr(value)
+    if isinstance(value, str):
+        return f"an id of {len(value)} characters (not shown)"
+    return quoted(value)
+
+
+def read_text(path: Path | str) -> str:
+    """A UTF-8 text file, line endings kept (offsets count ``\\r``). Bytes that are not
+    UTF-8 raise ``AnnotationError`` naming ``path:line`` and the byte, not the text."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        raise AnnotationError(
+            path, line, f"not UTF-8 text: byte 0x{data[error.start]:02x} at byte {column} of the "
+            "line; save the file as UTF-8",
+        ) from None
 
 
 @dataclass
@@ -91,16 +140,13 @@ def read_brat(
     txt_path = Path(txt_path)
     ann_path = Path(ann_path) if ann_path is not None else txt_path.with_suffix(".ann")
     stats = stats if stats is not None else BratStats()
-    # newline="" keeps \r\n as two characters, as the offsets count them.
-    with open(txt_path, encoding="utf-8", newline="") as handle:
-        text = handle.read()
+    text = read_text(txt_path)  # \r\n stays two characters, as the offsets count them
     doc = Document(doc_id=txt_path.stem, text=text)
     stats.documents += 1
     if not ann_path.exists():
         logger.debug("%s: no annotation file, document has no annotations", ann_path)
         return doc
-    with open(ann_path, encoding="utf-8", newline="") as handle:
-        content = handle.read()
+    content = read_text(ann_path)
     _Parser(ann_path, text, stats, strict).parse(content, doc)
     return doc
 
@@ -173,10 +219,10 @@ class _Parser:
 
     def claim_id(self, number: int, ann_id: str) -> None:
         if not ann_id or any(c.isspace() for c in ann_id):
-            raise self.error(number, f"invalid annotation id {ann_id!r}")
+            raise self.error(number, f"invalid annotation id {quoted_id(ann_id)}")
         if ann_id in self.seen_ids:
             raise self.error(
-                number, f"duplicate id {ann_id!r} (first defined on line {self.seen_ids[ann_id]})"
+                number, f"duplicate id {quoted_id(ann_id)} (first defined on line {self.seen_ids[ann_id]})"
             )
         self.seen_ids[ann_id] = number
 
@@ -190,7 +236,8 @@ class _Parser:
         if len(type_and_spans) != 2 or not type_and_spans[0]:
             raise self.error(number, f"{ann_id}: expected 'TYPE START END' in the second column")
         ent_type, span_text = type_and_spans
-        spans = tuple(self.parse_span(number, ann_id, frag) for frag in span_text.split(";"))
+        spans = tuple(self.parse_span(number, ann_id, frag, i)
+                      for i, frag in enumerate(span_text.split(";"), start=1))
         covered = [self.text[s:e] for s, e in spans]
         entity = _RawEntity(
             number, ann_id, ent_type, spans, column, any("\n" in c or "\r" in c for c in covered)
@@ -198,15 +245,16 @@ class _Parser:
         self.entities.append(entity)
         return entity
 
-    def parse_span(self, number: int, ann_id: str, fragment: str) -> Span:
+    def parse_span(self, number: int, ann_id: str, fragment: str, index: int = 1) -> Span:
         parts = fragment.split()
         if len(parts) != 2:
-            raise self.error(number, f"{ann_id}: expected 'START END' in span {fragment!r}")
+            raise self.error(number, f"{ann_id}: expected 'START END' in span fragment {index}, "
+                                     f"got {len(parts)} field(s)")
         try:
             start, end = int(parts[0]), int(parts[1])
         except ValueError:
             raise self.error(
-                number, f"{ann_id}: expected integer offsets, got {fragment!r}"
+                number, f"{ann_id}: expected integer offsets in span fragment {index}"
             ) from None
         if not 0 <= start < end <= len(self.text):
             raise self.error(
@@ -224,10 +272,10 @@ class _Parser:
         self.claim_id(number, ann_id)
         args = body.split()
         if not args or args[0].count(":") != 1:
-            raise self.error(number, f"{ann_id}: expected 'TYPE:TRIGGER' first in {body!r}")
+            raise self.error(number, f"{ann_id}: expected 'TYPE:TRIGGER' first")
         ev_type, trigger = args[0].split(":")
         if not ev_type or not trigger:
-            raise self.error(number, f"{ann_id}: expected 'TYPE:TRIGGER' first in {body!r}")
+            raise self.error(number, f"{ann_id}: expected 'TYPE:TRIGGER' first")
         # Event arguments beyond the trigger are not part of the common schema.
         self.events.append(_RawRef(number, ann_id, ev_type, [trigger]))
 
@@ -239,7 +287,8 @@ class _Parser:
         self.claim_id(number, ann_id)
         parts = body.split()
         if len(parts) != 3 or any(p.count(":") != 1 for p in parts[1:]):
-            raise self.error(number, f"{ann_id}: expected 'TYPE Arg1:ID Arg2:ID', got {body!r}")
+            raise self.error(number, f"{ann_id}: expected 'TYPE Arg1:ID Arg2:ID', got "
+                                     f"{len(parts)} space-separated field(s)")
         roles = dict(p.split(":") for p in parts[1:])
         if set(roles) == {"Arg1", "Arg2"}:
             args = [roles["Arg1"], roles["Arg2"]]
@@ -255,7 +304,8 @@ class _Parser:
         self.claim_id(number, ann_id)
         parts = body.split()
         if len(parts) not in (2, 3):
-            raise self.error(number, f"{ann_id}: expected 'TYPE TARGET [VALUE]', got {body!r}")
+            raise self.error(number, f"{ann_id}: expected 'TYPE TARGET [VALUE]', got "
+                                     f"{len(parts)} space-separated field(s)")
         value = parts[2] if len(parts) == 3 else None
         self.attributes.append(_RawRef(number, ann_id, parts[0], [parts[1]], value))
 
@@ -276,7 +326,7 @@ class _Parser:
                 event_to_entity[ev.id] = ev.args[0]
             else:
                 self.skip_or_raise(self.error(
-                    ev.line, f"{ev.id}: trigger {ev.args[0]!r} is not a T annotation of this file"
+                    ev.line, f"{ev.id}: trigger {quoted_id(ev.args[0])} is not a T annotation of this file"
                 ))
 
         def entity_ref(ref: _RawRef, target: str) -> str:
@@ -284,7 +334,7 @@ class _Parser:
                 return target
             if target in event_to_entity:
                 return event_to_entity[target]
-            raise self.error(ref.line, f"{ref.id}: references unknown id {target!r}")
+            raise self.error(ref.line, f"{ref.id}: references unknown id {quoted_id(target)}")
 
         for raw in self.entities:
             self.check_text(raw)

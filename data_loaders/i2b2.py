@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from data_loaders.brat import AnnotationError
+from data_loaders.brat import AnnotationError, read_text
 from data_loaders.document import Attribute, Document, Entity, Relation
 
 logger = logging.getLogger(__name__)
@@ -81,8 +81,7 @@ def read_i2b2(
     rel_path = Path(rel_path) if rel_path else txt_path.with_suffix(".rel")
     ast_path = Path(ast_path) if ast_path else txt_path.with_suffix(".ast")
     stats = stats if stats is not None else I2b2Stats()
-    with open(txt_path, encoding="utf-8", newline="") as handle:
-        text = handle.read()
+    text = read_text(txt_path)
     doc = Document(doc_id=txt_path.stem, text=text)
     stats.documents += 1
     if not con_path.is_file():
@@ -163,8 +162,7 @@ def annotation_files(txt: Path) -> tuple[Path, Path, Path]:
 
 
 def _lines(path: Path, pattern: re.Pattern[str], expected: str):
-    with open(path, encoding="utf-8", newline="") as handle:
-        content = handle.read()
+    content = read_text(path)
     for number, raw in enumerate(content.split("\n"), start=1):
         line = raw.strip()
         if not line:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from data_loaders.brat import AnnotationError, text_matches
+from data_loaders.brat import AnnotationError, quoted, quoted_id, read_text, text_matches
 from data_loaders.document import Attribute, Document, Entity, Group, Relation, Span
 from data_loaders.splits import SPLITS
 
@@ -79,14 +79,13 @@ def read_jsonl(path: Path, stats: JsonlStats | None = None) -> list[Document]:
     stats = stats if stats is not None else JsonlStats()
     docs: list[Document] = []
     first_line: dict[str, int] = {}
-    with open(path, encoding="utf-8", newline="") as handle:
-        content = handle.read()
+    content = read_text(path)
     for number, raw in enumerate(content.split("\n"), start=1):
         if not raw.strip():
             continue
         doc = _LineReader(path, number, stats).read(raw)
         if doc.doc_id in first_line:
-            raise AnnotationError(path, number, f"key 'id': document id {doc.doc_id!r} is "
+            raise AnnotationError(path, number, f"key 'id': document id {quoted_id(doc.doc_id)} is "
                                   f"already used on line {first_line[doc.doc_id]}")
         first_line[doc.doc_id] = number
         docs.append(doc)
@@ -116,7 +115,8 @@ class _LineReader:
             raise self.error(f"missing key(s) {missing}; expected {list(DOCUMENT_KEYS)}")
         unknown = sorted(set(obj) - set(DOCUMENT_KEYS))
         if unknown:
-            raise self.error(f"unknown key(s) {unknown}; expected {list(DOCUMENT_KEYS)}")
+            shown = ", ".join(quoted(k) for k in unknown)
+            raise self.error(f"unknown key(s) [{shown}]; expected {list(DOCUMENT_KEYS)}")
         doc_id = self.string(obj, "id", "id")
         text = obj["text"]
         if not isinstance(text, str):
@@ -153,7 +153,7 @@ class _LineReader:
 
     def claim(self, ann_id: str, where: str, kind: str) -> None:
         if ann_id in self.ids:
-            raise self.error(f"key '{where}.id': id {ann_id!r} is already used by an "
+            raise self.error(f"key '{where}.id': id {quoted_id(ann_id)} is already used by an "
                              f"{self.ids[ann_id]}")
         self.ids[ann_id] = kind
 
@@ -190,7 +190,7 @@ class _LineReader:
     def reference(self, obj: dict, key: str, where: str, kinds: tuple[str, ...]) -> str:
         target = self.string(obj, key, f"{where}.{key}")
         if self.ids.get(target) not in kinds:
-            raise self.error(f"key '{where}.{key}': {target!r} is not the id of an "
+            raise self.error(f"key '{where}.{key}': {quoted_id(target)} is not the id of an "
                              f"{' or '.join(kinds)} of this document")
         return target
 
@@ -226,7 +226,7 @@ class _LineReader:
             raise self.error(f"key '{where}.members': expected a non-empty list of entity ids")
         for member in members:
             if not isinstance(member, str) or self.ids.get(member) != "entity":
-                raise self.error(f"key '{where}.members': {member!r} is not the id of an "
+                raise self.error(f"key '{where}.members': {quoted_id(member)} is not the id of an "
                                  "entity of this document")
         self.claim(ann_id, where, "group")
         return Group(ann_id, group_type, tuple(members))

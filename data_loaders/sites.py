@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clinical_ie.schema import check_types
-from data_loaders.brat import read_brat_folder
+from data_loaders.brat import quoted, quoted_id, read_brat_folder, read_text
 from data_loaders.corpora import JSONL_FILE, read_corpus
 from data_loaders.document import Document
 from data_loaders.jsonl import read_jsonl
@@ -36,6 +36,11 @@ from data_loaders.splits import split_documents
 from data_loaders.synthetic import SITE_FILE, corpus_is_current, generate_corpus
 
 logger = logging.getLogger(__name__)
+
+
+class SiteFolderError(ValueError):
+    """A site folder that cannot be used: its message names the folder or file and the key,
+    id or type at fault, and never quotes note text (it may be sent to the coordinator)."""
 
 
 @dataclass
@@ -51,31 +56,32 @@ class SiteData:
 
 def _string_list(config: dict, key: str, path: Path, allow_empty: bool) -> tuple[str, ...]:
     if key not in config:
-        raise ValueError(f"{path}: key {key!r} is missing; expected a list of type names")
+        raise SiteFolderError(f"{path}: key {key!r} is missing; expected a list of type names")
     value = config[key]
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise ValueError(f"{path}: key {key!r} must be a list of non-empty strings")
+        raise SiteFolderError(f"{path}: key {key!r} must be a list of non-empty strings")
     if not value and not allow_empty:
-        raise ValueError(f"{path}: key {key!r} is empty; expected at least one type")
+        raise SiteFolderError(f"{path}: key {key!r} is empty; expected at least one type")
     duplicates = sorted({v for v in value if value.count(v) > 1})
     if duplicates:
-        raise ValueError(f"{path}: key {key!r} lists {duplicates} more than once")
+        raise SiteFolderError(f"{path}: key {key!r} lists {duplicates} more than once")
     return tuple(value)
 
 
 def _read_site_json(path: Path) -> dict:
+    if path.is_dir():
+        raise SiteFolderError(f"{path} is a folder; expected a JSON file")
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} not found; expected a JSON object with 'name', 'entity_types' and "
             "'relation_types' (or 'name' and 'preset')"
         )
     try:
-        with open(path, encoding="utf-8") as handle:
-            config = json.load(handle)
+        config = json.loads(read_text(path))
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path}:{error.lineno}: invalid JSON: {error.msg}") from None
+        raise SiteFolderError(f"{path}:{error.lineno}: invalid JSON: {error.msg}") from None
     if not isinstance(config, dict):
-        raise ValueError(f"{path}: expected a JSON object at the top level")
+        raise SiteFolderError(f"{path}: expected a JSON object at the top level")
     return config
 
 
@@ -85,14 +91,14 @@ def _check_documents(docs: list[Document], site: SiteData, site_json: Path,
     for doc in docs:
         for ent in doc.entities:
             if ent.type not in site.entity_types:
-                raise ValueError(
-                    f"{where(doc)}: entity {ent.id} has type {ent.type!r}, which {site_json} "
+                raise SiteFolderError(
+                    f"{where(doc)}: entity {quoted_id(ent.id, bare=True)} has type {quoted(ent.type)}, which {site_json} "
                     f"does not list in 'entity_types' {list(site.entity_types)}"
                 )
         for rel in doc.relations:
             if rel.type not in site.relation_types:
-                raise ValueError(
-                    f"{where(doc)}: relation {rel.id} has type {rel.type!r}, which "
+                raise SiteFolderError(
+                    f"{where(doc)}: relation {quoted_id(rel.id, bare=True)} has type {quoted(rel.type)}, which "
                     f"{site_json} does not list in 'relation_types' {list(site.relation_types)}"
                 )
 
@@ -100,7 +106,7 @@ def _check_documents(docs: list[Document], site: SiteData, site_json: Path,
 def _optional_string(config: dict, key: str, path: Path) -> str | None:
     value = config.get(key)
     if value is not None and (not isinstance(value, str) or not value):
-        raise ValueError(f"{path}: key {key!r} must be a non-empty string")
+        raise SiteFolderError(f"{path}: key {key!r} must be a non-empty string")
     return value
 
 
@@ -122,23 +128,23 @@ def load_site(data_dir: Path, name: str | None = None) -> SiteData:
     if name is None:
         name = config.get("name")
         if not isinstance(name, str) or not name:
-            raise ValueError(f"{site_json}: key 'name' is missing or empty; expected a string")
+            raise SiteFolderError(f"{site_json}: key 'name' is missing or empty; expected a string")
     score_by = _optional_string(config, "score_by", site_json)
     if score_by is not None and score_by not in SCORE_BY:
-        raise ValueError(f"{site_json}: key 'score_by' must be one of {list(SCORE_BY)}")
+        raise SiteFolderError(f"{site_json}: key 'score_by' must be one of {list(SCORE_BY)}")
     if "preset" in config:
         site, docs, where = _load_corpus_site(data_dir, name, config, site_json)
         site.score_by = score_by or site.score_by
     else:
         if "source" in config:
-            raise ValueError(f"{site_json}: key 'source' needs key 'preset' (how to read it)")
+            raise SiteFolderError(f"{site_json}: key 'source' needs key 'preset' (how to read it)")
         entity_types = _string_list(config, "entity_types", site_json, allow_empty=False)
         check_types(entity_types, f"{site_json}: key 'entity_types'")
         relation_types = _string_list(config, "relation_types", site_json, allow_empty=True)
         docs, where = _read_site_documents(data_dir)
         site = SiteData(name, data_dir, entity_types, relation_types, {}, score_by)
     if not docs:
-        raise ValueError(f"site data folder {data_dir} holds no documents (*.txt + .ann, or documents.jsonl)")
+        raise SiteFolderError(f"site data folder {data_dir} holds no documents (*.txt + .ann, or documents.jsonl)")
     _check_documents(docs, site, site_json, where)
     site.splits = split_documents(docs)
     logger.info(
@@ -151,10 +157,12 @@ def load_site(data_dir: Path, name: str | None = None) -> SiteData:
 def _read_site_documents(data_dir: Path) -> tuple[list[Document], Callable[[Document], Path]]:
     """Documents already in the common schema: ``documents.jsonl`` or BRAT files."""
     jsonl = data_dir / JSONL_FILE
+    if jsonl.is_dir():
+        raise SiteFolderError(f"{jsonl} is a folder; expected a JSON Lines file")
     if not jsonl.is_file():
         return read_brat_folder(data_dir), lambda doc: data_dir / f"{doc.doc_id}.ann"
     if any(data_dir.glob("*.ann")):
-        raise ValueError(f"{data_dir}: holds both {JSONL_FILE} and BRAT .ann files; expected "
+        raise SiteFolderError(f"{data_dir}: holds both {JSONL_FILE} and BRAT .ann files; expected "
                          "one of them")
     return read_jsonl(jsonl), lambda doc: jsonl
 
@@ -163,7 +171,7 @@ def _load_corpus_site(data_dir: Path, name: str, config: dict, site_json: Path
                       ) -> tuple[SiteData, list[Document], Callable[[Document], Path]]:
     preset_ref = _optional_string(config, "preset", site_json)
     if preset_ref is None:
-        raise ValueError(f"{site_json}: key 'preset' must be a preset name or a .toml path")
+        raise SiteFolderError(f"{site_json}: key 'preset' must be a preset name or a .toml path")
     is_path = preset_ref.endswith(".toml") or "/" in preset_ref or "\\" in preset_ref
     try:
         preset = load_preset(_resolve(data_dir, preset_ref) if is_path else preset_ref)

@@ -55,6 +55,33 @@ def _load_model(cfg: dict[str, Any], adapter: str):
     return model, tokenizer
 
 
+def cmd_check_site(args: argparse.Namespace) -> int:
+    """Read site folders as a site's ClientApp will, before any run: every error names
+    the file and line (or key) at fault, and what the site would train on is counted."""
+    from clinical_ie.evaluate import site_instances
+    from data_loaders.sites import load_site
+    from fedmedlora.config import tasks
+
+    cfg = _run_config(args.set)
+    failed = 0
+    for folder in args.folders:
+        try:
+            site = load_site(Path(folder))
+            counts = {split: len(site_instances(site, split, tasks(cfg))) for split in ("train", "validation", "test")}
+        except (ValueError, OSError) as err:  # reader errors, missing or unreadable files
+            print(f"{folder}: error: {err}", file=sys.stderr)
+            failed += 1
+            continue
+        docs = "/".join(str(len(site.splits[k])) for k in ("train", "validation", "test"))
+        problem = ("" if counts["train"] else " -- no training instances: this site cannot train") + \
+                  ("" if counts["validation"] else " -- no validation instances: this site cannot evaluate")
+        print(f"{folder}: site {site.name}: {docs} documents and {counts['train']}/{counts['validation']}/"
+              f"{counts['test']} instances (train/validation/test); entity types {', '.join(site.entity_types)}; "
+              f"relation types {', '.join(site.relation_types) or 'none'}{problem}")
+        failed += not counts["train"]
+    return 1 if failed else 0
+
+
 def cmd_prepare(args: argparse.Namespace) -> int:
     """Corpus + preset -> a site folder: documents.jsonl, site.json, stats.json."""
     from data_loaders.corpora import read_corpus
@@ -231,6 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     prep.add_argument("--out", required=True, help="site folder to write")
     prep.add_argument("--name", default="", help="site name (default: the folder name)")
     prep.set_defaults(func=cmd_prepare)
+
+    check = sub.add_parser("check-site", help="read site folders as their ClientApp will and report the first "
+                                              "error (file and line) or what each would train on")
+    check.add_argument("folders", nargs="+", help="site folders (site.json beside the notes)")
+    check.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="run-config key (data.tasks)")
+    check.set_defaults(func=cmd_check_site)
 
     ex = sub.add_parser("extract", help="extract entities (and relations) from a folder of .txt notes")
     ex.add_argument("--input", required=True, help="folder of .txt notes")

@@ -7,6 +7,8 @@ work starts, so a typo stops a run with the valid choices listed.
 
 from __future__ import annotations
 
+import difflib
+
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -104,7 +106,10 @@ def validate(run_config: Mapping[str, Any]) -> dict[str, Any]:
     """Check keys, types and choices; return the full config with defaults filled in."""
     unknown = sorted(set(run_config) - set(KEYS))
     if unknown:
-        raise ConfigError(f"unknown config key(s) {unknown}; valid keys are {sorted(KEYS)}")
+        close = {k: difflib.get_close_matches(k, list(KEYS), n=1) for k in unknown}
+        hints = "; ".join(f"{k!r}: did you mean {c[0]!r}?" for k, c in close.items() if c)
+        raise ConfigError(f"unknown config key(s) {unknown}{f' ({hints})' if hints else ''}; "
+                          f"valid keys are {sorted(KEYS)}")
     values = {}
     for key, spec in KEYS.items():
         value = _coerce(key, run_config.get(key, spec.default), spec)

@@ -667,6 +667,30 @@ class LoopbackDeployment:
                                       f"{timeout or self.startup_timeout:.0f} s; logs in {self.processes.log_dir}")
             time.sleep(0.5)
 
+    def kill_supernode(self, site_name: str) -> list[int]:
+        """SIGKILL one site's SuperNode and everything below it (the ClientApp it is running;
+        with process isolation its executor too), as a crash or power cut at that hospital
+        would. The deployment stops watching it, so a `run` in progress goes on without it
+        (the coordinator notices the site missing). For fault tests; returns the pids killed."""
+        victims = [self.supernodes[site_name]]
+        # One assignment each: `run` may be reading these in another thread.
+        self.supernodes = {name: s for name, s in self.supernodes.items() if name != site_name}
+        if site_name in self.executors:
+            victims.append(self.executors[site_name])
+            self.executors = {name: s for name, s in self.executors.items() if name != site_name}
+        return _kill_now(victims)
+
+    def kill_superlink(self) -> list[int]:
+        """SIGKILL the SuperLink and everything below it (the ServerApp it runs; with process
+        isolation the ServerApp's executor too), as a crash of the coordinator would. A `run`
+        in progress then stops with DeploymentError. For fault tests; returns the pids killed."""
+        if self.superlink is None:
+            raise DeploymentError("no SuperLink was started")
+        victims = [self.superlink]
+        if "serverapp" in self.executors:
+            victims.append(self.executors["serverapp"])
+        return _kill_now(victims)
+
     def check_alive(self) -> None:
         """Raise if the SuperLink, a SuperNode or an executor has exited."""
         for started in [self.superlink, *self.supernodes.values(), *self.executors.values()]:
@@ -736,6 +760,25 @@ class LoopbackDeployment:
         if left:
             raise DeploymentError(f"processes still running after SIGKILL: {left}")
         log.info("deployment stopped; logs in %s", self.processes.log_dir)
+
+
+def _kill_now(victims: Sequence[Started], wait: float = 10.0) -> list[int]:
+    """SIGKILL the process trees of `victims` (found before any dies, so no child escapes by
+    being re-parented) and wait until they are gone; returns the pids signalled."""
+    pids = sorted({pid for item in victims if item.process.poll() is None for pid in process_tree(item.process.pid)})
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        for item in victims:
+            item.process.poll()  # reap our direct children
+        if not any(_alive(pid) for pid in pids):
+            break
+        time.sleep(0.1)
+    return pids
 
 
 def _copy_lines(source: IO[bytes], log_file: Path, sink: IO[str] | None) -> None:

@@ -2,7 +2,9 @@
 initial global adapter, and after every round saves the global adapter as a PEFT
 folder, scores it on the coordinator's validation set, logs the round and replaces the
 run's checkpoint (server_app/checkpoint.py). With `resume = true` it continues the run
-`run-name` from that checkpoint: the remaining rounds only, in the same folder."""
+`run-name` from that checkpoint: the remaining rounds only, in the same folder. A round in
+which fewer than `strategy.min-sites` sites replied usably stops the run (`TooFewSites`),
+with the last finished round checkpointed, so `resume = true` can continue it."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from fedmedlora.logs import setup_logging
 from modeling.adapter_io import arrayrecord_nbytes, from_arrayrecord, get_adapter_state, set_adapter_state, to_arrayrecord
 from modeling.base import load_base_model, model_identity, resolve_model_path
 from modeling.lora import attach_lora
+from strategies.base import TooFewSites
 
 from .checkpoint import Checkpoint, checkpoint_path, existing_round, resume_checkpoint, save_checkpoint
 from .outputs import RunRecorder, run_folder
@@ -120,16 +123,20 @@ def main(grid: Grid, context: Context) -> None:
     if done < cfg["num-server-rounds"]:
         if checkpoint is not None:
             log.info("resuming %s after round %d: rounds %d..%d", folder, done, done + 1, cfg["num-server-rounds"])
-        strategy.start(
-            grid=grid,
-            initial_arrays=to_arrayrecord(initial),
-            num_rounds=cfg["num-server-rounds"],
-            timeout=cfg["strategy.round-timeout"],
-            train_config=config,
-            evaluate_config=ConfigRecord(dict(config)),
-            evaluate_fn=after_round,
-            first_round=done + 1,
-        )
+        try:
+            strategy.start(
+                grid=grid,
+                initial_arrays=to_arrayrecord(initial),
+                num_rounds=cfg["num-server-rounds"],
+                timeout=cfg["strategy.round-timeout"],
+                train_config=config,
+                evaluate_config=ConfigRecord(dict(config)),
+                evaluate_fn=after_round,
+                first_round=done + 1,
+            )
+        except TooFewSites as err:
+            _log_stopped(err, folder)
+            raise
     else:
         log.info("%s already finished all %d rounds; writing its final adapter and summary", folder, done)
     last = max(metrics_by_round)
@@ -143,6 +150,15 @@ def main(grid: Grid, context: Context) -> None:
     reporter.log_totals()
     log.info("global adapter: %s (load it with peft.PeftModel.from_pretrained)", final)
     log.info("metrics per round: %s", recorder.metrics_path)
+
+
+def _log_stopped(err: TooFewSites, folder: Path) -> None:
+    """Say why the run stopped and how to continue it from its checkpoint."""
+    last = existing_round(folder)
+    log.error("run stopped: %s", err)
+    log.error("the last finished round, %s, is checkpointed in %s; once enough sites can train again (or with "
+              "a lower strategy.min-sites), continue it with the same run config plus resume = true and "
+              "run-name = %r", last, checkpoint_path(folder), folder.name)
 
 
 def _refuse_finished_rounds(folder: Path, cfg: dict[str, Any]) -> None:

@@ -41,8 +41,10 @@ def build_strategy(
     **sampling)` to read its own keys; otherwise it is built with FedAvg's keyword arguments.
     A strategy without our reply screening (a plain flwr class named as `module:Class`)
     is put behind it. Then `strategy.dp` wraps it in Flower's DP wrapper, and the outermost
-    screening gets `strategy.max-update-norm`, `strategy.update-norm-action` and
-    `strategy.proximal-mu`. A bad value raises ConfigError naming the key.
+    screening gets `strategy.max-update-norm`, `strategy.update-norm-action`,
+    `strategy.proximal-mu` and `strategy.min-sites` (the sites that must be connected before
+    a round starts are also the usable replies a round needs, else the run stops). A bad
+    value raises ConfigError naming the key.
     """
     name = cfg["strategy.name"]
     try:
@@ -69,6 +71,7 @@ def build_strategy(
             max_update_norm=cfg["strategy.max-update-norm"],
             update_norm_action=cfg["strategy.update-norm-action"],
             proximal_mu=cfg["strategy.proximal-mu"],
+            min_sites=min_sites,
         )
     except ConfigError:
         raise

@@ -8,8 +8,10 @@ that only changes how sites are weighted (Fed-MedLoRA+) overrides that and nothi
 
 The screening itself lives in the `ReplyScreening` mixin, shared with the wrapper that puts
 Flower's own strategies behind the same checks (strategies/flower.py). It also bounds each
-site's update norm (`strategy.max-update-norm`, see strategies/clipping.py) and sends the
-FedProx coefficient (`strategy.proximal-mu`) with every train instruction.
+site's update norm (`strategy.max-update-norm`, see strategies/clipping.py), sends the
+FedProx coefficient (`strategy.proximal-mu`) with every train instruction, names every site
+that sent no reply in time (`WatchedGrid`), and stops the run (`TooFewSites`) when fewer
+sites than `strategy.min-sites` replied usably in a round.
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from logging import INFO, WARNING
+from logging import ERROR, INFO, WARNING
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result, Strategy
@@ -106,6 +108,69 @@ class UpdateRejected(ValueError):
     """A site update failed a check; the message is the reason."""
 
 
+class TooFewSites(RuntimeError):
+    """Fewer sites than `strategy.min-sites` replied usably in a round: the run stops.
+
+    Raised by the screening before the round's aggregate is used, so the global adapter
+    (and the ServerApp's checkpoint) stay those of the last finished round, from which
+    `resume = true` continues. The message names the round, how many sites replied usably
+    against the minimum, and every failed site with its reason (an error reply, a rejected
+    update, or no reply within the round timeout).
+    """
+
+    def __init__(self, server_round: int, usable: Sequence[str], min_sites: int,
+                 failed: Sequence[tuple[str, str]]) -> None:
+        self.server_round = server_round
+        self.usable = list(usable)
+        self.min_sites = min_sites
+        self.failed = list(failed)
+        shown = ", ".join(self.usable) if self.usable else "none"
+        failures = "; ".join(f"{site}: {reason}" for site, reason in self.failed) or "none (too few sites were sampled)"
+        super().__init__(
+            f"round {server_round}: {len(self.usable)} site(s) replied usably ({shown}), fewer than "
+            f"strategy.min-sites = {min_sites}; the run stops without aggregating round {server_round}, "
+            f"so the global adapter stays that of round {server_round - 1}. Failed site(s): {failures}"
+        )
+
+
+@dataclass
+class Exchange:
+    """Where the instructions of one train or evaluate exchange went (see `WatchedGrid`)."""
+
+    nodes: list[int]  # destination node of each instruction, in order
+    by_message_id: dict[str, int]  # message id (set when pushed) -> destination node
+    timeout: float | None
+
+
+class WatchedGrid:
+    """The Grid a screening strategy runs on (`ReplyScreening.start` wraps it).
+
+    Flower's `send_and_receive` returns only the replies that arrived within the timeout,
+    and the SuperLink answers for a SuperNode it has lost (missed heartbeats) with an error
+    reply of its own, not one from that node. So that a round's report names every site that
+    did not answer, this notes where each train and evaluate instruction went (its node,
+    and its message id once pushed), and the screening matches the replies against it.
+    Everything else is the wrapped Grid's.
+    """
+
+    def __init__(self, grid: Grid, screening: ReplyScreening) -> None:
+        self._grid = grid
+        self._screening = screening
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("_grid", "_screening"):  # not set yet (a copy): no recursion
+            raise AttributeError(name)
+        return getattr(self._grid, name)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        """The wrapped Grid's `send_and_receive`, noting where the instructions went."""
+        messages = list(messages)
+        self._screening._learn_node_names(self._grid, messages)
+        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        self._screening._note_exchange(messages, timeout)  # after the push: message ids are set
+        return replies
+
+
 class ReplyScreening:
     """Per-reply screening shared by every strategy here (a mixin; see `LoraFedAvg`).
 
@@ -116,6 +181,12 @@ class ReplyScreening:
     and the round goes on with the others. Accepted updates are put in a fixed order, then
     held to `max_update_norm` (0 = off): an update whose norm (strategies/clipping.py)
     exceeds it is rejected or moved toward the global adapter, per `update_norm_action`.
+
+    Under `start`, a site sent an instruction that did not answer within the round timeout
+    is rejected too ("no reply within strategy.round-timeout = ... s"), and so is one the
+    SuperLink reports lost; a site is named by the name it sent in any earlier reply (else
+    its registered SuperNode name, else `node <id>`). If fewer than `min_sites` (0 = no
+    minimum) updates remain usable, `TooFewSites` stops the run with every failed site's reason.
 
     The host class provides `weighted_by_key` and sets `expected_shapes`,
     `last_train_report` and `last_evaluate_report` in its `__init__`.
@@ -130,6 +201,7 @@ class ReplyScreening:
     max_update_norm: float = 0.0
     update_norm_action: str = "clip"
     proximal_mu: float = 0.0
+    min_sites: int = 0  # usable replies a round needs (`strategy.min-sites`); 0 = no minimum
     _global_arrays: ArrayRecord | None = None
     _global_state: OrderedDict[str, np.ndarray] | None = None
 
@@ -160,6 +232,8 @@ class ReplyScreening:
             self.set_expected({k: tuple(initial_arrays[k].shape) for k in initial_arrays.keys()})
         if isinstance(first_round, bool) or not isinstance(first_round, int) or first_round < 1:
             raise ValueError(f"first_round: expected an integer >= 1, got {first_round!r}")
+        if not isinstance(grid, WatchedGrid):  # names the sites that do not answer in time
+            grid = WatchedGrid(grid, self)
         if first_round == 1:
             return super().start(grid, initial_arrays, num_rounds, timeout, train_config, evaluate_config,
                                  evaluate_fn)
@@ -204,9 +278,16 @@ class ReplyScreening:
             raise ValueError(f"{type(self).__name__} keeps no state between rounds, got {sorted(state)}")
 
     def configure_screening(
-        self, max_update_norm: float = 0.0, update_norm_action: str = "clip", proximal_mu: float = 0.0
+        self,
+        max_update_norm: float = 0.0,
+        update_norm_action: str = "clip",
+        proximal_mu: float = 0.0,
+        min_sites: int = 0,
     ) -> None:
-        """Set the update-norm bound and the FedProx coefficient sent to sites."""
+        """Set the update-norm bound, the FedProx coefficient sent to sites, and the number
+        of usable replies a round needs (`strategy.min-sites`; 0 = no minimum)."""
+        if isinstance(min_sites, bool) or not isinstance(min_sites, int) or min_sites < 0:
+            raise ValueError(f"strategy.min-sites: expected an integer >= 0, got {min_sites!r}")
         if isinstance(max_update_norm, bool) or not (math.isfinite(max_update_norm) and max_update_norm >= 0):
             raise ValueError(f"strategy.max-update-norm: expected a number >= 0, got {max_update_norm!r}")
         if update_norm_action not in UPDATE_NORM_ACTIONS:
@@ -218,6 +299,7 @@ class ReplyScreening:
         self.max_update_norm = float(max_update_norm)
         self.update_norm_action = update_norm_action
         self.proximal_mu = float(proximal_mu)
+        self.min_sites = min_sites
 
     def set_expected(self, shapes: Mapping[str, Sequence[int]]) -> None:
         """Set the keys and shapes every update must have."""
@@ -262,13 +344,19 @@ class ReplyScreening:
     def screen_replies(self, server_round: int, replies: Iterable[Message]) -> list[SiteCandidate]:
         """Check every reply, bound the accepted updates' norms; canonical order.
 
-        Rejections go to `last_train_report`, which the caller has set for this round.
+        Rejections go to `last_train_report`, which the caller has set for this round; a
+        site that was sent an instruction (under `start`) and did not answer is one of them.
+        Raises `TooFewSites` if fewer than `min_sites` updates are left.
         """
         self._require_expected()
+        exchange = self._take_exchange(MessageType.TRAIN)
         candidates: list[SiteCandidate] = []
         replies = list(replies)
+        answered: set[int] = set()
         for msg in replies:
-            site = site_label(msg)
+            node = self._reply_node(msg, exchange)
+            answered.add(node)
+            site = self._site_of(msg, node)
             if msg.has_error():
                 self._record_rejection(
                     server_round, site, f"error reply (code {msg.error.code}): {msg.error.reason}"
@@ -281,8 +369,83 @@ class ReplyScreening:
                 continue
             candidate.message = msg
             candidates.append(candidate)
+        for node in _unanswered(exchange, answered):
+            self._record_rejection(server_round, self._node_label(node), _no_reply(exchange))
         log(INFO, "aggregate_train: %d of %d replies accepted", len(candidates), len(replies))
-        return self.bound_update_norms(server_round, canonical_order(candidates))
+        kept = self.bound_update_norms(server_round, canonical_order(candidates))
+        self.require_min_sites(server_round, [c.site for c in kept])
+        return kept
+
+    def require_min_sites(self, server_round: int, usable: Sequence[str]) -> None:
+        """Raise `TooFewSites` (logged) if fewer than `min_sites` sites are usable this round."""
+        if self.min_sites <= 0 or len(usable) >= self.min_sites:
+            return
+        failed = sorted(self.last_train_report.rejected) if self.last_train_report is not None else []
+        error = TooFewSites(server_round, sorted(usable), self.min_sites, failed)
+        log(ERROR, "%s", error)
+        raise error
+
+    # --- which site a reply, or a missing reply, belongs to ---------------------------
+
+    def _site_names(self) -> dict[int, str]:
+        """node id -> the site name it sent (or registered with), learned as replies come."""
+        return self.__dict__.setdefault("_names_by_node", {})
+
+    def _node_label(self, node: int) -> str:
+        return self._site_names().get(node) or f"node {node}"
+
+    def _site_of(self, msg: Message, node: int) -> str:
+        """The reply's own site name (remembered for its node), else what its node is known as."""
+        name = _reply_site_name(msg)
+        if name is None:
+            return self._node_label(node)
+        self._site_names()[node] = name
+        return name
+
+    def _note_exchange(self, messages: Sequence[Message], timeout: float | None) -> None:
+        """Called by `WatchedGrid` after a train or evaluate exchange (other types are ignored)."""
+        sent: dict[str, Exchange] = {}
+        for msg in messages:
+            kind = msg.metadata.message_type
+            if kind not in (MessageType.TRAIN, MessageType.EVALUATE):
+                continue
+            exchange = sent.setdefault(kind, Exchange([], {}, timeout))
+            node = msg.metadata.dst_node_id
+            exchange.nodes.append(node)
+            if msg.metadata.message_id:
+                exchange.by_message_id[msg.metadata.message_id] = node
+        self.__dict__.setdefault("_exchanges", {}).update(sent)
+
+    def _take_exchange(self, kind: str) -> Exchange | None:
+        """The last exchange of this kind, once: each aggregation consumes its own."""
+        return self.__dict__.setdefault("_exchanges", {}).pop(kind, None)
+
+    def _learn_node_names(self, grid: Grid, messages: Sequence[Message]) -> None:
+        """Names the SuperLink knows (SuperNodes registered with a name) for nodes not yet named."""
+        names = self._site_names()
+        unknown = {m.metadata.dst_node_id for m in messages if m.metadata.message_type == MessageType.TRAIN}
+        unknown -= set(names)
+        if not unknown:
+            return
+        try:
+            nodes = list(grid.get_nodes())
+        except Exception:  # noqa: BLE001 - names are a nicety: node ids still name the sites
+            return
+        for info in nodes:
+            node, name = getattr(info, "node_id", None), getattr(info, "name", "")
+            if node in unknown and name:
+                names[node] = str(name)
+
+    @staticmethod
+    def _reply_node(msg: Message, exchange: Exchange | None) -> int:
+        """The node a reply answers for: its sender, or, for an error reply the SuperLink sent
+        about a lost node, the node the instruction went to."""
+        src = msg.metadata.src_node_id
+        if exchange is not None and src not in exchange.nodes:
+            node = exchange.by_message_id.get(msg.metadata.reply_to_message_id)
+            if node is not None:
+                return node
+        return src
 
     def check_reply(self, msg: Message, site: str) -> SiteCandidate:
         """Decode one content reply, or raise UpdateRejected naming what is wrong."""
@@ -394,20 +557,29 @@ class ReplyScreening:
             self.last_train_report.rejected.append((site, reason))
 
     def screen_evaluate_replies(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
-        """The content replies, in a fixed order; failures logged, per-site metrics kept."""
+        """The content replies, in a fixed order; failures and missing replies logged by
+        site, per-site metrics kept."""
+        exchange = self._take_exchange(MessageType.EVALUATE)
         content_replies = []
+        answered: set[int] = set()
         for msg in replies:
+            node = self._reply_node(msg, exchange)
+            answered.add(node)
+            site = self._site_of(msg, node)
             if msg.has_error():
                 log(
                     WARNING,
                     "round %d: evaluation by site %s failed (code %d): %s",
                     server_round,
-                    site_label(msg),
+                    site,
                     msg.error.code,
                     msg.error.reason,
                 )
             else:
                 content_replies.append(msg)
+        for node in _unanswered(exchange, answered):
+            log(WARNING, "round %d: evaluation by site %s failed: %s", server_round, self._node_label(node),
+                _no_reply(exchange))
         # A fixed order keeps the float sums, and so the result, independent of arrival order.
         content_replies.sort(key=lambda m: (site_label(m), m.metadata.src_node_id))
         self.last_evaluate_report = [
@@ -513,6 +685,8 @@ class LoraFedAvg(ReplyScreening, FedAvg):
             log(INFO, "\t└──> Adapter: %d tensors, %d parameters", len(self.expected_shapes), numel)
         if self.max_update_norm > 0:
             log(INFO, "\t└──> Update norm bound: %g (%s)", self.max_update_norm, self.update_norm_action)
+        if self.min_sites > 0:
+            log(INFO, "\t└──> Usable replies needed per round (strategy.min-sites): %d", self.min_sites)
 
     # --- training ---------------------------------------------------------------------
 
@@ -534,6 +708,7 @@ class LoraFedAvg(ReplyScreening, FedAvg):
         weights = self.aggregation_weights(server_round, candidates) if candidates else []
         accepted, weights = self._drop_rejected(candidates, weights)
         self.last_train_report.rejected.sort()  # independent of arrival order
+        self.require_min_sites(server_round, [c.site for c in accepted])
         if not accepted:
             log(WARNING, "round %d: no valid update; the global adapter is unchanged", server_round)
             return None, None
@@ -616,11 +791,30 @@ class LoraFedAvg(ReplyScreening, FedAvg):
 
 def site_label(msg: Message) -> str:
     """The site's name from the reply's `site` ConfigRecord, else `node <id>`."""
+    name = _reply_site_name(msg)
+    return name if name is not None else f"node {msg.metadata.src_node_id}"
+
+
+def _reply_site_name(msg: Message) -> str | None:
     if msg.has_content():
         record = msg.content.config_records.get("site")
         if isinstance(record, ConfigRecord) and record.get("name") not in (None, ""):
             return str(record["name"])
-    return f"node {msg.metadata.src_node_id}"
+    return None
+
+
+def _unanswered(exchange: Exchange | None, answered: set[int]) -> list[int]:
+    """Nodes sent an instruction in `exchange` that sent no reply (none without an exchange)."""
+    if exchange is None:
+        return []
+    return [node for node in dict.fromkeys(exchange.nodes) if node not in answered]
+
+
+def _no_reply(exchange: Exchange | None) -> str:
+    timeout = exchange.timeout if exchange is not None else None
+    if timeout is None:
+        return "no reply"
+    return f"no reply within strategy.round-timeout = {timeout:g} s (the site stopped, lost its connection or is too slow)"
 
 
 def metric_dict(records: Iterable[MetricRecord]) -> Metrics:

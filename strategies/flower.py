@@ -2,7 +2,9 @@
 
 `ScreenedStrategy` wraps any flwr `Strategy`: it screens the train replies exactly as
 `LoraFedAvg` does (`ReplyScreening`: error, non-finite, wrongly keyed or shaped replies are
-rejected and logged with the site, the round goes on; the update-norm bound applies),
+rejected and logged with the site, and so are sites that sent no reply in time; the round
+goes on if at least `strategy.min-sites` are usable, else the run stops; the update-norm
+bound applies),
 hands the accepted ones, in a fixed order, to the wrapped strategy's own `aggregate_train`,
 and fills `last_train_report` for server_app/report.py. The names registered here are
 Flower's FedProx, FedAvgM, FedAdam, FedYogi, FedTrimmedAvg, FedMedian and Krum, each
@@ -140,6 +142,8 @@ class ScreenedStrategy(ReplyScreening, Strategy):
         log(INFO, "\t├──> Screening: %s replies checked against the global adapter", type(self.core).__name__)
         if self.max_update_norm > 0:
             log(INFO, "\t│\t└── Update norm bound: %g (%s)", self.max_update_norm, self.update_norm_action)
+        if self.min_sites > 0:
+            log(INFO, "\t│\t└── Usable replies needed per round (strategy.min-sites): %d", self.min_sites)
         self.inner.summary()
 
     # --- training ---------------------------------------------------------------------
@@ -153,7 +157,10 @@ class ScreenedStrategy(ReplyScreening, Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Screen, then let the inner strategy aggregate the accepted replies."""
+        """Screen, then let the inner strategy aggregate the accepted replies.
+
+        `TooFewSites` if fewer than `min_sites` remain, after the screening or after a
+        screening core's own rejections."""
         self._require_expected()
         report = self.last_train_report = RoundReport(server_round=server_round)
         candidates = self.screen_replies(server_round, replies)
@@ -167,6 +174,7 @@ class ScreenedStrategy(ReplyScreening, Strategy):
         updates = self._updates(candidates)
         report.updates = [u for u in updates if u is not None]
         report.rejected.sort()  # independent of arrival order
+        self.require_min_sites(server_round, [u.site for u in report.updates])
         if arrays is None:
             log(WARNING, "round %d: %s returned no update; the global adapter is unchanged",
                 server_round, type(self.inner).__name__)

@@ -15,6 +15,7 @@ To check a strategy that is not registered here:
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import os
 from collections.abc import Iterator
@@ -180,12 +181,16 @@ MALFORMED = {
 
 
 @pytest.mark.parametrize("case", list(MALFORMED))
-def test_malformed_update_is_rejected_and_the_round_goes_on(name: str, case: str) -> None:
+def test_malformed_update_is_rejected_and_the_round_goes_on(
+    name: str, case: str, caplog: pytest.LogCaptureFixture
+) -> None:
     states = site_states()
     replies = good_replies(states)
-    out, report = aggregate(build(name), [*replies[:2], MALFORMED[case](states), *replies[2:]])
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        out, report = aggregate(build(name), [*replies[:2], MALFORMED[case](states), *replies[2:]])
     site = "node 99" if case == "error reply" else "bad"
     assert [s for s, _ in report.rejected] == [site]
+    assert f"round 1: update from site {site} rejected: {report.rejected[0][1]}" in caplog.text
     assert "bad" not in {u.site for u in report.updates}
     expected, _ = aggregate(build(name), good_replies(states))
     assert out is not None and expected is not None
@@ -210,14 +215,18 @@ def test_same_output_for_the_same_replies_in_any_order(name: str) -> None:
         assert report.rejected == base_report.rejected
 
 
-def test_update_norm_bound_rejects_an_outlier(name: str) -> None:
+def test_update_norm_bound_rejects_an_outlier(name: str, caplog: pytest.LogCaptureFixture) -> None:
     states = site_states()
     states[1] = {k: v + 5.0 for k, v in states[1].items()}  # a far larger update than the rest
-    strategy = build(name, **{"strategy.max-update-norm": 1.0, "strategy.update-norm-action": "reject"})
-    out, report = aggregate(strategy, good_replies(states))
+    # 3 of the 4 sites are left: strategy.min-sites = 3 lets the round go on.
+    strategy = build(name, **{"strategy.max-update-norm": 1.0, "strategy.update-norm-action": "reject",
+                              "strategy.min-sites": 3})
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        out, report = aggregate(strategy, good_replies(states))
     assert out is not None and all(np.isfinite(v).all() for v in out.values())
     assert [s for s, _ in report.rejected] == ["h2"]
     assert "exceeds strategy.max-update-norm = 1" in report.rejected[0][1]
+    assert "round 1: update from site h2 rejected: update norm" in caplog.text
     assert report.extra["update-norm"]["h2"] > 1.0 > report.extra["update-norm"]["h1"]
 
 

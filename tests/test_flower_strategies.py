@@ -194,7 +194,8 @@ def test_whole_loop_on_a_fake_grid() -> None:
                     out.append(Message(content=RecordDict({"metrics": metrics}), reply_to=instruction(node, kind)))
             return out
 
-    strategy = build_strategy(run_config("fedavgm"), SHAPES, None)
+    # node 4 is rejected every round: 3 usable sites must be enough (strategy.min-sites = 3)
+    strategy = build_strategy(run_config("fedavgm", **{"strategy.min-sites": 3}), SHAPES, None)
     result = strategy.start(EchoGrid(), to_record(GLOBAL), num_rounds=2)
     for key in SHAPES:  # each round adds the mean of 0.01, 0.02, 0.03
         np.testing.assert_allclose(result.arrays[key].numpy(), GLOBAL[key] + 0.04, rtol=1e-5, atol=1e-6)

@@ -222,6 +222,12 @@ def _nan_state() -> dict[str, np.ndarray]:
     return state
 
 
+def _inf_state() -> dict[str, np.ndarray]:
+    state = const_state(9.0)
+    state["b"][1, 0] = -np.inf
+    return state
+
+
 def _two_array_records(node_id: int) -> Message:
     msg = reply(node_id, const_state(9.0), 10, "bad")
     msg.content["extra"] = ArrayRecord({"a": Array(np.zeros(2, np.float32))})
@@ -230,6 +236,7 @@ def _two_array_records(node_id: int) -> Message:
 
 BAD_REPLIES = {
     "nan": (lambda n: reply(n, _nan_state(), 10, "bad"), "a has 1 non-finite value(s)"),
+    "inf": (lambda n: reply(n, _inf_state(), 10, "bad"), "b has 1 non-finite value(s)"),
     "wrong shape": (
         lambda n: reply(n, {"a": np.zeros((2, 3), np.float32), "b": np.zeros((2, 1), np.float32)}, 10, "bad"),
         "a has shape (2, 3), expected (2, 2)",
