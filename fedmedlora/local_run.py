@@ -71,6 +71,9 @@ def stop_superlink(flwr_home: Path, grace: float = 10.0) -> list[int]:
     """Stop the SuperLink started under `flwr_home` and every process below it.
     Returns the pids it signalled."""
     pids = [p for root in superlink_pids(flwr_home) for p in process_tree(root)]
+    # Ray and Flower re-parent some of their processes (to init) as their parents exit, so
+    # the tree misses them under load; they keep our private FLWR_HOME in their environment.
+    pids += [p for p in flower_processes_under(flwr_home) if p not in pids]
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids:
             try:
@@ -80,6 +83,24 @@ def stop_superlink(flwr_home: Path, grace: float = 10.0) -> list[int]:
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and any(_alive(p) for p in pids):
             time.sleep(0.2)
+    return pids
+
+
+def flower_processes_under(flwr_home: Path) -> list[int]:
+    """Live Flower or Ray processes whose environment has FLWR_HOME = `flwr_home` (never this one)."""
+    needle = f"FLWR_HOME={flwr_home.resolve()}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if needle in environ.split(b"\0") and any(k in cmdline for k in (b"flwr", b"flower", b"ray")) \
+                and _alive(int(entry.name)):
+            pids.append(int(entry.name))
     return pids
 
 
