@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Mapping, Sequence
 
-from fedmedlora.local_run import _alive, process_tree, run_config_arg
+from fedmedlora.local_run import _alive, pids_with_env, process_tree, run_config_arg
 
 log = logging.getLogger(__name__)
 
@@ -397,18 +397,7 @@ def write_compose_credentials(out: Path, sites: Sequence[str] | None = None,
 
 def _marked_pids(marker: str) -> list[int]:
     """Live processes of ours whose environment carries `MARKER_VARIABLE=marker`."""
-    needle = f"{MARKER_VARIABLE}={marker}".encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-        except OSError:  # gone, or not ours
-            continue
-        if needle in environ.split(b"\0") and _alive(int(entry.name)):
-            pids.append(int(entry.name))
-    return pids
+    return pids_with_env(MARKER_VARIABLE, marker)
 
 
 @dataclass

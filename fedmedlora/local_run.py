@@ -86,22 +86,28 @@ def stop_superlink(flwr_home: Path, grace: float = 10.0) -> list[int]:
     return pids
 
 
-def flower_processes_under(flwr_home: Path) -> list[int]:
-    """Live Flower or Ray processes whose environment has FLWR_HOME = `flwr_home` (never this one)."""
-    needle = f"FLWR_HOME={flwr_home.resolve()}".encode()
+def pids_with_env(variable: str, value: str, commands: tuple[bytes, ...] = ()) -> list[int]:
+    """Live processes (never this one) whose environment has `variable=value` and, if
+    `commands` is given, whose command line contains one of them."""
+    needle = f"{variable}={value}".encode()
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
             environ = (entry / "environ").read_bytes()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
+            cmdline = (entry / "cmdline").read_bytes() if commands else b""
+        except OSError:  # gone, or not ours
             continue
-        if needle in environ.split(b"\0") and any(k in cmdline for k in (b"flwr", b"flower", b"ray")) \
+        if needle in environ.split(b"\0") and (not commands or any(c in cmdline for c in commands)) \
                 and _alive(int(entry.name)):
             pids.append(int(entry.name))
     return pids
+
+
+def flower_processes_under(flwr_home: Path) -> list[int]:
+    """Live Flower or Ray processes whose environment has FLWR_HOME = `flwr_home`."""
+    return pids_with_env("FLWR_HOME", str(flwr_home.resolve()), (b"flwr", b"flower", b"ray"))
 
 
 def _alive(pid: int) -> bool:
