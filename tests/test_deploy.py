@@ -144,6 +144,12 @@ def test_ctrl_c_stops_every_process(tmp_path, tiny_llama, tiny_corpus):
     finally:
         if process.poll() is None:
             process.kill()
+            process.wait()
+            for pid in _processes_of(workdir):  # SIGKILLed, it cannot stop what it started
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
     assert process.returncode == 130, output[-3000:]
     assert _processes_of(workdir) == []
 
