@@ -14,9 +14,10 @@ import tracemalloc
 import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Metadata, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from strategies.exact import ExactLoRA, exact_factors, lora_modules
+from test_strategies import instruction
 from strategies.registry import available_strategies, strategy_class
 
 OUT, IN, R = 12, 10, 3
@@ -25,21 +26,6 @@ A_KEY, B_KEY = f"{P}.lora_A.weight", f"{P}.lora_B.weight"
 SHAPES = {A_KEY: (R, IN), B_KEY: (OUT, R)}
 NUMS = (1, 2, 5)  # num-examples: weights 1/8, 2/8, 5/8
 ALPHA = 6.0
-
-
-def instruction(node_id: int) -> Message:
-    metadata = Metadata(
-        run_id=1,
-        message_id=f"ins-{node_id}",
-        src_node_id=0,
-        dst_node_id=node_id,
-        reply_to_message_id="",
-        group_id="1",
-        created_at=time.time(),
-        ttl=3600.0,
-        message_type=MessageType.TRAIN,
-    )
-    return Message(content=RecordDict(), metadata=metadata)
 
 
 def reply(node_id: int, state: dict[str, np.ndarray], num_examples: float, site: str, **metrics) -> Message:
