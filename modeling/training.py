@@ -132,6 +132,9 @@ def collate(batch: Sequence[Encoded], pad_id: int, device) -> dict[str, torch.Te
         "position_ids": position_ids.to(device),
         "labels": labels.to(device),
         "keep": keep,
+        "tokens": sum(len(e.input_ids) for e in batch),  # non-padding tokens
+        # Counted here, on the host: counting the labels on a GPU would stall every step.
+        "answer_tokens": sum(e.answer_len for e in batch),
     }
 
 
@@ -147,7 +150,7 @@ def answer_loss(model, batch: dict) -> tuple[torch.Tensor, int]:
     )
     logits = out.logits[:, :-1, :].float()
     labels = batch["labels"][:, -keep + 1 :] if keep > 1 else batch["labels"][:, :0]
-    count = int((labels != -100).sum())
+    count = batch["answer_tokens"]
     loss = F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum"
     )
@@ -232,7 +235,7 @@ def train_round(
             optimizer.zero_grad(set_to_none=True)
             loss_sum += float(loss.detach())
             loss_tokens += count
-            tokens += int(batch["attention_mask"].sum())
+            tokens += batch["tokens"]
             done += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum / max(loss_tokens, 1):.3f}")

@@ -1,0 +1,87 @@
+"""95% bootstrap intervals for strict/lenient micro scores (DESIGN decision 4).
+
+Sentences of one note are not independent, so the resampling unit is the document: each
+resample draws documents with replacement and sums their true/false positive and false
+negative counts, which is exactly how the micro scores sum them. Each instance is scored
+once; the resamples only re-add counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .evaluate import SCORE_BY_ENTITY_RECALL, score_outputs
+from .instances import RE, Instance
+
+# (task, matching) pairs, in the order of the count arrays.
+MEASURES: tuple[str, ...] = ("ner-strict", "ner-lenient", "re-strict", "re-lenient")
+
+
+@dataclass(frozen=True)
+class Interval:
+    value: float
+    low: float
+    high: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {"value": self.value, "low": self.low, "high": self.high}
+
+    def __str__(self) -> str:
+        return f"{self.value:.3f} [{self.low:.3f}, {self.high:.3f}]"
+
+
+def document_counts(instances: Sequence[Instance], outputs: Sequence[str],
+                    score_by: str | None = None) -> tuple[list[str], np.ndarray]:
+    """Per document, the (tp, fp, fn) of each measure: an array [documents, measures, 3]."""
+    if len(instances) != len(outputs):
+        raise ValueError(f"{len(instances)} instances but {len(outputs)} outputs")
+    docs: dict[str, np.ndarray] = {}
+    for inst, out in zip(instances, outputs):
+        entities, relations = score_outputs([inst], [out], score_by)
+        counts = docs.setdefault(inst.doc_id, np.zeros((len(MEASURES), 3), dtype=np.int64))
+        if inst.task == RE:
+            counts[2] += (relations.strict.tp, relations.strict.fp, relations.strict.fn)
+            counts[3] += (relations.lenient.tp, relations.lenient.fp, relations.lenient.fn)
+        else:
+            counts[0] += (entities.strict.tp, entities.strict.fp, entities.strict.fn)
+            counts[1] += (entities.lenient.tp, entities.lenient.fp, entities.lenient.fn)
+    names = list(docs)
+    return names, np.stack([docs[n] for n in names]) if names else np.zeros((0, len(MEASURES), 3), np.int64)
+
+
+def _f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
+    denominator = 2 * tp + fp + fn
+    return np.divide(2 * tp, denominator, out=np.zeros(np.shape(tp), dtype=float), where=denominator > 0)
+
+
+def _recall(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
+    denominator = tp + fn
+    return np.divide(tp, denominator, out=np.zeros(np.shape(tp), dtype=float), where=denominator > 0)
+
+
+def bootstrap(counts: np.ndarray, resamples: int = 1000, seed: int = 0, level: float = 0.95,
+              score_by: str | None = None) -> dict[str, Interval]:
+    """Point value and percentile interval of each measure's F1 (entity recall instead of
+    entity F1 under ``relations-and-entity-recall``, where entity precision is not measured).
+    Keys: ``ner-strict-f1``, ``ner-lenient-f1`` (or ``-recall``), ``re-strict-f1``,
+    ``re-lenient-f1``."""
+    if counts.ndim != 3 or counts.shape[1:] != (len(MEASURES), 3):
+        raise ValueError(f"counts: expected shape [documents, {len(MEASURES)}, 3], got {counts.shape}")
+    rng = np.random.default_rng(seed)
+    n = counts.shape[0]
+    draws = rng.integers(0, n, size=(resamples, n)) if n else np.zeros((resamples, 0), dtype=int)
+    sampled = counts[draws].sum(axis=1) if n else np.zeros((resamples, len(MEASURES), 3), np.int64)
+    total = counts.sum(axis=0)
+    tail = (1 - level) / 2 * 100
+    result: dict[str, Interval] = {}
+    for m, measure in enumerate(MEASURES):
+        recall_only = score_by == SCORE_BY_ENTITY_RECALL and measure.startswith("ner")
+        statistic = _recall if recall_only else _f1
+        value = float(statistic(*total[m]))
+        spread = statistic(sampled[:, m, 0], sampled[:, m, 1], sampled[:, m, 2])
+        low, high = np.percentile(spread, [tail, 100 - tail]) if resamples else (value, value)
+        result[f"{measure}-{'recall' if recall_only else 'f1'}"] = Interval(value, float(low), float(high))
+    return result
