@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 import traceback
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -113,8 +114,9 @@ def train(msg: Message, context: Context) -> Message:
 @_report_safely
 def evaluate(msg: Message, context: Context) -> Message:
     _, runtime, site, config = _prepare(msg, context)
+    start = time.perf_counter()
     evaluation = site.evaluator.evaluate(runtime.model, f"{site.site.name} validation")
-    metrics = evaluation.to_metrics()
+    metrics = {**evaluation.to_metrics(), "eval-seconds": time.perf_counter() - start}
     log.info("site %s round %s: val-loss %.4f strict-f1 %.3f lenient-f1 %.3f", site.site.name,
              config.get("server-round"), metrics["val-loss"], metrics["strict-f1"], metrics["lenient-f1"])
     content = RecordDict({

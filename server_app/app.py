@@ -108,7 +108,9 @@ def main(grid: Grid, context: Context) -> None:
         if server_round > 0:
             recorder.save_adapter(f"round-{server_round}", state, server_round)
         set_adapter_state(peft_model, state)
+        start = time.perf_counter()
         metrics = f1_evaluator.evaluate(peft_model, f"coordinator round {server_round}").to_metrics()
+        metrics["eval-seconds"] = time.perf_counter() - start
         metrics_by_round[server_round] = metrics
         recorder.append_round(reporter.round_record(server_round, metrics))
         # Last: a run killed before this line redoes the round (metrics.jsonl is trimmed).

@@ -1,0 +1,592 @@
+"""The reference paper's evaluation protocol on the shared corpora, with speed and communication.
+
+Training sites: MACCROBAT, CHIA and DDI's DrugBank part. External cohort, never trained on:
+ADE (relations and entity recall: it annotates only related entities). New low-resource
+site: DDI's MedLine abstracts, a held-out source, with only a few training documents.
+
+Arms, every one with the same training budget (the optimizer steps the federation takes
+in total, R rounds x the sum over sites of each site's steps per round):
+- `zero-shot`: the base model;
+- `single-<site>`: trained on that site alone;
+- `centralized`: trained on the three sites' pooled instances;
+- `fedmedlora`, `fedmedlora-plus` (coordinator scoring), `fedmedlora-plus-sites`
+  (site scoring), `exact`: real `flwr run`s on Flower's simulation engine.
+Local arms run the ClientApp's training function (`train_round`, round by round with the
+same schedule), so the only difference from the federated arms is the federation.
+
+New site: the base model, the Fed-MedLoRA global adapter as is, a fresh adapter trained
+on the few documents alone, and the global adapter adapted on them (same steps).
+
+Every adapter is scored on every test split (strict and lenient F1 for NER and RE, 95%
+document-level bootstrap intervals). Per-round validation curves of the federated arms are
+drawn as PNG. Speed: the ClientApp's training loop versus a plain PEFT loop on the same
+model and data (benchmarks/train_speed.py), and the tokens/s the sites reported inside
+the federated run. Federation overhead (wall time minus site training and evaluation and
+the coordinator's evaluation) of one small configuration run in simulation and as a
+loopback deployment. Bytes per round against a full-model update.
+
+    .venv/bin/python benchmarks/protocol.py --profile quick --data data --results docs/RESULTS.md
+
+`--data` holds the prepared site folders `maccrobat`, `chia`, `ddi`, `ade` (see the
+README, "Real corpora"). Everything finished is kept under `--out` and reused when the
+command is run again (training, federated runs, generated outputs), so an interrupted
+run continues. Writes `results.json`, `RESULTS.md` and `plots/*.png` into `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from anywhere in the checkout
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from clinical_ie.bootstrap import bootstrap, document_counts  # noqa: E402
+from clinical_ie.evaluate import InstanceEvaluator, site_instances, stable_subset, training_pairs  # noqa: E402
+from data_loaders.sites import load_site  # noqa: E402
+from data_loaders.splits import split_of  # noqa: E402
+from modeling.base import EMBEDDED_DEFAULT  # noqa: E402
+from modeling.training import TrainSettings, encode_all, train_round  # noqa: E402
+
+log = logging.getLogger("protocol")
+
+TRAINING_SITES = ("maccrobat", "chia", "ddi-drugbank")
+EXTERNAL = "ade"
+NEW_SITE = "ddi-medline"
+FEDERATED_ARMS: dict[str, dict[str, Any]] = {
+    "fedmedlora": {"strategy.name": "fedmedlora"},
+    "fedmedlora-plus": {"strategy.name": "fedmedlora-plus", "strategy.validation-instances": 48},
+    "fedmedlora-plus-sites": {"strategy.name": "fedmedlora-plus", "strategy.validation": "sites"},
+    "exact": {"strategy.name": "exact"},
+}
+NEW_SITE_ARMS = ("zero-shot", "fedmedlora", "new-site-alone", "new-site-from-global")
+
+
+@dataclass(frozen=True)
+class Profile:
+    model: str
+    quantization: str
+    rounds: int
+    steps: int  # per site and round; 0 = the paper's 2 local epochs
+    max_length: int
+    test_instances: int  # per test split, chosen by hash; 0 = all
+    round_eval_instances: int  # per-round validation F1 inside the federated runs
+    new_site_documents: int
+    new_site_steps: int
+    max_new_tokens: int
+    eval_batch_size: int
+    overhead_rounds: int
+    overhead_steps: int
+
+
+PROFILES = {
+    # This 2-core CPU, the embedded default (fp32); about 2 hours (DESIGN decision 11).
+    "quick": Profile(model=EMBEDDED_DEFAULT, quantization="auto", rounds=3, steps=6, max_length=384,
+                     test_instances=40, round_eval_instances=8, new_site_documents=8, new_site_steps=12,
+                     max_new_tokens=96, eval_batch_size=16, overhead_rounds=2, overhead_steps=2),
+    # A GPU: 4-bit, a larger model (--model), all data, every test instance.
+    "full": Profile(model=EMBEDDED_DEFAULT, quantization="4bit", rounds=3, steps=0, max_length=512,
+                    test_instances=0, round_eval_instances=64, new_site_documents=10, new_site_steps=60,
+                    max_new_tokens=160, eval_batch_size=32, overhead_rounds=2, overhead_steps=10),
+}
+
+
+# --- sites -------------------------------------------------------------------------------
+
+def _write_subset(source: Path, target: Path, name: str, keep) -> Path:
+    """A site folder holding the documents of `source` for which keep(doc) is true."""
+    if (target / "site.json").is_file():
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+    site = json.loads((source / "site.json").read_text())
+    lines = [line for line in (source / "documents.jsonl").read_text(encoding="utf-8").splitlines()
+             if line.strip() and keep(json.loads(line))]
+    if not lines:
+        raise ValueError(f"{source}: no document kept for site {name}")
+    (target / "documents.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (target / "site.json").write_text(json.dumps({**site, "name": name}, indent=2))
+    return target
+
+
+def _rank(doc_id: str) -> str:
+    return hashlib.sha256(doc_id.encode()).hexdigest()
+
+
+def prepare_sites(data: Path, out: Path, new_site_documents: int) -> dict[str, Path]:
+    """Site folders of the protocol: DDI is split by source (DrugBank labels have named ids,
+    MedLine abstracts numeric PubMed ids); the new site keeps its test documents and only
+    `new_site_documents` training documents (chosen by a hash of their ids)."""
+    for name in ("maccrobat", "chia", "ddi", "ade"):
+        if not (data / name / "site.json").is_file():
+            raise FileNotFoundError(f"--data: {data / name} is not a prepared site folder; prepare it with "
+                                    f"`fedmedlora prepare --preset {name} ...` (README, 'Real corpora')")
+    root = out / "sites"
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("maccrobat", "chia", "ade"):
+        link = root / name
+        if not link.exists():
+            link.symlink_to((data / name).resolve(), target_is_directory=True)
+    _write_subset(data / "ddi", root / "ddi-drugbank", "ddi-drugbank", lambda d: not d["id"].isdigit())
+    documents = [json.loads(line) for line in (data / "ddi" / "documents.jsonl").open(encoding="utf-8") if line.strip()]
+    medline_train = sorted((d["id"] for d in documents if d["id"].isdigit() and d.get("source_split") == "train"),
+                           key=_rank)
+    # Training documents the split keeps for training (it carves validation from DDI's Train).
+    few = set([i for i in medline_train if split_of(i, validation=0.1 / 0.8, test=0.0) == "train"][:new_site_documents])
+    _write_subset(data / "ddi", root / NEW_SITE, NEW_SITE,
+                  lambda d: d["id"].isdigit() and (d.get("source_split") != "train" or d["id"] in few))
+    return {name: root / name for name in (*TRAINING_SITES, EXTERNAL, NEW_SITE)}
+
+
+# --- the model and local training ----------------------------------------------------------
+
+class Workbench:
+    """One base model with a LoRA adapter, loaded once, for local training and scoring."""
+
+    def __init__(self, profile: Profile) -> None:
+        from modeling.base import load_base_model
+        from modeling.lora import LoraSettings, attach_lora
+
+        self.profile = profile
+        model, self.tokenizer = load_base_model(profile.model, profile.quantization, "auto")
+        self.model = attach_lora(model, LoraSettings(), seed=0)
+        from modeling.adapter_io import get_adapter_state
+
+        self.initial = get_adapter_state(self.model)
+        self._examples: dict[str, list] = {}
+
+    def examples(self, name: str, folder: Path) -> list:
+        if name not in self._examples:
+            site = load_site(folder, name=name)
+            self._examples[name], _ = encode_all(self.tokenizer, training_pairs(site_instances(site, "train")),
+                                                 self.profile.max_length)
+        return self._examples[name]
+
+    def settings(self, steps: int) -> TrainSettings:
+        return TrainSettings(max_steps=steps, max_length=self.profile.max_length)
+
+    def train(self, examples: Sequence, steps_per_round: int, rounds: int, start: dict | None, target: Path) -> Path:
+        """R rounds of `steps_per_round` steps, as a site trains them (fresh optimizer per
+        round, one learning-rate schedule across rounds); saves a PEFT adapter folder."""
+        from modeling.adapter_io import get_adapter_state, save_peft_folder, set_adapter_state
+
+        if (target / "adapter_model.safetensors").is_file():
+            return target
+        set_adapter_state(self.model, start or self.initial)
+        settings = self.settings(steps_per_round)
+        seconds = tokens = 0.0
+        for r in range(1, rounds + 1):
+            result = train_round(self.model, examples, settings, self.tokenizer.pad_token_id, r, rounds,
+                                 description=f"{target.parent.name} round {r}")
+            seconds += result.seconds
+            tokens += result.tokens
+        tmp = target.with_name(target.name + ".tmp")
+        save_peft_folder(get_adapter_state(self.model), self.model.peft_config["default"], tmp)
+        (tmp / "training.json").write_text(json.dumps({"rounds": rounds, "steps-per-round": steps_per_round,
+                                                       "train-seconds": seconds, "train-tokens": tokens}))
+        tmp.rename(target)
+        return target
+
+    def outputs(self, adapter: Path | None, instances: Sequence, cache: Path, description: str) -> list[str]:
+        """Generated answers of an adapter (None = the base model) for `instances`, cached."""
+        from modeling.adapter_io import load_peft_folder, set_adapter_state
+
+        key = hashlib.sha256(json.dumps([[i.doc_id, i.offset, i.task] for i in instances]).encode()).hexdigest()[:16]
+        if cache.is_file():
+            saved = json.loads(cache.read_text())
+            if saved.get("instances") == key:
+                return saved["outputs"]
+        set_adapter_state(self.model, load_peft_folder(adapter) if adapter else self.initial)
+        evaluator = InstanceEvaluator(self.tokenizer, instances, self.profile.max_length,
+                                      self.profile.max_new_tokens, self.profile.eval_batch_size)
+        start = time.perf_counter()
+        outputs = evaluator.generate(self.model, description)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps({"instances": key, "outputs": outputs,
+                                     "seconds": time.perf_counter() - start}))
+        return outputs
+
+
+def steps_per_round(bench: Workbench, sites: dict[str, Path]) -> int:
+    """The federation's optimizer steps per round, summed over the training sites."""
+    settings = bench.settings(bench.profile.steps)
+    return sum(settings.steps_per_round(len(bench.examples(n, sites[n]))) for n in TRAINING_SITES)
+
+
+# --- federated runs --------------------------------------------------------------------------
+
+def federated_config(profile: Profile, sites_root: Path, out: Path) -> dict[str, Any]:
+    return {
+        "model.name": profile.model,
+        "quantization": profile.quantization,
+        "data.root": str(sites_root.resolve()),
+        "data.sites": ",".join(TRAINING_SITES),
+        "data.server-validation": str((sites_root / "maccrobat").resolve()),
+        "num-server-rounds": profile.rounds,
+        "train.max-steps": profile.steps,
+        "train.max-length": profile.max_length,
+        "eval.max-instances": profile.round_eval_instances,
+        "eval.max-new-tokens": profile.max_new_tokens,
+        "output-dir": str(out.resolve()),
+    }
+
+
+def run_federated(arm: str, config: dict[str, Any], out: Path) -> Path:
+    from fedmedlora.config import validate
+    from fedmedlora.local_run import flwr_run
+    from server_app.checkpoint import existing_round
+
+    run = out / arm
+    if (run / "summary.json").is_file():
+        return run
+    out.mkdir(parents=True, exist_ok=True)
+    done = existing_round(run)
+    overrides = {**config, "run-name": arm, **({"resume": True} if done is not None else {})}
+    validate(overrides)
+    log.info("%s: %s", arm, f"resuming after round {done}" if done is not None else "running")
+    start = time.perf_counter()
+    with open(out / f"{arm}.log", "a") as stream:
+        code = flwr_run(REPO, out / ".flwr-home", overrides, num_supernodes=len(TRAINING_SITES),
+                        http_port=39491, control_port=39493, stdout=stream)
+    if code != 0 or not (run / "summary.json").is_file():
+        raise RuntimeError(f"{arm}: flwr run failed (exit {code}); see {out / f'{arm}.log'}")
+    if done is None:
+        (run / "wall.json").write_text(json.dumps({"wall-seconds": time.perf_counter() - start}))
+    return run
+
+
+def run_deployed(config: dict[str, Any], sites: dict[str, Path], out: Path) -> Path:
+    from fedmedlora.deploy import Site, deploy
+
+    run = out / "deployment"
+    if (run / "summary.json").is_file():
+        return run
+    start = time.perf_counter()
+    with open(out / "deployment.log", "w") as stream:
+        code = deploy(REPO, [Site(n, sites[n]) for n in TRAINING_SITES], {**config, "run-name": "deployment"},
+                      workdir=out / ".deploy", stdout=stream)
+    if code != 0 or not (run / "summary.json").is_file():
+        raise RuntimeError(f"loopback deployment failed (exit {code}); see {out / 'deployment.log'}")
+    (run / "wall.json").write_text(json.dumps({"wall-seconds": time.perf_counter() - start}))
+    return run
+
+
+def read_rounds(run: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def overhead(run: Path) -> dict[str, float | None]:
+    """Wall time of the whole command minus the sites' training and evaluation and the
+    coordinator's evaluation (what the federation itself costs)."""
+    wall_file = run / "wall.json"
+    wall = json.loads(wall_file.read_text())["wall-seconds"] if wall_file.is_file() else None
+    train = evaluate = coordinator = 0.0
+    for record in read_rounds(run):
+        coordinator += record["coordinator"].get("eval-seconds", 0.0)
+        for site in record.get("sites", []):
+            train += site["train"].get("train-seconds", 0.0)
+            evaluate += (site.get("evaluate") or {}).get("eval-seconds", 0.0)
+    work = train + evaluate + coordinator
+    return {"wall-seconds": wall, "site-train-seconds": train, "site-eval-seconds": evaluate,
+            "coordinator-eval-seconds": coordinator,
+            "overhead-seconds": None if wall is None else wall - work,
+            "overhead-share": None if wall is None else (wall - work) / wall}
+
+
+def site_speed(run: Path) -> dict[str, float]:
+    tokens: dict[str, float] = {}
+    seconds: dict[str, float] = {}
+    for record in read_rounds(run):
+        for site in record.get("sites", []):
+            tokens[site["site"]] = tokens.get(site["site"], 0) + site["train"]["train-tokens"]
+            seconds[site["site"]] = seconds.get(site["site"], 0) + site["train"]["train-seconds"]
+    return {name: tokens[name] / seconds[name] for name in tokens if seconds[name] > 0}
+
+
+# --- scoring ----------------------------------------------------------------------------------
+
+def test_instances(folder: Path, name: str, limit: int) -> tuple[list, str | None]:
+    site = load_site(folder, name=name)
+    return stable_subset(site_instances(site, "test"), limit), site.score_by
+
+
+def score(bench: Workbench, arm: str, adapter: Path | None, test: str, folder: Path, out: Path) -> dict[str, Any]:
+    instances, score_by = test_instances(folder, test, bench.profile.test_instances)
+    outputs = bench.outputs(adapter, instances, out / "outputs" / arm / f"{test}.json", f"{arm} on {test}")
+    _, counts = document_counts(instances, outputs, score_by)
+    intervals = bootstrap(counts, score_by=score_by)
+    return {"instances": len(instances), "documents": int(counts.shape[0]),
+            "scores": {k: v.to_dict() for k, v in intervals.items()}}
+
+
+# --- report -------------------------------------------------------------------------------------
+
+def _cell(scores: dict[str, Any], measure: str) -> str:
+    for key in (f"{measure}-f1", f"{measure}-recall"):
+        if key in scores:
+            v = scores[key]
+            suffix = " (recall)" if key.endswith("recall") else ""
+            return f"{v['value']:.3f} [{v['low']:.3f}, {v['high']:.3f}]{suffix}"
+    return "-"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    p = results["profile"]
+    lines = [
+        "# Results: the paper's protocol on the shared corpora",
+        "",
+        "Generated by `benchmarks/protocol.py`; do not edit by hand.",
+        "",
+        f"Command: `{results['command']}`",
+        "",
+        f"Hardware: {results['hardware']}. Model: `{p['model']}` (quantization `{p['quantization']}`). "
+        f"Budget for every arm: {results['budget']['total-steps']} optimizer steps of batch 4 "
+        f"({p['rounds']} rounds x {results['budget']['steps-per-round']} steps; each federated site "
+        f"{p['steps'] or 'all'} steps per round). Test sets: {p['test_instances'] or 'all'} instances "
+        "(sentences) per split, chosen by hash; 95% intervals from 1,000 document-level bootstrap "
+        "resamples. ADE annotates only entities in relations, so its entity column is recall.",
+        "",
+        "## In-domain and external test sets",
+        "",
+        "| arm | test set | instances | NER strict F1 | NER lenient F1 | RE strict F1 | RE lenient F1 |",
+        "|---|---|---:|---|---|---|---|",
+    ]
+    for arm, per_test in results["scores"].items():
+        for test, s in per_test.items():
+            sc = s["scores"]
+            lines.append(f"| {arm} | {test} | {s['instances']} | {_cell(sc, 'ner-strict')} | "
+                         f"{_cell(sc, 'ner-lenient')} | {_cell(sc, 're-strict')} | {_cell(sc, 're-lenient')} |")
+    gap = results.get("gap")
+    if gap:
+        lines += ["", "## Federated minus centralized (F1 points, in-domain test sets, mean over the three)", "",
+                  "| arm | NER strict | NER lenient | RE strict | RE lenient |", "|---|---:|---:|---:|---:|"]
+        for arm, g in gap.items():
+            lines.append(f"| {arm} | {g['ner-strict']:+.1f} | {g['ner-lenient']:+.1f} | "
+                         f"{g['re-strict']:+.1f} | {g['re-lenient']:+.1f} |")
+    lines += ["", f"## New low-resource site ({NEW_SITE}: {p['new_site_documents']} training documents, "
+              f"{p['new_site_steps']} steps)", "",
+              "| arm | instances | NER strict F1 | NER lenient F1 | RE strict F1 | RE lenient F1 |",
+              "|---|---:|---|---|---|---|"]
+    for arm, s in results["new-site"].items():
+        sc = s["scores"]
+        lines.append(f"| {arm} | {s['instances']} | {_cell(sc, 'ner-strict')} | {_cell(sc, 'ner-lenient')} | "
+                     f"{_cell(sc, 're-strict')} | {_cell(sc, 're-lenient')} |")
+    lines += ["", "## Per-round validation F1 of the federated arms", "",
+              "Coordinator: MACCROBAT's validation split; sites: the mean over the three sites' own "
+              f"validation splits ({p['round_eval_instances']} instances each). Plots: "
+              + ", ".join(f"[{Path(x).name}](plots/{Path(x).name})" for x in results.get("plots", [])), "",
+              "| arm | round | coordinator NER strict / lenient | sites NER strict / lenient | sites RE strict / lenient |",
+              "|---|---:|---|---|---|"]
+    for arm, rounds in results["curves"].items():
+        for r in rounds:
+            c, s = r["coordinator"], r["sites"]
+            site_cells = (f"{s['strict-f1']:.3f} / {s['lenient-f1']:.3f} | {s['re-strict-f1']:.3f} / "
+                          f"{s['re-lenient-f1']:.3f}") if s else "- | -"
+            lines.append(f"| {arm} | {r['round']} | {c['strict-f1']:.3f} / {c['lenient-f1']:.3f} | {site_cells} |")
+    speed, comm, ovh = results["speed"], results["communication"], results["overhead"]
+    lines += ["", "## Speed and communication", "",
+              "| what | figure |", "|---|---|",
+              f"| ClientApp training loop vs plain PEFT loop, same model and batches (median tokens/s) | "
+              f"{speed['loop']['fedmedlora']:.0f} vs {speed['loop']['peft-loop']:.0f}: "
+              f"{100 * speed['loop']['ratio']:.1f}% |",
+              "| tokens/s each site reported inside the Fed-MedLoRA run | "
+              + ", ".join(f"{k} {v:.0f}" for k, v in speed["sites"].items()) + " |",
+              f"| adapter per site per round, up | {comm['adapter-bytes'] / 1e6:.2f} MB |",
+              f"| full-model update (bf16) | {comm['full-model-bytes-bf16'] / 1e6:.1f} MB |",
+              f"| upload vs a full-model update | {100 * comm['upload-ratio-to-full-model']:.2f}% "
+              f"({comm['upload-reduction-percent']:.1f}% less) |",
+              f"| bytes per round, all sites, Fed-MedLoRA (up + down) | "
+              f"{comm['bytes-per-round'] / 1e6:.1f} MB |"]
+    for mode, o in ovh.items():
+        if o.get("wall-seconds") is None:
+            continue
+        lines.append(f"| federation overhead, {mode} ({p['overhead_rounds']} rounds x {p['overhead_steps']} steps) | "
+                     f"{o['overhead-seconds']:.0f} s of {o['wall-seconds']:.0f} s wall "
+                     f"({100 * o['overhead-share']:.0f}%; site training {o['site-train-seconds']:.0f} s, "
+                     f"site evaluation {o['site-eval-seconds']:.0f} s, coordinator evaluation "
+                     f"{o['coordinator-eval-seconds']:.0f} s) |")
+    return "\n".join(lines) + "\n"
+
+
+def curves(runs: dict[str, Path]) -> dict[str, list[dict[str, Any]]]:
+    keys = ("strict-f1", "lenient-f1", "re-strict-f1", "re-lenient-f1", "val-loss")
+    result = {}
+    for arm, run in runs.items():
+        rows = []
+        for record in read_rounds(run):
+            sites = [s["evaluate"] for s in record.get("sites", []) if s.get("evaluate")]
+            rows.append({"round": record["round"],
+                         "coordinator": {k: record["coordinator"][k] for k in keys},
+                         "sites": {k: statistics.fmean(s[k] for s in sites) for k in keys} if sites else None})
+        result[arm] = rows
+    return result
+
+
+def plot_curves(curve_data: dict[str, list[dict[str, Any]]], folder: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for key, title in (("strict-f1", "NER strict F1"), ("lenient-f1", "NER lenient F1"),
+                       ("re-strict-f1", "RE strict F1"), ("val-loss", "validation loss")):
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+        for arm, rows in curve_data.items():
+            axes[0].plot([r["round"] for r in rows], [r["coordinator"][key] for r in rows], marker="o", label=arm)
+            site_rows = [r for r in rows if r["sites"]]
+            axes[1].plot([r["round"] for r in site_rows], [r["sites"][key] for r in site_rows], marker="o", label=arm)
+        axes[0].set_title(f"{title}: coordinator validation")
+        axes[1].set_title(f"{title}: sites' validation (mean)")
+        for ax in axes:
+            ax.set_xlabel("round")
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=8)
+        path = folder / f"rounds-{key}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(str(path))
+    return written
+
+
+def hardware() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        device = torch.cuda.get_device_name(0)
+    else:
+        device = f"CPU only ({platform.processor() or platform.machine()})"
+    return (f"{len(os.sched_getaffinity(0))} CPU cores, {device}; Python {platform.python_version()}, "
+            f"torch {torch.__version__}")
+
+
+def federated_gap(scores: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    measures = ("ner-strict", "ner-lenient", "re-strict", "re-lenient")
+
+    def mean(arm: str, m: str) -> float:
+        return statistics.fmean(scores[arm][t]["scores"][f"{m}-f1"]["value"] for t in TRAINING_SITES)
+
+    return {arm: {m: 100 * (mean(arm, m) - mean("centralized", m)) for m in measures}
+            for arm in FEDERATED_ARMS if arm in scores and "centralized" in scores}
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
+    parser.add_argument("--data", type=Path, required=True, help="folder of the prepared site folders")
+    parser.add_argument("--model", help="model.name (default: the profile's)")
+    parser.add_argument("--out", type=Path, default=REPO / "outputs" / "protocol")
+    parser.add_argument("--results", type=Path, help="also write RESULTS.md here (e.g. docs/RESULTS.md)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="change a profile field (e.g. steps=2); for smoke tests")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    profile = PROFILES[args.profile]
+    if args.model:
+        profile = replace(profile, model=args.model)
+    for item in args.set:
+        field, sep, value = item.partition("=")
+        if not sep or field not in Profile.__dataclass_fields__:
+            parser.error(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {list(Profile.__dataclass_fields__)}")
+        kind = type(getattr(profile, field))
+        profile = replace(profile, **{field: kind(value)})
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    command = "python benchmarks/protocol.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    started = time.perf_counter()
+
+    sites = prepare_sites(args.data.resolve(), out, profile.new_site_documents)
+    bench = Workbench(profile)
+    per_round = steps_per_round(bench, sites)
+    log.info("budget: %d rounds x %d steps = %d steps per arm", profile.rounds, per_round, profile.rounds * per_round)
+
+    # Training: local arms in this process, federated arms as real flwr runs.
+    adapters: dict[str, Path | None] = {"zero-shot": None}
+    for name in TRAINING_SITES:
+        adapters[f"single-{name}"] = bench.train(bench.examples(name, sites[name]), per_round, profile.rounds, None,
+                                                 out / "arms" / f"single-{name}" / "adapter")
+    pooled = [e for name in TRAINING_SITES for e in bench.examples(name, sites[name])]
+    adapters["centralized"] = bench.train(pooled, per_round, profile.rounds, None, out / "arms" / "centralized" / "adapter")
+    config = federated_config(profile, out / "sites", out / "runs")
+    runs = {arm: run_federated(arm, {**config, **keys}, out / "runs") for arm, keys in FEDERATED_ARMS.items()}
+    adapters.update({arm: run / "final" for arm, run in runs.items()})
+
+    # Scores with intervals.
+    scores: dict[str, dict[str, Any]] = {}
+    for arm, adapter in adapters.items():
+        scores[arm] = {test: score(bench, arm, adapter, test, sites[test], out) for test in (*TRAINING_SITES, EXTERNAL)}
+
+    # New low-resource site.
+    from modeling.adapter_io import load_peft_folder
+
+    few = bench.examples(NEW_SITE, sites[NEW_SITE])
+    adapters["new-site-alone"] = bench.train(few, profile.new_site_steps, 1, None, out / "arms" / "new-site-alone" / "adapter")
+    adapters["new-site-from-global"] = bench.train(few, profile.new_site_steps, 1, load_peft_folder(adapters["fedmedlora"]),
+                                                   out / "arms" / "new-site-from-global" / "adapter")
+    new_site = {arm: score(bench, arm, adapters[arm], NEW_SITE, sites[NEW_SITE], out) for arm in NEW_SITE_ARMS}
+
+    # Speed and communication.
+    import train_speed
+
+    loop = train_speed.measure(profile.model, bench.examples("maccrobat", sites["maccrobat"]),
+                               quantization=profile.quantization, dtype="auto", steps=8, warmup=1, repeats=3, probe=4)
+    summary = json.loads((runs["fedmedlora"] / "summary.json").read_text())
+    communication = dict(summary["communication"])
+    communication["bytes-per-round"] = (communication["bytes-up-total"] + communication["bytes-down-total"]) / summary["rounds"]
+    small = {**config, "num-server-rounds": profile.overhead_rounds, "train.max-steps": profile.overhead_steps,
+             "eval.max-instances": 4}
+    overheads = {"simulation": overhead(run_federated("overhead-simulation", small, out / "runs")),
+                 "loopback deployment": overhead(run_deployed(small, sites, out / "runs"))}
+
+    curve_data = curves(runs)
+    plots = plot_curves(curve_data, out / "plots")
+    results = {
+        "command": command,
+        "hardware": hardware(),
+        "profile": asdict(profile),
+        "budget": {"steps-per-round": per_round, "total-steps": per_round * profile.rounds},
+        "scores": scores,
+        "gap": federated_gap(scores),
+        "new-site": new_site,
+        "curves": curve_data,
+        "plots": plots,
+        "speed": {"loop": {"fedmedlora": loop["median-tokens-per-second"]["fedmedlora"],
+                           "peft-loop": loop["median-tokens-per-second"]["peft-loop"], "ratio": loop["ratio"],
+                           "runs": loop["runs"]},
+                  "sites": site_speed(runs["fedmedlora"])},
+        "communication": communication,
+        "overhead": overheads,
+        "seconds": time.perf_counter() - started,
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    text = markdown(results)
+    (out / "RESULTS.md").write_text(text)
+    if args.results:
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(text)
+        target_plots = args.results.parent / "plots"
+        target_plots.mkdir(exist_ok=True)
+        for plot in plots:
+            (target_plots / Path(plot).name).write_bytes(Path(plot).read_bytes())
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

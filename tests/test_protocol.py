@@ -1,0 +1,137 @@
+"""The protocol benchmark's parts: sites split by source, the new site's few documents,
+federation overhead, the federated-centralized gap, and the report and plots it writes."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from data_loaders.sites import load_site
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+protocol = _load("protocol")
+
+
+def write_site(folder: Path, name: str, ids: list[tuple[str, str | None]], score_by: str | None = None) -> None:
+    folder.mkdir(parents=True)
+    site = {"name": name, "entity_types": ["drug"], "relation_types": []}
+    if score_by:
+        site["score_by"] = score_by
+    (folder / "site.json").write_text(json.dumps(site))
+    lines = []
+    for doc_id, source_split in ids:
+        text = f"Patient {doc_id} took aspirin daily."
+        lines.append(json.dumps({"id": doc_id, "text": text, "source_split": source_split, "attributes": [],
+                                 "groups": [], "relations": [],
+                                 "entities": [{"id": "T1", "type": "drug", "spans": [[len(text) - 13, len(text) - 6]],
+                                               "text": "aspirin"}]}))
+    (folder / "documents.jsonl").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    root = tmp_path / "data"
+    for name in ("maccrobat", "chia"):
+        write_site(root / name, name, [(f"{name}-{i}", None) for i in range(10)])
+    write_site(root / "ade", "ade", [(f"ade-{i}", None) for i in range(10)], "relations-and-entity-recall")
+    ddi = [(f"Drug{i}_ddi", "train") for i in range(30)] + [(f"Drug{i}_test", "test") for i in range(5)]
+    ddi += [(str(10_000_000 + i), "train") for i in range(40)] + [(str(20_000_000 + i), "test") for i in range(6)]
+    write_site(root / "ddi", "ddi", ddi)
+    return root
+
+
+def test_sites_split_ddi_by_source_and_keep_a_few_new_site_documents(data, tmp_path) -> None:
+    sites = protocol.prepare_sites(data, tmp_path / "out", new_site_documents=4)
+    assert set(sites) == {"maccrobat", "chia", "ddi-drugbank", "ade", "ddi-medline"}
+    drugbank = load_site(sites["ddi-drugbank"])
+    assert drugbank.name == "ddi-drugbank"
+    assert all(not d.doc_id.isdigit() for split in drugbank.splits.values() for d in split)
+    assert sum(len(s) for s in drugbank.splits.values()) == 35
+    medline = load_site(sites["ddi-medline"])
+    assert medline.name == "ddi-medline"
+    assert len(medline.splits["train"]) == 4  # exactly the few, all of them kept for training
+    assert len(medline.splits["test"]) == 6 and all(d.doc_id.startswith("2") for d in medline.splits["test"])
+    assert load_site(sites["ade"]).score_by == "relations-and-entity-recall"
+    # Run again: the folders are reused as they are.
+    assert protocol.prepare_sites(data, tmp_path / "out", new_site_documents=4) == sites
+
+
+def test_missing_prepared_folder_is_named(data, tmp_path) -> None:
+    (data / "chia" / "site.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"chia is not a prepared site folder.*--preset chia"):
+        protocol.prepare_sites(data, tmp_path / "out", 4)
+
+
+def test_overhead_is_wall_time_minus_site_and_coordinator_work(tmp_path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    rounds = [
+        {"round": 0, "coordinator": {"eval-seconds": 2.0}},
+        {"round": 1, "coordinator": {"eval-seconds": 3.0}, "sites": [
+            {"site": "a", "train": {"train-seconds": 10.0, "train-tokens": 1000}, "evaluate": {"eval-seconds": 4.0}},
+            {"site": "b", "train": {"train-seconds": 20.0, "train-tokens": 1000}, "evaluate": {"eval-seconds": 1.0}},
+        ]},
+    ]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rounds) + "\n")
+    (run / "wall.json").write_text(json.dumps({"wall-seconds": 50.0}))
+    o = protocol.overhead(run)
+    assert o["site-train-seconds"] == 30 and o["site-eval-seconds"] == 5 and o["coordinator-eval-seconds"] == 5
+    assert o["overhead-seconds"] == pytest.approx(10.0) and o["overhead-share"] == pytest.approx(0.2)
+    assert protocol.site_speed(run) == {"a": 100.0, "b": 50.0}
+
+
+def _scores(value: float) -> dict:
+    interval = {"value": value, "low": value - 0.1, "high": value + 0.1}
+    return {"instances": 10, "documents": 3,
+            "scores": {k: interval for k in ("ner-strict-f1", "ner-lenient-f1", "re-strict-f1", "re-lenient-f1")}}
+
+
+def test_gap_report_and_plots(tmp_path) -> None:
+    tests = (*protocol.TRAINING_SITES, protocol.EXTERNAL)
+    scores = {"centralized": {t: _scores(0.5) for t in tests}, "fedmedlora": {t: _scores(0.45) for t in tests}}
+    gap = protocol.federated_gap(scores)
+    assert gap == {"fedmedlora": pytest.approx({m: -5.0 for m in ("ner-strict", "ner-lenient", "re-strict", "re-lenient")})}
+
+    rounds = [{"round": r, "coordinator": {"strict-f1": 0.1 * r, "lenient-f1": 0.2 * r, "re-strict-f1": 0.0,
+                                           "re-lenient-f1": 0.0, "val-loss": 2 - r},
+               "sites": None if r == 0 else {"strict-f1": 0.1, "lenient-f1": 0.2, "re-strict-f1": 0.0,
+                                             "re-lenient-f1": 0.0, "val-loss": 1.0}} for r in range(3)]
+    plots = protocol.plot_curves({"fedmedlora": rounds}, tmp_path / "plots")
+    assert len(plots) == 4
+    for plot in plots:
+        assert Path(plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    results = {
+        "command": "python benchmarks/protocol.py --profile quick --data data", "hardware": "2 CPU cores",
+        "profile": vars(protocol.PROFILES["quick"]), "budget": {"steps-per-round": 18, "total-steps": 54},
+        "scores": scores, "gap": gap, "new-site": {"zero-shot": _scores(0.0)},
+        "curves": {"fedmedlora": rounds}, "plots": plots,
+        "speed": {"loop": {"fedmedlora": 200.0, "peft-loop": 190.0, "ratio": 200 / 190}, "sites": {"a": 180.0}},
+        "communication": {"adapter-bytes": 19_591_680, "full-model-bytes-bf16": 269_030_016,
+                          "upload-ratio-to-full-model": 0.0728, "upload-reduction-percent": 92.7,
+                          "bytes-per-round": 176e6},
+        "overhead": {"simulation": {"wall-seconds": 50.0, "overhead-seconds": 10.0, "overhead-share": 0.2,
+                                    "site-train-seconds": 30.0, "site-eval-seconds": 5.0,
+                                    "coordinator-eval-seconds": 5.0}},
+    }
+    text = protocol.markdown(results)
+    assert "| fedmedlora | ade | 10 | 0.450 [0.350, 0.550] |" in text
+    assert "| fedmedlora | -5.0 | -5.0 | -5.0 | -5.0 |" in text
+    assert "105.3%" in text  # 200 / 190 tokens/s
+    assert "10 s of 50 s wall (20%" in text
+    assert "[rounds-strict-f1.png](plots/rounds-strict-f1.png)" in text
