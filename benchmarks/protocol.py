@@ -70,7 +70,11 @@ FEDERATED_ARMS: dict[str, dict[str, Any]] = {
     "fedmedlora-plus": {"strategy.name": "fedmedlora-plus", "strategy.validation-instances": 48},
     "fedmedlora-plus-sites": {"strategy.name": "fedmedlora-plus", "strategy.validation": "sites"},
     "exact": {"strategy.name": "exact"},
+    # Fed-MedLoRA with its adapters encoded on the wire (both directions, every round)
+    "fedmedlora-float16": {"strategy.name": "fedmedlora", "transport.encoding": "float16"},
+    "fedmedlora-int8": {"strategy.name": "fedmedlora", "transport.encoding": "int8"},
 }
+ENCODING_ARMS = {"float32": "fedmedlora", "float16": "fedmedlora-float16", "int8": "fedmedlora-int8"}
 NEW_SITE_ARMS = ("zero-shot", "fedmedlora", "new-site-alone", "new-site-from-global")
 
 
@@ -416,6 +420,17 @@ def markdown(results: dict[str, Any]) -> str:
                      f"({100 * o['overhead-share']:.0f}%; site training {o['site-train-seconds']:.0f} s, "
                      f"site evaluation {o['site-eval-seconds']:.0f} s, coordinator evaluation "
                      f"{o['coordinator-eval-seconds']:.0f} s) |")
+    encodings = results.get("encodings") or {}
+    if encodings:
+        base = encodings["float32"]
+        lines += ["", "Adapter encoding on the wire (`transport.encoding`, both directions, every round of a "
+                  "Fed-MedLoRA run); F1 is the mean over the three in-domain test sets:", "",
+                  "| encoding | adapter per site per round | vs full model | NER strict F1 (change) | RE strict F1 (change) |",
+                  "|---|---:|---:|---|---|"]
+        for name, e in encodings.items():
+            lines.append(f"| {name} | {e['adapter-bytes'] / 1e6:.2f} MB | {100 * e['upload-ratio-to-full-model']:.2f}% | "
+                         f"{e['ner-strict']:.3f} ({100 * (e['ner-strict'] - base['ner-strict']):+.1f} points) | "
+                         f"{e['re-strict']:.3f} ({100 * (e['re-strict'] - base['re-strict']):+.1f} points) |")
     return "\n".join(lines) + "\n"
 
 
@@ -549,6 +564,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = json.loads((runs["fedmedlora"] / "summary.json").read_text())
     communication = dict(summary["communication"])
     communication["bytes-per-round"] = (communication["bytes-up-total"] + communication["bytes-down-total"]) / summary["rounds"]
+    encodings = {}
+    for encoding, arm in ENCODING_ARMS.items():
+        sent = json.loads((runs[arm] / "summary.json").read_text())["communication"]
+        encodings[encoding] = {"arm": arm, "adapter-bytes": sent["adapter-bytes"],
+                               "upload-ratio-to-full-model": sent["upload-ratio-to-full-model"],
+                               **{m: statistics.fmean(scores[arm][t]["scores"][f"{m}-f1"]["value"] for t in TRAINING_SITES)
+                                  for m in ("ner-strict", "re-strict")}}
     small = {**config, "num-server-rounds": profile.overhead_rounds, "train.max-steps": profile.overhead_steps,
              "eval.max-instances": 4}
     overheads = {"simulation": overhead(run_federated("overhead-simulation", small, out / "runs")),
@@ -571,6 +593,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                            "runs": loop["runs"]},
                   "sites": site_speed(runs["fedmedlora"])},
         "communication": communication,
+        "encodings": encodings,
         "overhead": overheads,
         "seconds": time.perf_counter() - started,
     }

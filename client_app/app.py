@@ -17,6 +17,7 @@ from flwr.clientapp import ClientApp
 
 from data_loaders.sites import SiteFolderError
 from fedmedlora import protocol
+from fedmedlora.transport import decode_content, encode_content
 from fedmedlora.config import ConfigError, lora_settings, train_settings, validate
 from fedmedlora.logs import setup_logging
 from modeling.adapter_io import from_arrayrecord, get_adapter_state, set_adapter_state, to_arrayrecord
@@ -63,6 +64,7 @@ def _setup(msg: Message, context: Context):
     """Config, cached model and site data; refuses a coordinator with another base model."""
     setup_logging()
     cfg = validate(context.run_config)
+    decode_content(msg.content)  # adapters sent in transport.encoding arrive as float32
     runtime = model_runtime(cfg)
     config = msg.content[protocol.CONFIG]
     protocol.check_base(config, runtime.identity, lora_settings(cfg))
@@ -107,7 +109,7 @@ def train(msg: Message, context: Context) -> Message:
         protocol.METRICS: metrics,
         protocol.SITE: ConfigRecord({"name": site.site.name}),
     })
-    return Message(content=content, reply_to=msg)
+    return Message(content=encode_content(content, cfg["transport.encoding"]), reply_to=msg)
 
 
 @app.evaluate()

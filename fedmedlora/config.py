@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from fedmedlora.transport import ENCODINGS
 from modeling.base import DTYPE_CHOICES, EMBEDDED_DEFAULT, QUANTIZATION_CHOICES
 from modeling.lora import PAPER_TARGET_MODULES, LoraSettings
 from modeling.training import SCHEDULER_CHOICES, TrainSettings
@@ -73,6 +74,8 @@ KEYS: dict[str, Key] = {
     "strategy.dp-noise-multiplier": Key(float, 1.0, "DP: noise std = multiplier x clipping norm / sites sampled"),
     "strategy.dp-clipping-norm": Key(float, 1.0, "DP: clipping norm of the A/B update (adaptive: the initial one)"),
     "strategy.dp-num-sampled-sites": Key(int, 0, "DP: sites sampled per round; 0 = strategy.min-sites"),
+    "transport.encoding": Key(str, "float32", "adapter tensors on the wire, both directions: float32, "
+                              "float16 (half the bytes) or int8 (a quarter, one scale per tensor)", ENCODINGS),
     "data.root": Key(str, "", "folder holding one sub-folder per site; empty = the generated demo corpus"),
     "data.sites": Key(str, "site-a,site-b,site-c", "simulation: site folder for each partition-id"),
     "data.server-validation": Key(str, "", "coordinator's validation folder; empty = demo coordinator set"),

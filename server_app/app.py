@@ -22,7 +22,8 @@ from data_loaders.sites import ensure_demo_corpus, load_site
 from fedmedlora import protocol
 from fedmedlora.config import ConfigError, lora_settings, tasks, validate
 from fedmedlora.logs import setup_logging
-from modeling.adapter_io import arrayrecord_nbytes, from_arrayrecord, get_adapter_state, set_adapter_state, to_arrayrecord
+from fedmedlora.transport import encoded_nbytes, transport_grid
+from modeling.adapter_io import from_arrayrecord, get_adapter_state, set_adapter_state, to_arrayrecord
 from modeling.base import load_base_model, model_identity, resolve_model_path
 from modeling.lora import attach_lora
 from strategies.base import TooFewSites
@@ -46,6 +47,7 @@ def _validation_folder(cfg: dict[str, Any]) -> Path:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = validate(context.run_config)  # stops here, before any training, on a bad config
+    grid = transport_grid(grid, cfg["transport.encoding"])  # strategies see float32 either way
     folder = run_folder(cfg["output-dir"], cfg["run-name"], create=not cfg["resume"])
     # Also before any training: the checkpoint a continued run needs, or a new run's refusal
     # to write over the rounds of another run.
@@ -94,7 +96,7 @@ def main(grid: Grid, context: Context) -> None:
         "base-model": identity.name, "base-sha256": identity.sha256, "strategy": cfg["strategy.name"],
         "run-config": cfg,
     }, elapsed_before=checkpoint.elapsed_seconds if checkpoint is not None else 0.0)
-    adapter_bytes = arrayrecord_nbytes(to_arrayrecord(initial))
+    adapter_bytes = encoded_nbytes([v.shape for v in initial.values()], cfg["transport.encoding"])
     reporter = RoundReporter(strategy, adapter_bytes, full_model_bytes, cfg["num-server-rounds"])
     if checkpoint is not None:
         recorder.keep_rounds_up_to(done)

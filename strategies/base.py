@@ -30,6 +30,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result, Strategy
 
+from fedmedlora.transport import sent_nbytes
 from modeling.adapter_io import arrayrecord_nbytes, from_arrayrecord
 
 from .clipping import UPDATE_NORM_ACTIONS, scale_toward, update_terms
@@ -487,7 +488,7 @@ class ReplyScreening:
             num_examples=num_examples,
             state=ReplyState(record, list(self.expected_shapes)),
             metrics=metrics,
-            bytes_up=arrayrecord_nbytes(record),
+            bytes_up=sent_nbytes(content) or arrayrecord_nbytes(record),
         )
 
     def _check_metrics(self, content: RecordDict) -> tuple[float, MetricRecord]:

@@ -17,6 +17,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from fedmedlora import protocol
+from fedmedlora.transport import sent_nbytes
 from modeling.adapter_io import arrayrecord_nbytes, metricrecord_nbytes, to_arrayrecord
 
 from .base import LoraFedAvg, SiteCandidate, UpdateRejected
@@ -243,6 +244,7 @@ class FedMedLoRAPlus(LoraFedAvg):
         log(INFO, "round %d: sending %d candidate adapters (%.2f MB) to %d site(s) to score",
             server_round, num, bytes_down / 1e6, len(messages))
         replies = list(self._grid.send_and_receive(messages, timeout=self.timeout))
+        bytes_down = sent_nbytes(content) or bytes_down  # as sent, where transport.encoding encoded it
 
         # Sent, whether or not a site answers; bytes up are counted for content replies.
         traffic = {label: {"bytes-down": bytes_down, "bytes-up": 0} for label in labels.values()}

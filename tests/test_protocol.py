@@ -125,6 +125,10 @@ def test_gap_report_and_plots(tmp_path) -> None:
         "communication": {"adapter-bytes": 19_591_680, "full-model-bytes-bf16": 269_030_016,
                           "upload-ratio-to-full-model": 0.0728, "upload-reduction-percent": 92.7,
                           "bytes-per-round": 176e6},
+        "encodings": {"float32": {"adapter-bytes": 19_591_680, "upload-ratio-to-full-model": 0.0728,
+                                  "ner-strict": 0.30, "re-strict": 0.10},
+                      "int8": {"adapter-bytes": 4_899_600, "upload-ratio-to-full-model": 0.0182,
+                               "ner-strict": 0.28, "re-strict": 0.10}},
         "overhead": {"simulation": {"wall-seconds": 50.0, "overhead-seconds": 10.0, "overhead-share": 0.2,
                                     "site-train-seconds": 30.0, "site-eval-seconds": 5.0,
                                     "coordinator-eval-seconds": 5.0}},
@@ -134,4 +138,5 @@ def test_gap_report_and_plots(tmp_path) -> None:
     assert "| fedmedlora | -5.0 | -5.0 | -5.0 | -5.0 |" in text
     assert "105.3%" in text  # 200 / 190 tokens/s
     assert "10 s of 50 s wall (20%" in text
+    assert "| int8 | 4.90 MB | 1.82% | 0.280 (-2.0 points) | 0.100 (+0.0 points) |" in text
     assert "[rounds-strict-f1.png](plots/rounds-strict-f1.png)" in text

@@ -56,8 +56,10 @@ def _run(tmp_path: Path, tiny_llama: Path, corpus: Path, **extra) -> tuple[int, 
         ("fedmedlora-plus", {}),
         ("fedmedlora-plus", {"strategy.validation": "sites"}),  # the sites score the candidates
         ("exact", {}),
+        # int8 adapters on the wire, both ways, including the candidates sent for scoring
+        ("fedmedlora-plus", {"strategy.validation": "sites", "transport.encoding": "int8"}),
     ],
-    ids=["fedmedlora", "fedmedlora-plus", "fedmedlora-plus-sites", "exact"],
+    ids=["fedmedlora", "fedmedlora-plus", "fedmedlora-plus-sites", "exact", "fedmedlora-plus-sites-int8"],
 )
 def test_three_site_simulation_produces_a_loadable_changed_adapter(strategy, extra, tmp_path, tiny_llama,
                                                                    tiny_corpus):
@@ -105,6 +107,14 @@ def test_three_site_simulation_produces_a_loadable_changed_adapter(strategy, ext
         else:
             assert all("extra-bytes-down" not in s for s in record["sites"])
     summary = json.loads((run_dir / "summary.json").read_text())
+    float32_bytes = 4 * sum(v.size for v in load_peft_folder(final).values())
+    if extra.get("transport.encoding") == "int8":  # a quarter, plus one 4-byte scale per tensor
+        tensors = len(load_peft_folder(final))
+        assert summary["communication"]["adapter-bytes"] == float32_bytes // 4 + 4 * tensors
+        assert all(s["bytes-up"] - s.get("extra-bytes-up", 0) == float32_bytes // 4 + 4 * tensors
+                   for s in rounds[1]["sites"])
+    else:
+        assert summary["communication"]["adapter-bytes"] == float32_bytes
     assert summary["rounds"] == 2 and 0 < summary["communication"]["upload-ratio-to-full-model"] < 1
     scoring_down = summary["communication"]["extra-bytes-down-total"]
     if extra.get("strategy.validation") == "sites":

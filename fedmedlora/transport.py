@@ -1,0 +1,194 @@
+"""Adapter encodings on the wire (`transport.encoding`): how LoRA tensors travel.
+
+- `float32` (default): as they are;
+- `float16`: half the bytes; LoRA factors are small numbers well inside float16's range;
+- `int8`: a quarter of the bytes plus one float32 scale per tensor: symmetric per-tensor
+  quantization, value ~= scale * q with q in [-127, 127] and scale = max|value| / 127.
+
+Both ends encode what they send and decode what they receive, so strategies and training
+always see float32. An encoded message carries a ConfigRecord `transport` naming the
+encoding, the scales of each int8 ArrayRecord (in key order) and the bytes of tensor
+payload as sent, which is what the communication figures count.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import OrderedDict
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+ENCODINGS: tuple[str, ...] = ("float32", "float16", "int8")
+TRANSPORT = "transport"  # the ConfigRecord an encoded message carries
+ENCODED_BYTES = "encoded-bytes"
+
+
+class EncodingError(ValueError):
+    """An encoded message that cannot be decoded (named by record and key)."""
+
+
+def check_encoding(encoding: str) -> None:
+    if encoding not in ENCODINGS:
+        raise ValueError(f"transport.encoding: {encoding!r} is not one of {list(ENCODINGS)}")
+
+
+def encode_array(values: np.ndarray, encoding: str) -> tuple[np.ndarray, float | None]:
+    """One tensor in `encoding`; the scale for int8 (None otherwise)."""
+    values = np.asarray(values, dtype=np.float32)
+    if encoding == "float32":
+        return values, None
+    if encoding == "float16":
+        return values.astype(np.float16), None
+    if encoding == "int8":
+        peak = float(np.max(np.abs(values))) if values.size else 0.0
+        scale = peak / 127.0 if peak > 0 else 1.0
+        return np.clip(np.rint(values / scale), -127, 127).astype(np.int8), scale
+    check_encoding(encoding)
+    raise AssertionError("unreachable")
+
+
+def decode_array(values: np.ndarray, scale: float | None) -> np.ndarray:
+    if values.dtype == np.int8:
+        if scale is None or not math.isfinite(scale):
+            raise EncodingError("int8 tensor without a finite scale")
+        return values.astype(np.float32) * np.float32(scale)
+    return values.astype(np.float32)
+
+
+def encoded_nbytes(shapes: Iterable[Sequence[int]], encoding: str) -> int:
+    """Bytes of tensor payload tensors of these shapes take in `encoding` (int8: with scales)."""
+    check_encoding(encoding)
+    sizes = [int(np.prod(s)) for s in shapes]
+    per_value = {"float32": 4, "float16": 2, "int8": 1}[encoding]
+    return per_value * sum(sizes) + (4 * len(sizes) if encoding == "int8" else 0)
+
+
+def _array_record(arrays: Mapping[str, np.ndarray]):
+    from flwr.app import Array, ArrayRecord
+
+    return ArrayRecord(OrderedDict((k, Array(np.ascontiguousarray(v))) for k, v in arrays.items()))
+
+
+def encode_content(content, encoding: str):
+    """Encode every ArrayRecord of a RecordDict in place (idempotent); returns it."""
+    from flwr.app import ConfigRecord
+
+    check_encoding(encoding)
+    if encoding == "float32" or TRANSPORT in content.config_records:
+        return content
+    info: dict[str, Any] = {"encoding": encoding}
+    sent = 0
+    for name in list(content.array_records):
+        record = content.array_records[name]
+        encoded, scales = OrderedDict(), []
+        for key in record.keys():
+            values, scale = encode_array(record[key].numpy(), encoding)
+            encoded[key] = values
+            sent += values.nbytes
+            if scale is not None:
+                scales.append(scale)
+        content[name] = _array_record(encoded)
+        if scales:
+            info[f"scales.{name}"] = scales
+            sent += 4 * len(scales)
+    info[ENCODED_BYTES] = sent
+    content[TRANSPORT] = ConfigRecord(info)
+    return content
+
+
+def decode_content(content):
+    """Decode the ArrayRecords of an encoded RecordDict to float32 in place (the
+    `transport` record stays, for its byte count); a plain one is returned as it is."""
+    if TRANSPORT not in content.config_records:
+        return content
+    info = content.config_records[TRANSPORT]
+    encoding = info.get("encoding")
+    if encoding not in ENCODINGS:
+        raise EncodingError(f"transport: unknown encoding {encoding!r}; expected one of {list(ENCODINGS)}")
+    for name in list(content.array_records):
+        record = content.array_records[name]
+        keys = list(record.keys())
+        scales = info.get(f"scales.{name}") if encoding == "int8" else None
+        if encoding == "int8" and (not isinstance(scales, list) or len(scales) != len(keys)):
+            raise EncodingError(f"transport: ArrayRecord {name!r} has {len(keys)} int8 tensors but "
+                                f"{len(scales) if isinstance(scales, list) else 'no'} scales")
+        decoded = OrderedDict()
+        for i, key in enumerate(keys):
+            values = record[key].numpy()
+            expected = {"float32": np.float32, "float16": np.float16, "int8": np.int8}[encoding]
+            if values.dtype != expected:
+                raise EncodingError(f"transport: {name}/{key} has dtype {values.dtype}, expected {encoding}")
+            decoded[key] = decode_array(values, float(scales[i]) if scales else None)
+        content[name] = _array_record(decoded)
+    return content
+
+
+def sent_nbytes(content) -> int | None:
+    """Tensor bytes as sent, for a decoded message that was encoded (else None)."""
+    if TRANSPORT not in content.config_records:
+        return None
+    return int(content.config_records[TRANSPORT][ENCODED_BYTES])
+
+
+def transport_grid(inner, encoding: str):
+    """The coordinator's Grid with outgoing messages encoded and replies decoded, so
+    strategies never see encoded tensors; `inner` itself for float32."""
+    from flwr.serverapp import Grid
+
+    check_encoding(encoding)
+    if encoding == "float32":
+        return inner
+
+    class TransportGrid(Grid):
+        def _encode(self, messages):
+            messages = list(messages)
+            for msg in messages:
+                if not msg.has_error():
+                    encode_content(msg.content, encoding)
+            return messages
+
+        def _decode(self, replies):
+            replies = list(replies)
+            for msg in replies:
+                if msg.has_error():
+                    continue
+                try:
+                    decode_content(msg.content)
+                except EncodingError as err:
+                    # Left encoded: the strategy's screening rejects it, naming the site.
+                    log.warning("reply from node %d cannot be decoded: %s", msg.metadata.src_node_id, err)
+            return replies
+
+        def set_run(self, run):
+            inner.set_run(run)
+
+        @property
+        def run(self):
+            return inner.run
+
+        def create_message(self, *args, **kwargs):
+            return inner.create_message(*args, **kwargs)
+
+        def get_node_ids(self):
+            return inner.get_node_ids()
+
+        def get_nodes(self):
+            return inner.get_nodes()
+
+        def push_messages(self, messages):
+            return inner.push_messages(self._encode(messages))
+
+        def pull_messages(self, message_ids):
+            return self._decode(inner.pull_messages(message_ids))
+
+        def send_and_receive(self, messages, *, timeout=None):
+            return self._decode(inner.send_and_receive(self._encode(messages), timeout=timeout))
+
+        def __getattr__(self, name):  # anything else the Grid implementation offers
+            return getattr(inner, name)
+
+    return TransportGrid()
