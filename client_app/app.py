@@ -17,9 +17,9 @@ from flwr.clientapp import ClientApp
 
 from data_loaders.sites import SiteFolderError
 from fedmedlora import protocol
-from fedmedlora.transport import decode_content, encode_content
 from fedmedlora.config import ConfigError, lora_settings, train_settings, validate
 from fedmedlora.logs import setup_logging
+from fedmedlora.transport import decode_content, encode_content
 from modeling.adapter_io import from_arrayrecord, get_adapter_state, set_adapter_state, to_arrayrecord
 from modeling.training import train_round
 

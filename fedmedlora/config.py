@@ -130,6 +130,12 @@ def validate(run_config: Mapping[str, Any]) -> dict[str, Any]:
     if values["strategy.temperature"] <= 0:
         raise ConfigError("strategy.temperature: expected a number > 0")
     _check_strategy_numbers(values)
+    if values["strategy.dp"].startswith("client-") and values["transport.encoding"] != "float32":
+        # Flower's client-side clipping mod reads the arrays a site receives and returns, which
+        # would be the encoded ones; clipping and noise already bound what rounding could change.
+        raise ConfigError(f"transport.encoding: {values['transport.encoding']!r} cannot be combined with "
+                          f"strategy.dp = {values['strategy.dp']!r}; use transport.encoding = 'float32' "
+                          "or a server-side DP mode")
     for key in ("eval.max-instances", "data.max-train-instances"):
         if values[key] < 0:
             raise ConfigError(f"{key}: expected an integer >= 0")

@@ -74,6 +74,9 @@ def test_config_key_is_checked() -> None:
     assert validate({"transport.encoding": "int8"})["transport.encoding"] == "int8"
     with pytest.raises(ConfigError, match="transport.encoding: 'bf16' is not one of"):
         validate({"transport.encoding": "bf16"})
+    with pytest.raises(ConfigError, match="'int8' cannot be combined with strategy.dp = 'client-fixed'"):
+        validate({"transport.encoding": "int8", "strategy.dp": "client-fixed"})
+    assert validate({"transport.encoding": "int8", "strategy.dp": "server-fixed"})["strategy.dp"] == "server-fixed"
 
 
 def test_float32_grid_is_the_grid_itself() -> None:
