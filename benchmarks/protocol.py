@@ -42,6 +42,7 @@ import logging
 import os
 import platform
 import shlex
+import signal
 import statistics
 import sys
 import time
@@ -510,6 +511,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="change a profile field (e.g. steps=2); for smoke tests")
     args = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so a running `flwr run` and its SuperLink are stopped.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     profile = PROFILES[args.profile]
@@ -523,6 +526,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         profile = replace(profile, **{field: kind(value)})
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
+    # What is kept under --out is reused; it must have been made with the same settings.
+    settings = {"profile": asdict(profile), "data": str(args.data.resolve())}
+    recorded = out / "settings.json"
+    if recorded.is_file() and json.loads(recorded.read_text()) != settings:
+        parser.error(f"--out {out} holds results made with other settings ({recorded}); "
+                     "use another --out, or delete that folder to start again")
+    recorded.write_text(json.dumps(settings, indent=2))
     command = "python benchmarks/protocol.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     started = time.perf_counter()
 
