@@ -751,7 +751,7 @@ class LoopbackDeployment:
         log.info("deployment stopped; logs in %s", self.processes.log_dir)
 
 
-def _kill_now(victims: Sequence[Started], wait: float = 10.0) -> list[int]:
+def _kill_now(victims: Sequence[Started], wait: float = 60.0) -> list[int]:
     """SIGKILL the process trees of `victims` (found before any dies, so no child escapes by
     being re-parented) and wait until they are gone; returns the pids signalled."""
     pids = sorted({pid for item in victims if item.process.poll() is None for pid in process_tree(item.process.pid)})

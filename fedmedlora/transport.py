@@ -2,7 +2,7 @@
 
 - `float32` (default): as they are;
 - `float16`: half the bytes; LoRA factors are small numbers well inside float16's range;
-- `int8`: a quarter of the bytes plus one float32 scale per tensor: symmetric per-tensor
+- `int8`: a quarter of the bytes plus one scale per tensor: symmetric per-tensor
   quantization, value ~= scale * q with q in [-127, 127] and scale = max|value| / 127.
 
 Both ends encode what they send and decode what they receive, so strategies and training
@@ -19,6 +19,8 @@ from collections import OrderedDict
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+
+from modeling.adapter_io import arrayrecord_nbytes, to_arrayrecord
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +61,13 @@ def decode_array(values: np.ndarray, scale: float | None) -> np.ndarray:
     return values.astype(np.float32)
 
 
-def encoded_nbytes(shapes: Iterable[Sequence[int]], encoding: str) -> int:
-    """Bytes of tensor payload tensors of these shapes take in `encoding` (int8: with scales)."""
-    check_encoding(encoding)
-    sizes = [int(np.prod(s)) for s in shapes]
-    per_value = {"float32": 4, "float16": 2, "int8": 1}[encoding]
-    return per_value * sum(sizes) + (4 * len(sizes) if encoding == "int8" else 0)
+def adapter_nbytes(state: Mapping[str, np.ndarray], encoding: str) -> int:
+    """Bytes of tensor payload an adapter message carries in `encoding` (scales included):
+    what the communication figures count, for the adapter the coordinator sends."""
+    from flwr.app import RecordDict
+
+    content = encode_content(RecordDict({"arrays": to_arrayrecord(state)}), encoding)
+    return sent_nbytes(content) or arrayrecord_nbytes(content["arrays"])
 
 
 def _array_record(arrays: Mapping[str, np.ndarray]):
@@ -88,13 +91,13 @@ def encode_content(content, encoding: str):
         for key in record.keys():
             values, scale = encode_array(record[key].numpy(), encoding)
             encoded[key] = values
-            sent += values.nbytes
             if scale is not None:
                 scales.append(scale)
         content[name] = _array_record(encoded)
+        sent += arrayrecord_nbytes(content[name])
         if scales:
             info[f"scales.{name}"] = scales
-            sent += 4 * len(scales)
+            sent += 8 * len(scales)  # numbers in a ConfigRecord travel as 8 bytes each
     info[ENCODED_BYTES] = sent
     content[TRANSPORT] = ConfigRecord(info)
     return content

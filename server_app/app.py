@@ -22,7 +22,7 @@ from data_loaders.sites import ensure_demo_corpus, load_site
 from fedmedlora import protocol
 from fedmedlora.config import ConfigError, lora_settings, tasks, validate
 from fedmedlora.logs import setup_logging
-from fedmedlora.transport import encoded_nbytes, transport_grid
+from fedmedlora.transport import adapter_nbytes, transport_grid
 from modeling.adapter_io import from_arrayrecord, get_adapter_state, set_adapter_state, to_arrayrecord
 from modeling.base import load_base_model, model_identity, resolve_model_path
 from modeling.lora import attach_lora
@@ -96,7 +96,7 @@ def main(grid: Grid, context: Context) -> None:
         "base-model": identity.name, "base-sha256": identity.sha256, "strategy": cfg["strategy.name"],
         "run-config": cfg,
     }, elapsed_before=checkpoint.elapsed_seconds if checkpoint is not None else 0.0)
-    adapter_bytes = encoded_nbytes([v.shape for v in initial.values()], cfg["transport.encoding"])
+    adapter_bytes = adapter_nbytes(initial, cfg["transport.encoding"])
     reporter = RoundReporter(strategy, adapter_bytes, full_model_bytes, cfg["num-server-rounds"])
     if checkpoint is not None:
         recorder.keep_rounds_up_to(done)

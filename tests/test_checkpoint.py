@@ -490,15 +490,18 @@ def test_the_server_app_continues_a_killed_run_as_if_never_stopped(tmp_path, tin
     _main(tmp_path, tiny_llama, coordinator_corpus, grid, **{"run-name": "killed", "resume": True})
     assert grid.train_rounds == [3] * 3  # the remaining round only, sent as server-round 3
 
+    def untimed(metrics: dict) -> dict:  # how long an evaluation took differs between runs
+        return {k: v for k, v in metrics.items() if k != "eval-seconds"}
+
     records, full_records = _rounds(killed), _rounds(full)
     assert [r["round"] for r in records] == [0, 1, 2, 3]
     for record, reference in zip(records, full_records, strict=True):
-        assert record["coordinator"] == reference["coordinator"]
+        assert untimed(record["coordinator"]) == untimed(reference["coordinator"])
         assert record.get("sites") == reference.get("sites")
     summary, full_summary = (json.loads((d / "summary.json").read_text()) for d in (killed, full))
     assert summary["rounds"] == 3 and summary["communication"] == full_summary["communication"]
-    assert summary["zero-shot-metrics"] == full_summary["zero-shot-metrics"]
-    assert summary["final-metrics"] == full_summary["final-metrics"]
+    assert untimed(summary["zero-shot-metrics"]) == untimed(full_summary["zero-shot-metrics"])
+    assert untimed(summary["final-metrics"]) == untimed(full_summary["final-metrics"])
     assert [r["after-round"] for r in summary["resumed"]] == [2] and "resumed" not in full_summary
     assert existing_round(killed) == 3
     # FedAdam's moments came back: round 3's adapter is the uninterrupted run's, bit for bit.
