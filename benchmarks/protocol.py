@@ -36,6 +36,7 @@ run continues. Writes `results.json`, `RESULTS.md` and `plots/*.png` into `--out
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import logging
@@ -321,6 +322,7 @@ def site_speed(run: Path) -> dict[str, float]:
 
 # --- scoring ----------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=None)  # every arm is scored on the same splits: read each once
 def test_instances(folder: Path, name: str, limit: int) -> tuple[list, str | None]:
     site = load_site(folder, name=name)
     return stable_subset(site_instances(site, "test"), limit), site.score_by

@@ -37,6 +37,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -155,8 +156,6 @@ def run_arm(arm: str, model, examples: Sequence[Encoded], pad_id: int, settings:
 
 
 def _with(settings: TrainSettings, steps: int) -> TrainSettings:
-    from dataclasses import replace
-
     return replace(settings, max_steps=steps, warmup_ratio=0.0, lr_scheduler="constant")
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -40,17 +40,15 @@ def check_encoding(encoding: str) -> None:
 
 def encode_array(values: np.ndarray, encoding: str) -> tuple[np.ndarray, float | None]:
     """One tensor in `encoding`; the scale for int8 (None otherwise)."""
+    check_encoding(encoding)
     values = np.asarray(values, dtype=np.float32)
-    if encoding == "float32":
-        return values, None
     if encoding == "float16":
         return values.astype(np.float16), None
     if encoding == "int8":
         peak = float(np.max(np.abs(values))) if values.size else 0.0
         scale = peak / 127.0 if peak > 0 else 1.0
         return np.clip(np.rint(values / scale), -127, 127).astype(np.int8), scale
-    check_encoding(encoding)
-    raise AssertionError("unreachable")
+    return values, None
 
 
 def decode_array(values: np.ndarray, scale: float | None) -> np.ndarray:
