@@ -735,6 +735,9 @@ class LoopbackDeployment:
         finally:
             if started.process.poll() is not None:
                 copier.join(timeout=5)
+        if started.process.returncode != 0:
+            # flwr can notice a dead SuperLink before the loop above does: name the cause.
+            self.check_alive()
         return started.process.returncode
 
     def stop(self, grace: float = 10.0) -> None:
