@@ -131,8 +131,12 @@ def test_ctrl_c_stops_every_process(tmp_path, tiny_llama, tiny_corpus):
     workdir = tmp_path / "deploy"
     command = [sys.executable, "-m", "fedmedlora.cli", "deploy", "--app", str(REPO), "--workdir", str(workdir),
                *[f"--site={s.name}={s.data_dir}" for s in _sites(tiny_corpus)],
-               "--run-config", f"model.name={tiny_llama}", "--run-config", "num-server-rounds=50"]
-    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               "--run-config", f"model.name={tiny_llama}", "--run-config", "num-server-rounds=50",
+               "--run-config", f"output-dir={tmp_path / 'outputs'}"]
+    # A shell starts background jobs with SIGINT ignored, and Python keeps that: give the
+    # child Ctrl-C's default, as a terminal would, however this test suite was started.
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while not (workdir / "logs" / "flwr-run.log").exists():  # written once all SuperNodes are online
