@@ -509,7 +509,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, required=True, help="folder of the prepared site folders")
     parser.add_argument("--model", help="model.name (default: the profile's)")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "protocol")
-    parser.add_argument("--results", type=Path, help="also write RESULTS.md here (e.g. docs/RESULTS.md)")
+    parser.add_argument("--results", type=Path,
+                        help="also write RESULTS.md here (e.g. docs/RESULTS.md), results.json and plots/ beside it")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="change a profile field (e.g. steps=2); for smoke tests")
     args = parser.parse_args(argv)
@@ -615,6 +616,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.results:
         args.results.parent.mkdir(parents=True, exist_ok=True)
         args.results.write_text(text)
+        (args.results.parent / "results.json").write_text((out / "results.json").read_text())
         target_plots = args.results.parent / "plots"
         target_plots.mkdir(exist_ok=True)
         for plot in plots:
