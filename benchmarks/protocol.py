@@ -248,6 +248,13 @@ def federated_config(profile: Profile, sites_root: Path, out: Path) -> dict[str,
     }
 
 
+def write_wall(run: Path, start: float, start_time: float) -> None:
+    """The command's wall time, and its start and end on the clock the sites' end times use."""
+    wall = time.perf_counter() - start
+    (run / "wall.json").write_text(json.dumps({"wall-seconds": wall, "start-time": start_time,
+                                               "end-time": start_time + wall}))
+
+
 def run_federated(arm: str, config: dict[str, Any], out: Path) -> Path:
     from fedmedlora.config import validate
     from fedmedlora.local_run import flwr_run
@@ -261,14 +268,14 @@ def run_federated(arm: str, config: dict[str, Any], out: Path) -> Path:
     overrides = {**config, "run-name": arm, **({"resume": True} if done is not None else {})}
     validate(overrides)
     log.info("%s: %s", arm, f"resuming after round {done}" if done is not None else "running")
-    start = time.perf_counter()
+    start, start_time = time.perf_counter(), time.time()
     with open(out / f"{arm}.log", "a") as stream:
         code = flwr_run(REPO, out / ".flwr-home", overrides, num_supernodes=len(TRAINING_SITES),
                         http_port=39491, control_port=39493, stdout=stream)
     if code != 0 or not (run / "summary.json").is_file():
         raise RuntimeError(f"{arm}: flwr run failed (exit {code}); see {out / f'{arm}.log'}")
     if done is None:
-        (run / "wall.json").write_text(json.dumps({"wall-seconds": time.perf_counter() - start}))
+        write_wall(run, start, start_time)
     return run
 
 
@@ -278,13 +285,13 @@ def run_deployed(config: dict[str, Any], sites: dict[str, Path], out: Path) -> P
     run = out / "deployment"
     if (run / "summary.json").is_file():
         return run
-    start = time.perf_counter()
+    start, start_time = time.perf_counter(), time.time()
     with open(out / "deployment.log", "w") as stream:
         code = deploy(REPO, [Site(n, sites[n]) for n in TRAINING_SITES], {**config, "run-name": "deployment"},
                       workdir=out / ".deploy", stdout=stream)
     if code != 0 or not (run / "summary.json").is_file():
         raise RuntimeError(f"loopback deployment failed (exit {code}); see {out / 'deployment.log'}")
-    (run / "wall.json").write_text(json.dumps({"wall-seconds": time.perf_counter() - start}))
+    write_wall(run, start, start_time)
     return run
 
 
@@ -292,22 +299,57 @@ def read_rounds(run: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
+def busy_seconds(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of [start, end] intervals: time during which something was working."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
 def overhead(run: Path) -> dict[str, float | None]:
-    """Wall time of the whole command minus the sites' training and evaluation and the
-    coordinator's evaluation (what the federation itself costs)."""
+    """Wall time of the whole command minus the time during which any site was training or
+    evaluating or the coordinator was evaluating (what the federation itself costs), split
+    into startup (until the first work), the gaps between work, and shutdown (after the last).
+
+    Sites of a deployment work at the same time, so their seconds are not summed: each
+    phase is placed on the clock by the end time the site reported, and the overlap counts once."""
     wall_file = run / "wall.json"
-    wall = json.loads(wall_file.read_text())["wall-seconds"] if wall_file.is_file() else None
+    timing = json.loads(wall_file.read_text()) if wall_file.is_file() else {}
+    wall = timing.get("wall-seconds")
     train = evaluate = coordinator = 0.0
-    for record in read_rounds(run):
-        coordinator += record["coordinator"].get("eval-seconds", 0.0)
+    intervals: list[tuple[float, float]] = []
+
+    def phase(metrics: dict[str, float], seconds_key: str, end_key: str) -> float:
+        seconds = metrics.get(seconds_key, 0.0)
+        if seconds:
+            if end_key not in metrics:
+                raise KeyError(f"{run / 'metrics.jsonl'}: {seconds_key} without {end_key} "
+                               f"(a run recorded before sites reported end times; run it again)")
+            intervals.append((metrics[end_key] - seconds, metrics[end_key]))
+        return seconds
+
+    rounds = read_rounds(run)
+    for record in rounds:
+        coordinator += phase(record["coordinator"], "eval-seconds", "eval-end-time")
         for site in record.get("sites", []):
-            train += site["train"].get("train-seconds", 0.0)
-            evaluate += (site.get("evaluate") or {}).get("eval-seconds", 0.0)
-    work = train + evaluate + coordinator
-    return {"wall-seconds": wall, "site-train-seconds": train, "site-eval-seconds": evaluate,
-            "coordinator-eval-seconds": coordinator,
-            "overhead-seconds": None if wall is None else wall - work,
-            "overhead-share": None if wall is None else (wall - work) / wall}
+            train += phase(site["train"], "train-seconds", "train-end-time")
+            evaluate += phase(site.get("evaluate") or {}, "eval-seconds", "eval-end-time")
+    busy = busy_seconds(intervals)
+    result = {"wall-seconds": wall, "site-train-seconds": train, "site-eval-seconds": evaluate,
+              "coordinator-eval-seconds": coordinator, "busy-seconds": busy,
+              "overhead-seconds": None if wall is None else wall - busy,
+              "overhead-share": None if wall is None else (wall - busy) / wall}
+    if "start-time" in timing and intervals:
+        startup = min(start for start, _ in intervals) - timing["start-time"]
+        shutdown = timing["end-time"] - max(end for _, end in intervals)
+        between = wall - busy - startup - shutdown
+        federated_rounds = sum(1 for record in rounds if record.get("sites"))
+        result.update({"startup-seconds": startup, "shutdown-seconds": shutdown, "between-work-seconds": between,
+                       "between-work-seconds-per-round": between / max(federated_rounds, 1)})
+    return result
 
 
 def site_speed(run: Path) -> dict[str, float]:
@@ -346,6 +388,46 @@ def _cell(scores: dict[str, Any], measure: str) -> str:
             suffix = " (recall)" if key.endswith("recall") else ""
             return f"{v['value']:.3f} [{v['low']:.3f}, {v['high']:.3f}]{suffix}"
     return "-"
+
+
+OVERHEAD_ROW = "| federation overhead, "
+
+
+def overhead_rows(profile: dict[str, Any], overheads: dict[str, dict[str, Any]]) -> list[str]:
+    rows = []
+    for mode, o in overheads.items():
+        if o.get("wall-seconds") is None:
+            continue
+        split = (f": startup {o['startup-seconds']:.0f} s, between work {o['between-work-seconds']:.0f} s "
+                 f"({o['between-work-seconds-per-round']:.1f} s per round), shutdown {o['shutdown-seconds']:.0f} s"
+                 if "startup-seconds" in o else "")
+        rows.append(f"{OVERHEAD_ROW}{mode} ({profile['overhead_rounds']} rounds x {profile['overhead_steps']} steps) | "
+                    f"{o['overhead-seconds']:.0f} s of {o['wall-seconds']:.0f} s wall ({100 * o['overhead-share']:.0f}%)"
+                    f"{split}; busy {o['busy-seconds']:.0f} s (site training {o['site-train-seconds']:.0f} s, site "
+                    f"evaluation {o['site-eval-seconds']:.0f} s, coordinator evaluation "
+                    f"{o['coordinator-eval-seconds']:.0f} s, summed over sites) |")
+    return rows
+
+
+def replace_overhead_rows(results_md: Path, rows: list[str], command: str) -> None:
+    """Put freshly measured overhead rows into an existing RESULTS.md (`--only overhead`)."""
+    lines = results_md.read_text().splitlines()
+    at = [i for i, line in enumerate(lines) if line.startswith(OVERHEAD_ROW)]
+    if not at:
+        raise ValueError(f"{results_md}: no '{OVERHEAD_ROW.strip()}' rows to replace; run the whole protocol first")
+    note = f"Federation overhead rows measured by `{command}`."
+    drop = set(at)
+    for i, line in enumerate(lines):
+        if line.startswith("Federation overhead rows"):  # from an earlier --only run, with its blank line
+            drop |= {i, i - 1} if i and not lines[i - 1].strip() else {i}
+    kept = [line for i, line in enumerate(lines) if i not in drop]
+    first = at[0]
+    lines = kept[:first] + rows + kept[first:]
+    end = first + len(rows)
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    lines[end:end] = ["", note]
+    results_md.write_text("\n".join(lines) + "\n")
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -415,14 +497,7 @@ def markdown(results: dict[str, Any]) -> str:
               f"({comm['upload-reduction-percent']:.1f}% less) |",
               f"| bytes per round, all sites, Fed-MedLoRA (up + down) | "
               f"{comm['bytes-per-round'] / 1e6:.1f} MB |"]
-    for mode, o in ovh.items():
-        if o.get("wall-seconds") is None:
-            continue
-        lines.append(f"| federation overhead, {mode} ({p['overhead_rounds']} rounds x {p['overhead_steps']} steps) | "
-                     f"{o['overhead-seconds']:.0f} s of {o['wall-seconds']:.0f} s wall "
-                     f"({100 * o['overhead-share']:.0f}%; site training {o['site-train-seconds']:.0f} s, "
-                     f"site evaluation {o['site-eval-seconds']:.0f} s, coordinator evaluation "
-                     f"{o['coordinator-eval-seconds']:.0f} s) |")
+    lines += overhead_rows(p, ovh)
     encodings = results.get("encodings") or {}
     if encodings:
         base = encodings["float32"]
@@ -501,6 +576,15 @@ def federated_gap(scores: dict[str, dict[str, Any]]) -> dict[str, dict[str, floa
             for arm in FEDERATED_ARMS if arm in scores and "centralized" in scores}
 
 
+def measure_overheads(profile: Profile, config: dict[str, Any], sites: dict[str, Path], out: Path) -> dict[str, Any]:
+    """One small configuration run in simulation and as a loopback deployment. Evaluation is
+    kept small: it is work, subtracted from the wall time, and only adds noise here."""
+    small = {**config, "num-server-rounds": profile.overhead_rounds, "train.max-steps": profile.overhead_steps,
+             "eval.max-instances": 2, "eval.max-new-tokens": 16}
+    return {"simulation": overhead(run_federated("overhead-simulation", small, out / "runs")),
+            "loopback deployment": overhead(run_deployed(small, sites, out / "runs"))}
+
+
 # --- main ---------------------------------------------------------------------------------------
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -511,6 +595,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "protocol")
     parser.add_argument("--results", type=Path,
                         help="also write RESULTS.md here (e.g. docs/RESULTS.md), results.json and plots/ beside it")
+    parser.add_argument("--only", choices=["overhead"],
+                        help="measure only the federation overhead; with --results, replace its rows there")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="change a profile field (e.g. steps=2); for smoke tests")
     args = parser.parse_args(argv)
@@ -540,6 +626,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
 
     sites = prepare_sites(args.data.resolve(), out, profile.new_site_documents)
+    if args.only == "overhead":
+        overheads = measure_overheads(profile, federated_config(profile, out / "sites", out / "runs"), sites, out)
+        (out / "overhead.json").write_text(json.dumps(overheads, indent=2))
+        rows = overhead_rows(asdict(profile), overheads)
+        if args.results:
+            replace_overhead_rows(args.results, rows, command)
+        print("\n".join(rows))
+        return 0
     bench = Workbench(profile)
     per_round = steps_per_round(bench, sites)
     log.info("budget: %d rounds x %d steps = %d steps per arm", profile.rounds, per_round, profile.rounds * per_round)
@@ -584,10 +678,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                "upload-ratio-to-full-model": sent["upload-ratio-to-full-model"],
                                **{m: statistics.fmean(scores[arm][t]["scores"][f"{m}-f1"]["value"] for t in TRAINING_SITES)
                                   for m in ("ner-strict", "re-strict")}}
-    small = {**config, "num-server-rounds": profile.overhead_rounds, "train.max-steps": profile.overhead_steps,
-             "eval.max-instances": 4}
-    overheads = {"simulation": overhead(run_federated("overhead-simulation", small, out / "runs")),
-                 "loopback deployment": overhead(run_deployed(small, sites, out / "runs"))}
+    overheads = measure_overheads(profile, config, sites, out)
 
     curve_data = curves(runs)
     plots = plot_curves(curve_data, out / "plots")

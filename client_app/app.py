@@ -102,6 +102,7 @@ def train(msg: Message, context: Context) -> Message:
         "train-tokens": result.tokens,
         "train-seconds": result.seconds,
         "train-steps": result.steps,
+        "train-end-time": time.time(),  # unix seconds: lets a benchmark tell concurrent sites' work apart from waiting
     })
     arrays: ArrayRecord = to_arrayrecord(get_adapter_state(runtime.model))
     content = RecordDict({
@@ -118,7 +119,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     _, runtime, site, config = _prepare(msg, context)
     start = time.perf_counter()
     evaluation = site.evaluator.evaluate(runtime.model, f"{site.site.name} validation")
-    metrics = {**evaluation.to_metrics(), "eval-seconds": time.perf_counter() - start}
+    metrics = {**evaluation.to_metrics(), "eval-seconds": time.perf_counter() - start, "eval-end-time": time.time()}
     log.info("site %s round %s: val-loss %.4f strict-f1 %.3f lenient-f1 %.3f", site.site.name,
              config.get("server-round"), metrics["val-loss"], metrics["strict-f1"], metrics["lenient-f1"])
     content = RecordDict({

@@ -18,7 +18,7 @@ METRICS = "metrics"
 SITE = "site"
 
 # Metric keys every site returns, identical everywhere (FedAvg requires it).
-TRAIN_METRIC_KEYS = ("num-examples", "train-loss", "train-tokens", "train-seconds", "train-steps")
+TRAIN_METRIC_KEYS = ("num-examples", "train-loss", "train-tokens", "train-seconds", "train-steps", "train-end-time")
 
 # Site-side scoring (Fed-MedLoRA+ with strategy.validation = "sites"): the coordinator sends
 # the round's K candidate adapters as ArrayRecords `candidate-0` .. `candidate-{K-1}` with the

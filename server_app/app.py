@@ -113,6 +113,7 @@ def main(grid: Grid, context: Context) -> None:
         start = time.perf_counter()
         metrics = f1_evaluator.evaluate(peft_model, f"coordinator round {server_round}").to_metrics()
         metrics["eval-seconds"] = time.perf_counter() - start
+        metrics["eval-end-time"] = time.time()
         metrics_by_round[server_round] = metrics
         recorder.append_round(reporter.round_record(server_round, metrics))
         # Last: a run killed before this line redoes the round (metrics.jsonl is trimmed).

@@ -77,22 +77,81 @@ def test_missing_prepared_folder_is_named(data, tmp_path) -> None:
         protocol.prepare_sites(data, tmp_path / "out", 4)
 
 
-def test_overhead_is_wall_time_minus_site_and_coordinator_work(tmp_path) -> None:
-    run = tmp_path / "run"
+def _write_run(run: Path, rounds: list[dict], wall: float, start: float | None = None) -> Path:
     run.mkdir()
-    rounds = [
-        {"round": 0, "coordinator": {"eval-seconds": 2.0}},
-        {"round": 1, "coordinator": {"eval-seconds": 3.0}, "sites": [
-            {"site": "a", "train": {"train-seconds": 10.0, "train-tokens": 1000}, "evaluate": {"eval-seconds": 4.0}},
-            {"site": "b", "train": {"train-seconds": 20.0, "train-tokens": 1000}, "evaluate": {"eval-seconds": 1.0}},
-        ]},
-    ]
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rounds) + "\n")
-    (run / "wall.json").write_text(json.dumps({"wall-seconds": 50.0}))
+    timing = {"wall-seconds": wall} if start is None else {"wall-seconds": wall, "start-time": start,
+                                                            "end-time": start + wall}
+    (run / "wall.json").write_text(json.dumps(timing))
+    return run
+
+
+def _phase(kind: str, seconds: float, end: float) -> dict:
+    return {f"{kind}-seconds": seconds, f"{kind}-end-time": end}
+
+
+def test_overhead_of_sites_working_one_after_another(tmp_path) -> None:
+    # Clock (unix seconds from 1000): coordinator 1000-1002, a trains 1005-1015, b 1015-1035,
+    # a evaluates 1036-1040, b 1040-1041, coordinator 1042-1045: 40 s busy in 50 s.
+    run = _write_run(tmp_path / "run", [
+        {"round": 0, "coordinator": _phase("eval", 2.0, 1002.0)},
+        {"round": 1, "coordinator": _phase("eval", 3.0, 1045.0), "sites": [
+            {"site": "a", "train": {**_phase("train", 10.0, 1015.0), "train-tokens": 1000},
+             "evaluate": _phase("eval", 4.0, 1040.0)},
+            {"site": "b", "train": {**_phase("train", 20.0, 1035.0), "train-tokens": 1000},
+             "evaluate": _phase("eval", 1.0, 1041.0)},
+        ]},
+    ], wall=50.0, start=999.0)
     o = protocol.overhead(run)
     assert o["site-train-seconds"] == 30 and o["site-eval-seconds"] == 5 and o["coordinator-eval-seconds"] == 5
+    assert o["busy-seconds"] == pytest.approx(40.0)
     assert o["overhead-seconds"] == pytest.approx(10.0) and o["overhead-share"] == pytest.approx(0.2)
+    # 1 s before the first work, 4 s after the last (1045-1049), 3 + 1 + 1 s of gaps in one round
+    assert o["startup-seconds"] == pytest.approx(1.0) and o["shutdown-seconds"] == pytest.approx(4.0)
+    assert o["between-work-seconds"] == pytest.approx(5.0) and o["between-work-seconds-per-round"] == pytest.approx(5.0)
     assert protocol.site_speed(run) == {"a": 100.0, "b": 50.0}
+
+
+def test_overhead_counts_concurrent_sites_once(tmp_path) -> None:
+    # A deployment: a trains 1005-1015 while b trains 1000-1020; summing would exceed the wall.
+    run = _write_run(tmp_path / "run", [
+        {"round": 1, "coordinator": _phase("eval", 3.0, 1025.0), "sites": [
+            {"site": "a", "train": {**_phase("train", 10.0, 1015.0), "train-tokens": 1000}, "evaluate": {}},
+            {"site": "b", "train": {**_phase("train", 20.0, 1020.0), "train-tokens": 1000}, "evaluate": {}},
+        ]},
+    ], wall=30.0)
+    o = protocol.overhead(run)
+    assert o["site-train-seconds"] == 30 and o["busy-seconds"] == pytest.approx(23.0)
+    assert o["overhead-seconds"] == pytest.approx(7.0)
+    assert "startup-seconds" not in o  # no start time recorded: no split
+
+
+def test_overhead_of_a_run_without_end_times_is_refused(tmp_path) -> None:
+    run = _write_run(tmp_path / "run", [{"round": 0, "coordinator": {"eval-seconds": 2.0}}], wall=5.0)
+    with pytest.raises(KeyError, match=r"metrics.jsonl: eval-seconds without eval-end-time"):
+        protocol.overhead(run)
+
+
+def test_overhead_rows_are_replaced_in_an_existing_results_file(tmp_path) -> None:
+    results_md = tmp_path / "RESULTS.md"
+    results_md.write_text("# Results\n\n| what | figure |\n|---|---|\n| adapter | 1 MB |\n"
+                          "| federation overhead, simulation (old) | -5 s |\n\nAdapter encoding: ...\n")
+    o = {"wall-seconds": 50.0, "busy-seconds": 40.0, "overhead-seconds": 10.0, "overhead-share": 0.2,
+         "site-train-seconds": 30.0, "site-eval-seconds": 5.0, "coordinator-eval-seconds": 5.0,
+         "startup-seconds": 1.0, "shutdown-seconds": 4.0, "between-work-seconds": 5.0,
+         "between-work-seconds-per-round": 5.0}
+    rows = protocol.overhead_rows(vars(protocol.PROFILES["quick"]), {"simulation": o, "loopback deployment": o})
+    for _ in range(2):  # a second run replaces the rows and the note, it does not stack them
+        protocol.replace_overhead_rows(results_md, rows, "python benchmarks/protocol.py --only overhead")
+    text = results_md.read_text()
+    assert "(old)" not in text and text.count("| federation overhead, ") == 2
+    assert text.count("Federation overhead rows measured by `python benchmarks/protocol.py --only overhead`.") == 1
+    assert ("| adapter | 1 MB |\n| federation overhead, simulation (2 rounds x 2 steps) | 10 s of 50 s wall (20%): "
+            "startup 1 s, between work 5 s (5.0 s per round), shutdown 4 s; busy 40 s (") in text
+    assert text.endswith("overhead`.\n\nAdapter encoding: ...\n")
+    (tmp_path / "empty.md").write_text("# Results\n")
+    with pytest.raises(ValueError, match=r"empty.md: no '\| federation overhead,' rows"):
+        protocol.replace_overhead_rows(tmp_path / "empty.md", rows, "x")
 
 
 def _scores(value: float) -> dict:
@@ -130,7 +189,7 @@ def test_gap_report_and_plots(tmp_path) -> None:
                       "int8": {"adapter-bytes": 4_899_600, "upload-ratio-to-full-model": 0.0182,
                                "ner-strict": 0.28, "re-strict": 0.10}},
         "overhead": {"simulation": {"wall-seconds": 50.0, "overhead-seconds": 10.0, "overhead-share": 0.2,
-                                    "site-train-seconds": 30.0, "site-eval-seconds": 5.0,
+                                    "busy-seconds": 40.0, "site-train-seconds": 30.0, "site-eval-seconds": 5.0,
                                     "coordinator-eval-seconds": 5.0}},
     }
     text = protocol.markdown(results)
