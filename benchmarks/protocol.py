@@ -21,9 +21,9 @@ Every adapter is scored on every test split (strict and lenient F1 for NER and R
 document-level bootstrap intervals). Per-round validation curves of the federated arms are
 drawn as PNG. Speed: the ClientApp's training loop versus a plain PEFT loop on the same
 model and data (benchmarks/train_speed.py), and the tokens/s the sites reported inside
-the federated run. Federation overhead (wall time minus site training and evaluation and
-the coordinator's evaluation) of one small configuration run in simulation and as a
-loopback deployment. Bytes per round against a full-model update.
+the federated run. Federation overhead (wall time minus the time during which a site trained
+or evaluated or the coordinator evaluated, concurrent work counted once) of one small
+configuration run in simulation and as a loopback deployment. Bytes per round against a full-model update.
 
     .venv/bin/python benchmarks/protocol.py --profile quick --data data --results docs/RESULTS.md
 
@@ -249,10 +249,9 @@ def federated_config(profile: Profile, sites_root: Path, out: Path) -> dict[str,
 
 
 def write_wall(run: Path, start: float, start_time: float) -> None:
-    """The command's wall time, and its start and end on the clock the sites' end times use."""
+    """The command's wall time, and its start on the clock the sites' end times use."""
     wall = time.perf_counter() - start
-    (run / "wall.json").write_text(json.dumps({"wall-seconds": wall, "start-time": start_time,
-                                               "end-time": start_time + wall}))
+    (run / "wall.json").write_text(json.dumps({"wall-seconds": wall, "start-time": start_time}))
 
 
 def run_federated(arm: str, config: dict[str, Any], out: Path) -> Path:
@@ -344,7 +343,7 @@ def overhead(run: Path) -> dict[str, float | None]:
               "overhead-share": None if wall is None else (wall - busy) / wall}
     if "start-time" in timing and intervals:
         startup = min(start for start, _ in intervals) - timing["start-time"]
-        shutdown = timing["end-time"] - max(end for _, end in intervals)
+        shutdown = timing["start-time"] + wall - max(end for _, end in intervals)
         between = wall - busy - startup - shutdown
         federated_rounds = sum(1 for record in rounds if record.get("sites"))
         result.update({"startup-seconds": startup, "shutdown-seconds": shutdown, "between-work-seconds": between,
