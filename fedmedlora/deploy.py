@@ -770,6 +770,14 @@ def _kill_now(victims: Sequence[Started], wait: float = 60.0) -> list[int]:
         if not any(_alive(pid) for pid in pids):
             break
         time.sleep(0.1)
+    # /proc shows a killed process's main thread as a zombie while its other threads are
+    # still exiting, and waitpid reports it only once they are gone: wait for that, so
+    # `returncode` is set on return.
+    for item in victims:
+        try:
+            item.process.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
     return pids
 
 

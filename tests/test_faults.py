@@ -246,7 +246,8 @@ def test_a_site_killed_mid_round_is_named_and_the_others_finish_the_run(tmp_path
             time.sleep(0.1)
         killed_at = time.monotonic()
         killed = deployment.kill_supernode("hospital-c")
-        assert victim.process.poll() is not None and killed
+        assert killed, "hospital-c's SuperNode had exited before it was killed"
+        assert victim.process.returncode is not None, f"hospital-c's SuperNode (pid {victim.process.pid}) still runs"
         thread.join(900)
         assert not thread.is_alive()
         log = (deployment.processes.log_dir / "flwr-run.log").read_text()
