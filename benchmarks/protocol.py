@@ -445,6 +445,11 @@ def markdown(results: dict[str, Any]) -> str:
         "(sentences) per split, chosen by hash; 95% intervals from 1,000 document-level bootstrap "
         "resamples. ADE annotates only entities in relations, so its entity column is recall.",
         "",
+    ]
+    if results.get("seconds") is not None:
+        lines += [f"Time: {results['seconds'] / 60:.0f} min for this invocation (what an earlier invocation "
+                  "finished under `--out` is reused and not counted).", ""]
+    lines += [
         "## In-domain and external test sets",
         "",
         "| arm | test set | instances | NER strict F1 | NER lenient F1 | RE strict F1 | RE lenient F1 |",

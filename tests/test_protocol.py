@@ -190,8 +190,10 @@ def test_gap_report_and_plots(tmp_path) -> None:
         "overhead": {"simulation": {"wall-seconds": 50.0, "overhead-seconds": 10.0, "overhead-share": 0.2,
                                     "busy-seconds": 40.0, "site-train-seconds": 30.0, "site-eval-seconds": 5.0,
                                     "coordinator-eval-seconds": 5.0}},
+        "seconds": 2730.0,
     }
     text = protocol.markdown(results)
+    assert "Time: 46 min for this invocation" in text
     assert "| fedmedlora | ade | 10 | 0.450 [0.350, 0.550] |" in text
     assert "| fedmedlora | -5.0 | -5.0 | -5.0 | -5.0 |" in text
     assert "105.3%" in text  # 200 / 190 tokens/s
