@@ -26,6 +26,12 @@ _RELATION_FORMAT = (
 )
 _COMPACT = (", ", ": ")
 
+# Everything in a rendered prompt up to and including this marker is the same for every
+# instance of one task and type set: the shared prefix that training, scoring and
+# generation compute once per batch (modeling.training.encode's `prefix_end`). Whatever
+# varies per instance (the sentence, and any list given with it) must come after it.
+PREFIX_END = "\nSentence:"
+
 
 def build_messages(instance: Instance) -> list[dict[str, str]]:
     """System and user messages asking for what the instance's task extracts."""
