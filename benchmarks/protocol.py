@@ -57,6 +57,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from clinical_ie.bootstrap import bootstrap, document_counts  # noqa: E402
 from clinical_ie.evaluate import InstanceEvaluator, site_instances, stable_subset, training_pairs  # noqa: E402
+from clinical_ie.prompt import PREFIX_END  # noqa: E402
 from data_loaders.sites import load_site  # noqa: E402
 from data_loaders.splits import split_of  # noqa: E402
 from modeling.base import EMBEDDED_DEFAULT  # noqa: E402
@@ -176,7 +177,7 @@ class Workbench:
         if name not in self._examples:
             site = load_site(folder, name=name)
             self._examples[name], _ = encode_all(self.tokenizer, training_pairs(site_instances(site, "train")),
-                                                 self.profile.max_length)
+                                                 self.profile.max_length, PREFIX_END)
         return self._examples[name]
 
     def settings(self, steps: int) -> TrainSettings:

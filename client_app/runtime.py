@@ -14,6 +14,7 @@ from typing import Any, Mapping
 import torch
 
 from clinical_ie.evaluate import InstanceEvaluator, site_instances, stable_subset, training_pairs
+from clinical_ie.prompt import PREFIX_END
 from data_loaders.sites import SiteData, ensure_demo_corpus, load_site
 from fedmedlora.config import ConfigError, lora_settings, site_names, tasks
 from modeling.base import ModelIdentity, load_base_model, model_identity, resolve_model_path
@@ -108,7 +109,7 @@ def site_runtime(node_config: Mapping[str, Any], cfg: Mapping[str, Any], tokeniz
         train_instances = site_instances(site, "train", tasks(cfg))
         if cfg["data.max-train-instances"]:
             train_instances = stable_subset(train_instances, cfg["data.max-train-instances"])
-        train, _ = encode_all(tokenizer, training_pairs(train_instances), cfg["train.max-length"])
+        train, _ = encode_all(tokenizer, training_pairs(train_instances), cfg["train.max-length"], PREFIX_END)
         if not train:
             raise SiteDataError(f"{folder}: no training instances (or none fits train.max-length="
                                 f"{cfg['train.max-length']})")

@@ -1,4 +1,8 @@
-"""Batched greedy generation for extraction and scoring."""
+"""Batched greedy generation for extraction and scoring.
+
+Prompts that share an instruction prefix (see `modeling.training.encode`) are batched
+together: the prefix runs once per batch and its key/value cache is broadcast to the
+batch, then `generate` continues from it over the per-instance suffixes."""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .training import encode
+from .training import Encoded, by_prefix, cache_keyword, encode, prefix_cache
 
 
 @torch.no_grad()
@@ -18,36 +22,61 @@ def generate_answers(
     max_new_tokens: int = 128,
     batch_size: int = 16,
     description: str = "generate",
+    prefix_end: str | None = None,
+    share_prefix: bool = True,
 ) -> list[str]:
-    """Greedy answers to chat prompts, in the order given."""
-    encoded = [encode(tokenizer, messages, None).input_ids for messages in prompts]
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    """Greedy answers to chat prompts, in the order given. With `prefix_end` (and
+    `share_prefix`), prompts are batched by shared prefix, which runs once per batch."""
+    encoded = [encode(tokenizer, messages, None, prefix_end) for messages in prompts]
+    position = {id(e): i for i, e in enumerate(encoded)}
+    groups = by_prefix(encoded) if share_prefix else [encoded]
     answers: list[str] = [""] * len(encoded)
     was_training = model.training
     model.eval()
     device = next(p for p in model.parameters()).device
-    pad_id = tokenizer.pad_token_id
-    with tqdm(total=len(order), desc=description, unit="prompt", leave=False, disable=None) as bar:
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            length = max(len(encoded[i]) for i in idx)
-            input_ids = torch.full((len(idx), length), pad_id, dtype=torch.long)
-            attention = torch.zeros((len(idx), length), dtype=torch.long)
-            for row, i in enumerate(idx):
-                ids = encoded[i]
-                input_ids[row, length - len(ids) :] = torch.tensor(ids)
-                attention[row, length - len(ids) :] = 1
-            out = model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention.to(device),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                use_cache=True,
-                pad_token_id=pad_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-            for row, i in enumerate(idx):
-                answers[i] = tokenizer.decode(out[row, length:], skip_special_tokens=True)
-            bar.update(len(idx))
+    with tqdm(total=len(encoded), desc=description, unit="prompt", leave=False, disable=None) as bar:
+        for group in groups:
+            ordered = sorted(group, key=lambda e: len(e.input_ids))
+            for start in range(0, len(ordered), batch_size):
+                batch = ordered[start : start + batch_size]
+                texts = _generate_batch(model, tokenizer, batch, max_new_tokens, device, share_prefix)
+                for e, text in zip(batch, texts):
+                    answers[position[id(e)]] = text
+                bar.update(len(batch))
     model.train(was_training)
     return answers
+
+
+def _generate_batch(model, tokenizer, batch: Sequence[Encoded], max_new_tokens: int, device,
+                    share_prefix: bool) -> list[str]:
+    """One batch: left-padded prompts, or the shared prefix, then the left-padded suffixes
+    (pads between prefix and suffix are masked, and generate derives each row's positions
+    from the mask)."""
+    pad_id = tokenizer.pad_token_id
+    prefix = batch[0].prefix
+    shared = share_prefix and bool(prefix) and all(e.prefix == prefix for e in batch)
+    skip = len(prefix) if shared else 0
+    rows = [e.input_ids[skip:] for e in batch]
+    length = max(len(r) for r in rows)
+    input_ids = torch.full((len(batch), skip + length), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(batch), skip + length), dtype=torch.long)
+    if shared:
+        input_ids[:, :skip] = torch.tensor(prefix)
+        attention[:, :skip] = 1
+    for row, ids in enumerate(rows):
+        input_ids[row, skip + length - len(ids) :] = torch.tensor(ids)
+        attention[row, skip + length - len(ids) :] = 1
+    kwargs = {}
+    if shared:
+        kwargs[cache_keyword(model)] = prefix_cache(model, input_ids[:1, :skip].to(device), len(batch))
+    out = model.generate(
+        input_ids=input_ids.to(device),
+        attention_mask=attention.to(device),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        use_cache=True,
+        pad_token_id=pad_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **kwargs,
+    )
+    return [tokenizer.decode(out[row, skip + length :], skip_special_tokens=True) for row in range(len(batch))]

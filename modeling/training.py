@@ -5,10 +5,20 @@ arithmetic) is applied to answer positions only, through `logits_to_keep`. The
 learning-rate schedule is a pure function of the global step, so a site derives its
 position from `server-round` and the schedule continues across rounds even when
 every round runs in a fresh process.
+
+Shared prefix: most of a prompt is the instruction, the same for every instance of one
+task and type set. An `Encoded` instance records how many of its leading tokens are that
+instruction (`prefix_len`); batches are formed from instances with the same prefix, the
+prefix runs once per batch (batch 1, with its key/value cache), the cache is broadcast
+to the batch and only the per-instance suffixes (sentence and answer) run on it.
+Gradients flow through the broadcast cache into the prefix's LoRA weights, so loss and
+gradients equal the per-instance computation (`collate(..., share_prefix=False)`, kept
+as the reference the tests compare against). See docs/architecture.md, "Shared prefix".
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import random
@@ -27,10 +37,17 @@ SCHEDULER_CHOICES = ("cosine", "linear", "constant")
 
 @dataclass(frozen=True)
 class Encoded:
-    """One training instance: prompt tokens followed by `answer_len` answer tokens."""
+    """One training instance: prompt tokens followed by `answer_len` answer tokens; the
+    first `prefix_len` prompt tokens are the instruction shared by every instance of the
+    same task and type set (0: nothing shared)."""
 
     input_ids: tuple[int, ...]
     answer_len: int
+    prefix_len: int = 0
+
+    @property
+    def prefix(self) -> tuple[int, ...]:
+        return self.input_ids[: self.prefix_len]
 
 
 @dataclass(frozen=True)
@@ -83,24 +100,44 @@ def lr_factor(step: int, total_steps: int, settings: TrainSettings) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def encode(tokenizer, messages: list[dict[str, str]], answer: str | None) -> Encoded:
-    """Tokenize a chat prompt (with the generation prompt) and, if given, its answer."""
+def encode(
+    tokenizer, messages: list[dict[str, str]], answer: str | None, prefix_end: str | None = None
+) -> Encoded:
+    """Tokenize a chat prompt (with the generation prompt) and, if given, its answer.
+
+    With `prefix_end`, the rendered prompt up to and including its first occurrence is the
+    shared prefix: it and the rest are tokenized separately and concatenated, so training,
+    scoring and generation all see exactly these ids whether or not they share the prefix.
+    """
     prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    cut = prompt.find(prefix_end) if prefix_end else -1
+    if cut >= 0:
+        cut += len(prefix_end)
+        prefix_ids = _token_ids(tokenizer, prompt[:cut])
+        prompt_ids = prefix_ids + _token_ids(tokenizer, prompt[cut:])
+    else:
+        prefix_ids, prompt_ids = [], _token_ids(tokenizer, prompt)
     if answer is None:
-        return Encoded(tuple(prompt_ids), 0)
-    answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    return Encoded(tuple(prompt_ids + answer_ids), len(answer_ids))
+        return Encoded(tuple(prompt_ids), 0, len(prefix_ids))
+    answer_ids = _token_ids(tokenizer, answer) + [tokenizer.eos_token_id]
+    return Encoded(tuple(prompt_ids + answer_ids), len(answer_ids), len(prefix_ids))
+
+
+def _token_ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def encode_all(
-    tokenizer, pairs: Iterable[tuple[list[dict[str, str]], str]], max_length: int
+    tokenizer,
+    pairs: Iterable[tuple[list[dict[str, str]], str]],
+    max_length: int,
+    prefix_end: str | None = None,
 ) -> tuple[list[Encoded], int]:
     """Encode (messages, answer) pairs; drop (and count) those longer than max_length,
     since truncating an answer would teach the model to stop mid-answer."""
     kept, dropped = [], 0
     for messages, answer in pairs:
-        enc = encode(tokenizer, messages, answer)
+        enc = encode(tokenizer, messages, answer, prefix_end)
         if len(enc.input_ids) > max_length:
             dropped += 1
         else:
@@ -110,43 +147,79 @@ def encode_all(
     return kept, dropped
 
 
-def collate(batch: Sequence[Encoded], pad_id: int, device) -> dict[str, torch.Tensor | int]:
+def collate(
+    batch: Sequence[Encoded], pad_id: int, device, share_prefix: bool = True
+) -> dict[str, torch.Tensor | int]:
     """Left-pad so every answer ends at the last position; explicit position ids keep
-    padded rows positioned as if unpadded."""
-    length = max(len(e.input_ids) for e in batch)
+    padded rows positioned as if unpadded.
+
+    When every instance has the same non-empty prefix (and `share_prefix`), the batch
+    holds that prefix once (`prefix_ids`, shape 1 x P) and only the suffixes, left-padded
+    after it: pad positions sit between prefix and suffix, masked out, and the suffix's
+    position ids continue from P as if unpadded."""
+    prefix = batch[0].prefix
+    shared = share_prefix and bool(prefix) and all(e.prefix == prefix for e in batch)
+    skip = len(prefix) if shared else 0
+    rows = [e.input_ids[skip:] for e in batch]
+    length = max(len(r) for r in rows)
     keep = min(length, max(e.answer_len for e in batch) + 1)
     input_ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
     attention = torch.zeros((len(batch), length), dtype=torch.long)
     labels = torch.full((len(batch), length), -100, dtype=torch.long)
-    for i, e in enumerate(batch):
-        n = len(e.input_ids)
-        ids = torch.tensor(e.input_ids, dtype=torch.long)
+    for i, (e, row) in enumerate(zip(batch, rows)):
+        n = len(row)
+        ids = torch.tensor(row, dtype=torch.long)
         input_ids[i, length - n :] = ids
         attention[i, length - n :] = 1
         if e.answer_len:
             labels[i, length - e.answer_len :] = ids[n - e.answer_len :]
-    position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
-    return {
+    position_ids = skip + (attention.cumsum(-1) - 1).clamp(min=0)
+    out: dict[str, torch.Tensor | int] = {
         "input_ids": input_ids.to(device),
         "attention_mask": attention.to(device),
         "position_ids": position_ids.to(device),
         "labels": labels.to(device),
         "keep": keep,
-        "tokens": sum(len(e.input_ids) for e in batch),  # non-padding tokens
+        "tokens": sum(len(e.input_ids) for e in batch),  # non-padding tokens, prefix counted per instance
         # Counted here, on the host: counting the labels on a GPU would stall every step.
         "answer_tokens": sum(e.answer_len for e in batch),
     }
+    if shared:
+        out["prefix_ids"] = torch.tensor([prefix], dtype=torch.long).to(device)
+        full_mask = torch.cat([torch.ones((len(batch), skip), dtype=torch.long), attention], dim=1)
+        out["attention_mask"] = full_mask.to(device)
+    return out
+
+
+def prefix_cache(model, prefix_ids: torch.Tensor, batch_size: int):
+    """Run the shared prefix once and broadcast its key/value cache to `batch_size` rows.
+    Under autograd the cache keeps its graph, so the suffixes' loss reaches the LoRA
+    weights through the prefix too."""
+    out = model(input_ids=prefix_ids, use_cache=True, logits_to_keep=1)
+    cache = out[cache_keyword(model)]
+    cache.batch_repeat_interleave(batch_size)
+    return cache
+
+
+def cache_keyword(model) -> str:
+    """The name a model's forward takes its key/value cache by: `cache` in newer
+    transformers releases, `past_key_values` before (the old name logs a warning)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 def answer_loss(model, batch: dict) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy over answer tokens, and their count."""
     keep = batch["keep"]
+    shared = "prefix_ids" in batch
+    cache = {cache_keyword(model): prefix_cache(model, batch["prefix_ids"], batch["input_ids"].shape[0])} if shared else {}
     out = model(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
         position_ids=batch["position_ids"],
         logits_to_keep=keep,
-        use_cache=False,
+        use_cache=shared,
+        **cache,
     )
     logits = out.logits[:, :-1, :].float()
     labels = batch["labels"][:, -keep + 1 :] if keep > 1 else batch["labels"][:, :0]
@@ -157,15 +230,25 @@ def answer_loss(model, batch: dict) -> tuple[torch.Tensor, int]:
     return loss, count
 
 
+def by_prefix(examples: Sequence[Encoded]) -> list[list[Encoded]]:
+    """Instances grouped by shared prefix, groups in order of first appearance."""
+    groups: dict[tuple[int, ...], list[Encoded]] = {}
+    for e in examples:
+        groups.setdefault(e.prefix, []).append(e)
+    return list(groups.values())
+
+
 def _batches(examples: Sequence[Encoded], batch_size: int, rng: random.Random) -> list[list[Encoded]]:
-    """Shuffle, then group similar lengths (less padding) and shuffle the groups."""
+    """Shuffle, then within each shared prefix group similar lengths (less padding) and
+    shuffle the batches, so every batch shares one prefix."""
     order = list(examples)
     rng.shuffle(order)
     window = batch_size * 16
     batches = []
-    for i in range(0, len(order), window):
-        chunk = sorted(order[i : i + window], key=lambda e: len(e.input_ids))
-        batches += [chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size)]
+    for group in by_prefix(order):
+        for i in range(0, len(group), window):
+            chunk = sorted(group[i : i + window], key=lambda e: len(e.input_ids))
+            batches += [chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size)]
     rng.shuffle(batches)
     return batches
 
@@ -195,6 +278,7 @@ def train_round(
     num_rounds: int,
     proximal_mu: float = 0.0,
     description: str = "train",
+    share_prefix: bool = True,
 ) -> TrainResult:
     """Train the adapter for one federated round (`server_round` is 1-based).
 
@@ -220,7 +304,7 @@ def train_round(
         while done < steps:
             if not queue:
                 queue = _batches(examples, settings.batch_size, rng)
-            batch = collate(queue.pop(), pad_id, device)
+            batch = collate(queue.pop(), pad_id, device, share_prefix)
             for group in optimizer.param_groups:
                 group["lr"] = settings.learning_rate * lr_factor(first_step + done, total_steps, settings)
             loss, count = answer_loss(model, batch)
@@ -245,18 +329,21 @@ def train_round(
 
 
 @torch.no_grad()
-def mean_answer_loss(model, examples: Sequence[Encoded], pad_id: int, batch_size: int = 8) -> float:
+def mean_answer_loss(
+    model, examples: Sequence[Encoded], pad_id: int, batch_size: int = 8, share_prefix: bool = True
+) -> float:
     """Mean cross-entropy per answer token (the validation loss Fed-MedLoRA+ weights by)."""
     if not examples:
         raise ValueError("no validation instances to compute a loss on")
     was_training = model.training
     model.eval()
     device = _device(model)
-    ordered = sorted(examples, key=lambda e: len(e.input_ids))
     total, count = 0.0, 0
-    for i in range(0, len(ordered), batch_size):
-        loss, n = answer_loss(model, collate(ordered[i : i + batch_size], pad_id, device))
-        total += float(loss)
-        count += n
+    for group in by_prefix(examples):
+        ordered = sorted(group, key=lambda e: len(e.input_ids))
+        for i in range(0, len(ordered), batch_size):
+            loss, n = answer_loss(model, collate(ordered[i : i + batch_size], pad_id, device, share_prefix))
+            total += float(loss)
+            count += n
     model.train(was_training)
     return total / max(count, 1)
