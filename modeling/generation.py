@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .training import Encoded, by_prefix, cache_keyword, encode, prefix_cache
+from .training import Encoded, cache_keyword, encode, prefix_cache, prefix_groups
 
 
 @torch.no_grad()
@@ -28,21 +28,21 @@ def generate_answers(
     """Greedy answers to chat prompts, in the order given. With `prefix_end` (and
     `share_prefix`), prompts are batched by shared prefix, which runs once per batch."""
     encoded = [encode(tokenizer, messages, None, prefix_end) for messages in prompts]
-    position = {id(e): i for i, e in enumerate(encoded)}
-    groups = by_prefix(encoded) if share_prefix else [encoded]
+    groups = prefix_groups(encoded) if share_prefix else [list(range(len(encoded)))]
     answers: list[str] = [""] * len(encoded)
     was_training = model.training
     model.eval()
     device = next(p for p in model.parameters()).device
     with tqdm(total=len(encoded), desc=description, unit="prompt", leave=False, disable=None) as bar:
         for group in groups:
-            ordered = sorted(group, key=lambda e: len(e.input_ids))
+            ordered = sorted(group, key=lambda i: len(encoded[i].input_ids))
             for start in range(0, len(ordered), batch_size):
-                batch = ordered[start : start + batch_size]
-                texts = _generate_batch(model, tokenizer, batch, max_new_tokens, device, share_prefix)
-                for e, text in zip(batch, texts):
-                    answers[position[id(e)]] = text
-                bar.update(len(batch))
+                idx = ordered[start : start + batch_size]
+                texts = _generate_batch(model, tokenizer, [encoded[i] for i in idx], max_new_tokens, device,
+                                        share_prefix)
+                for i, text in zip(idx, texts):
+                    answers[i] = text
+                bar.update(len(idx))
     model.train(was_training)
     return answers
 

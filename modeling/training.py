@@ -210,6 +210,11 @@ def cache_keyword(model) -> str:
 
 def answer_loss(model, batch: dict) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy over answer tokens, and their count."""
+    return answer_token_losses(model, batch).sum(), batch["answer_tokens"]
+
+
+def answer_token_losses(model, batch: dict) -> torch.Tensor:
+    """Cross-entropy of every answer token, shape (rows, positions); 0 elsewhere."""
     keep = batch["keep"]
     shared = "prefix_ids" in batch
     cache = {cache_keyword(model): prefix_cache(model, batch["prefix_ids"], batch["input_ids"].shape[0])} if shared else {}
@@ -223,18 +228,22 @@ def answer_loss(model, batch: dict) -> tuple[torch.Tensor, int]:
     )
     logits = out.logits[:, :-1, :].float()
     labels = batch["labels"][:, -keep + 1 :] if keep > 1 else batch["labels"][:, :0]
-    count = batch["answer_tokens"]
-    loss = F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum"
+    losses = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="none"
     )
-    return loss, count
+    return losses.reshape(labels.shape)
 
 
 def by_prefix(examples: Sequence[Encoded]) -> list[list[Encoded]]:
     """Instances grouped by shared prefix, groups in order of first appearance."""
-    groups: dict[tuple[int, ...], list[Encoded]] = {}
-    for e in examples:
-        groups.setdefault(e.prefix, []).append(e)
+    return [[examples[i] for i in group] for group in prefix_groups(examples)]
+
+
+def prefix_groups(examples: Sequence[Encoded]) -> list[list[int]]:
+    """Positions of the instances, grouped by shared prefix in order of first appearance."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, e in enumerate(examples):
+        groups.setdefault(e.prefix, []).append(i)
     return list(groups.values())
 
 
@@ -330,20 +339,37 @@ def train_round(
 
 @torch.no_grad()
 def mean_answer_loss(
-    model, examples: Sequence[Encoded], pad_id: int, batch_size: int = 8, share_prefix: bool = True
+    model, examples: Sequence[Encoded], pad_id: int, batch_size: int = 8, share_prefix: bool = True,
+    description: str | None = None,
 ) -> float:
     """Mean cross-entropy per answer token (the validation loss Fed-MedLoRA+ weights by)."""
     if not examples:
         raise ValueError("no validation instances to compute a loss on")
+    per_instance = instance_answer_losses(model, examples, pad_id, batch_size, share_prefix, description)
+    return sum(loss for loss, _ in per_instance) / max(sum(n for _, n in per_instance), 1)
+
+
+@torch.no_grad()
+def instance_answer_losses(
+    model, examples: Sequence[Encoded], pad_id: int, batch_size: int = 8, share_prefix: bool = True,
+    description: str | None = None,
+) -> list[tuple[float, int]]:
+    """(summed answer-token cross-entropy, answer tokens) of every instance, in order.
+    With a `description`, a progress bar shows (it is off where stderr is no terminal)."""
     was_training = model.training
     model.eval()
     device = _device(model)
-    total, count = 0.0, 0
-    for group in by_prefix(examples):
-        ordered = sorted(group, key=lambda e: len(e.input_ids))
-        for i in range(0, len(ordered), batch_size):
-            loss, n = answer_loss(model, collate(ordered[i : i + batch_size], pad_id, device, share_prefix))
-            total += float(loss)
-            count += n
+    out: list[tuple[float, int]] = [(0.0, 0)] * len(examples)
+    with tqdm(total=len(examples), desc=description, unit="instance", leave=False,
+              disable=None if description else True) as bar:
+        for group in prefix_groups(examples):
+            ordered = sorted(group, key=lambda i: len(examples[i].input_ids))
+            for start in range(0, len(ordered), batch_size):
+                idx = ordered[start : start + batch_size]
+                batch = collate([examples[i] for i in idx], pad_id, device, share_prefix)
+                rows = answer_token_losses(model, batch).sum(dim=1)
+                for i, loss in zip(idx, rows.tolist()):
+                    out[i] = (loss, examples[i].answer_len)
+                bar.update(len(idx))
     model.train(was_training)
-    return total / max(count, 1)
+    return out

@@ -191,3 +191,20 @@ def test_real_corpus_prompts_share_most_of_their_tokens(tiny_llama):
     encoded, _ = encode_all(tokenizer, training_pairs(site_instances(site, "train")[:40]), 384, PREFIX_END)
     shared = sum(e.prefix_len for e in encoded) / sum(len(e.input_ids) for e in encoded)
     assert shared > 0.5
+
+
+def test_per_instance_losses_keep_the_order_given(tiny_llama):
+    """Repeated and interleaved instructions: each instance's loss lands at its position."""
+    from modeling.training import instance_answer_losses
+
+    model, tokenizer = _peft(tiny_llama)
+    ner = _examples(tokenizer)
+    other = [encode(tokenizer, [{"role": "user", "content": f"Relation types: x{PREFIX_END} {s}"}], '{"x": []}',
+                    PREFIX_END) for s in SENTENCES]
+    mixed = [ner[0], other[1], ner[0], ner[2], other[3], ner[1]]
+    losses = instance_answer_losses(model, mixed, tokenizer.pad_token_id, batch_size=2)
+    alone = [instance_answer_losses(model, [e], tokenizer.pad_token_id)[0] for e in mixed]
+    assert [n for _, n in losses] == [e.answer_len for e in mixed]
+    assert losses[0][0] == pytest.approx(losses[2][0], rel=1e-5)
+    for (got, _), (want, _) in zip(losses, alone):
+        assert got == pytest.approx(want, rel=1e-5)
