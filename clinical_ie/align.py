@@ -1,11 +1,14 @@
 """Predicted mention strings (and relation argument strings) -> character spans in the
-sentence (DESIGN decision 4)."""
+sentence; an entity answer -> the entities a given-entities relation prompt lists."""
 
 from __future__ import annotations
 
 import logging
 import re
 from collections.abc import Iterator, Sequence
+
+from .instances import GoldEntity, Instance, listed_entities
+from .parsing import parse_entities
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +47,14 @@ def align_predictions(
     if dropped:
         logger.debug("%d predicted mention(s) not found in the sentence", dropped)
     return aligned, dropped
+
+
+def predicted_entities(instance: Instance, answer: str) -> tuple[tuple[GoldEntity, ...], int]:
+    """The entities an entity instance's answer names, as single-span entities of its
+    sentence in order of appearance (each once), and the number of mentions not found."""
+    spans, missing = align_predictions(parse_entities(answer, instance.entity_types).entities, instance.text)
+    found = [GoldEntity(typ, ((s, e),), instance.text[s:e]) for typ, s, e in spans]
+    return listed_entities(found, (), instance.entity_types), missing
 
 
 def align_relations(

@@ -20,6 +20,14 @@ NER = "ner"
 RE = "re"
 TASKS: tuple[str, ...] = (NER, RE)
 
+# How a relation instance asks: with the sentence's entities listed (numbered) and the
+# answer pairs of their numbers, or with the sentence alone and the answer copying both
+# argument texts. Given entities, relation extraction runs after entity extraction.
+GIVEN_ENTITIES = "given-entities"
+END_TO_END = "end-to-end"
+RE_MODES: tuple[str, ...] = (GIVEN_ENTITIES, END_TO_END)
+DEFAULT_RE_MODE = GIVEN_ENTITIES  # the project default (config key data.re-mode)
+
 
 @dataclass(frozen=True)
 class GoldEntity:
@@ -55,7 +63,9 @@ class Instance:
 
     ``task`` is ``"ner"`` (gold in ``entities``, asked for ``entity_types``) or ``"re"``
     (gold in ``relations``, asked for ``relation_types``; ``entity_types`` then only
-    records which entity types the source annotates)."""
+    records which entity types the source annotates). A relation instance with
+    ``given_entities`` lists ``entities`` in its prompt (in this order, numbered from 1)
+    and its answer names arguments by those numbers; without it ``entities`` is empty."""
 
     doc_id: str
     offset: int
@@ -65,6 +75,12 @@ class Instance:
     task: str = NER
     relation_types: tuple[str, ...] = ()
     relations: tuple[GoldRelation, ...] = ()
+    given_entities: bool = False
+
+
+def check_re_mode(re_mode: str) -> None:
+    if re_mode not in RE_MODES:
+        raise ValueError(f"re_mode: {re_mode!r} is not one of {list(RE_MODES)}")
 
 
 class _Sentences:
@@ -142,22 +158,31 @@ def make_re_instances(
     relation_types: Sequence[str],
     entity_types: Sequence[str],
     max_chars: int = 600,
+    re_mode: str = DEFAULT_RE_MODE,
 ) -> tuple[list[Instance], int]:
     """One relation instance per sentence that holds at least one entity of
     ``entity_types`` (a sentence without candidate arguments teaches nothing); gold = the
     relations of ``relation_types`` whose two arguments both lie in that sentence.
 
+    With ``re_mode`` ``"given-entities"`` the instance lists, in order of appearance, the
+    sentence's entities of ``entity_types`` and every gold argument not among them (an
+    argument of a type the site does not list must still be nameable).
+
     Returns the instances and the number of relations of those types dropped: an argument
     in another sentence (or split by a forced cut), or an argument id the document lacks."""
+    check_re_mode(re_mode)
     rel_types = tuple(dict.fromkeys(relation_types))
     ent_types = tuple(dict.fromkeys(entity_types))
     if not rel_types:
         return [], 0
     sentences = _Sentences(doc, max_chars)
     located = {ent.id: sentences.locate(ent) for ent in doc.entities}
-    has_candidates = {loc[0] for ent in doc.entities if ent.type in ent_types
-                      for loc in [located[ent.id]] if loc is not None}
-    per_sentence: dict[int, list[GoldRelation]] = {i: [] for i in has_candidates}
+    candidates: dict[int, list[GoldEntity]] = {}
+    for ent in doc.entities:
+        if ent.type in ent_types and located[ent.id] is not None:
+            idx, gold = located[ent.id]
+            candidates.setdefault(idx, []).append(gold)
+    per_sentence: dict[int, list[GoldRelation]] = {i: [] for i in candidates}
     seen: set[tuple[str, tuple[Span, ...], tuple[Span, ...]]] = set()
     crossing = missing = 0
     for rel in doc.relations:
@@ -185,14 +210,27 @@ def make_re_instances(
             doc.doc_id, crossing, "" if crossing == 1 else "s",
         )
     instances = []
+    given = re_mode == GIVEN_ENTITIES
     for idx in sorted(per_sentence):
         start, end = sentences.spans[idx]
         golds = sorted(per_sentence[idx], key=lambda r: (_relation_order(r), rel_types.index(r.type)))
+        listed = listed_entities(candidates.get(idx, []), golds, ent_types) if given else ()
         instances.append(Instance(
             doc_id=doc.doc_id, offset=start, text=doc.text[start:end], entity_types=ent_types,
-            entities=(), task=RE, relation_types=rel_types, relations=tuple(golds),
+            entities=listed, task=RE, relation_types=rel_types, relations=tuple(golds),
+            given_entities=given,
         ))
     return instances, crossing + missing
+
+
+def listed_entities(
+    entities: Sequence[GoldEntity], relations: Sequence[GoldRelation], entity_types: Sequence[str]
+) -> tuple[GoldEntity, ...]:
+    """The entities a given-entities prompt lists: ``entities`` and every relation argument,
+    each once, in order of appearance (same span: in ``entity_types`` order, others after)."""
+    unique = dict.fromkeys([*entities, *(a for r in relations for a in (r.arg1, r.arg2))])
+    rank = {t: i for i, t in enumerate(entity_types)}
+    return tuple(sorted(unique, key=lambda g: (g.start, g.end, rank.get(g.type, len(rank)), g.type)))
 
 
 def make_instances(
@@ -201,14 +239,17 @@ def make_instances(
     relation_types: Sequence[str],
     tasks: Sequence[str] = TASKS,
     max_chars: int = 600,
+    re_mode: str = DEFAULT_RE_MODE,
 ) -> tuple[list[Instance], int]:
     """NER and relation instances of one document, mixed for multi-task training as the
-    reference work does: sentence by sentence, the NER instance before the RE one.
+    reference work does: sentence by sentence, the NER instance before the RE one
+    (``re_mode``: see ``make_re_instances``).
 
     Returns the instances and the number of gold entities and relations dropped."""
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise ValueError(f"unknown task(s) {unknown}; valid tasks are {list(TASKS)}")
+    check_re_mode(re_mode)
     instances: list[Instance] = []
     dropped = 0
     if NER in tasks and entity_types:
@@ -216,7 +257,7 @@ def make_instances(
         instances += made
         dropped += lost
     if RE in tasks and relation_types:
-        made, lost = make_re_instances(doc, relation_types, entity_types, max_chars)
+        made, lost = make_re_instances(doc, relation_types, entity_types, max_chars, re_mode)
         instances += made
         dropped += lost
     # Stable sort: per sentence, NER first.

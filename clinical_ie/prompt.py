@@ -1,9 +1,12 @@
 """The instruction format: chat messages for one sentence, and the JSON answer to train on.
-Entity instances ask for typed mentions, relation instances for typed argument pairs."""
+Entity instances ask for typed mentions, relation instances for typed argument pairs:
+copied texts (end to end), or the numbers of entities listed after the sentence (given
+entities)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 from .instances import RE, GoldEntity, Instance
 from .schema import RELATION_DEFINITIONS, TYPE_DEFINITIONS
@@ -24,7 +27,14 @@ _RELATION_FORMAT = (
     "sentence, pairs in order of appearance; only the types above, types without pairs "
     "omitted; {} if none."
 )
+# Numbers instead of copied texts: a short answer, and no ambiguity between repeated strings.
+_GIVEN_ENTITIES_FORMAT = (
+    'Answer: {"type":[[first,second],...]}, first and second the numbers of entities listed '
+    "after the sentence, pairs sorted; only the types above, types without pairs omitted; "
+    "{} if none."
+)
 _COMPACT = (", ", ": ")
+_NUMBERS = (",", ":")  # "[[4,3],[5,3]]": a space after a comma would cost a token per pair
 
 # Everything in a rendered prompt up to and including this marker is the same for every
 # instance of one task and type set: the shared prefix that training, scoring and
@@ -49,7 +59,8 @@ def target_text(instance: Instance) -> str:
     """The expected answer, ``{}`` when there is none. Entities: types (in
     ``instance.entity_types`` order) mapped to their strings in order of appearance.
     Relations: types (in ``instance.relation_types`` order) mapped to [first, second]
-    argument pairs, in order of appearance of the first argument, then the second."""
+    argument pairs, in order of appearance of the first argument, then the second; with
+    given entities, pairs of their numbers, sorted."""
     if instance.task == RE:
         return _relation_target(instance)
     by_type: dict[str, list[str]] = {t: [] for t in instance.entity_types}
@@ -68,14 +79,27 @@ def relation_definition(relation_type: str) -> str:
 
 def _relation_messages(instance: Instance) -> list[dict[str, str]]:
     types = "\n".join(f"- {relation_definition(t)}" for t in instance.relation_types)
-    user = f"Relation types:\n{types}\n{_RELATION_FORMAT}\nSentence: {instance.text}"
+    if instance.given_entities:
+        # The list varies per instance, so it follows the sentence (after PREFIX_END).
+        user = (f"Relation types:\n{types}\n{_GIVEN_ENTITIES_FORMAT}\nSentence: {instance.text}\n"
+                f"Entities: {entity_list(instance.entities, instance.text)}")
+    else:
+        user = f"Relation types:\n{types}\n{_RELATION_FORMAT}\nSentence: {instance.text}"
     return [
         {"role": "system", "content": RELATION_SYSTEM_PROMPT},
         {"role": "user", "content": user},
     ]
 
 
+def entity_list(entities: Sequence[GoldEntity], sentence: str) -> str:
+    """``1. chest pain (problem); 2. 81 mg (dosage)``, or ``none``."""
+    items = [f"{n}. {argument_text(e, sentence)} ({e.type})" for n, e in enumerate(entities, 1)]
+    return "; ".join(items) or "none"
+
+
 def _relation_target(instance: Instance) -> str:
+    if instance.given_entities:
+        return _numbered_target(instance)
     by_type: dict[str, list[list[str]]] = {t: [] for t in instance.relation_types}
     ordered = sorted(
         instance.relations,
@@ -87,6 +111,18 @@ def _relation_target(instance: Instance) -> str:
                                       argument_text(rel.arg2, instance.text)])
     answer = {t: pairs for t, pairs in by_type.items() if pairs}
     return json.dumps(answer, ensure_ascii=False, separators=_COMPACT)
+
+
+def _numbered_target(instance: Instance) -> str:
+    """Pairs of 1-based entity numbers per type, sorted; a relation whose argument is not
+    listed (never so in built instances) is left out."""
+    number = {e: n for n, e in enumerate(instance.entities, 1)}
+    by_type: dict[str, list[list[int]]] = {t: [] for t in instance.relation_types}
+    for rel in instance.relations:
+        if rel.type in by_type and rel.arg1 in number and rel.arg2 in number:
+            by_type[rel.type].append([number[rel.arg1], number[rel.arg2]])
+    answer = {t: sorted(pairs) for t, pairs in by_type.items() if pairs}
+    return json.dumps(answer, ensure_ascii=False, separators=_NUMBERS)
 
 
 def argument_text(arg: GoldEntity, sentence: str) -> str:

@@ -1,5 +1,6 @@
 """Model output -> (type, first argument, second argument) triples, surviving whatever a
-small model writes (the relation counterpart of ``parsing.parse_entities``)."""
+small model writes (the relation counterpart of ``parsing.parse_entities``): argument
+texts (end to end) or numbers of listed entities (given entities)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from .parsing import _MAX_DEPTH, MAX_COPIES, _repair_load, _strict_load
 logger = logging.getLogger(__name__)
 
 RelationTriple = tuple[str, str, str]
+# (type, first, second): 0-based indices into the entities a prompt listed.
+NumberedRelation = tuple[str, int, int]
 
 _TYPE_KEYS = ("type", "relation", "relation_type", "label", "category")
 _FIRST_KEYS = ("arg1", "first", "head", "entity", "main", "source", "subject", "from", "e1",
@@ -24,6 +27,8 @@ _SECOND_KEYS = ("arg2", "second", "tail", "modifier", "target", "object", "to", 
 _PAIR_KEYS = ("args", "arguments", "pair")
 _TEXT_KEYS = ("text", "entity", "mention", "span", "value", "name")
 _SEPARATORS = re.compile(r"[\s_\-]+")
+_NUMBER = re.compile(r"#?(\d{1,6})(?:\.0*)?")  # 2, "2", "#2", 2.0
+_TRAILING_NUMBER = re.compile(r"\d+\s*$")
 
 
 @dataclass
@@ -35,6 +40,20 @@ class ParsedRelations:
     relations: list[RelationTriple] = field(default_factory=list)
     malformed: bool = False
     unknown_types: int = 0
+
+
+@dataclass
+class ParsedNumberedRelations:
+    """Relations as 0-based entity indices, in output order; ``malformed`` when the output
+    was not a clean JSON object of lists of [number, number] pairs (as for
+    ``ParsedRelations``, and also when an argument was given by its text);
+    ``unknown_types`` as there; ``unresolved`` counts, per type, the pairs dropped because
+    an argument named no listed entity (a number out of range, or an unlisted text)."""
+
+    relations: list[NumberedRelation] = field(default_factory=list)
+    malformed: bool = False
+    unknown_types: int = 0
+    unresolved: dict[str, int] = field(default_factory=dict)
 
 
 def parse_relations(output: str, allowed_types: Sequence[str]) -> ParsedRelations:
@@ -69,15 +88,72 @@ def _parse(output: str, allowed_types: Sequence[str]) -> ParsedRelations:
     )
 
 
+def parse_numbered_relations(
+    output: str, allowed_types: Sequence[str], listed: Sequence[str]
+) -> ParsedNumberedRelations:
+    """Parse a given-entities answer, ``{"type": [[1, 2], ...]}`` with 1-based numbers of
+    the ``listed`` entity texts, into (type, index, index) triples of the allowed types.
+
+    Reads every shape ``parse_relations`` reads, numbers written as strings ("2", "#2"),
+    and an argument copied as the text of a listed entity instead of its number (the
+    first listed with that text, ignoring case). A number cut by truncation is dropped
+    with its pair. Never raises."""
+    try:
+        return _parse_numbered(output if isinstance(output, str) else "", allowed_types, listed)
+    except Exception:  # a parser bug must not end an evaluation
+        logger.warning("unparseable relation output treated as empty", exc_info=True)
+        return ParsedNumberedRelations(malformed=True)
+
+
+def _parse_numbered(output: str, allowed_types: Sequence[str], listed: Sequence[str]) -> ParsedNumberedRelations:
+    canonical: dict[str, str] = {}
+    for t in allowed_types:
+        canonical.setdefault(_normal(t), t)
+    clean = _strict_load(output)
+    # A trailing digit of truncated output may be a number cut short ("[3, 1" of "[3, 12]").
+    data = clean if clean is not None else _repair_load(_TRAILING_NUMBER.sub("", output))
+    collector = _Collector(canonical)
+    collector.walk(data, depth=0)
+    by_text: dict[str, int] = {}
+    for i, text in enumerate(listed):
+        by_text.setdefault(text.strip().lower(), i)
+    result = ParsedNumberedRelations(unknown_types=collector.unknown)
+    texts_used = False
+    for typ, first, second in _cap_repeats(collector.relations):
+        a, b = _entity_index(first, len(listed), by_text), _entity_index(second, len(listed), by_text)
+        if a is None or b is None:
+            result.unresolved[typ] = result.unresolved.get(typ, 0) + 1
+            continue
+        texts_used = texts_used or a[1] or b[1]
+        result.relations.append((typ, a[0], b[0]))
+    result.malformed = (clean is None or not _is_clean_shape(clean, _is_number)
+                        or collector.reinterpreted or texts_used)
+    return result
+
+
+def _entity_index(argument: str, count: int, by_text: dict[str, int]) -> tuple[int, bool] | None:
+    """(0-based index, whether given by text) of a listed entity, or None."""
+    number = _NUMBER.fullmatch(argument)
+    if number is not None:
+        n = int(number.group(1))
+        return (n - 1, False) if 1 <= n <= count else None
+    index = by_text.get(argument.strip().lower())
+    return None if index is None else (index, True)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _normal(name: str) -> str:
     """Type names compare ignoring case and separators ("Reference range" = reference_range)."""
     return _SEPARATORS.sub("_", name.strip().lower())
 
 
-def _is_clean_shape(data: Any) -> bool:
+def _is_clean_shape(data: Any, is_argument=lambda a: isinstance(a, str)) -> bool:
     return isinstance(data, dict) and all(
         isinstance(pairs, list) and all(
-            isinstance(p, list) and len(p) == 2 and all(isinstance(a, str) for a in p)
+            isinstance(p, list) and len(p) == 2 and all(is_argument(a) for a in p)
             for p in pairs
         )
         for pairs in data.values()

@@ -7,6 +7,12 @@ predicted argument is compared with ``arg1``, the second with ``arg2``. Matching
 one-to-one, strict pairs first, then a maximum matching of lenient pairs among the rest.
 Predicted relations with an argument that is not in the sentence (unaligned) are false
 positives of their type under both.
+
+Given entities, a predicted pair of entity numbers is scored through the spans of the
+entities the prompt listed (the covering span of each): gold entities give the relation
+step alone, predicted ones (from entity extraction) the pipeline, where an entity span
+that only overlaps its gold argument is a lenient match. A number naming no listed entity
+counts as an unaligned relation.
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ from dataclasses import dataclass
 
 from .align import AlignedRelation, align_relations
 from .instances import GoldEntity, GoldRelation, Instance
-from .relation_parsing import parse_relations
+from .prompt import argument_text
+from .relation_parsing import parse_numbered_relations, parse_relations
 from .scoring import PRF, EntityScores, max_matching
 
 Span = tuple[int, int]
@@ -42,6 +49,11 @@ class RelationScorer:
 
     def add(self, instance: Instance, output_text: str) -> None:
         """Parse, align and score one model output against the instance's gold relations."""
+        if instance.given_entities:
+            predicted, unaligned, malformed = numbered_predictions(instance, output_text)
+            self._malformed += int(malformed)
+            self.add_relations(instance.relations, predicted, unaligned, instance.relation_types)
+            return
         parsed = parse_relations(output_text, allowed_types=instance.relation_types)
         self._malformed += int(parsed.malformed)
         predicted: list[AlignedRelation] = []
@@ -82,6 +94,19 @@ class RelationScorer:
         for s, l in per_type.values():
             strict, lenient = strict + s, lenient + l
         return RelationScores(strict, lenient, per_type, self._unaligned, self._malformed)
+
+
+def numbered_predictions(
+    instance: Instance, output_text: str
+) -> tuple[list[AlignedRelation], dict[str, int], bool]:
+    """A given-entities answer -> relations between the spans of the listed entities,
+    the per-type count of pairs naming no listed entity, and whether it was malformed."""
+    listed = instance.entities
+    texts = [argument_text(e, instance.text) for e in listed]  # as the prompt shows them
+    parsed = parse_numbered_relations(output_text, instance.relation_types, texts)
+    spans = [(e.start, e.end) for e in listed]
+    predicted = [(typ, spans[a], spans[b]) for typ, a, b in parsed.relations]
+    return predicted, parsed.unresolved, parsed.malformed
 
 
 def relation_match_counts(

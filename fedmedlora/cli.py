@@ -14,6 +14,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from clinical_ie.instances import RE_MODES
+
 log = logging.getLogger("fedmedlora")
 
 
@@ -108,23 +110,29 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    """Score the base model (zero-shot) or base + adapter on one split of a site folder."""
+    """Score the base model (zero-shot) or base + adapter on one split of a site folder:
+    entities, relations with gold entities and relations end to end (given-entities mode),
+    or entities and relations end to end (end-to-end mode)."""
     from clinical_ie.evaluate import InstanceEvaluator, site_instances, stable_subset
     from data_loaders.sites import load_site
     from fedmedlora.config import tasks
 
     cfg = _run_config(args.set)
+    re_mode = args.re_mode or cfg["data.re-mode"]
     site = load_site(Path(args.data))
-    instances = stable_subset(site_instances(site, args.split, tasks(cfg)), args.limit)
+    instances = stable_subset(site_instances(site, args.split, tasks(cfg), re_mode), args.limit)
     model, tokenizer = _load_model(cfg, args.adapter)
     evaluator = InstanceEvaluator(tokenizer, instances, cfg["train.max-length"], cfg["eval.max-new-tokens"],
                                   cfg["eval.batch-size"], score_by=site.score_by)
+    log.info("scoring %d instances of %s/%s (data.re-mode %s): loss, then generation", len(instances),
+             site.name, args.split, re_mode)
     evaluation = evaluator.evaluate(model, f"{site.name} {args.split}")
     result = {
         "site": site.name, "split": args.split, "adapter": args.adapter or None,
-        "model": cfg["model.name"], **evaluation.to_metrics(),
+        "model": cfg["model.name"], "re-mode": re_mode, **evaluation.to_metrics(),
     }
-    print(f"## {site.name} / {args.split} ({'adapter ' + args.adapter if args.adapter else 'zero-shot'})\n")
+    print(f"## {site.name} / {args.split} ({'adapter ' + args.adapter if args.adapter else 'zero-shot'}, "
+          f"data.re-mode {re_mode})\n")
     print(evaluation.to_markdown())
     print(json.dumps(result, indent=2))
     if args.json:
@@ -146,6 +154,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     entity_types = [t.strip() for t in args.types.split(",") if t.strip()]
     relation_types = [t.strip() for t in args.relation_types.split(",") if t.strip()]
     check_types(entity_types, "--types")
+    re_mode = args.re_mode or cfg["data.re-mode"]
     notes = sorted(Path(args.input).glob("*.txt"))
     if not notes:
         raise FileNotFoundError(f"{args.input}: no .txt notes found")
@@ -155,7 +164,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     for note in tqdm(notes, desc="extract", unit="note"):
         text = note.read_text(encoding="utf-8", errors="strict")
         result = extract(model, tokenizer, text, entity_types, relation_types,
-                         cfg["eval.max-new-tokens"], cfg["eval.batch-size"])
+                         cfg["eval.max-new-tokens"], cfg["eval.batch-size"], re_mode)
         dropped += result.not_in_text
         ids = {}
         entities = []
@@ -272,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--format", choices=("brat", "jsonl"), default="brat")
     ex.add_argument("--types", default="problem,treatment,test,drug", help="comma-separated entity types")
     ex.add_argument("--relation-types", default="", help="comma-separated relation types (none = entities only)")
+    ex.add_argument("--re-mode", choices=RE_MODES, default=None,
+                    help="given-entities: entities first, then relations among them; end-to-end: both in "
+                         "one pass (default: the run config's data.re-mode)")
     ex.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="run-config key")
     ex.set_defaults(func=cmd_extract)
 
@@ -281,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--split", default="test", choices=("train", "validation", "test"))
     ev.add_argument("--limit", type=int, default=0, help="score at most this many instances (0 = all)")
     ev.add_argument("--json", default="", help="also write the metrics to this file")
+    ev.add_argument("--re-mode", choices=RE_MODES, default=None,
+                    help="given-entities: relations scored with gold entities and end to end; end-to-end: "
+                         "relations found from the sentence alone (default: the run config's data.re-mode)")
     ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="run-config key, e.g. --set model.name=/path/to/checkpoint")
     ev.set_defaults(func=cmd_evaluate)

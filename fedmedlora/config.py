@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from clinical_ie.instances import DEFAULT_RE_MODE, RE_MODES
 from fedmedlora.transport import ENCODINGS
 from modeling.base import DTYPE_CHOICES, EMBEDDED_DEFAULT, QUANTIZATION_CHOICES
 from modeling.lora import PAPER_TARGET_MODULES, LoraSettings
@@ -80,6 +81,10 @@ KEYS: dict[str, Key] = {
     "data.sites": Key(str, "site-a,site-b,site-c", "simulation: site folder for each partition-id"),
     "data.server-validation": Key(str, "", "coordinator's validation folder; empty = demo coordinator set"),
     "data.tasks": Key(str, "ner,re", "instance kinds trained and scored: ner, re, or both (multi-task)"),
+    "data.re-mode": Key(str, DEFAULT_RE_MODE, "relation instances: given-entities = the sentence's entities "
+                        "listed, relations answered as pairs of their numbers (evaluation also scores "
+                        "entity extraction then relations end to end); end-to-end = the model copies "
+                        "both argument texts", RE_MODES),
     "data.max-train-instances": Key(int, 0, "cap on training instances per site; 0 = all"),
     "eval.max-instances": Key(int, 16, "validation instances scored by generation per evaluation; 0 = all"),
     "eval.max-new-tokens": Key(int, 64, "generation budget per answer"),
@@ -217,6 +222,10 @@ def train_settings(cfg: Mapping[str, Any]) -> TrainSettings:
 
 def tasks(cfg: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(t.strip() for t in cfg["data.tasks"].split(",") if t.strip())
+
+
+def re_mode(cfg: Mapping[str, Any]) -> str:
+    return cfg["data.re-mode"]
 
 
 def site_names(cfg: Mapping[str, Any]) -> list[str]:

@@ -59,17 +59,26 @@ def test_evaluate_and_extract_with_the_tiny_model(tmp_path, tiny_llama, capsys):
     capsys.readouterr()
     sets = ["--set", f"model.name={tiny_llama}", "--set", "eval.max-new-tokens=8"]
     result = tmp_path / "metrics.json"
-    assert main(["evaluate", "--data", str(site), "--split", "train", "--limit", "4", "--json", str(result), *sets]) == 0
+    assert main(["evaluate", "--data", str(site), "--split", "train", "--limit", "8", "--json", str(result), *sets]) == 0
     metrics = json.loads(result.read_text())
-    assert metrics["num-examples"] == 4 and "re-strict-f1" in metrics and "strict-f1" in metrics
-    assert "| type |" in capsys.readouterr().out  # the per-type table
+    assert metrics["num-examples"] == 8 and metrics["re-instances"] > 0 and "re-strict-f1" in metrics and "strict-f1" in metrics
+    assert metrics["re-mode"] == "given-entities" and "re-e2e-strict-f1" in metrics
+    printed = capsys.readouterr().out
+    assert "| type |" in printed  # the per-type table
+    assert "### Relations with gold entities" in printed and "### Relations end to end" in printed
+    assert main(["evaluate", "--data", str(site), "--split", "train", "--limit", "8", "--re-mode", "end-to-end",
+                 "--json", str(result), *sets]) == 0
+    metrics = json.loads(result.read_text())
+    assert metrics["re-mode"] == "end-to-end" and metrics["re-e2e-malformed"] == metrics["re-malformed"]
+    assert "### Relations with gold entities" not in capsys.readouterr().out
 
     notes = tmp_path / "notes"
     notes.mkdir()
     (notes / "a.txt").write_text("Fever and cough. Started aspirin.")
     (notes / "b.txt").write_text("No complaints.")
     out = tmp_path / "ann"
-    assert main(["extract", "--input", str(notes), "--out", str(out), "--types", "problem,drug", *sets]) == 0
+    assert main(["extract", "--input", str(notes), "--out", str(out), "--types", "problem,drug",
+                 "--relation-types", "dosage,causes", *sets]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["a.ann", "a.txt", "b.ann", "b.txt"]
     for doc in read_brat_folder(out):  # whatever the untrained model found points at the note
         assert all(doc.text[s:e] == ent.text for ent in doc.entities for s, e in ent.spans)

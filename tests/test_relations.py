@@ -13,7 +13,7 @@ from clinical_ie.evaluate import (
     stable_subset, task_instances,
 )
 from clinical_ie.instances import (
-    GoldEntity, GoldRelation, Instance, make_instances, make_ner_instances, make_re_instances,
+    END_TO_END, GoldEntity, GoldRelation, Instance, make_instances, make_ner_instances, make_re_instances,
 )
 from clinical_ie.prompt import build_messages, target_text
 from clinical_ie.relation_parsing import MAX_COPIES, parse_relations
@@ -74,7 +74,7 @@ def _gold(inst: Instance) -> list[tuple[str, tuple[int, int], tuple[int, int]]]:
 # --- instances -----------------------------------------------------------------------------
 
 def test_re_instances_per_sentence_with_candidates() -> None:
-    instances, dropped = make_re_instances(_doc(), RELATION_TYPES, ENTITY_TYPES)
+    instances, dropped = make_re_instances(_doc(), RELATION_TYPES, ENTITY_TYPES, re_mode=END_TO_END)
     assert dropped == 1  # R5
     # "It was stopped." has no candidate argument: no instance.
     assert [i.text for i in instances] == [
@@ -152,7 +152,7 @@ def test_stable_subset_of_mixed_instances() -> None:
 # --- prompt and target -----------------------------------------------------------------------
 
 def test_re_prompt_and_target_format() -> None:
-    instances, _ = make_re_instances(_doc(), RELATION_TYPES, ENTITY_TYPES)
+    instances, _ = make_re_instances(_doc(), RELATION_TYPES, ENTITY_TYPES, re_mode=END_TO_END)
     messages = build_messages(instances[0])
     assert [m["role"] for m in messages] == ["system", "user"]
     assert "relations" in messages[0]["content"]
@@ -186,7 +186,7 @@ def _round_trip(inst: Instance) -> None:
 
 
 def test_target_round_trips_to_gold() -> None:
-    instances, _ = make_re_instances(_doc(), RELATION_TYPES, ENTITY_TYPES)
+    instances, _ = make_re_instances(_doc(), RELATION_TYPES, ENTITY_TYPES, re_mode=END_TO_END)
     for inst in instances:
         _round_trip(inst)
 
@@ -362,7 +362,7 @@ def test_evaluation_markdown_and_old_constructor() -> None:
     evaluation = evaluation_from_outputs(instances, [target_text(i) for i in instances], 0.25,
                                          SCORE_BY_ENTITY_RECALL)
     text = evaluation.to_markdown()
-    assert "### Entities (4 instances)" in text and "### Relations (3 instances)" in text
+    assert "### Entities (4 instances)" in text and "### Relations with gold entities (3 instances)" in text
     assert "n/a" in text.split("### Relations")[0] and "| dosage |" in text.split("### Relations")[1]
     old = Evaluation(0.5, evaluation.scores, 4)  # the NER-only constructor still works
     assert tuple(old.to_metrics()) == METRIC_KEYS and old.to_metrics()["ner-instances"] == 4
@@ -400,7 +400,7 @@ def test_extract_assembles_entities_and_relations(monkeypatch) -> None:
         ("re", 21): '{"causes": [["penicillin", "Rash"]]}',
     }
 
-    def fake_generate(model, tokenizer, prompts, *args):
+    def fake_generate(model, tokenizer, prompts, *args, **kwargs):
         out = []
         for messages in prompts:
             task = "re" if messages[1]["content"].startswith("Relation") else "ner"
@@ -410,7 +410,7 @@ def test_extract_assembles_entities_and_relations(monkeypatch) -> None:
 
     monkeypatch.setattr(extract_module, "generate_answers", fake_generate)
     result = extract_module.extract(None, None, text, ["drug", "problem", "dosage"],
-                                    ["dosage", "frequency", "causes"])
+                                    ["dosage", "frequency", "causes"], re_mode=END_TO_END)
     assert [(e.type, e.text) for e in result.entities] == [
         ("drug", "Aspirin"), ("dosage", "81 mg"), ("problem", "Rash"), ("drug", "penicillin")]
     got = [(r.type, r.arg1.type, r.arg1.text, r.arg2.type, r.arg2.text, r.arg2.start) for r in result.relations]
