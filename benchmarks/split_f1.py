@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 
 from clinical_ie.evaluate import InstanceEvaluator, site_instances, stable_subset
+from clinical_ie.instances import DEFAULT_RE_MODE, RE_MODES
 from data_loaders.sites import ensure_demo_corpus, load_site
 from modeling.adapter_io import load_peft_folder, set_adapter_state
 from modeling.base import EMBEDDED_DEFAULT, load_base_model
@@ -27,6 +28,7 @@ def main() -> None:
     parser.add_argument("--sites", default="site-a,site-b,site-c")
     parser.add_argument("--model", default=EMBEDDED_DEFAULT)
     parser.add_argument("--tasks", default="ner,re", help="ner, re or ner,re")
+    parser.add_argument("--re-mode", default=DEFAULT_RE_MODE, choices=RE_MODES, help="data.re-mode")
     parser.add_argument("--limit", type=int, default=0, help="test instances per site, chosen by hash (0 = all)")
     parser.add_argument("--max-length", type=int, default=512, help="longer instances are skipped")
     args = parser.parse_args()
@@ -44,7 +46,7 @@ def main() -> None:
     rows, raw = [], {}
     for name in args.sites.split(","):
         site = load_site(root / name)
-        instances = stable_subset(site_instances(site, "test", args.tasks.split(",")), args.limit)
+        instances = stable_subset(site_instances(site, "test", args.tasks.split(","), args.re_mode), args.limit)
         evaluator = InstanceEvaluator(tokenizer, instances, args.max_length, 64, 16, score_by=site.score_by)
         for arm, state in (("zero-shot", zero), ("federated", trained)):
             set_adapter_state(peft_model, state)

@@ -16,7 +16,7 @@ import torch
 from clinical_ie.evaluate import InstanceEvaluator, site_instances, stable_subset, training_pairs
 from clinical_ie.prompt import PREFIX_END
 from data_loaders.sites import SiteData, ensure_demo_corpus, load_site
-from fedmedlora.config import ConfigError, lora_settings, site_names, tasks
+from fedmedlora.config import ConfigError, lora_settings, re_mode, site_names, tasks
 from modeling.base import ModelIdentity, load_base_model, model_identity, resolve_model_path
 from modeling.lora import attach_lora
 from modeling.training import Encoded, encode_all
@@ -102,18 +102,18 @@ def site_dir(node_config: Mapping[str, Any], cfg: Mapping[str, Any]) -> Path:
 def site_runtime(node_config: Mapping[str, Any], cfg: Mapping[str, Any], tokenizer) -> SiteRuntime:
     folder = site_dir(node_config, cfg)
     name = node_config.get("site-name")
-    key = (str(folder), name, cfg["data.tasks"], cfg["train.max-length"], cfg["data.max-train-instances"],
+    key = (str(folder), name, cfg["data.tasks"], cfg["data.re-mode"], cfg["train.max-length"], cfg["data.max-train-instances"],
            cfg["eval.max-instances"], cfg["eval.max-new-tokens"], cfg["eval.batch-size"], id(tokenizer))
     if key not in _sites:
         site = load_site(folder, name=str(name) if name else None)
-        train_instances = site_instances(site, "train", tasks(cfg))
+        train_instances = site_instances(site, "train", tasks(cfg), re_mode(cfg))
         if cfg["data.max-train-instances"]:
             train_instances = stable_subset(train_instances, cfg["data.max-train-instances"])
         train, _ = encode_all(tokenizer, training_pairs(train_instances), cfg["train.max-length"], PREFIX_END)
         if not train:
             raise SiteDataError(f"{folder}: no training instances (or none fits train.max-length="
                                 f"{cfg['train.max-length']})")
-        val_instances = stable_subset(site_instances(site, "validation", tasks(cfg)), cfg["eval.max-instances"])
+        val_instances = stable_subset(site_instances(site, "validation", tasks(cfg), re_mode(cfg)), cfg["eval.max-instances"])
         log.info("site %s: %d training and %d validation instances (types: %s)",
                  site.name, len(train), len(val_instances), ", ".join(site.entity_types))
         _sites[key] = SiteRuntime(site, train, val_instances,

@@ -52,7 +52,7 @@ KEYS: dict[str, Key] = {
     "train.warmup-ratio": Key(float, 0.05, "share of all steps spent warming up"),
     "train.lr-scheduler": Key(str, "cosine", "learning-rate schedule across all rounds", SCHEDULER_CHOICES),
     "train.max-grad-norm": Key(float, 1.0, "gradient clipping; 0 = none"),
-    "train.max-length": Key(int, 384, "longest instance in tokens; longer ones are dropped"),
+    "train.max-length": Key(int, 512, "longest instance in tokens; longer ones are dropped"),
     "strategy.name": Key(str, "fedmedlora", "aggregation strategy: a registered name or package.module:Class"),
     "strategy.temperature": Key(float, 1.0, "Fed-MedLoRA+: weights exp((1 - L_k) / T)"),
     "strategy.size-weighted": Key(bool, False, "Fed-MedLoRA+: also multiply weights by n_k"),

@@ -60,7 +60,7 @@ class TrainSettings:
     lr_scheduler: str = "cosine"
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    max_length: int = 384
+    max_length: int = 512
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -20,7 +20,7 @@ from flwr.serverapp import Grid, ServerApp
 from clinical_ie.evaluate import InstanceEvaluator, site_instances, stable_subset
 from data_loaders.sites import ensure_demo_corpus, load_site
 from fedmedlora import protocol
-from fedmedlora.config import ConfigError, lora_settings, tasks, validate
+from fedmedlora.config import ConfigError, lora_settings, re_mode, tasks, validate
 from fedmedlora.logs import setup_logging
 from fedmedlora.transport import adapter_nbytes, transport_grid
 from modeling.adapter_io import from_arrayrecord, get_adapter_state, set_adapter_state, to_arrayrecord
@@ -69,7 +69,7 @@ def main(grid: Grid, context: Context) -> None:
     # A site-like folder lends its validation split; a dedicated coordinator set
     # (no validation split of its own, as in the demo) is used whole.
     split_names = ["validation"] if validation.splits["validation"] else ["train", "validation", "test"]
-    instances = [i for name in split_names for i in site_instances(validation, name, tasks(cfg))]
+    instances = [i for name in split_names for i in site_instances(validation, name, tasks(cfg), re_mode(cfg))]
     # Fed-MedLoRA+ scores every candidate on these each round: a cap keeps CPU runs short.
     loss_instances = stable_subset(instances, cfg["strategy.validation-instances"])
     loss_evaluator = InstanceEvaluator(tokenizer, loss_instances, cfg["train.max-length"],
