@@ -203,8 +203,10 @@ class InstanceEvaluator:
         self.batch_size = batch_size
         self.score_by = score_by
 
-    def loss(self, model) -> float:
-        return mean_answer_loss(model, self.encoded, self.tokenizer.pad_token_id, self.batch_size)
+    def loss(self, model, description: str | None = None) -> float:
+        """Mean answer-token cross-entropy; a `description` shows a progress bar."""
+        return mean_answer_loss(model, self.encoded, self.tokenizer.pad_token_id, self.batch_size,
+                                description=description)
 
     def generate(self, model, description: str = "score",
                  instances: Sequence[Instance] | None = None) -> list[str]:
@@ -232,7 +234,7 @@ class InstanceEvaluator:
         from the same generation pass as the instances (entity prompts added for
         sentences the set lacks), then a second pass asks for relations among the
         predicted entities. Without ``end_to_end`` the ``re-e2e-*`` metrics are 0.0 there."""
-        loss = self.loss(model)
+        loss = self.loss(model, f"{description} loss")
         given = [i for i in self.instances if i.task == RE and i.given_entities] if end_to_end else []
         has_ner = {_sentence_key(i) for i in self.instances if i.task == NER}
         extra = [_ner_instance(i) for i in given if i.entity_types and _sentence_key(i) not in has_ner]

@@ -8,6 +8,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -163,33 +164,38 @@ def resolve_dtype(dtype: str) -> torch.dtype:
 
 
 @functools.cache
-def cpu_prefers_bfloat16(repeats: int = 5) -> bool:
+def cpu_prefers_bfloat16(repeats: int = 3) -> bool:
     """Whether a bfloat16 matmul of a LoRA-training shape beats float32 on this CPU.
 
-    Measured once per process (about a tenth of a second) and logged: CPUs with native
-    bf16 instructions (AVX512-BF16, AMX) run it about twice as fast, others emulate it
-    and are slower, so `model.dtype = auto` picks by measurement, not by a CPU flag list.
+    Measured once per process and logged: CPUs with native bf16 instructions (AVX512-BF16,
+    AMX) run it about twice as fast, others emulate it and are many times slower, so
+    `model.dtype = auto` picks by measurement, not by a CPU flag list. A bf16 warm-up
+    slower than ten float32 calls settles it at once, so the check stays under about a
+    second where bf16 is emulated (see docs/architecture.md, "Model precision on a CPU").
     """
-    seconds = {dt: _matmul_seconds(dt, repeats) for dt in (torch.float32, torch.bfloat16)}
-    prefers = seconds[torch.bfloat16] < seconds[torch.float32]
-    log.info("model.dtype auto on CPU: bfloat16 matmul %.1f ms, float32 %.1f ms -> %s",
-             1e3 * seconds[torch.bfloat16], 1e3 * seconds[torch.float32],
-             "bfloat16" if prefers else "float32")
+    fp32 = _matmul_seconds(torch.float32, repeats)
+    bf16 = _matmul_seconds(torch.bfloat16, repeats, give_up_after=10 * fp32)
+    prefers = bf16 < fp32
+    log.info("model.dtype auto on CPU: bfloat16 matmul %s, float32 %.2f ms -> %s",
+             f"{1e3 * bf16:.2f} ms" if math.isfinite(bf16) else f"over {1e4 * fp32:.2f} ms",
+             1e3 * fp32, "bfloat16" if prefers else "float32")
     return prefers
 
 
-def _matmul_seconds(dtype: torch.dtype, repeats: int) -> float:
-    """Median seconds of a (512 x 576) @ (576 x 1536) matmul, a small model's MLP shape."""
+def _matmul_seconds(dtype: torch.dtype, repeats: int, give_up_after: float = math.inf) -> float:
+    """Median seconds of a (128 x 576) @ (576 x 1536) matmul, a small model's MLP shape;
+    infinity if the first (warm-up) call takes longer than `give_up_after`."""
     gen = torch.Generator().manual_seed(0)
-    a = torch.randn(512, 576, generator=gen).to(dtype)
+    a = torch.randn(128, 576, generator=gen).to(dtype)
     b = torch.randn(576, 1536, generator=gen).to(dtype)
-    a @ b  # warm-up: first calls pick kernels
     times = []
-    for _ in range(repeats):
+    for _ in range(repeats + 1):  # the first call picks kernels: not counted
         start = time.perf_counter()
         a @ b
         times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+        if len(times) == 1 and times[0] > give_up_after:
+            return math.inf
+    return sorted(times[1:])[len(times[1:]) // 2]
 
 
 def load_tokenizer(name: str):

@@ -191,3 +191,24 @@ def test_embedded_default_model_generates_text():
     answer = generate_answers(model, tokenizer, [[{"role": "user", "content": "What is the capital of France?"}]],
                               max_new_tokens=20)[0]
     assert "Paris" in answer
+
+
+def test_auto_dtype_on_cpu_follows_the_measured_matmul(monkeypatch):
+    import math
+
+    from modeling import base
+
+    monkeypatch.setattr(base.torch.cuda, "is_available", lambda: False)
+    for bf16_seconds, expected in ((0.001, torch.bfloat16), (0.5, torch.float32), (math.inf, torch.float32)):
+        base.cpu_prefers_bfloat16.cache_clear()
+        monkeypatch.setattr(base, "_matmul_seconds", lambda dtype, repeats, give_up_after=math.inf, s=bf16_seconds:
+                            s if dtype == torch.bfloat16 else 0.01)
+        assert base.resolve_dtype("auto") == expected
+    base.cpu_prefers_bfloat16.cache_clear()
+
+
+def test_bf16_probe_gives_up_on_a_slow_warm_up():
+    from modeling.base import _matmul_seconds
+
+    assert _matmul_seconds(torch.float32, 1, give_up_after=0.0) == float("inf")
+    assert 0 < _matmul_seconds(torch.float32, 1) < 5
