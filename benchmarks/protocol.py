@@ -672,7 +672,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     import train_speed
 
     loop = train_speed.measure(profile.model, bench.examples("maccrobat", sites["maccrobat"]),
-                               quantization=profile.quantization, dtype="auto", steps=8, warmup=1, repeats=3, probe=4)
+                               quantization=profile.quantization, dtype="auto", steps=8, warmup=1, repeats=3, probe=4,
+                               batch_size=TrainSettings().batch_size, arms=("clientapp", "peft"))
     summary = json.loads((runs["fedmedlora"] / "summary.json").read_text())
     communication = dict(summary["communication"])
     communication["bytes-per-round"] = (communication["bytes-up-total"] + communication["bytes-down-total"]) / summary["rounds"]
@@ -697,9 +698,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "new-site": new_site,
         "curves": curve_data,
         "plots": plots,
-        "speed": {"loop": {"fedmedlora": loop["median-tokens-per-second"]["fedmedlora"],
-                           "peft-loop": loop["median-tokens-per-second"]["peft-loop"], "ratio": loop["ratio"],
-                           "runs": loop["runs"]},
+        "speed": {"loop": {"fedmedlora": loop["clientapp"]["tokens_per_second"],
+                           "peft-loop": loop["peft"]["tokens_per_second"], "ratio": loop["ratios"]["clientapp/peft"],
+                           "runs": loop["clientapp"]["per_repeat"] + loop["peft"]["per_repeat"]},
                   "sites": site_speed(runs["fedmedlora"])},
         "communication": communication,
         "encodings": encodings,
