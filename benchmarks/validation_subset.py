@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             sizes.append(len(train[name]))
             per_instance.append(instance_answer_losses(model, encoded, pad, batch_size=16,
                                                        description=f"score {name} round {rnd}"))
+            print(f"round {rnd}: {name} trained and scored ({time.perf_counter() - start:.0f} s)", flush=True)
         total = sum(sizes)
         global_state = {k: sum(s[k] * (n / total) for s, n in zip(states, sizes)) for k in states[0]}
 
