@@ -89,7 +89,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import inspect
 import json
 import logging
 import platform
@@ -99,7 +98,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -129,43 +128,25 @@ log = logging.getLogger("train_speed")
 
 def site_examples(data_dir: Path, tokenizer, max_length: int) -> list[Encoded]:
     """The training instances a site's ClientApp trains on (NER and RE), tokenized, with
-    the shared instruction prefix marked where `encode_all` knows how (`prefix_end`)."""
+    the shared instruction prefix marked."""
     from clinical_ie.evaluate import site_instances, training_pairs
+    from clinical_ie.prompt import PREFIX_END
     from data_loaders.sites import load_site
     from modeling.training import encode_all
 
     site = load_site(data_dir)
-    pairs = training_pairs(site_instances(site, "train"))
-    kwargs = {}
-    if "prefix_end" in inspect.signature(encode_all).parameters:
-        from clinical_ie.prompt import PREFIX_END
-
-        kwargs["prefix_end"] = PREFIX_END
-    examples, _ = encode_all(tokenizer, pairs, max_length, **kwargs)
+    examples, _ = encode_all(tokenizer, training_pairs(site_instances(site, "train")), max_length, PREFIX_END)
     return examples
 
 
-def prefix_len(example) -> int:
-    """Leading tokens that are the shared instruction (0 before the ClientApp marks them)."""
-    return int(getattr(example, "prefix_len", 0) or 0)
-
-
-def _has_prefix_field() -> bool:
-    return any(f.name == "prefix_len" for f in fields(Encoded))
-
-
 def write_encoded(examples: Sequence[Encoded], path: Path) -> None:
-    path.write_text(json.dumps([[list(e.input_ids), e.answer_len, prefix_len(e)] for e in examples]))
+    path.write_text(json.dumps([[list(e.input_ids), e.answer_len, e.prefix_len] for e in examples]))
 
 
 def read_encoded(path: Path) -> list[Encoded]:
     """Instances saved by `write_encoded` (an older file has no prefix lengths: 0)."""
-    made = []
-    for item in json.loads(path.read_text()):
-        ids, answer = tuple(item[0]), int(item[1])
-        prefix = int(item[2]) if len(item) > 2 else 0
-        made.append(Encoded(ids, answer, prefix_len=prefix) if _has_prefix_field() else Encoded(ids, answer))
-    return made
+    return [Encoded(tuple(item[0]), int(item[1]), int(item[2]) if len(item) > 2 else 0)
+            for item in json.loads(path.read_text())]
 
 
 def random_init_checkpoint(model_name: str, arch: dict, folder: Path, seed: int = 0) -> Path:
@@ -220,8 +201,8 @@ def batch_figures(batches: Sequence[Sequence[Encoded]]) -> dict:
     """Instances and non-padding tokens (full prompt + answer of each instance, counted
     the same for every arm), and how many of the tokens are a batch's shared prefix."""
     tokens = sum(len(e.input_ids) for group in batches for e in group)
-    prefix = sum(prefix_len(e) for group in batches for e in group)
-    once = sum(max((prefix_len(e) for e in group), default=0) for group in batches)
+    prefix = sum(e.prefix_len for group in batches for e in group)
+    once = sum(max((e.prefix_len for e in group), default=0) for group in batches)
     return {
         "instances": sum(len(group) for group in batches),
         "tokens": tokens,

@@ -12,7 +12,7 @@ import clinical_ie.evaluate as evaluate_module
 import clinical_ie.extract as extract_module
 from clinical_ie.evaluate import METRIC_KEYS, InstanceEvaluator, evaluation_from_outputs, task_instances
 from clinical_ie.instances import (
-    DEFAULT_RE_MODE, END_TO_END, GIVEN_ENTITIES, RE_MODES, GoldEntity, GoldRelation, Instance,
+    DEFAULT_RE_MODE, END_TO_END, GIVEN_ENTITIES, RE_MODES, GoldEntity, Instance,
     make_instances, make_re_instances,
 )
 from clinical_ie.prompt import PREFIX_END, build_messages, target_text
