@@ -99,7 +99,7 @@ class Profile:
 
 
 PROFILES = {
-    # This 2-core CPU, the embedded default (fp32); about 2 hours (DESIGN decision 11).
+    # This 2-core CPU, the embedded default: a smoke test of every arm (docs/architecture.md, "Benchmark profiles").
     "quick": Profile(model=EMBEDDED_DEFAULT, quantization="auto", rounds=3, steps=6, max_length=512,
                      test_instances=40, round_eval_instances=8, new_site_documents=8, new_site_steps=12,
                      max_new_tokens=96, eval_batch_size=16, overhead_rounds=2, overhead_steps=2),

@@ -1,4 +1,4 @@
-"""95% bootstrap intervals for strict/lenient micro scores (DESIGN decision 4).
+"""95% bootstrap intervals for strict/lenient micro scores (docs/architecture.md, "Scoring").
 
 Sentences of one note are not independent, so the resampling unit is the document: each
 resample draws documents with replacement and sums their true/false positive and false

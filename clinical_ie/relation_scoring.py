@@ -1,4 +1,4 @@
-"""Strict and lenient relation precision/recall/F1 (DESIGN decision 4).
+"""Strict and lenient relation precision/recall/F1 (docs/architecture.md, "Scoring").
 
 Strict: same type, and both arguments strict (each predicted span starts at its gold
 argument's first fragment and ends at its last). Lenient: same type, and each predicted

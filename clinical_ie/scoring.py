@@ -1,4 +1,4 @@
-"""Strict and lenient entity precision/recall/F1 (DESIGN decision 4).
+"""Strict and lenient entity precision/recall/F1 (docs/architecture.md, "Scoring").
 
 Strict: same type, and the predicted span starts at the gold entity's first fragment and
 ends at its last (so it covers every fragment). Lenient: same type, and the predicted span

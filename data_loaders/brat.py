@@ -7,7 +7,7 @@ resolved to their trigger ``T``), ``R`` (binary relations), ``A``/``M`` (attribu
 counted).
 
 Errors never quote note text: they name ``path:line`` and the reason, because error
-messages may travel beyond the site (DESIGN.md, decision 6).
+messages may travel beyond the site (docs/architecture.md, "Nothing that leaves a site contains note text").
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The one train/validation/test split every command and benchmark uses (DESIGN.md,
-decision 3): document-level, by a stable hash of the document id, never by file order."""
+"""The one train/validation/test split every command and benchmark uses
+(docs/architecture.md, "Splits"): document-level, by a stable hash of the document id, never by file order."""
 
 from __future__ import annotations
 

@@ -228,7 +228,7 @@ def document() -> str:
         "",
         "What the project was given that it should refuse, and what it said. The messages in the first two",
         "tables were produced by running each case (`scripts/faults_table.py`; temporary folders left out);",
-        "the tests in the last column check them. Design rules they follow (DESIGN.md): errors name the",
+        "the tests in the last column check them. Design rules they follow (docs/architecture.md): errors name the",
         "file and line, or the key, and what was expected; nothing sent to the coordinator quotes note text",
         "(`tests/test_privacy.py` records every message of a simulation and of a loopback deployment and",
         "checks it); bad input never crashes a federation silently and never loses finished rounds.",

@@ -3,7 +3,7 @@
 Each strategy is built the way the ServerApp builds it (validated run config ->
 server_app.strategy_factory.build_strategy), configured for a round (so server-side
 optimisers and the update-norm bound know the global adapter) and fed hand-built replies
-(tests/test_strategies.py's `reply`). Universal checks (DESIGN.md, decision 8): output keys,
+(tests/test_strategies.py's `reply`). Universal checks (docs/architecture.md, "Strategy conformance"): output keys,
 order and shapes of the global adapter, float32, finite; malformed updates rejected without
 failing the round; the same output for the same replies in any order (seeded, for DP noise);
 the update-norm bound. Declared invariants: "weights-sum-to-one", "exact-product".

@@ -1,4 +1,4 @@
-"""DESIGN.md, decision 6: nothing that leaves a site contains note text.
+"""Nothing that leaves a site contains note text (docs/architecture.md).
 
 Every message of a simulation run and of a loopback deployment is recorded (see
 fedmedlora/capture.py): at each site's ClientApp (a mod: what it received, what it sent or
