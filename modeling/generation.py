@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .training import Encoded, cache_keyword, encode, prefix_cache, prefix_groups
+from .training import Encoded, cache_keyword, collate, encode, prefix_cache, prefix_groups
 
 
 @torch.no_grad()
@@ -49,34 +49,23 @@ def generate_answers(
 
 def _generate_batch(model, tokenizer, batch: Sequence[Encoded], max_new_tokens: int, device,
                     share_prefix: bool) -> list[str]:
-    """One batch: left-padded prompts, or the shared prefix, then the left-padded suffixes
-    (pads between prefix and suffix are masked, and generate derives each row's positions
-    from the mask)."""
-    pad_id = tokenizer.pad_token_id
-    prefix = batch[0].prefix
-    shared = share_prefix and bool(prefix) and all(e.prefix == prefix for e in batch)
-    skip = len(prefix) if shared else 0
-    rows = [e.input_ids[skip:] for e in batch]
-    length = max(len(r) for r in rows)
-    input_ids = torch.full((len(batch), skip + length), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(batch), skip + length), dtype=torch.long)
-    if shared:
-        input_ids[:, :skip] = torch.tensor(prefix)
-        attention[:, :skip] = 1
-    for row, ids in enumerate(rows):
-        input_ids[row, skip + length - len(ids) :] = torch.tensor(ids)
-        attention[row, skip + length - len(ids) :] = 1
-    kwargs = {}
-    if shared:
-        kwargs[cache_keyword(model)] = prefix_cache(model, input_ids[:1, :skip].to(device), len(batch))
+    """One batch laid out as training lays it out (`collate`): left-padded prompts, or the
+    shared prefix once and the left-padded suffixes after it. Pads between prefix and
+    suffix are masked, and generate derives each row's positions from the mask."""
+    laid = collate(batch, tokenizer.pad_token_id, device, share_prefix)
+    input_ids, kwargs = laid["input_ids"], {}
+    if "prefix_ids" in laid:
+        kwargs[cache_keyword(model)] = prefix_cache(model, laid["prefix_ids"], len(batch))
+        input_ids = torch.cat([laid["prefix_ids"].expand(len(batch), -1), input_ids], dim=1)
     out = model.generate(
-        input_ids=input_ids.to(device),
-        attention_mask=attention.to(device),
+        input_ids=input_ids,
+        attention_mask=laid["attention_mask"],
         max_new_tokens=max_new_tokens,
         do_sample=False,
         use_cache=True,
-        pad_token_id=pad_id,
+        pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         **kwargs,
     )
-    return [tokenizer.decode(out[row, skip + length :], skip_special_tokens=True) for row in range(len(batch))]
+    start = input_ids.shape[1]
+    return [tokenizer.decode(out[row, start:], skip_special_tokens=True) for row in range(len(batch))]
