@@ -59,7 +59,8 @@ KEYS: dict[str, Key] = {
     "strategy.validation": Key(str, "coordinator", "Fed-MedLoRA+: who computes L_k: the coordinator on "
                                "its validation set, or every site on its own (K adapters down per site)",
                                VALIDATION_MODES),
-    "strategy.validation-instances": Key(int, 0, "Fed-MedLoRA+ coordinator mode: validation instances L_k is computed on, chosen by hash; 0 = all"),
+    "strategy.validation-instances": Key(int, 64, "Fed-MedLoRA+ coordinator mode: validation instances L_k is computed on, chosen by hash; 0 = all "
+                                          "(default: docs/architecture.md, \"Coordinator scoring\")"),
     "strategy.exact-rank": Key(str, "", "exact: rank of the global adapter, an integer or 'full'; empty = lora.r"),
     "strategy.min-sites": Key(int, 3, "sites that must be connected and reply for a round"),
     "strategy.fraction-train": Key(float, 1.0, "share of connected sites sampled per round"),
