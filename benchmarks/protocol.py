@@ -28,7 +28,7 @@ configuration run in simulation and as a loopback deployment. Bytes per round ag
     .venv/bin/python benchmarks/protocol.py --profile quick --data data --results docs/RESULTS.md
 
 `--data` holds the prepared site folders `maccrobat`, `chia`, `ddi`, `ade` (see the
-README, "Real corpora"). Everything finished is kept under `--out` and reused when the
+docs/getting-started.md, "Real corpora"). Everything finished is kept under `--out` and reused when the
 command is run again (training, federated runs, generated outputs), so an interrupted
 run continues. Writes `results.json`, `RESULTS.md` and `plots/*.png` into `--out`.
 """
@@ -138,7 +138,7 @@ def prepare_sites(data: Path, out: Path, new_site_documents: int) -> dict[str, P
     for name in ("maccrobat", "chia", "ddi", "ade"):
         if not (data / name / "site.json").is_file():
             raise FileNotFoundError(f"--data: {data / name} is not a prepared site folder; prepare it with "
-                                    f"`fedmedlora prepare --preset {name} ...` (README, 'Real corpora')")
+                                    f"`fedmedlora prepare --preset {name} ...` (docs/getting-started.md, 'Real corpora')")
     root = out / "sites"
     root.mkdir(parents=True, exist_ok=True)
     for name in ("maccrobat", "chia", "ade"):

@@ -1,1 +1,1 @@
-"""Examples of extending the app (see README, "Write your own strategy")."""
+"""Examples of extending the app (see docs/strategies.md, "Write your own strategy")."""

@@ -229,7 +229,7 @@ def test_commands_are_what_deploy_py_builds(base, tls, with_tls):
 
 
 def test_command_functions_build_the_loopback_lines():
-    """What README's loopback section shows, and the checks that keep a broken line out."""
+    """What docs/howto/loopback.md shows, and the checks that keep a broken line out."""
     assert superlink_command("127.0.0.1", 9092) == [
         "flower-superlink", "--host", "127.0.0.1", "--port", "9092", "--disable-runtime-dependency-installation",
         "--insecure"]
