@@ -26,7 +26,9 @@ TASKS: tuple[str, ...] = (NER, RE)
 GIVEN_ENTITIES = "given-entities"
 END_TO_END = "end-to-end"
 RE_MODES: tuple[str, ...] = (GIVEN_ENTITIES, END_TO_END)
-DEFAULT_RE_MODE = GIVEN_ENTITIES  # the project default (config key data.re-mode)
+# The project default (config key data.re-mode): the mode with the higher end-to-end relation
+# F1 on the shared corpora (docs/architecture.md, "Relation extraction modes").
+DEFAULT_RE_MODE = END_TO_END
 
 
 @dataclass(frozen=True)

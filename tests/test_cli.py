@@ -59,14 +59,16 @@ def test_evaluate_and_extract_with_the_tiny_model(tmp_path, tiny_llama, capsys):
     capsys.readouterr()
     sets = ["--set", f"model.name={tiny_llama}", "--set", "eval.max-new-tokens=8"]
     result = tmp_path / "metrics.json"
-    assert main(["evaluate", "--data", str(site), "--split", "train", "--limit", "8", "--json", str(result), *sets]) == 0
+    assert main(["evaluate", "--data", str(site), "--split", "train", "--limit", "8", "--re-mode", "given-entities",
+                 "--json", str(result), *sets]) == 0
     metrics = json.loads(result.read_text())
     assert metrics["num-examples"] == 8 and metrics["re-instances"] > 0 and "re-strict-f1" in metrics and "strict-f1" in metrics
     assert metrics["re-mode"] == "given-entities" and "re-e2e-strict-f1" in metrics
     printed = capsys.readouterr().out
     assert "| type |" in printed  # the per-type table
     assert "### Relations with gold entities" in printed and "### Relations end to end" in printed
-    assert main(["evaluate", "--data", str(site), "--split", "train", "--limit", "8", "--re-mode", "end-to-end",
+    # The default mode is end to end: relation instances carry no entity list.
+    assert main(["evaluate", "--data", str(site), "--split", "train", "--limit", "8",
                  "--json", str(result), *sets]) == 0
     metrics = json.loads(result.read_text())
     assert metrics["re-mode"] == "end-to-end" and metrics["re-e2e-malformed"] == metrics["re-malformed"]

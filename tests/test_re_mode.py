@@ -70,10 +70,10 @@ def _listed(inst: Instance) -> list[tuple[str, str]]:
 
 # --- instances -----------------------------------------------------------------------------
 
-def test_default_mode_is_given_entities_everywhere() -> None:
-    assert DEFAULT_RE_MODE == GIVEN_ENTITIES and RE_MODES == (GIVEN_ENTITIES, END_TO_END)
+def test_default_mode_is_end_to_end_everywhere() -> None:
+    assert DEFAULT_RE_MODE == END_TO_END and RE_MODES == (GIVEN_ENTITIES, END_TO_END)
     assert KEYS["data.re-mode"].default == DEFAULT_RE_MODE
-    assert all(i.given_entities for i in make_re_instances(_doc(), RELATION_TYPES, SITE_TYPES)[0])
+    assert not any(i.given_entities for i in make_re_instances(_doc(), RELATION_TYPES, SITE_TYPES)[0])
 
 
 def test_given_entity_instances_list_site_entities_and_every_argument() -> None:
@@ -336,7 +336,7 @@ def test_metric_keys_identical_in_both_modes(re_mode: str, tasks) -> None:
 def test_extract_chains_entities_then_relations(monkeypatch) -> None:
     fake = FakeGenerator()
     monkeypatch.setattr(extract_module, "generate_answers", fake)
-    result = extract_module.extract(None, None, TEXT, SITE_TYPES, RELATION_TYPES)
+    result = extract_module.extract(None, None, TEXT, SITE_TYPES, RELATION_TYPES, re_mode=GIVEN_ENTITIES)
     assert len(fake.calls) == 2
     assert all(u.startswith("Entity types") for u in fake.calls[0]) and len(fake.calls[0]) == 3
     assert len(fake.calls[1]) == 2  # "No rash." has one entity: no relation asked
@@ -361,11 +361,11 @@ def test_extract_counts_numbers_naming_no_entity(monkeypatch) -> None:
                 else '{"dosage":[[1,2],[1,7]]}' for m in prompts]
 
     monkeypatch.setattr(extract_module, "generate_answers", fake)
-    result = extract_module.extract(None, None, S1, ["drug", "dosage"], ["dosage"])
+    result = extract_module.extract(None, None, S1, ["drug", "dosage"], ["dosage"], re_mode=GIVEN_ENTITIES)
     assert [(r.arg1.text, r.arg2.text) for r in result.relations] == [("Aspirin", "81 mg")]
     assert result.not_in_text == 1
     with pytest.raises(ValueError, match="need entity_types"):
-        extract_module.extract(None, None, S1, [], ["dosage"])
+        extract_module.extract(None, None, S1, [], ["dosage"], re_mode=GIVEN_ENTITIES)
     with pytest.raises(ValueError, match="re_mode"):
         extract_module.extract(None, None, S1, ["drug"], ["dosage"], re_mode="both")
 

@@ -13,7 +13,7 @@ from clinical_ie.evaluate import (
     stable_subset, task_instances,
 )
 from clinical_ie.instances import (
-    END_TO_END, GoldEntity, GoldRelation, Instance, make_instances, make_ner_instances, make_re_instances,
+    END_TO_END, GIVEN_ENTITIES, GoldEntity, GoldRelation, Instance, make_instances, make_ner_instances, make_re_instances,
 )
 from clinical_ie.prompt import build_messages, target_text
 from clinical_ie.relation_parsing import MAX_COPIES, parse_relations
@@ -331,7 +331,7 @@ def test_relation_matching_is_one_to_one() -> None:
 # --- evaluation: identical metric keys whatever the tasks ----------------------------------
 
 def _instances(tasks: tuple[str, ...]) -> list[Instance]:
-    return task_instances([_doc()], ENTITY_TYPES, RELATION_TYPES, tasks)
+    return task_instances([_doc()], ENTITY_TYPES, RELATION_TYPES, tasks, GIVEN_ENTITIES)
 
 
 @pytest.mark.parametrize("tasks", [("ner",), ("re",), ("ner", "re")])
