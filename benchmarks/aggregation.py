@@ -42,8 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Metadata, MetricRecord, RecordDict  # noqa: E402
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
-from fedmedlora.config import validate  # noqa: E402
 from server_app.strategy_factory import build_strategy  # noqa: E402
+from settings.config import validate  # noqa: E402
 from strategies import available_strategies  # noqa: E402
 
 HIDDEN, KV, INTERMEDIATE = 4096, 1024, 14336  # LLaMA-3-8B

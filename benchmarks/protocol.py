@@ -47,9 +47,10 @@ import signal
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from anywhere in the checkout
@@ -256,9 +257,9 @@ def write_wall(run: Path, start: float, start_time: float) -> None:
 
 
 def run_federated(arm: str, config: dict[str, Any], out: Path) -> Path:
-    from fedmedlora.config import validate
     from fedmedlora.local_run import flwr_run
     from server_app.checkpoint import existing_round
+    from settings.config import validate
 
     run = out / arm
     if (run / "summary.json").is_file():
@@ -364,7 +365,7 @@ def site_speed(run: Path) -> dict[str, float]:
 
 # --- scoring ----------------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=None)  # every arm is scored on the same splits: read each once
+@functools.cache  # every arm is scored on the same splits: read each once
 def test_instances(folder: Path, name: str, limit: int) -> tuple[list, str | None]:
     site = load_site(folder, name=name)
     return stable_subset(site_instances(site, "test"), limit), site.score_by

@@ -32,9 +32,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from anywhere in the checkout
 
 from fedmedlora.cli import _parse_value  # noqa: E402
-from fedmedlora.config import validate  # noqa: E402
 from fedmedlora.local_run import flwr_run  # noqa: E402
 from server_app.checkpoint import existing_round  # noqa: E402
+from settings.config import validate  # noqa: E402
 
 # Arm name -> run-config keys. Defaults that would make an arm identical to plain FedAvg
 # are changed to the values their papers use (FedAvgM momentum 0.9, FedProx mu 0.01).

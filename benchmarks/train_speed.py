@@ -98,9 +98,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from anywhere in the checkout
@@ -427,7 +427,7 @@ def resolve_dtype_for(dtype: str, device: torch.device) -> str:
 
 def run_config_defaults() -> dict:
     """`[tool.flwr.app.config]` of pyproject.toml: the run configuration a site trains with
-    by default (read directly: fedmedlora.config pulls in Flower, which a bare GPU machine
+    by default (read directly: settings.config pulls in Flower, which a bare GPU machine
     lacks)."""
     import tomllib
 

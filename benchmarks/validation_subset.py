@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         total = sum(sizes)
         global_state = {k: sum(s[k] * (n / total) for s, n in zip(states, sizes)) for k in states[0]}
 
-        def loss_on(subset_idx: list[int]) -> list[float]:
+        def loss_on(subset_idx: list[int], per_instance=per_instance) -> list[float]:
             return [sum(p[i][0] for i in subset_idx) / max(sum(p[i][1] for i in subset_idx), 1)
                     for p in per_instance]
 
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                 "weight_l1": float(np.abs(softmax_weights(losses) - full_w).sum()),
             }
         rounds.append({"round": rnd, "full_losses": full, "full_weights": full_w.tolist(), "by_size": by_size})
-        print(f"round {rnd}: full-set losses " + ", ".join(f"{n} {l:.4f}" for n, l in zip(names, full)), flush=True)
+        print(f"round {rnd}: full-set losses " + ", ".join(f"{n} {loss:.4f}" for n, loss in zip(names, full)), flush=True)
 
     sizes_checked = sorted(rounds[0]["by_size"])
     print(f"\n{'instances':>9} " + " ".join(f"{'r' + str(r['round']) + ' rank':>8} {'L1 w':>6}" for r in rounds))

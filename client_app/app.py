@@ -16,14 +16,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from data_loaders.sites import SiteFolderError
-from fedmedlora import protocol
-from fedmedlora.config import ConfigError, lora_settings, train_settings, validate
-from fedmedlora.logs import setup_logging
-from fedmedlora.transport import decode_content, encode_content
-from modeling.adapter_io import from_arrayrecord, get_adapter_state, set_adapter_state, to_arrayrecord
+from modeling.adapter_io import get_adapter_state, set_adapter_state
 from modeling.training import train_round
-
+from settings.config import ConfigError, lora_settings, train_settings, validate
+from settings.logs import setup_logging
 from strategies import dp_clipping_mod
+from wire import protocol
+from wire.arrays import from_arrayrecord, to_arrayrecord
+from wire.transport import decode_content, encode_content
 
 from .runtime import SiteDataError, model_runtime, site_runtime
 

@@ -7,19 +7,20 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
 from clinical_ie.evaluate import InstanceEvaluator, site_instances, stable_subset, training_pairs
 from clinical_ie.prompt import PREFIX_END
 from data_loaders.sites import SiteData, ensure_demo_corpus, load_site
-from fedmedlora.config import ConfigError, lora_settings, re_mode, site_names, tasks
 from modeling.base import ModelIdentity, load_base_model, model_identity, resolve_model_path
 from modeling.lora import attach_lora
 from modeling.training import Encoded, encode_all
+from settings.config import ConfigError, lora_settings, re_mode, site_names, tasks
 
 log = logging.getLogger(__name__)
 

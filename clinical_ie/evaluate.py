@@ -19,7 +19,14 @@ from modeling.training import Encoded, encode_all, mean_answer_loss
 
 from .align import predicted_entities
 from .instances import (
-    DEFAULT_RE_MODE, NER, RE, TASKS, Instance, check_re_mode, make_instances, make_ner_instances,
+    DEFAULT_RE_MODE,
+    NER,
+    RE,
+    TASKS,
+    Instance,
+    check_re_mode,
+    make_instances,
+    make_ner_instances,
 )
 from .prompt import PREFIX_END, build_messages, target_text
 from .relation_scoring import RelationScorer, RelationScores

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Sequence
 
+from data_loaders.schema import MAIN_ENTITY_TYPES, MODIFIER_TYPES, check_types
 from modeling.generation import generate_answers
 
 from .align import align_relations, predicted_entities
 from .instances import DEFAULT_RE_MODE, GIVEN_ENTITIES, RE, Instance, check_re_mode
 from .prompt import PREFIX_END, argument_text, build_messages
 from .relation_parsing import parse_numbered_relations, parse_relations
-from .schema import MAIN_ENTITY_TYPES, MODIFIER_TYPES, check_types
 from .segment import split_sentences
 
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
+from data_loaders.schema import RELATION_DEFINITIONS, TYPE_DEFINITIONS
+
 from .instances import RE, GoldEntity, Instance
-from .schema import RELATION_DEFINITIONS, TYPE_DEFINITIONS
 
 SYSTEM_PROMPT = "You extract clinical entities from a sentence and answer with JSON only."
 RELATION_SYSTEM_PROMPT = (

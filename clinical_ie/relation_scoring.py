@@ -89,10 +89,10 @@ class RelationScorer:
             counts[1] = counts[1] + PRF(lenient_tp, len(p) - lenient_tp + extra_fp, len(g) - lenient_tp)
 
     def result(self) -> RelationScores:
-        per_type = {t: (PRF() + s, PRF() + l) for t, (s, l) in self._per_type.items()}
+        per_type = {t: (PRF() + strict_t, PRF() + lenient_t) for t, (strict_t, lenient_t) in self._per_type.items()}
         strict, lenient = PRF(), PRF()
-        for s, l in per_type.values():
-            strict, lenient = strict + s, lenient + l
+        for strict_t, lenient_t in per_type.values():
+            strict, lenient = strict + strict_t, lenient + lenient_t
         return RelationScores(strict, lenient, per_type, self._unaligned, self._malformed)
 
 

@@ -133,10 +133,10 @@ class EntityScorer:
         self._score(gold, predicted, {}, ())
 
     def result(self) -> EntityScores:
-        per_type = {t: (PRF() + s, PRF() + l) for t, (s, l) in self._per_type.items()}
+        per_type = {t: (PRF() + strict_t, PRF() + lenient_t) for t, (strict_t, lenient_t) in self._per_type.items()}
         strict, lenient = PRF(fp=self._untyped_fp), PRF(fp=self._untyped_fp)
-        for s, l in per_type.values():
-            strict, lenient = strict + s, lenient + l
+        for strict_t, lenient_t in per_type.values():
+            strict, lenient = strict + strict_t, lenient + lenient_t
         return EntityScores(strict, lenient, per_type, self._unaligned, self._malformed, self.recall_only)
 
     def _score(

@@ -38,9 +38,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from clinical_ie.schema import ENTITY_TYPES, MAIN_ENTITY_TYPES, MODIFIER_TYPES
 from data_loaders.document import Attribute, Document, Entity, Group, Relation
 from data_loaders.splits import SPLITS
+
+from .schema import ENTITY_TYPES, MAIN_ENTITY_TYPES, MODIFIER_TYPES
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from clinical_ie.schema import check_types
 from data_loaders.brat import quoted, quoted_id, read_brat_folder, read_text
 from data_loaders.corpora import JSONL_FILE, read_corpus
 from data_loaders.document import Document
@@ -34,6 +33,8 @@ from data_loaders.jsonl import read_jsonl
 from data_loaders.mapping import SCORE_BY, load_preset, narrow_preset
 from data_loaders.splits import split_documents
 from data_loaders.synthetic import SITE_FILE, corpus_is_current, generate_corpus
+
+from .schema import check_types
 
 logger = logging.getLogger(__name__)
 

@@ -17,10 +17,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from clinical_ie.schema import ENTITY_TYPES, MODIFIER_TYPES
 from data_loaders.brat import write_brat
 from data_loaders.document import Document, Entity, Relation
 from data_loaders.synthetic_notes import RELATION_ARGS, STYLES, NoteBuilder, generate_note
+
+from .schema import ENTITY_TYPES, MODIFIER_TYPES
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ def _parse_value(text: str) -> Any:
 
 
 def _run_config(pairs: list[str]) -> dict[str, Any]:
-    from fedmedlora.config import validate
+    from settings.config import validate
 
     overrides = {}
     for pair in pairs:
@@ -62,7 +62,7 @@ def cmd_check_site(args: argparse.Namespace) -> int:
     the file and line (or key) at fault, and what the site would train on is counted."""
     from clinical_ie.evaluate import site_instances
     from data_loaders.sites import load_site
-    from fedmedlora.config import tasks
+    from settings.config import tasks
 
     cfg = _run_config(args.set)
     failed = 0
@@ -115,7 +115,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     or entities and relations end to end (end-to-end mode)."""
     from clinical_ie.evaluate import InstanceEvaluator, site_instances, stable_subset
     from data_loaders.sites import load_site
-    from fedmedlora.config import tasks
+    from settings.config import tasks
 
     cfg = _run_config(args.set)
     re_mode = args.re_mode or cfg["data.re-mode"]
@@ -145,10 +145,10 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from clinical_ie.extract import extract
-    from clinical_ie.schema import check_types
     from data_loaders.brat import write_brat
     from data_loaders.document import Document, Entity, Relation
     from data_loaders.jsonl import write_jsonl
+    from data_loaders.schema import check_types
 
     cfg = _run_config(args.set)
     entity_types = [t.strip() for t in args.types.split(",") if t.strip()]
@@ -193,7 +193,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 def _flwr_run_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """`--run-config key=value` pairs -> validated overrides; `output-dir` defaults to
     <app>/outputs (the ServerApp's working directory is not the caller's)."""
-    from fedmedlora.config import validate
+    from settings.config import validate
 
     overrides = {}
     for pair in args.run_config:

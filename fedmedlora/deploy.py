@@ -43,9 +43,10 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Mapping, Sequence
+from typing import IO
 
 from fedmedlora.local_run import _alive, pids_with_env, process_tree, run_config_arg
 
@@ -119,7 +120,7 @@ def write_tls_files(folder: Path, hosts: Sequence[str] = HOSTS, days: int = 30) 
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     folder.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
     until = now + dt.timedelta(days=days)
 
     ca_key = ec.generate_private_key(ec.SECP384R1())
@@ -539,7 +540,7 @@ class LoopbackDeployment:
         self.node_keys: dict[str, tuple[Path, Path]] = {}
 
     # -- context manager: whatever happens, stop everything
-    def __enter__(self) -> "LoopbackDeployment":
+    def __enter__(self) -> LoopbackDeployment:
         return self
 
     def __exit__(self, *exc) -> None:

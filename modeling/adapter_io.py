@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 
-
 def get_adapter_state(peft_model) -> OrderedDict[str, np.ndarray]:
     from peft import get_peft_model_state_dict
 
@@ -61,26 +60,6 @@ def check_state_matches(
             raise ValueError(
                 f"{where}: {key} has shape {tuple(state[key].shape)}, expected {tuple(shape)}"
             )
-
-
-def to_arrayrecord(state: dict[str, np.ndarray]):
-    from flwr.app import Array, ArrayRecord
-
-    return ArrayRecord(OrderedDict((k, Array(np.asarray(v, dtype=np.float32))) for k, v in state.items()))
-
-
-def from_arrayrecord(record) -> OrderedDict[str, np.ndarray]:
-    return OrderedDict((k, record[k].numpy()) for k in record.keys())
-
-
-def arrayrecord_nbytes(record) -> int:
-    """Bytes of tensor payload an ArrayRecord puts on the wire."""
-    return sum(len(record[k].data) for k in record.keys())
-
-
-def metricrecord_nbytes(record) -> int:
-    """Bytes of payload a MetricRecord puts on the wire: 8 per number (lists count each item)."""
-    return 8 * sum(len(v) if isinstance(v, list) else 1 for v in record.values())
 
 
 def save_peft_folder(

@@ -6,7 +6,7 @@ batch, then `generate` continues from it over the per-instance suffixes."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm

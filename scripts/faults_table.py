@@ -3,11 +3,12 @@
     .venv/bin/python scripts/faults_table.py            # print the document
     .venv/bin/python scripts/faults_table.py --write    # replace docs/FAULTS.md
 
-The bad-input rows come from running the cases of tests/bad_inputs.py (the ones
+The bad-input rows come from running the cases of tests/support/bad_inputs.py (the ones
 tests/test_bad_inputs.py checks) and the bad-update rows from feeding the conformance
-suite's malformed replies (tests/test_conformance.py) to the Fed-MedLoRA strategy: each
-message is the text the code gave on this run, with the temporary folder left out. The
-rows on failing and killed processes cite the tests that produce them.
+suite's malformed replies (tests/support/strategy_harness.py, as tests/test_conformance.py
+does) to the Fed-MedLoRA strategy: each message is the text the code gave on this run, with
+the temporary folder left out. The rows on failing and killed processes cite the tests that
+produce them.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def reported(error: BaseException) -> str:
 
 
 def bad_input_rows() -> list[str]:
-    from bad_inputs import CASES, running_as_root, trigger, unreadable_as_nobody
+    from support.bad_inputs import CASES, running_as_root, trigger, unreadable_as_nobody
 
     tokenizer = None
     rows = []
@@ -117,7 +118,7 @@ def bad_update_rows() -> list[str]:
     it; the coordinator's log lines about them, as logged."""
     from flwr.supercore.task_identity import TaskIdentity
 
-    import test_conformance as conformance
+    from support import strategy_harness as conformance
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
     cases = [(kind, f"one site's update with {desc}", make) for kind, desc, make in [
@@ -135,8 +136,8 @@ def bad_update_rows() -> list[str]:
             states = conformance.site_states()
             replies = conformance.good_replies(states)
             strategy = conformance.build("fedmedlora")
-            lines, (_, report) = _logged(lambda: conformance.aggregate(
-                strategy, [*replies[:2], make(states), *replies[2:]]))
+            lines, (_, report) = _logged(lambda: conformance.aggregate(  # noqa: B023 - called at once
+                strategy, [*replies[:2], make(states), *replies[2:]]))  # noqa: B023
             (text,) = [line for line in lines if "rejected" in line]
             outcome = f"rejected ({len(report.rejected)}); the other {len(report.updates)} sites aggregated"
         except Exception as err:  # noqa: BLE001 - shown, not hidden
@@ -149,7 +150,8 @@ def bad_update_rows() -> list[str]:
             strategy = conformance.build("fedmedlora", **{"strategy.max-update-norm": 1.0,
                                                           "strategy.update-norm-action": action,
                                                           "strategy.min-sites": 3})
-            lines, (_, report) = _logged(lambda: conformance.aggregate(strategy, conformance.good_replies(states)))
+            lines, (_, report) = _logged(  # the lambda runs at once, inside this iteration
+                lambda: conformance.aggregate(strategy, conformance.good_replies(states)))  # noqa: B023
             (text,) = [line for line in lines if "update from site" in line]
             if action == "reject":
                 outcome = f"rejected; the other {len(report.updates)} sites aggregated"

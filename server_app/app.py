@@ -19,14 +19,15 @@ from flwr.serverapp import Grid, ServerApp
 
 from clinical_ie.evaluate import InstanceEvaluator, site_instances, stable_subset
 from data_loaders.sites import ensure_demo_corpus, load_site
-from fedmedlora import protocol
-from fedmedlora.config import ConfigError, lora_settings, re_mode, tasks, validate
-from fedmedlora.logs import setup_logging
-from fedmedlora.transport import adapter_nbytes, transport_grid
-from modeling.adapter_io import from_arrayrecord, get_adapter_state, set_adapter_state, to_arrayrecord
+from modeling.adapter_io import get_adapter_state, set_adapter_state
 from modeling.base import load_base_model, model_identity, resolve_model_path
 from modeling.lora import attach_lora
+from settings.config import ConfigError, lora_settings, re_mode, tasks, validate
+from settings.logs import setup_logging
 from strategies.base import TooFewSites
+from wire import protocol
+from wire.arrays import from_arrayrecord, to_arrayrecord
+from wire.transport import adapter_nbytes, transport_grid
 
 from .checkpoint import Checkpoint, checkpoint_path, existing_round, resume_checkpoint, save_checkpoint
 from .outputs import RunRecorder, run_folder

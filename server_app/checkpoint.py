@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
-from fedmedlora.config import KEYS, ConfigError
+from settings.config import KEYS, ConfigError
 
 CHECKPOINT_NAME = "checkpoint.npz"
 FORMAT = 1

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from flwr.serverapp.strategy import Strategy
 
-from fedmedlora.config import KEYS, ConfigError
+from settings.config import KEYS, ConfigError
 from strategies.base import ReplyScreening
 from strategies.flower import DPSettings, ScreenedStrategy, with_dp
 from strategies.registry import STRATEGIES, strategy_class
@@ -35,7 +35,7 @@ def build_strategy(
     expected_shapes: Mapping[str, tuple[int, ...]],
     validation_loss: Callable[[dict[str, np.ndarray]], float] | None,
 ) -> Strategy:
-    """Instantiate `strategy.name` from a validated run config (fedmedlora.config.validate).
+    """Instantiate `strategy.name` from a validated run config (settings.config.validate).
 
     A strategy class may define `from_run_config(cfg, expected_shapes, validation_loss,
     **sampling)` to read its own keys; otherwise it is built with FedAvg's keyword arguments.

@@ -30,8 +30,8 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result, Strategy
 
-from fedmedlora.transport import sent_nbytes
-from modeling.adapter_io import arrayrecord_nbytes, from_arrayrecord
+from wire.arrays import arrayrecord_nbytes, from_arrayrecord
+from wire.transport import sent_nbytes
 
 from .clipping import UPDATE_NORM_ACTIONS, scale_toward, update_terms
 

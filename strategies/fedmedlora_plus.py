@@ -16,9 +16,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from fedmedlora import protocol
-from fedmedlora.transport import sent_nbytes
-from modeling.adapter_io import arrayrecord_nbytes, metricrecord_nbytes, to_arrayrecord
+from wire import protocol
+from wire.arrays import arrayrecord_nbytes, metricrecord_nbytes, to_arrayrecord
+from wire.transport import sent_nbytes
 
 from .base import LoraFedAvg, SiteCandidate, UpdateRejected
 from .registry import register

@@ -46,7 +46,6 @@ from flwr.serverapp.strategy import (
     FedTrimmedAvg,
     FedYogi,
     Krum,
-    Result,
     Strategy,
 )
 from flwr.serverapp.strategy.dp_adaptive_clipping import DifferentialPrivacyAdaptiveBase

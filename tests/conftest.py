@@ -1,5 +1,6 @@
 """Shared fixtures: tiny random models (no download) with the real tokenizer of the
-embedded default, so every code path runs on real tokenization in seconds."""
+embedded default, so every code path runs on real tokenization in seconds, and the tiny
+synthetic corpus of the loopback deployments (tests/support/deployment.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-DATASETS = REPO.parent / "shared" / "datasets"
+from support.deployment import tiny_corpus  # noqa: F401 - fixture of test_deploy.py and test_faults.py
+from support.tiny_models import make_tiny_model
 
 
 @pytest.fixture(scope="session")
@@ -16,27 +17,6 @@ def default_model_dir() -> Path:
     from modeling.base import materialise_embedded_default
 
     return materialise_embedded_default()
-
-
-def _tiny_config(arch: str, vocab_size: int):
-    from transformers import LlamaConfig, Qwen2Config
-
-    common = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                  tie_word_embeddings=True, initializer_range=0.2, bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    return {"llama": LlamaConfig, "qwen2": Qwen2Config}[arch](**common)
-
-
-def make_tiny_model(folder: Path, arch: str, tokenizer_dir: Path, seed: int = 0) -> Path:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(_tiny_config(arch, len(tokenizer)))
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="session")
@@ -47,3 +27,10 @@ def tiny_llama(tmp_path_factory, default_model_dir) -> Path:
 @pytest.fixture(scope="session")
 def tiny_qwen2(tmp_path_factory, default_model_dir) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny-qwen2"), "qwen2", default_model_dir)
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Every test not marked `e2e` (a real Flower run) is `unit`: `pytest -m unit` is the fast
+    tier. Marked as each test is collected, before `-m` selects."""
+    if item.get_closest_marker("e2e") is None:
+        item.add_marker(pytest.mark.unit)

@@ -1,6 +1,6 @@
 """Bad inputs stop with an error that names the file and line, or the key, at fault.
 
-The cases are in tests/bad_inputs.py (scripts/faults_table.py prints docs/FAULTS.md's
+The cases are in tests/support/bad_inputs.py (scripts/faults_table.py prints docs/FAULTS.md's
 table from them). Kinds tested elsewhere as well: malformed BRAT lines and offsets out
 of range (tests/test_brat.py), i2b2, ADE and JSONL lines (tests/test_readers.py),
 site.json keys (tests/test_corpora.py), run-config types, choices and unknown keys
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from bad_inputs import CASES, TEXT, ANN, running_as_root, site, trigger
+from support.bad_inputs import ANN, CASES, TEXT, running_as_root, site, trigger
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_unreadable_file_is_named_when_read_by_an_unprivileged_user() -> None:
     import shutil
     import sys
 
-    from bad_inputs import unreadable_as_nobody
+    from support.bad_inputs import unreadable_as_nobody
 
     if not running_as_root():
         pytest.skip("not root: test_bad_input_is_named covers it directly")

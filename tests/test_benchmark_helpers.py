@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from support.paths import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 

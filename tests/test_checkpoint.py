@@ -15,8 +15,6 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
-from fedmedlora.config import ConfigError, validate
-from modeling.adapter_io import from_arrayrecord
 from server_app.checkpoint import (
     CHECKPOINT_NAME,
     Checkpoint,
@@ -29,8 +27,10 @@ from server_app.checkpoint import (
     save_checkpoint,
 )
 from server_app.strategy_factory import build_strategy
+from settings.config import ConfigError, validate
 from strategies.exact import ExactLoRA
-from test_conformance import (
+from support.messages import instruction, reply
+from support.strategy_harness import (
     GLOBAL,
     SHAPES,
     FakeGrid,
@@ -39,7 +39,7 @@ from test_conformance import (
     to_record,
     validation_loss,
 )
-from test_strategies import instruction, reply
+from wire.arrays import from_arrayrecord
 
 # --- the file ------------------------------------------------------------------------
 

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from data_loaders.brat import read_brat_folder
+from data_loaders.brat import read_brat_folder, write_brat
 from data_loaders.document import Document, Entity, Relation
-from data_loaders.brat import write_brat
 from data_loaders.jsonl import read_jsonl
 from data_loaders.sites import load_site
 from fedmedlora.cli import main

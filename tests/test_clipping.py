@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord
 
-from modeling.adapter_io import to_arrayrecord
 from strategies import FedMedLoRA
 from strategies.clipping import lora_pairs, scale_toward, update_norm, update_terms
-from test_strategies import reply
+from support.messages import reply
+from wire.arrays import to_arrayrecord
 
 P = "base_model.model.model.layers.0.self_attn"
 QA, QB = f"{P}.q_proj.lora_A.weight", f"{P}.q_proj.lora_B.weight"

@@ -25,12 +25,23 @@ import pytest
 import yaml
 from flwr.common.config import parse_config_args
 
-from conftest import REPO
 from fedmedlora.deploy import (
-    COMPOSE_CONNECTION, COMPOSE_SITES, CONTAINER_DATA_DIR, SUPERLINK_PORT, SUPERLINK_SERVICE, Site,
-    container_commands, flwr_config_text, register_command, secret_path, superexec_command, superlink_command,
-    supernode_command, write_compose_credentials,
+    COMPOSE_CONNECTION,
+    COMPOSE_SITES,
+    CONTAINER_DATA_DIR,
+    SUPERLINK_PORT,
+    SUPERLINK_SERVICE,
+    Site,
+    container_commands,
+    flwr_config_text,
+    register_command,
+    secret_path,
+    superexec_command,
+    superlink_command,
+    supernode_command,
+    write_compose_credentials,
 )
+from support.paths import REPO
 
 BASE = REPO / "docker-compose.yml"
 OVERLAY = REPO / "docker-compose.tls.yml"

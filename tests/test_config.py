@@ -6,9 +6,9 @@ import tomllib
 
 import pytest
 
-from conftest import REPO
 from fedmedlora.cli import main as cli_main
-from fedmedlora.config import KEYS, ConfigError, validate
+from settings.config import KEYS, ConfigError, validate
+from support.paths import REPO
 
 
 def _flatten(table: dict, prefix: str = "") -> dict:

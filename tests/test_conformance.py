@@ -3,10 +3,11 @@
 Each strategy is built the way the ServerApp builds it (validated run config ->
 server_app.strategy_factory.build_strategy), configured for a round (so server-side
 optimisers and the update-norm bound know the global adapter) and fed hand-built replies
-(tests/test_strategies.py's `reply`). Universal checks (docs/architecture.md, "Strategy conformance"): output keys,
-order and shapes of the global adapter, float32, finite; malformed updates rejected without
-failing the round; the same output for the same replies in any order (seeded, for DP noise);
-the update-norm bound. Declared invariants: "weights-sum-to-one", "exact-product".
+(tests/support/strategy_harness.py, with tests/support/messages.py's `reply`). Universal
+checks (docs/architecture.md, "Strategy conformance"): output keys, order and shapes of the
+global adapter, float32, finite; malformed updates rejected without failing the round; the
+same output for the same replies in any order (seeded, for DP noise); the update-norm bound.
+Declared invariants: "weights-sum-to-one", "exact-product".
 
 To check a strategy that is not registered here:
 `CONFORMANCE_STRATEGIES=package.module:Class pytest tests/test_conformance.py` (comma-separated).
@@ -17,124 +18,28 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import os
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message
-from flwr.serverapp.strategy import Strategy
+from flwr.app import Message
 
-from fedmedlora.config import validate
-from server_app.strategy_factory import build_strategy
-from strategies import available_strategies
-from test_strategies import error_reply, reply
+from support.messages import error_reply
+from support.strategy_harness import (
+    DP_VARIANTS,
+    MALFORMED,
+    NUM_SITES,
+    PAIRS,
+    SHAPES,
+    aggregate,
+    build,
+    good_replies,
+    pytest_generate_tests,  # noqa: F401 - parametrises `name`
+    server_identity,  # noqa: F401 - autouse fixture: lets configure_train build messages
+    site_states,
+)
 
-PLUGIN = "examples.my_strategy:LossInverse"
 KNOWN_INVARIANTS = {"weights-sum-to-one", "exact-product"}
-
-# Two LoRA modules (PEFT key names), rank 2: A is (r, in), B is (out, r).
-Q, DOWN = "base_model.model.model.layers.0.self_attn.q_proj", "base_model.model.model.layers.0.mlp.down_proj"
-SHAPES = {
-    f"{Q}.lora_A.weight": (2, 6),
-    f"{Q}.lora_B.weight": (5, 2),
-    f"{DOWN}.lora_A.weight": (2, 4),
-    f"{DOWN}.lora_B.weight": (6, 2),
-}
-PAIRS = [(f"{Q}.lora_A.weight", f"{Q}.lora_B.weight"), (f"{DOWN}.lora_A.weight", f"{DOWN}.lora_B.weight")]
-BASE_CONFIG: dict[str, Any] = {"lora.r": 2, "lora.alpha": 4, "strategy.min-sites": 4}
-NUM_SITES = 4
-
-# DP-wrapped variants: the universal checks hold for them too.
-DP_VARIANTS = {
-    "fedmedlora[dp=server-fixed]": {"strategy.name": "fedmedlora", "strategy.dp": "server-fixed",
-                                    "strategy.dp-noise-multiplier": 0.5, "strategy.dp-clipping-norm": 2.0},
-    "fedmedlora-plus[dp=client-fixed]": {"strategy.name": "fedmedlora-plus", "strategy.dp": "client-fixed",
-                                         "strategy.dp-noise-multiplier": 0.5},
-    "krum[dp=server-adaptive]": {"strategy.name": "krum", "strategy.dp": "server-adaptive",
-                                 "strategy.dp-noise-multiplier": 0.1, "strategy.dp-num-sampled-sites": 4},
-}
-# More `module:Class` strategies to check, from the environment.
-EXTRA = [s.strip() for s in os.environ.get("CONFORMANCE_STRATEGIES", "").split(",") if s.strip()]
-
-
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "name" in metafunc.fixturenames:
-        metafunc.parametrize("name", [*available_strategies(), PLUGIN, *EXTRA, *DP_VARIANTS])
-
-
-# --- building and feeding a strategy ---------------------------------------------------
-
-
-def validation_loss(state: dict[str, np.ndarray]) -> float:
-    """Deterministic stand-in for the coordinator's validation loss (Fed-MedLoRA+)."""
-    return float(sum(np.abs(v).mean() for v in state.values()))
-
-
-class FakeGrid:
-    """Enough of flwr's Grid for `configure_train`: the connected nodes."""
-
-    def __init__(self, num_nodes: int = NUM_SITES) -> None:
-        self.num_nodes = num_nodes
-
-    def get_node_ids(self) -> list[int]:
-        return list(range(1, self.num_nodes + 1))
-
-
-@pytest.fixture(autouse=True)
-def server_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Instruction messages take their run from the ServerApp process's identity."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 0)
-
-
-def run_config(name: str, **overrides: Any) -> dict[str, Any]:
-    base = {**BASE_CONFIG, **DP_VARIANTS.get(name, {"strategy.name": name})}
-    return validate({**base, **overrides})
-
-
-def build(name: str, global_state: dict[str, np.ndarray] | None = None, **overrides: Any) -> Strategy:
-    """Build as the ServerApp does and configure round 1 from `global_state`."""
-    strategy = build_strategy(run_config(name, **overrides), SHAPES, validation_loss)
-    record = to_record(global_state if global_state is not None else GLOBAL)
-    strategy.configure_train(1, record, ConfigRecord(), FakeGrid())
-    return strategy
-
-
-def to_record(state: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.asarray(v, np.float32)) for k, v in state.items()})
-
-
-def random_state(rng: np.random.Generator, scale: float = 0.1) -> dict[str, np.ndarray]:
-    return {k: (rng.standard_normal(s) * scale).astype(np.float32) for k, s in SHAPES.items()}
-
-
-GLOBAL = random_state(np.random.default_rng(100))
-
-
-def site_states(seed: int = 0, n: int = NUM_SITES, spread: float = 0.01) -> list[dict[str, np.ndarray]]:
-    """Sites near the global adapter, as after a little local training."""
-    rng = np.random.default_rng(seed)
-    return [{k: (GLOBAL[k] + spread * rng.standard_normal(v.shape)).astype(np.float32) for k, v in GLOBAL.items()}
-            for _ in range(n)]
-
-
-def good_replies(states: list[dict[str, np.ndarray]] | None = None) -> list[Message]:
-    states = site_states() if states is None else states
-    # Distinct sizes and losses, so every weighting has something to weigh.
-    return [reply(i + 1, s, 10 * (i + 1), f"h{i + 1}", {"train-loss": 1.0 + 0.25 * i, "norm_bit": 0})
-            for i, s in enumerate(states)]
-
-
-def aggregate(strategy: Strategy, replies: list[Message]) -> tuple[dict[str, np.ndarray] | None, Any]:
-    np.random.seed(0)  # Flower's DP noise draws from numpy's global generator
-    arrays, _ = strategy.aggregate_train(1, replies)
-    out = None if arrays is None else {k: arrays[k].numpy() for k in arrays.keys()}
-    return out, strategy.last_train_report
 
 
 def dense(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -163,21 +68,6 @@ def test_output_matches_the_global_adapter(name: str) -> None:
     assert report.rejected == []
     assert {u.site for u in report.updates} == {f"h{i + 1}" for i in range(NUM_SITES)}
     assert all(math.isfinite(u.weight) and u.weight >= 0 for u in report.updates)
-
-
-def _nan(states: list[dict[str, np.ndarray]]) -> Message:
-    state = {k: v.copy() for k, v in states[0].items()}
-    state[PAIRS[0][0]][0, 0] = np.nan
-    return reply(99, state, 10, "bad")
-
-
-MALFORMED = {
-    "nan": _nan,
-    "inf": lambda s: reply(99, {**s[0], PAIRS[1][1]: np.full((6, 2), np.inf, np.float32)}, 10, "bad"),
-    "wrong shape": lambda s: reply(99, {**s[0], PAIRS[0][0]: np.zeros((3, 6), np.float32)}, 10, "bad"),
-    "missing key": lambda s: reply(99, {k: v for k, v in s[0].items() if k != PAIRS[1][0]}, 10, "bad"),
-    "error reply": lambda s: error_reply(99),
-}
 
 
 @pytest.mark.parametrize("case", list(MALFORMED))

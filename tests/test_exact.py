@@ -1,7 +1,7 @@
 """ExactLoRA on hand-built Flower replies: exactness, truncation, mixed ranks, screening, scale.
 
 Dense products are formed here only, as the reference; the strategy never forms them.
-Replies are built as in tests/test_strategies.py: `Message(content, reply_to=instruction)`.
+Replies are built as in tests/support/messages.py: `Message(content, reply_to=instruction)`.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from threadpoolctl import threadpool_limits
 
 from strategies.exact import ExactLoRA, exact_factors, lora_modules
-from test_strategies import instruction
 from strategies.registry import available_strategies, strategy_class
+from support.messages import instruction
 
 OUT, IN, R = 12, 10, 3
 P = "base_model.model.layers.0.q_proj"  # one LoRA module

@@ -1,6 +1,6 @@
 """Failing sites and a failing coordinator.
 
-Unit level (hand-built replies, as in tests/test_strategies.py): a site that raises, sends
+Unit level (hand-built replies, tests/support/messages.py): a site that raises, sends
 nothing within the round timeout, or is reported lost by the SuperLink is named in the
 round's report and log; the round goes on when at least `strategy.min-sites` sites replied
 usably, and otherwise the run stops with a message naming the round, the counts and every
@@ -18,22 +18,31 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Error, Message, MessageType, Metadata, MetricRecord, RecordDict
 
-from conftest import REPO
 from fedmedlora.deploy import DeploymentError, LoopbackDeployment
 from fedmedlora.local_run import process_tree
 from server_app.checkpoint import existing_round
 from strategies import FedMedLoRA
 from strategies.base import TooFewSites
-from test_conformance import build, good_replies, server_identity  # noqa: F401 - autouse fixture
-from test_deploy import _overrides, _processes_of, _sites, tiny_corpus  # noqa: F401 - fixture
-from test_strategies import SHAPES, const_state, error_reply, reply
+from support.deployment import _overrides, _processes_of, _sites
+from support.messages import error_reply, reply
+from support.paths import REPO
+from support.strategy_harness import (
+    build,
+    good_replies,
+    pytest_generate_tests,  # noqa: F401 - parametrises `name`
+    server_identity,  # noqa: F401 - autouse fixture
+)
+from support.toy_adapter import SHAPES, const_state
+
+pytestmark = pytest.mark.e2e  # real Flower runs: the slow tier
 
 SUPERLINK_NODE = 1  # flwr's SUPERLINK_NODE_ID: the sender of the SuperLink's own error replies
 NODES = (11, 12, 13)  # sites h11, h12, h13
@@ -186,20 +195,14 @@ def test_min_sites_zero_keeps_the_old_behaviour() -> None:
 
 def test_every_strategy_stops_below_min_sites(name: str) -> None:
     """`strategy.min-sites` from the run config, for every registered strategy, the plugin
-    and the DP-wrapped variants (test_conformance.py's `name` parametrisation)."""
+    and the DP-wrapped variants (test_conformance.py's `name` parametrisation, from
+    tests/support/strategy_harness.py)."""
     replies = [*good_replies()[:3], error_reply(99)]
     with pytest.raises(TooFewSites, match=r"round 1: 3 site\(s\) replied usably \(h1, h2, h3\), fewer than "
                                           r"strategy.min-sites = 4.*Failed site\(s\): node 99: error reply"):
         build(name, **{"strategy.min-sites": 4}).aggregate_train(1, replies)
     arrays, _ = build(name, **{"strategy.min-sites": 3}).aggregate_train(1, replies)
     assert arrays is not None
-
-
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "name" in metafunc.fixturenames:
-        import test_conformance
-
-        test_conformance.pytest_generate_tests(metafunc)
 
 
 # --- loopback deployment ---------------------------------------------------------------

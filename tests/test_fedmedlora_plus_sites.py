@@ -24,12 +24,12 @@ from flwr.app import (
     RecordDict,
 )
 
-from fedmedlora import protocol
-from fedmedlora.config import ConfigError, validate
-from modeling.adapter_io import arrayrecord_nbytes
 from server_app.report import RoundReporter
 from server_app.strategy_factory import build_strategy
+from settings.config import ConfigError, validate
 from strategies import FedMedLoRAPlus
+from wire import protocol
+from wire.arrays import arrayrecord_nbytes
 
 SHAPES = {"a": (2, 2), "b": (2, 1)}
 ADAPTER_BYTES = arrayrecord_nbytes(ArrayRecord({k: Array(np.zeros(s, np.float32)) for k, s in SHAPES.items()}))
@@ -250,8 +250,9 @@ def site_corpus(tmp_path_factory):
 def test_site_scores_every_candidate_with_the_evaluators_loss(tiny_llama, site_corpus) -> None:
     from client_app.app import SiteFailure, app
     from client_app.runtime import model_runtime, site_runtime
-    from fedmedlora.config import lora_settings
-    from modeling.adapter_io import from_arrayrecord, get_adapter_state, set_adapter_state, to_arrayrecord
+    from modeling.adapter_io import get_adapter_state, set_adapter_state
+    from settings.config import lora_settings
+    from wire.arrays import from_arrayrecord, to_arrayrecord
 
     cfg = validate({"model.name": str(tiny_llama), "lora.r": 4, "lora.alpha": 8, "train.max-steps": 2,
                     "train.batch-size": 2, "eval.max-instances": 3, "data.root": str(site_corpus)})

@@ -30,11 +30,11 @@ from flwr.serverapp.strategy import (
     Krum,
 )
 
-from fedmedlora import protocol
-from fedmedlora.config import ConfigError, validate
 from server_app.strategy_factory import build_strategy
+from settings.config import ConfigError, validate
 from strategies import FedMedLoRA, FedMedLoRAPlus, ScreenedStrategy, dp_clipping_mod
-from test_conformance import (
+from support.messages import error_reply, instruction, reply
+from support.strategy_harness import (
     GLOBAL,
     SHAPES,
     FakeGrid,
@@ -47,7 +47,7 @@ from test_conformance import (
     to_record,
     validation_loss,
 )
-from test_strategies import error_reply, instruction, reply
+from wire import protocol
 
 REPO = Path(__file__).resolve().parents[1]
 FLOWER = {

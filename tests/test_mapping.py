@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from clinical_ie.schema import ENTITY_TYPES
 from data_loaders.document import Attribute, Document, Entity, Group, Relation
 from data_loaders.mapping import (
     ATTRIBUTE_TARGET_DROPPED,
@@ -23,6 +22,7 @@ from data_loaders.mapping import (
     load_preset,
     narrow_preset,
 )
+from data_loaders.schema import ENTITY_TYPES
 
 BUILT_IN = ["ade", "chia", "ddi", "i2b2_2010", "maccrobat", "n2c2_2018"]
 

@@ -6,18 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from modeling.adapter_io import (
-    from_arrayrecord,
-    get_adapter_state,
-    load_peft_folder,
-    save_peft_folder,
-    set_adapter_state,
-    to_arrayrecord,
-)
+from modeling.adapter_io import get_adapter_state, load_peft_folder, save_peft_folder, set_adapter_state
 from modeling.base import EMBEDDED_DEFAULT, load_base_model, model_identity, resolve_model_path
 from modeling.generation import generate_answers
 from modeling.lora import LoraSettings, attach_lora
 from modeling.training import TrainSettings, collate, encode, lr_factor, mean_answer_loss, train_round
+from wire.arrays import from_arrayrecord, to_arrayrecord
 
 SMALL_LORA = LoraSettings(r=4, alpha=16, dropout=0.0)
 
@@ -177,7 +171,7 @@ def test_training_lowers_the_loss(tiny_llama):
 
 
 def test_model_identity_is_stable_and_weight_sensitive(tiny_llama, tmp_path):
-    from conftest import make_tiny_model
+    from support.tiny_models import make_tiny_model
 
     first = model_identity(str(tiny_llama))
     assert first == model_identity(str(tiny_llama))

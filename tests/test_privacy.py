@@ -1,7 +1,7 @@
 """Nothing that leaves a site contains note text (docs/architecture.md).
 
 Every message of a simulation run and of a loopback deployment is recorded (see
-fedmedlora/capture.py): at each site's ClientApp (a mod: what it received, what it sent or
+tests/support/capture.py): at each site's ClientApp (a mod: what it received, what it sent or
 raised), at the coordinator's ServerApp (a recording Grid: what it sent, what it received,
 error replies included) and, in the deployment, on the wire between the SuperNodes and the
 SuperLink (an HTTP proxy: every request body a SuperNode sent). Then:
@@ -29,11 +29,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO
-from fedmedlora.capture import (
-    CAPTURE_ENV, Exchange, NoteTextFinder, WireRecorder, adapter_problems, capture_mod, decode_wire,
-    load_records, message_record, record_of,
+from support.capture import (
+    CAPTURE_ENV,
+    Exchange,
+    NoteTextFinder,
+    WireRecorder,
+    adapter_problems,
+    capture_mod,
+    decode_wire,
+    load_records,
+    message_record,
+    record_of,
 )
+from support.paths import REPO
+
+pytestmark = pytest.mark.e2e  # real Flower runs: the slow tier
 
 ROUNDS = 1
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -70,7 +80,7 @@ def finder(corpus) -> NoteTextFinder:
     """Every sentence and entity string of the three sites' notes that the coordinator's
     own validation notes do not also hold (the synthetic notes share phrases)."""
     from data_loaders.brat import read_brat_folder
-    from fedmedlora.capture import note_strings
+    from support.capture import note_strings
 
     site_docs = [doc for site in ("site-a", "site-b", "site-c")
                  for doc in read_brat_folder(corpus / site, strict=False)]
@@ -127,7 +137,7 @@ def _overrides(tiny_llama: Path, corpus: Path, out: Path) -> dict:
 
 
 def _capture_app(tmp_path: Path) -> Path:
-    """A copy of the project whose components are fedmedlora/capture_apps.py's (the
+    """A copy of the project whose components are tests/support/capture_apps.py's (the
     project's apps, recording); what `flwr run` packs, nothing else changed."""
     app = tmp_path / "app"
     shutil.copytree(REPO, app, ignore=shutil.ignore_patterns(
@@ -135,9 +145,9 @@ def _capture_app(tmp_path: Path) -> Path:
         "*.log", ".cache", ".ci"))
     pyproject = app / "pyproject.toml"
     text = pyproject.read_text(encoding="utf-8")
-    changed = text.replace('serverapp = "server_app.app:app"', 'serverapp = "fedmedlora.capture_apps:serverapp"') \
-                  .replace('clientapp = "client_app.app:app"', 'clientapp = "fedmedlora.capture_apps:clientapp"')
-    assert changed.count("fedmedlora.capture_apps:") == 2
+    changed = text.replace('serverapp = "server_app.app:app"', 'serverapp = "tests.support.capture_apps:serverapp"') \
+                  .replace('clientapp = "client_app.app:app"', 'clientapp = "tests.support.capture_apps:clientapp"')
+    assert changed.count("tests.support.capture_apps:") == 2
     pyproject.write_text(changed, encoding="utf-8")
     return app
 

@@ -11,9 +11,9 @@ from clinical_ie.align import align_predictions
 from clinical_ie.instances import make_ner_instances
 from clinical_ie.parsing import parse_entities
 from clinical_ie.prompt import build_messages, target_text
-from clinical_ie.schema import TYPE_DEFINITIONS
 from clinical_ie.segment import split_sentences
 from data_loaders.document import Document, Entity
+from data_loaders.schema import TYPE_DEFINITIONS
 
 TEXT = (
     "Chest pain and fever. Fever resolved after aspirin; aspirin was stopped by Dr. Smith.\n"

@@ -12,15 +12,22 @@ import clinical_ie.evaluate as evaluate_module
 import clinical_ie.extract as extract_module
 from clinical_ie.evaluate import METRIC_KEYS, InstanceEvaluator, evaluation_from_outputs, task_instances
 from clinical_ie.instances import (
-    DEFAULT_RE_MODE, END_TO_END, GIVEN_ENTITIES, RE_MODES, GoldEntity, Instance,
-    make_instances, make_re_instances,
+    DEFAULT_RE_MODE,
+    END_TO_END,
+    GIVEN_ENTITIES,
+    RE_MODES,
+    GoldEntity,
+    Instance,
+    make_instances,
+    make_re_instances,
 )
 from clinical_ie.prompt import PREFIX_END, build_messages, target_text
 from clinical_ie.relation_parsing import parse_numbered_relations
 from clinical_ie.relation_scoring import RelationScorer
 from clinical_ie.scoring import PRF
 from data_loaders.document import Document, Entity, Relation
-from fedmedlora.config import KEYS, ConfigError, validate
+from settings.config import KEYS, ConfigError, validate
+from support.annotate import entity
 
 TEXT = ("Aspirin 81 mg daily was started for pain in chest and back. "
         "Later she took aspirin 325 mg. No rash.")
@@ -29,27 +36,17 @@ RELATION_TYPES = ("dosage", "frequency", "bodyloc")
 S1, S2, S3 = "Aspirin 81 mg daily was started for pain in chest and back.", "Later she took aspirin 325 mg.", "No rash."
 
 
-def _span(needle: str) -> tuple[int, int]:
-    start = TEXT.index(needle)
-    return start, start + len(needle)
-
-
-def _entity(eid: str, typ: str, *needles: str) -> Entity:
-    spans = tuple(_span(n) for n in needles)
-    return Entity(eid, typ, spans, " ".join(TEXT[s:e] for s, e in spans))
-
-
 def _doc() -> Document:
     entities = [
-        _entity("T1", "drug", "Aspirin"),
-        _entity("T2", "dosage", "81 mg"),
-        _entity("T3", "frequency", "daily"),  # not a site type, but a relation argument
-        _entity("T4", "problem", "pain", "back"),  # discontiguous: "pain ... back"
-        _entity("T5", "bodyloc", "back"),  # not a site type, but a relation argument
-        _entity("T6", "bodyloc", "chest"),  # neither: not listed
-        _entity("T7", "drug", "aspirin"),
-        _entity("T8", "dosage", "325 mg"),
-        _entity("T9", "problem", "rash"),
+        entity(TEXT, "T1", "drug", "Aspirin"),
+        entity(TEXT, "T2", "dosage", "81 mg"),
+        entity(TEXT, "T3", "frequency", "daily"),  # not a site type, but a relation argument
+        entity(TEXT, "T4", "problem", "pain", "back"),  # discontiguous: "pain ... back"
+        entity(TEXT, "T5", "bodyloc", "back"),  # not a site type, but a relation argument
+        entity(TEXT, "T6", "bodyloc", "chest"),  # neither: not listed
+        entity(TEXT, "T7", "drug", "aspirin"),
+        entity(TEXT, "T8", "dosage", "325 mg"),
+        entity(TEXT, "T9", "problem", "rash"),
     ]
     relations = [
         Relation("R1", "dosage", "T1", "T2"),

@@ -9,17 +9,30 @@ import pytest
 
 from clinical_ie.align import align_relations
 from clinical_ie.evaluate import (
-    METRIC_KEYS, SCORE_BY_ENTITY_RECALL, Evaluation, InstanceEvaluator, evaluation_from_outputs,
-    stable_subset, task_instances,
+    METRIC_KEYS,
+    SCORE_BY_ENTITY_RECALL,
+    Evaluation,
+    InstanceEvaluator,
+    evaluation_from_outputs,
+    stable_subset,
+    task_instances,
 )
 from clinical_ie.instances import (
-    END_TO_END, GIVEN_ENTITIES, GoldEntity, GoldRelation, Instance, make_instances, make_ner_instances, make_re_instances,
+    END_TO_END,
+    GIVEN_ENTITIES,
+    GoldEntity,
+    GoldRelation,
+    Instance,
+    make_instances,
+    make_ner_instances,
+    make_re_instances,
 )
 from clinical_ie.prompt import build_messages, target_text
 from clinical_ie.relation_parsing import MAX_COPIES, parse_relations
 from clinical_ie.relation_scoring import RelationScorer
 from clinical_ie.scoring import PRF
 from data_loaders.document import Document, Entity, Relation
+from support.annotate import entity
 
 TEXT = (
     "Aspirin 81 mg daily was started for pain in chest and back. "
@@ -30,29 +43,17 @@ ENTITY_TYPES = ("drug", "problem", "dosage", "frequency", "bodyloc")
 RELATION_TYPES = ("dosage", "frequency", "bodyloc", "causes")
 
 
-def _span(needle: str, occurrence: int = 0) -> tuple[int, int]:
-    start = -1
-    for _ in range(occurrence + 1):
-        start = TEXT.index(needle, start + 1)
-    return start, start + len(needle)
-
-
-def _entity(eid: str, typ: str, *needles: str) -> Entity:
-    spans = tuple(_span(n) for n in needles)
-    return Entity(eid, typ, spans, " ".join(TEXT[s:e] for s, e in spans))
-
-
 def _doc() -> Document:
     entities = [
-        _entity("T1", "drug", "Aspirin"),
-        _entity("T2", "dosage", "81 mg"),
-        _entity("T3", "frequency", "daily"),
-        _entity("T4", "problem", "pain", "back"),  # discontiguous: "pain ... back"
-        _entity("T5", "bodyloc", "back"),
-        _entity("T6", "drug", "Penicillin"),
-        _entity("T7", "problem", "rash"),
-        _entity("T8", "drug", "aspirin"),
-        _entity("T9", "dosage", "325 mg"),
+        entity(TEXT, "T1", "drug", "Aspirin"),
+        entity(TEXT, "T2", "dosage", "81 mg"),
+        entity(TEXT, "T3", "frequency", "daily"),
+        entity(TEXT, "T4", "problem", "pain", "back"),  # discontiguous: "pain ... back"
+        entity(TEXT, "T5", "bodyloc", "back"),
+        entity(TEXT, "T6", "drug", "Penicillin"),
+        entity(TEXT, "T7", "problem", "rash"),
+        entity(TEXT, "T8", "drug", "aspirin"),
+        entity(TEXT, "T9", "dosage", "325 mg"),
     ]
     relations = [
         Relation("R1", "dosage", "T1", "T2"),

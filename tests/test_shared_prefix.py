@@ -106,8 +106,9 @@ def test_one_training_round_gives_the_same_adapter(tiny_llama):
 
 
 def test_batches_are_formed_from_one_instruction(tiny_llama):
-    from modeling.training import _batches
     import random
+
+    from modeling.training import _batches
 
     _, tokenizer = load_base_model(str(tiny_llama), "none", "float32")
     other = [encode(tokenizer, [{"role": "user", "content": f"Relation types: x{PREFIX_END} {s}"}], "{}",

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from fedmedlora.local_run import flwr_run, superlink_pids
-from conftest import REPO
+from support.paths import REPO
+
+pytestmark = pytest.mark.e2e  # real Flower runs: the slow tier
 
 
 def _ray_and_flower_processes() -> list[str]:
@@ -107,7 +109,7 @@ def test_three_site_simulation_produces_a_loadable_changed_adapter(strategy, ext
         else:
             assert all("extra-bytes-down" not in s for s in record["sites"])
     summary = json.loads((run_dir / "summary.json").read_text())
-    from fedmedlora.transport import adapter_nbytes
+    from wire.transport import adapter_nbytes
 
     encoding = extra.get("transport.encoding", "float32")
     sent = adapter_nbytes(load_peft_folder(final), encoding)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from clinical_ie.schema import ENTITY_TYPES
 from data_loaders import synthetic_vocab as V
 from data_loaders.brat import read_brat_folder
+from data_loaders.schema import ENTITY_TYPES
 from data_loaders.sites import demo_corpus_dir, ensure_demo_corpus, load_site
 from data_loaders.synthetic import generate_corpus
 from data_loaders.synthetic_notes import RELATION_ARGS

@@ -176,7 +176,7 @@ def test_random_init_checkpoint_changes_the_architecture(tmp_path, tiny_llama) -
 
 
 def test_defaults_follow_the_run_config() -> None:
-    from fedmedlora.config import KEYS, lora_settings
+    from settings.config import KEYS, lora_settings
 
     config = train_speed.run_config_defaults()
     assert config["train.max-length"] == KEYS["train.max-length"].default

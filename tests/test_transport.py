@@ -8,9 +8,15 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from fedmedlora.config import ConfigError, validate
-from fedmedlora.transport import (
-    TRANSPORT, EncodingError, adapter_nbytes, decode_content, encode_content, sent_nbytes, transport_grid,
+from settings.config import ConfigError, validate
+from wire.transport import (
+    TRANSPORT,
+    EncodingError,
+    adapter_nbytes,
+    decode_content,
+    encode_content,
+    sent_nbytes,
+    transport_grid,
 )
 
 
@@ -90,7 +96,8 @@ def test_grid_decodes_replies_and_leaves_undecodable_ones_to_screening(caplog) -
     from flwr.serverapp import Grid
 
     from strategies.fedmedlora import FedMedLoRA
-    from test_strategies import SHAPES, const_state, reply
+    from support.messages import reply
+    from support.toy_adapter import SHAPES, const_state
 
     good = reply(11, const_state(0.25), 1, "h1")
     encode_content(good.content, "int8")

@@ -12,7 +12,7 @@ messages, and the privacy test records at all of them:
   the SuperLink (Flower 1.42's Fleet API is protobuf over HTTP/1.1) that keeps every
   request and response body; `decode_wire` rebuilds the Messages from them.
 
-`fedmedlora/capture_apps.py` wraps the project's ServerApp and ClientApp with the first
+`tests/support/capture_apps.py` wraps the project's ServerApp and ClientApp with the first
 two; they write under the folder named by the environment variable FEDMEDLORA_CAPTURE_DIR.
 Production runs name `server_app.app:app` and `client_app.app:app` and record nothing;
 `capture_mod` itself passes messages through untouched when the variable is unset.
@@ -321,7 +321,7 @@ class WireRecorder:
     def address(self) -> str:
         return f"127.0.0.1:{self._server.server_address[1]}"
 
-    def start(self) -> "WireRecorder":
+    def start(self) -> WireRecorder:
         self._thread.start()
         return self
 
@@ -330,7 +330,7 @@ class WireRecorder:
         self._server.server_close()
         self._client.close()
 
-    def __enter__(self) -> "WireRecorder":
+    def __enter__(self) -> WireRecorder:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

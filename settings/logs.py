@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-OUR_PACKAGES = ("server_app", "client_app", "strategies", "modeling", "clinical_ie", "data_loaders", "fedmedlora")
+OUR_PACKAGES = ("server_app", "client_app", "strategies", "modeling", "clinical_ie", "data_loaders", "wire", "settings", "fedmedlora")
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 

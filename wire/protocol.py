@@ -7,10 +7,22 @@ never averaged. Site replies carry only arrays, scalar metrics and the site's na
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any, Protocol
 
-from modeling.base import ModelIdentity
-from modeling.lora import LoraSettings
+
+class ModelIdentity(Protocol):
+    """What names a base model (`modeling.base.ModelIdentity`); typed here so this layer
+    does not import torch."""
+
+    name: str
+    sha256: str
+
+
+class LoraSettings(Protocol):
+    """The LoRA configuration (`modeling.lora.LoraSettings`)."""
+
+    def as_dict(self) -> dict[str, Any]: ...
 
 ARRAYS = "arrays"
 CONFIG = "config"

@@ -1,11 +1,11 @@
 """The project's ServerApp and ClientApp with every message they exchange recorded, for
-tests/test_privacy.py (see fedmedlora/capture.py).
+tests/test_privacy.py (see tests/support/capture.py).
 
 A run uses them when its app's pyproject.toml names them as components:
 
     [tool.flwr.app.components]
-    serverapp = "fedmedlora.capture_apps:serverapp"
-    clientapp = "fedmedlora.capture_apps:clientapp"
+    serverapp = "tests.support.capture_apps:serverapp"
+    clientapp = "tests.support.capture_apps:clientapp"
 
 (the test runs a copy of the project with those two lines changed), with
 FEDMEDLORA_CAPTURE_DIR set in the environment of the SuperLink and the SuperNodes. The
@@ -23,15 +23,16 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from client_app.app import app as site_app
-from fedmedlora import protocol
-from fedmedlora.capture import CAPTURE_ENV, RecordingGrid, capture_dir, capture_mod
 from server_app.app import app as coordinator_app
+from wire import protocol
+
+from .capture import CAPTURE_ENV, RecordingGrid, capture_dir, capture_mod
 
 
 def _folder():
     folder = capture_dir()
     if folder is None:
-        raise RuntimeError(f"fedmedlora.capture_apps records messages: set {CAPTURE_ENV} to a folder")
+        raise RuntimeError(f"tests.support.capture_apps records messages: set {CAPTURE_ENV} to a folder")
     return folder
 
 

@@ -126,7 +126,7 @@ def _preset_site(root: Path):
 
 def _nothing_to_train(root: Path, tokenizer):
     from client_app.runtime import site_runtime
-    from fedmedlora.config import validate
+    from settings.config import validate
 
     folder = site(root, {"n1.txt": TEXT, "n1.ann": ANN, "n2.txt": TEXT, "n2.ann": ANN, "n3.txt": TEXT,
                          "n3.ann": ANN})
@@ -137,7 +137,7 @@ def _nothing_to_train(root: Path, tokenizer):
 def _node_config(node_config: dict, run_config: dict):
     def make(root: Path):
         from client_app.runtime import site_dir
-        from fedmedlora.config import validate
+        from settings.config import validate
 
         cfg = validate(run_config)
         return lambda: site_dir(node_config, cfg)
@@ -146,7 +146,7 @@ def _node_config(node_config: dict, run_config: dict):
 
 def _config(overrides: dict):
     def make(root: Path):
-        from fedmedlora.config import validate
+        from settings.config import validate
 
         return lambda: validate(overrides)
     return make

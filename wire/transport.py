@@ -16,11 +16,12 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
-from modeling.adapter_io import arrayrecord_nbytes, to_arrayrecord
+from .arrays import arrayrecord_nbytes, to_arrayrecord
 
 log = logging.getLogger(__name__)
 

@@ -8,19 +8,19 @@ work starts, so a typo stops a run with the valid choices listed.
 from __future__ import annotations
 
 import difflib
-
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from clinical_ie.instances import DEFAULT_RE_MODE, RE_MODES
-from fedmedlora.transport import ENCODINGS
 from modeling.base import DTYPE_CHOICES, EMBEDDED_DEFAULT, QUANTIZATION_CHOICES
 from modeling.lora import PAPER_TARGET_MODULES, LoraSettings
 from modeling.training import SCHEDULER_CHOICES, TrainSettings
 from strategies.clipping import UPDATE_NORM_ACTIONS
 from strategies.fedmedlora_plus import VALIDATION_MODES
 from strategies.flower import DP_MODES
+from wire.transport import ENCODINGS
 
 
 @dataclass(frozen=True)
