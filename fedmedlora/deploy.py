@@ -48,7 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from fedmedlora.local_run import _alive, pids_with_env, process_tree, run_config_arg
+from fedmedlora.local_run import run_config_arg
+from fedmedlora.processes import alive, pids_with_env, process_tree, stop_processes
 
 log = logging.getLogger(__name__)
 
@@ -446,35 +447,24 @@ class ProcessSet:
             if item.process.poll() is None:
                 found.update(process_tree(item.process.pid))
         found.update(_marked_pids(self.marker))
-        return sorted(p for p in found if _alive(p))
+        return sorted(p for p in found if alive(p))
 
     def stop(self, grace: float = 10.0) -> list[int]:
         """SIGTERM everything, then SIGKILL what is still alive after `grace` seconds.
         Returns the pids still alive afterwards (should be none)."""
-        pids = self.pids()
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-            for pid in pids:
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline:
-                for item in self.started:
-                    item.process.poll()  # reap our direct children
-                pids = [p for p in sorted(set(pids) | set(self.pids())) if _alive(p)]
-                if not pids:
-                    break
-                time.sleep(0.2)
-            if not pids:
-                break
-            log.warning("still running after SIGTERM: %s; sending SIGKILL", pids)
+        left = stop_processes(
+            self.pids, ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)), reap=self._reap,
+            on_escalate=lambda pids: log.warning("still running after SIGTERM: %s; sending SIGKILL", pids))
         for item in self.started:
             try:
                 item.process.wait(timeout=1)
             except subprocess.TimeoutExpired:
                 pass
-        return [p for p in self.pids() if _alive(p)]
+        return [p for p in left + self.pids() if alive(p)]
+
+    def _reap(self) -> None:
+        for item in self.started:
+            item.process.poll()  # reap our direct children
 
 
 def _tail(path: Path, lines: int = 40) -> str:
@@ -759,18 +749,13 @@ def _kill_now(victims: Sequence[Started], wait: float = 60.0) -> list[int]:
     """SIGKILL the process trees of `victims` (found before any dies, so no child escapes by
     being re-parented) and wait until they are gone; returns the pids signalled."""
     pids = sorted({pid for item in victims if item.process.poll() is None for pid in process_tree(item.process.pid)})
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
+
+    def reap() -> None:
         for item in victims:
             item.process.poll()  # reap our direct children
-        if not any(_alive(pid) for pid in pids):
-            break
-        time.sleep(0.1)
+
+    stop_processes(lambda: pids, ((signal.SIGKILL, wait),), reap=reap)
     # /proc shows a killed process's main thread as a zombie while its other threads are
     # still exiting, and waitpid reports it only once they are gone: wait for that, so
     # `returncode` is set on return.

@@ -13,8 +13,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from fedmedlora.processes import pids_with_env, process_tree, stop_processes
 
 
 def _toml_value(value) -> str:
@@ -45,81 +46,26 @@ def superlink_pids(flwr_home: Path) -> list[int]:
     return pids
 
 
-def _children() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    return children
-
-
-def process_tree(root: int) -> list[int]:
-    """`root` and all its descendants (Flower's SuperExec, simulation, Ray workers)."""
-    children, tree, stack = _children(), [], [root]
-    while stack:
-        pid = stack.pop()
-        tree.append(pid)
-        stack += children.get(pid, [])
-    return tree
-
-
 def stop_superlink(flwr_home: Path, grace: float = 10.0) -> list[int]:
     """Stop the SuperLink started under `flwr_home` and every process below it.
-    Returns the pids it signalled."""
-    pids = [p for root in superlink_pids(flwr_home) for p in process_tree(root)]
-    # Ray and Flower re-parent some of their processes (to init) as their parents exit, so
-    # the tree misses them under load; they keep our private FLWR_HOME in their environment.
-    pids += [p for p in flower_processes_under(flwr_home) if p not in pids]
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(_alive(p) for p in pids):
-            time.sleep(0.2)
-    return pids
+    Returns the pids it found."""
+    found: set[int] = set()
 
+    def find() -> list[int]:
+        # Ray and Flower re-parent some of their processes (to init) as their parents exit, so
+        # the tree misses them under load; they keep our private FLWR_HOME in their environment.
+        pids = [p for root in superlink_pids(flwr_home) for p in process_tree(root)]
+        pids += flower_processes_under(flwr_home)
+        found.update(pids)
+        return pids
 
-def pids_with_env(variable: str, value: str, commands: tuple[bytes, ...] = ()) -> list[int]:
-    """Live processes (never this one) whose environment has `variable=value` and, if
-    `commands` is given, whose command line contains one of them."""
-    needle = f"{variable}={value}".encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-            cmdline = (entry / "cmdline").read_bytes() if commands else b""
-        except OSError:  # gone, or not ours
-            continue
-        if needle in environ.split(b"\0") and (not commands or any(c in cmdline for c in commands)) \
-                and _alive(int(entry.name)):
-            pids.append(int(entry.name))
-    return pids
+    stop_processes(find, ((signal.SIGTERM, grace), (signal.SIGKILL, grace)))
+    return sorted(found)
 
 
 def flower_processes_under(flwr_home: Path) -> list[int]:
     """Live Flower or Ray processes whose environment has FLWR_HOME = `flwr_home`."""
     return pids_with_env("FLWR_HOME", str(flwr_home.resolve()), (b"flwr", b"flower", b"ray"))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie is gone for our purposes
-    try:
-        return (Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]) != "Z"
-    except OSError:
-        return False
 
 
 def flwr_run(

@@ -27,7 +27,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, Error, Message, MessageType, Metadata, MetricRecord, RecordDict
 
 from fedmedlora.deploy import DeploymentError, LoopbackDeployment
-from fedmedlora.local_run import process_tree
+from fedmedlora.processes import process_tree
 from server_app.checkpoint import existing_round
 from strategies import FedMedLoRA
 from strategies.base import TooFewSites
