@@ -29,8 +29,7 @@ from .instances import (
     make_ner_instances,
 )
 from .prompt import PREFIX_END, build_messages, target_text
-from .relation_scoring import RelationScorer, RelationScores
-from .scoring import EntityScorer, EntityScores
+from .scoring import EntityScorer, EntityScores, RelationScorer, RelationScores
 
 # A site whose corpus annotates only the entities in relations (ADE): entity precision is
 # not measured, entity recall and relation scores are (data_loaders.mapping's score_by).

@@ -10,8 +10,8 @@ from modeling.generation import generate_answers
 
 from .align import align_relations, predicted_entities
 from .instances import DEFAULT_RE_MODE, GIVEN_ENTITIES, RE, Instance, check_re_mode
+from .parsing import parse_numbered_relations, parse_relations
 from .prompt import PREFIX_END, argument_text, build_messages
-from .relation_parsing import parse_numbered_relations, parse_relations
 from .segment import split_sentences
 
 

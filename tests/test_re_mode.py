@@ -21,10 +21,9 @@ from clinical_ie.instances import (
     make_instances,
     make_re_instances,
 )
+from clinical_ie.parsing import parse_numbered_relations
 from clinical_ie.prompt import PREFIX_END, build_messages, target_text
-from clinical_ie.relation_parsing import parse_numbered_relations
-from clinical_ie.relation_scoring import RelationScorer
-from clinical_ie.scoring import PRF
+from clinical_ie.scoring import PRF, RelationScorer
 from data_loaders.document import Document, Entity, Relation
 from settings.config import KEYS, ConfigError, validate
 from support.annotate import entity

@@ -27,10 +27,9 @@ from clinical_ie.instances import (
     make_ner_instances,
     make_re_instances,
 )
+from clinical_ie.parsing import MAX_COPIES, parse_relations
 from clinical_ie.prompt import build_messages, target_text
-from clinical_ie.relation_parsing import MAX_COPIES, parse_relations
-from clinical_ie.relation_scoring import RelationScorer
-from clinical_ie.scoring import PRF
+from clinical_ie.scoring import PRF, RelationScorer
 from data_loaders.document import Document, Entity, Relation
 from support.annotate import entity
 
