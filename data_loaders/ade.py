@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from data_loaders.brat import AnnotationError, read_text
 from data_loaders.document import Document, Entity, Relation
+
+from .stats import ReadStats
 
 logger = logging.getLogger(__name__)
 
@@ -33,22 +35,6 @@ ADE_FILES: dict[str, tuple[str, str]] = {
     "DRUG-AE.rel": ("adverse_effect", "drug-effect"),
     "DRUG-DOSE.rel": ("dose", "drug-dose"),
 }
-
-
-@dataclass
-class AdeStats:
-    """Counts over one read; ``mentions`` counts both mentions of every line."""
-
-    lines: int = 0
-    documents: int = 0
-    entities: int = 0
-    relations: int = 0
-    mentions: int = 0
-    repeated_mentions: int = 0  # string occurs more than once in its sentence
-    mentions_not_found: int = 0  # their relations are dropped
-
-    def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass(frozen=True)
@@ -69,12 +55,12 @@ class _Line:
     drug: _Mention
 
 
-def read_ade(folder: Path, stats: AdeStats | None = None) -> list[Document]:
+def read_ade(folder: Path, stats: ReadStats | None = None) -> list[Document]:
     """Read ``DRUG-AE.rel`` (required) and ``DRUG-DOSE.rel`` (if present) in ``folder``.
 
     Documents come sorted by PMID, then sentence order."""
     folder = Path(folder)
-    stats = stats if stats is not None else AdeStats()
+    stats = stats if stats is not None else ReadStats("ade")
     if not (folder / "DRUG-AE.rel").is_file():
         raise FileNotFoundError(
             f"{folder / 'DRUG-AE.rel'} not found; expected the ADE-Corpus-V2 folder"
@@ -98,7 +84,7 @@ def read_ade(folder: Path, stats: AdeStats | None = None) -> list[Document]:
     return docs
 
 
-def _read_lines(path: Path, stats: AdeStats) -> list[_Line]:
+def _read_lines(path: Path, stats: ReadStats) -> list[_Line]:
     other_type, relation_type = ADE_FILES[path.name]
     content = read_text(path)
     lines: list[_Line] = []
@@ -162,7 +148,7 @@ def _sentence_base(sentence: str, lines: list[_Line]) -> int | None:
     return min(bases, key=lambda b: (-bases[b], b))
 
 
-def _to_document(sentence: str, lines: list[_Line], stats: AdeStats
+def _to_document(sentence: str, lines: list[_Line], stats: ReadStats
                  ) -> tuple[int, Document]:
     """The sentence as a document (id set by the caller) and a document offset inside
     it, which orders the sentences of an abstract."""

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_loaders.document import Attribute, Document, Entity, Group, Relation, Span
+
+from .stats import ReadStats
 
 logger = logging.getLogger(__name__)
 
@@ -85,25 +87,6 @@ def read_text(path: Path | str) -> str:
         ) from None
 
 
-@dataclass
-class BratStats:
-    """Counts of what a read kept, skipped or doubted; pass one to accumulate over files."""
-
-    documents: int = 0
-    entities: int = 0
-    relations: int = 0
-    attributes: int = 0
-    groups: int = 0
-    text_mismatches: int = 0
-    normalizations_skipped: int = 0
-    notes_ignored: int = 0
-    continuation_lines: int = 0
-    malformed_skipped: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
 # Raw, unresolved records from the first pass; resolved once every id is known, because
 # BRAT allows a line to reference an id defined further down.
 @dataclass
@@ -129,7 +112,7 @@ class _RawEntity:
 def read_brat(
     txt_path: Path,
     ann_path: Path | None = None,
-    stats: BratStats | None = None,
+    stats: ReadStats | None = None,
     strict: bool = True,
 ) -> Document:
     """Read one document; a missing ``.ann`` yields a document without annotations.
@@ -139,7 +122,7 @@ def read_brat(
     """
     txt_path = Path(txt_path)
     ann_path = Path(ann_path) if ann_path is not None else txt_path.with_suffix(".ann")
-    stats = stats if stats is not None else BratStats()
+    stats = stats if stats is not None else ReadStats("brat")
     text = read_text(txt_path)  # \r\n stays two characters, as the offsets count them
     doc = Document(doc_id=txt_path.stem, text=text)
     stats.documents += 1
@@ -152,7 +135,7 @@ def read_brat(
 
 
 class _Parser:
-    def __init__(self, path: Path, text: str, stats: BratStats, strict: bool) -> None:
+    def __init__(self, path: Path, text: str, stats: ReadStats, strict: bool) -> None:
         self.path = path
         self.strict = strict
         self.text = text
@@ -462,7 +445,7 @@ def write_brat(doc: Document, folder: Path) -> tuple[Path, Path]:
 
 
 def read_brat_folder(
-    folder: Path, stats: BratStats | None = None, strict: bool = True
+    folder: Path, stats: ReadStats | None = None, strict: bool = True
 ) -> list[Document]:
     """Read every ``*.txt`` (with its ``.ann``) in ``folder``, sorted by doc_id (the stem).
 
@@ -471,7 +454,7 @@ def read_brat_folder(
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"BRAT folder {folder} does not exist or is not a folder")
-    stats = stats if stats is not None else BratStats()
+    stats = stats if stats is not None else ReadStats("brat")
     txt_paths = sorted(folder.glob("*.txt"), key=lambda p: p.stem)
     docs = [read_brat(path, stats=stats, strict=strict) for path in txt_paths]
     orphans = sorted({p.stem for p in folder.glob("*.ann")} - {p.stem for p in txt_paths})

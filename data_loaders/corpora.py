@@ -9,12 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data_loaders.ade import AdeStats, read_ade
-from data_loaders.brat import BratStats, read_brat
+from data_loaders.ade import read_ade
+from data_loaders.brat import read_brat
 from data_loaders.document import Document
-from data_loaders.i2b2 import I2b2Stats, annotation_files, read_i2b2, text_files
-from data_loaders.jsonl import JsonlStats, read_jsonl
+from data_loaders.i2b2 import annotation_files, read_i2b2, text_files
+from data_loaders.jsonl import read_jsonl
 from data_loaders.mapping import MappingStats, Preset, apply_preset, load_preset
+from data_loaders.stats import ReadStats
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ def _source_split(relative: Path, preset: Preset) -> str | None:
 def _read_brat_tree(root: Path, preset: Preset, stats: CorpusStats) -> list[Document]:
     if not root.is_dir():
         raise NotADirectoryError(f"{root}: a {preset.format!r} corpus must be a folder")
-    brat = BratStats()
+    brat = ReadStats("brat")
     docs: list[Document] = []
     without_ann = 0
     for txt in sorted(root.rglob("*.txt")):
@@ -145,7 +146,7 @@ def _read_brat_tree(root: Path, preset: Preset, stats: CorpusStats) -> list[Docu
 
 
 def _read_i2b2_tree(root: Path, preset: Preset, stats: CorpusStats) -> list[Document]:
-    i2b2 = I2b2Stats()
+    i2b2 = ReadStats("i2b2")
     docs: list[Document] = []
     for txt in text_files(root):
         doc = read_i2b2(txt, *annotation_files(txt), stats=i2b2)
@@ -158,7 +159,7 @@ def _read_i2b2_tree(root: Path, preset: Preset, stats: CorpusStats) -> list[Docu
 
 def _read_ade(root: Path, preset: Preset, stats: CorpusStats) -> list[Document]:
     folder = root / ADE_FOLDER if (root / ADE_FOLDER).is_dir() else root
-    ade = AdeStats()
+    ade = ReadStats("ade")
     docs = read_ade(folder, ade)
     if ade.mentions_not_found:
         stats.dropped[ADE_MENTION_NOT_FOUND] += ade.mentions_not_found
@@ -168,7 +169,7 @@ def _read_ade(root: Path, preset: Preset, stats: CorpusStats) -> list[Document]:
 
 def _read_jsonl(root: Path, preset: Preset, stats: CorpusStats) -> list[Document]:
     path = root / JSONL_FILE if root.is_dir() else root
-    jsonl = JsonlStats()
+    jsonl = ReadStats("jsonl")
     docs = read_jsonl(path, jsonl)
     stats.text_mismatches += jsonl.text_mismatches
     stats.reader = jsonl.as_dict()

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, fields
 from pathlib import Path
 
 from data_loaders.brat import AnnotationError, read_text
 from data_loaders.document import Attribute, Document, Entity, Relation
+
+from .stats import ReadStats
 
 logger = logging.getLogger(__name__)
 
@@ -34,20 +35,6 @@ _TOKEN = re.compile(r"\S+")
 
 # (first line, first token, last line, last token), as written.
 Position = tuple[int, int, int, int]
-
-
-@dataclass
-class I2b2Stats:
-    """Counts over one or more documents; pass one to accumulate."""
-
-    documents: int = 0
-    entities: int = 0
-    relations: int = 0
-    attributes: int = 0
-    text_mismatches: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 class _Tokens:
@@ -71,7 +58,7 @@ def read_i2b2(
     con_path: Path | None = None,
     rel_path: Path | None = None,
     ast_path: Path | None = None,
-    stats: I2b2Stats | None = None,
+    stats: ReadStats | None = None,
 ) -> Document:
     """Read one document. Missing paths default to siblings of ``txt_path`` with the
     suffixes ``.con``, ``.rel`` and ``.ast``; absent ``.rel``/``.ast`` files are fine, an
@@ -80,7 +67,7 @@ def read_i2b2(
     con_path = Path(con_path) if con_path else txt_path.with_suffix(".con")
     rel_path = Path(rel_path) if rel_path else txt_path.with_suffix(".rel")
     ast_path = Path(ast_path) if ast_path else txt_path.with_suffix(".ast")
-    stats = stats if stats is not None else I2b2Stats()
+    stats = stats if stats is not None else ReadStats("i2b2")
     text = read_text(txt_path)
     doc = Document(doc_id=txt_path.stem, text=text)
     stats.documents += 1
@@ -122,10 +109,10 @@ def read_i2b2(
     return doc
 
 
-def read_i2b2_folder(folder: Path, stats: I2b2Stats | None = None) -> list[Document]:
+def read_i2b2_folder(folder: Path, stats: ReadStats | None = None) -> list[Document]:
     """Every ``*.txt`` under ``folder`` (recursively), sorted by doc_id; annotations as
     found by :func:`annotation_files`."""
-    stats = stats if stats is not None else I2b2Stats()
+    stats = stats if stats is not None else ReadStats("i2b2")
     docs = [read_i2b2(txt, *annotation_files(txt), stats=stats) for txt in text_files(folder)]
     if stats.text_mismatches:
         logger.info("%s: %s", folder, stats.as_dict())

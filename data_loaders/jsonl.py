@@ -17,13 +17,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from data_loaders.brat import AnnotationError, quoted, quoted_id, read_text, text_matches
 from data_loaders.document import Attribute, Document, Entity, Group, Relation, Span
 from data_loaders.splits import SPLITS
+
+from .stats import ReadStats
 
 logger = logging.getLogger(__name__)
 
@@ -32,19 +33,6 @@ DOCUMENT_KEYS: tuple[str, ...] = (
 )
 # Keys every line must hold; the rest default to empty (attributes, groups) or null.
 REQUIRED_KEYS: tuple[str, ...] = ("id", "text", "entities", "relations")
-
-
-@dataclass
-class JsonlStats:
-    documents: int = 0
-    entities: int = 0
-    relations: int = 0
-    attributes: int = 0
-    groups: int = 0
-    text_mismatches: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def document_to_json(doc: Document) -> dict[str, Any]:
@@ -73,10 +61,10 @@ def write_jsonl(docs: Iterable[Document], path: Path) -> Path:
     return path
 
 
-def read_jsonl(path: Path, stats: JsonlStats | None = None) -> list[Document]:
+def read_jsonl(path: Path, stats: ReadStats | None = None) -> list[Document]:
     """Every document of ``path``, in file order; blank lines are skipped."""
     path = Path(path)
-    stats = stats if stats is not None else JsonlStats()
+    stats = stats if stats is not None else ReadStats("jsonl")
     docs: list[Document] = []
     first_line: dict[str, int] = {}
     content = read_text(path)
@@ -94,7 +82,7 @@ def read_jsonl(path: Path, stats: JsonlStats | None = None) -> list[Document]:
 
 
 class _LineReader:
-    def __init__(self, path: Path, number: int, stats: JsonlStats) -> None:
+    def __init__(self, path: Path, number: int, stats: ReadStats) -> None:
         self.path = path
         self.number = number
         self.stats = stats

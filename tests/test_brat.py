@@ -9,12 +9,12 @@ import pytest
 
 from data_loaders.brat import (
     AnnotationError,
-    BratStats,
     read_brat,
     read_brat_folder,
     write_brat,
 )
 from data_loaders.document import Attribute, Document, Entity, Group, Relation
+from data_loaders.stats import ReadStats
 from data_loaders.synthetic import generate_corpus
 
 
@@ -65,7 +65,7 @@ def test_crlf_offsets_are_kept(tmp_path: Path) -> None:
     text = "Line one.\r\nFever and cough.\r\n"
     start = text.index("cough")
     txt = _write(tmp_path, "crlf", text, f"T1\tproblem {start} {start + 5}\tcough\n")
-    stats = BratStats()
+    stats = ReadStats("brat")
     doc = read_brat(txt, stats=stats)
     assert doc.text == text
     (ent,) = doc.entities
@@ -91,7 +91,7 @@ def test_events_resolve_to_their_trigger(tmp_path: Path) -> None:
         "*\tOverlap T1 T2\n"
         "#1\tAnnotatorNotes T1\tsome note\n"
     )
-    stats = BratStats()
+    stats = ReadStats("brat")
     doc = read_brat(_write(tmp_path, "d", "Fever was high.", ann), stats=stats)
     assert [e.id for e in doc.entities] == ["T1", "T2"]
     assert doc.relations == [Relation("R1", "MODIFY", "T2", "T1")]
@@ -125,7 +125,7 @@ def test_missing_ann_gives_empty_document(tmp_path: Path) -> None:
 
 def test_text_mismatch_is_kept_and_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture
                                            ) -> None:
-    stats = BratStats()
+    stats = ReadStats("brat")
     with caplog.at_level(logging.WARNING, logger="data_loaders.brat"):
         doc = read_brat(_write(tmp_path, "m", "Fever.", "T1\tproblem 0 5\tCough\n"), stats=stats)
     assert doc.entities[0].text == "Cough"
@@ -137,7 +137,7 @@ def test_newline_inside_span_continues_text_column(tmp_path: Path) -> None:
     # Some writers (CHIA) leave a raw newline in the text column of a span over a line end.
     text = "Age over 18.\r\nNo dementia."
     ann = "T1\tCondition 0 13;14 16\tAge over 18.\n No\nT2\tCondition 17 25\tdementia\n"
-    stats = BratStats()
+    stats = ReadStats("brat")
     doc = read_brat(_write(tmp_path, "c", text, ann), stats=stats)
     assert doc.entities[0].text == "Age over 18.\n No"
     assert stats.continuation_lines == 1 and stats.text_mismatches == 0
@@ -173,7 +173,7 @@ def test_malformed_lines_name_file_and_line(tmp_path: Path, ann: str, line: int,
 
 def test_non_strict_skips_bad_lines(tmp_path: Path) -> None:
     ann = "T1\tproblem 0 5\tFever\nT2\tproblem 0 99\tx\nR1\tcauses Arg1:T1 Arg2:T2\n"
-    stats = BratStats()
+    stats = ReadStats("brat")
     doc = read_brat(_write(tmp_path, "d", "Fever.", ann), stats=stats, strict=False)
     assert [e.id for e in doc.entities] == ["T1"] and doc.relations == []
     assert stats.malformed_skipped == 2

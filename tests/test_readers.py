@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from data_loaders.ade import AdeStats, read_ade
+from data_loaders.ade import read_ade
 from data_loaders.brat import AnnotationError
 from data_loaders.document import Attribute, Document, Entity, Group, Relation
-from data_loaders.i2b2 import I2b2Stats, read_i2b2, read_i2b2_folder
-from data_loaders.jsonl import JsonlStats, read_jsonl, write_jsonl
+from data_loaders.i2b2 import read_i2b2, read_i2b2_folder
+from data_loaders.jsonl import read_jsonl, write_jsonl
+from data_loaders.stats import ReadStats
 
 # --- i2b2 2010 ---------------------------------------------------------------------------
 
@@ -46,7 +47,7 @@ def test_i2b2_line_token_offsets_become_characters(tmp_path: Path) -> None:
     rel = ('c="aspirin" 2:4 2:4||r="TrAP"||c="chest pain" 2:6 2:7\n'
            'c="ct scan" 3:0 3:1||r="TeRP"||c="bleeding" 3:4 3:4\n')
     ast = 'c="bleeding" 3:4 3:4||t="problem"||a="absent"\n'
-    stats = I2b2Stats()
+    stats = ReadStats("i2b2")
     doc = read_i2b2(_i2b2(tmp_path, con, rel, ast), stats=stats)
     assert doc.doc_id == "record-1"
     spans = {e.id: (e.type, doc.text[e.start:e.end]) for e in doc.entities}
@@ -63,7 +64,7 @@ def test_i2b2_line_token_offsets_become_characters(tmp_path: Path) -> None:
 def test_i2b2_text_mismatch_is_reported_with_path_and_line(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    stats = I2b2Stats()
+    stats = ReadStats("i2b2")
     con = 'c="aspirin" 2:4 2:4||t="treatment"\nc="headache" 2:6 2:7||t="problem"\n'
     with caplog.at_level(logging.WARNING, logger="data_loaders.i2b2"):
         doc = read_i2b2(_i2b2(tmp_path, con), stats=stats)
@@ -137,7 +138,7 @@ def _ade(folder: Path, ae: str, dose: str | None = ADE_DOSE) -> Path:
 def test_ade_sentences_repeated_strings_and_counts(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    stats = AdeStats()
+    stats = ReadStats("ade")
     with caplog.at_level(logging.WARNING, logger="data_loaders.ade"):
         docs = read_ade(_ade(tmp_path, ADE_AE), stats)
     # PMIDs in numeric order; the sentences of one abstract in reading order.
@@ -215,7 +216,7 @@ def _docs() -> list[Document]:
 
 def test_jsonl_round_trip_is_identical(tmp_path: Path) -> None:
     path = write_jsonl(_docs(), tmp_path / "out" / "documents.jsonl")
-    stats = JsonlStats()
+    stats = ReadStats("jsonl")
     docs = read_jsonl(path, stats)
     assert docs == _docs()
     again = write_jsonl(docs, tmp_path / "again.jsonl")
@@ -284,8 +285,15 @@ def test_jsonl_text_mismatch_is_counted_not_fatal(
 ) -> None:
     path = tmp_path / "docs.jsonl"
     path.write_text(_line(entities=[{**_ENT, "text": "Cough"}]) + "\n\n", encoding="utf-8")
-    stats = JsonlStats()
+    stats = ReadStats("jsonl")
     with caplog.at_level(logging.WARNING, logger="data_loaders.jsonl"):
         (doc,) = read_jsonl(path, stats)
     assert doc.entities[0].text == "Cough" and stats.text_mismatches == 1
     assert "docs.jsonl:1" in caplog.text and "Fever" not in caplog.text
+
+
+def test_one_stats_class_reports_each_format_its_own_counters() -> None:
+    assert list(ReadStats("i2b2").as_dict()) == ["documents", "entities", "relations", "attributes", "text_mismatches"]
+    assert "malformed_skipped" in ReadStats("brat").as_dict() and "malformed_skipped" not in ReadStats("ade").as_dict()
+    with pytest.raises(ValueError, match="expected one of"):
+        ReadStats("bioc")
