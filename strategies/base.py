@@ -674,7 +674,8 @@ class LoraFedAvg(ReplyScreening, FedAvg):
         validation_loss: Callable[[dict[str, np.ndarray]], float] | None = None,
         **fedavg_kwargs: Any,
     ) -> LoraFedAvg:
-        """Build from the run config (`strategy.*` keys); this class reads none of them."""
+        """Build from the validated run config (`settings.config.validate`: every key present,
+        typed and checked); this class reads none of its `strategy.*` keys."""
         del cfg, validation_loss  # plain averaging needs neither
         return cls(expected_shapes=expected_shapes, **fedavg_kwargs)
 

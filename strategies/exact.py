@@ -154,12 +154,12 @@ class ExactLoRA(LoraFedAvg):
         """Build from the run config: `lora.alpha`, `lora.r`, optional `strategy.exact-rank`."""
         del validation_loss  # weights are FedAvg's
         strategy = cls(
-            rank=cfg.get("strategy.exact-rank"),
-            alpha=cfg.get("lora.alpha"),
+            rank=cfg["strategy.exact-rank"],
+            alpha=cfg["lora.alpha"],
             expected_shapes=expected_shapes,
             **fedavg_kwargs,
         )
-        r = cfg.get("lora.r")
+        r = cfg["lora.r"]
         # The adapter is built from lora.r, so a disagreement means the shapes are not this run's.
         mismatched = [m.prefix for m in strategy.modules if r is not None and m.rank != int(r)]
         if mismatched:

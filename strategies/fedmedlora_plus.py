@@ -117,16 +117,16 @@ class FedMedLoRAPlus(LoraFedAvg):
     ) -> FedMedLoRAPlus:
         """Build from the run config: `strategy.temperature`, `strategy.size-weighted`,
         `strategy.validation` and (for "sites") `strategy.round-timeout`."""
-        validation = cfg.get("strategy.validation", "coordinator")
+        validation = cfg["strategy.validation"]
         if validation == "coordinator" and validation_loss is None:
             raise ValueError("strategy.name: fedmedlora-plus needs the coordinator's validation loss "
                              "(or strategy.validation = 'sites')")
         return cls(
             score_fn=validation_loss if validation == "coordinator" else None,
-            temperature=cfg.get("strategy.temperature", 1.0),
-            size_weighted=cfg.get("strategy.size-weighted", False),
+            temperature=cfg["strategy.temperature"],
+            size_weighted=cfg["strategy.size-weighted"],
             validation=validation,
-            timeout=cfg.get("strategy.round-timeout", 3600.0),
+            timeout=cfg["strategy.round-timeout"],
             expected_shapes=expected_shapes,
             **fedavg_kwargs,
         )

@@ -368,7 +368,7 @@ class FlowerLoRA(ScreenedStrategy):
 
 
 def _server_lr(cfg: Mapping[str, Any], name: str) -> float:
-    return float(cfg.get("strategy.server-learning-rate", 0.0)) or DEFAULT_SERVER_LR[name]
+    return float(cfg["strategy.server-learning-rate"]) or DEFAULT_SERVER_LR[name]
 
 
 @register("fedprox")
@@ -384,7 +384,7 @@ class LoraFedProx(FlowerLoRA):
 
     @classmethod
     def flower_kwargs(cls, cfg: Mapping[str, Any]) -> dict[str, Any]:
-        return {"proximal_mu": float(cfg.get("strategy.proximal-mu", 0.0))}
+        return {"proximal_mu": float(cfg["strategy.proximal-mu"])}
 
 
 @register("fedavgm")
@@ -401,7 +401,7 @@ class LoraFedAvgM(FlowerLoRA):
     def flower_kwargs(cls, cfg: Mapping[str, Any]) -> dict[str, Any]:
         return {
             "server_learning_rate": _server_lr(cfg, "fedavgm"),
-            "server_momentum": float(cfg.get("strategy.server-momentum", 0.0)),
+            "server_momentum": float(cfg["strategy.server-momentum"]),
         }
 
 
@@ -442,7 +442,7 @@ class LoraFedTrimmedAvg(FlowerLoRA):
 
     @classmethod
     def flower_kwargs(cls, cfg: Mapping[str, Any]) -> dict[str, Any]:
-        return {"beta": float(cfg.get("strategy.trim-beta", 0.2))}
+        return {"beta": float(cfg["strategy.trim-beta"])}
 
 
 @register("fedmedian")
@@ -500,7 +500,7 @@ class LoraKrum(FlowerLoRA):
 
     @classmethod
     def flower_kwargs(cls, cfg: Mapping[str, Any]) -> dict[str, Any]:
-        return {"num_malicious_nodes": int(cfg.get("strategy.krum-byzantine", 0))}
+        return {"num_malicious_nodes": int(cfg["strategy.krum-byzantine"])}
 
     def site_weights(self, candidates: list[SiteCandidate]) -> tuple[str, list[float]]:
         """1 for the update Krum selected, 0 for the others."""
@@ -526,10 +526,10 @@ class DPSettings:
     def from_run_config(cls, cfg: Mapping[str, Any]) -> DPSettings:
         """0 sampled sites means `strategy.min-sites` (the factory samples at least that many)."""
         return cls(
-            mode=cfg.get("strategy.dp", "none"),
-            noise_multiplier=float(cfg.get("strategy.dp-noise-multiplier", 1.0)),
-            clipping_norm=float(cfg.get("strategy.dp-clipping-norm", 1.0)),
-            num_sampled_sites=int(cfg.get("strategy.dp-num-sampled-sites", 0)) or int(cfg.get("strategy.min-sites", 1)),
+            mode=cfg["strategy.dp"],
+            noise_multiplier=float(cfg["strategy.dp-noise-multiplier"]),
+            clipping_norm=float(cfg["strategy.dp-clipping-norm"]),
+            num_sampled_sites=int(cfg["strategy.dp-num-sampled-sites"]) or int(cfg["strategy.min-sites"]),
         )
 
 

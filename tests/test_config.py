@@ -30,6 +30,34 @@ def test_pyproject_config_and_schema_agree():
     validate(defaults)
 
 
+def test_references_are_generated_from_the_sections(tmp_path, monkeypatch):
+    from settings import reference
+
+    assert reference.main(["--check"]) == 0, "run: python -m settings.reference"
+    page = (REPO / "docs" / "configuration.md").read_text()
+    for key, spec in KEYS.items():  # every key documented, with its default
+        assert f"| `{key}` | {spec.type.__name__} | `{reference.toml_value(spec.default)}` |" in page
+    # A stale copy is reported and rewritten.
+    stale = tmp_path / "pyproject.toml"
+    stale.write_text((REPO / "pyproject.toml").read_text().replace("num-server-rounds = 3", "num-server-rounds = 4"))
+    monkeypatch.setattr(reference, "PYPROJECT", stale)
+    monkeypatch.setattr(reference, "REPO", tmp_path.parent)
+    assert reference.main(["--check"]) == 1
+    assert reference.main([]) == 0 and "num-server-rounds = 3" in stale.read_text()
+
+
+def test_every_key_is_typed_and_helped_in_one_section():
+    from dataclasses import fields
+
+    from settings.config import SECTIONS
+
+    names = [(f"{p}." if p else "") + f.name.replace("_", "-") for p, s in SECTIONS.items() for f in fields(s)]
+    assert names == list(KEYS) and len(set(names)) == len(names)
+    assert all(spec.help and spec.type in (int, float, bool, str) for spec in KEYS.values())
+    with pytest.raises(ConfigError, match=r"strategy.trim-beta: expected a number in \[0, 0.5\), got nan"):
+        validate({"strategy.trim-beta": float("nan")})
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -16,6 +16,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from threadpoolctl import threadpool_limits
 
+from settings.config import validate
 from strategies.exact import ExactLoRA, exact_factors, lora_modules
 from strategies.registry import available_strategies, strategy_class
 from support.messages import instruction
@@ -304,13 +305,13 @@ def test_registered_and_declares_exact_product() -> None:
 
 
 def test_from_run_config() -> None:
-    cfg = {"lora.r": R, "lora.alpha": 64, "strategy.exact-rank": "full"}
+    cfg = validate({"lora.r": R, "lora.alpha": 64, "strategy.exact-rank": "full"})
     strategy = ExactLoRA.from_run_config(cfg, SHAPES, None, min_available_nodes=3)
     assert (strategy.rank, strategy.alpha, strategy.min_available_nodes) == ("full", 64.0, 3)
     assert ExactLoRA.from_run_config({**cfg, "strategy.exact-rank": "2"}, SHAPES).rank == 2
-    assert ExactLoRA.from_run_config({"lora.r": R, "lora.alpha": 64}, SHAPES).rank is None
+    assert ExactLoRA.from_run_config(validate({"lora.r": R, "lora.alpha": 64}), SHAPES).rank is None
     with pytest.raises(ValueError, match="lora.r = 8"):
-        ExactLoRA.from_run_config({"lora.r": 8, "lora.alpha": 64}, SHAPES)
+        ExactLoRA.from_run_config(validate({"lora.r": 8, "lora.alpha": 64}), SHAPES)
 
 
 @pytest.mark.parametrize("rank", [0, -1, "half", 2.5, True])

@@ -23,6 +23,7 @@ from flwr.app import (
 )
 from flwr.serverapp.strategy import FedAvg
 
+from settings.config import validate
 from strategies import (
     STRATEGIES,
     FedMedLoRA,
@@ -360,7 +361,7 @@ def test_registry_rejects_bad_module_paths(name: str) -> None:
 
 
 def test_from_run_config() -> None:
-    cfg = {"strategy.temperature": 2.0, "strategy.size-weighted": True}
+    cfg = validate({"strategy.temperature": 2.0, "strategy.size-weighted": True})
     strategy = FedMedLoRAPlus.from_run_config(cfg, SHAPES, lambda s: 1.0, min_available_nodes=3)
     assert (strategy.temperature, strategy.size_weighted, strategy.min_available_nodes) == (2.0, True, 3)
     assert FedMedLoRA.from_run_config(cfg, SHAPES, None).expected_shapes == SHAPES
