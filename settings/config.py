@@ -58,25 +58,27 @@ class ModelSection:
                                  "matmul beats fp32, else fp32 (decided at start-up and logged)", DTYPE_CHOICES)
 
 
+# LoRA and training defaults are those of modeling's own settings classes (one place); the
+# demo's cap on local steps is the run configuration's own.
 @dataclass(frozen=True)
 class LoraSection:
-    r: int = setting(16, "LoRA rank (the paper's)")
-    alpha: int = setting(64, "LoRA alpha (the paper's)")
-    dropout: float = setting(0.05, "LoRA dropout")
+    r: int = setting(LoraSettings.r, "LoRA rank (the paper's)")
+    alpha: int = setting(LoraSettings.alpha, "LoRA alpha (the paper's)")
+    dropout: float = setting(LoraSettings.dropout, "LoRA dropout")
     target_modules: str = setting(",".join(PAPER_TARGET_MODULES), "comma-separated module names (the paper's: all 7 "
                                                                  "projections)")
 
 
 @dataclass(frozen=True)
 class TrainSection:
-    learning_rate: float = setting(2e-4, "peak learning rate (the paper's)")
-    batch_size: int = setting(4, "instances per step")
-    local_epochs: float = setting(2.0, "local epochs per round (the paper's)")
+    learning_rate: float = setting(TrainSettings.learning_rate, "peak learning rate (the paper's)")
+    batch_size: int = setting(TrainSettings.batch_size, "instances per step")
+    local_epochs: float = setting(TrainSettings.local_epochs, "local epochs per round (the paper's)")
     max_steps: int = setting(12, "cap on local steps per round; 0 = no cap (the demo caps to fit a CPU)")
-    warmup_ratio: float = setting(0.05, "share of all steps spent warming up")
-    lr_scheduler: str = setting("cosine", "learning-rate schedule across all rounds", SCHEDULER_CHOICES)
-    max_grad_norm: float = setting(1.0, "gradient clipping; 0 = none")
-    max_length: int = setting(512, "longest instance in tokens; longer ones are dropped (and counted), never truncated")
+    warmup_ratio: float = setting(TrainSettings.warmup_ratio, "share of all steps spent warming up")
+    lr_scheduler: str = setting(TrainSettings.lr_scheduler, "learning-rate schedule across all rounds", SCHEDULER_CHOICES)
+    max_grad_norm: float = setting(TrainSettings.max_grad_norm, "gradient clipping; 0 = none")
+    max_length: int = setting(TrainSettings.max_length, "longest instance in tokens; longer ones are dropped (and counted), never truncated")
 
 
 @dataclass(frozen=True)
