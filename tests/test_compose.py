@@ -2,7 +2,7 @@
 
 - docker-compose.yml, docker-compose.tls.yml and their merge are valid against the Compose
   Specification's JSON schema (the copy vendored in `check-jsonschema`);
-- every service's command is what fedmedlora/deploy.py builds for the same arguments
+- every service's command is what fedmedlora/deploy/ builds for the same arguments
   (`container_commands`: the functions the loopback deployment runs);
 - every site has a SuperNode and a ClientApp executor, and only that executor mounts the
   site's data; addresses point at ports that services listen on; secrets are the files
@@ -227,7 +227,7 @@ def test_merge_follows_compose_rules():
     assert merged["healthcheck"] == {"test": ["CMD", "2"], "retries": 3}
 
 
-# --------------------------------------------------------------------------- agreement with deploy.py
+# --------------------------------------------------------------------------- agreement with fedmedlora/deploy/
 
 
 @pytest.mark.parametrize("with_tls", [False, True], ids=["insecure", "tls"])
@@ -343,7 +343,7 @@ def test_tls_overlay_secrets_are_what_deploy_keys_writes(tmp_path, overlay, tls)
         assert set(register["secrets"]) == {"superlink-ca", f"{site}-node-pub"}
         assert supernode["depends_on"][f"register-{site}"] == {"condition": "service_completed_successfully"}
         assert register["restart"] == "no"
-    # the register services' connection: the text deploy.py writes for config.toml
+    # the register services' connection: the text fedmedlora/deploy/ writes for config.toml
     connection = overlay["configs"]["flwr-connection"]["content"]
     assert connection == flwr_config_text(f"{SUPERLINK_SERVICE}:{SUPERLINK_PORT}", secret_path("superlink-ca"),
                                           COMPOSE_CONNECTION)

@@ -1,0 +1,46 @@
+"""Site specifications: a site's name and data folder, as `--site NAME=FOLDER` gives them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Site:
+    """One hospital: its name and its data folder (a site folder, see data_loaders.sites)."""
+
+    name: str
+    data_dir: Path
+
+    def node_config(self) -> str:
+        """The SuperNode's `--node-config`, read by client_app/runtime.py (`data-dir`, `site-name`)."""
+        for key, value in (("data-dir", str(self.data_dir)), ("site-name", self.name)):
+            if "'" in value:
+                raise ValueError(f"site {self.name}: {key} {value!r} may not contain a single quote")
+        return f"data-dir='{self.data_dir}' site-name='{self.name}'"
+
+
+def parse_site(text: str) -> Site:
+    """`NAME=FOLDER`, or `FOLDER` (then the name is the folder's name)."""
+    name, sep, folder = text.partition("=")
+    if not sep:
+        name, folder = "", text
+    path = Path(folder).expanduser().resolve()
+    if not path.is_dir():
+        raise FileNotFoundError(f"--site {text!r}: folder {path} does not exist")
+    if not (path / "site.json").is_file():
+        raise FileNotFoundError(f"--site {text!r}: {path / 'site.json'} not found; a site folder holds a "
+                                "site.json (see `fedmedlora prepare` and data_loaders/sites.py)")
+    name = name.strip() or path.name
+    if not name or any(c.isspace() or c in "'\"/" for c in name):
+        raise ValueError(f"--site {text!r}: site name {name!r} must be non-empty, without spaces, quotes or '/'")
+    return Site(name, path)
+
+
+def demo_sites() -> list[Site]:
+    """The three sites of the synthetic demo corpus (what the simulation federates by default)."""
+    from data_loaders.sites import ensure_demo_corpus
+
+    root = ensure_demo_corpus()
+    return [Site(name, root / name) for name in ("site-a", "site-b", "site-c")]
