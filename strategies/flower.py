@@ -48,10 +48,6 @@ from flwr.serverapp.strategy import (
     Krum,
     Strategy,
 )
-from flwr.serverapp.strategy.dp_adaptive_clipping import DifferentialPrivacyAdaptiveBase
-from flwr.serverapp.strategy.fedopt import FedOpt
-from flwr.serverapp.strategy.multikrum import select_multikrum
-from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from .base import (
     LoraFedAvg,
@@ -63,6 +59,7 @@ from .base import (
     _common_metric_keys,
     metric_dict,
 )
+from .flower_compat import FLOWER_STATE, aggregate_arrayrecords, select_multikrum, valid_train_replies
 from .registry import register
 
 # `strategy.dp`: Flower's central-DP wrappers, clipping at the coordinator or at the sites.
@@ -73,15 +70,6 @@ DP_MODES = ("none", "server-fixed", "server-adaptive", "client-fixed", "client-a
 # per-element updates below tau (typical for a few local steps at lr 2e-4), a FedAdam step
 # is about 10 * eta * the averaged update, so 1e-2 keeps it near one FedAvg step.
 DEFAULT_SERVER_LR = {"fedavgm": 1.0, "fedadam": 1e-2, "fedyogi": 1e-2}
-
-# What Flower's strategies (flwr 1.42) keep between rounds, for checkpoints: the server
-# optimisers' moments and the adapter they step from, adaptive clipping's current norm.
-FLOWER_STATE: tuple[tuple[type[Strategy], tuple[str, ...]], ...] = (
-    (FedOpt, ("current_arrays", "m_t", "v_t")),  # FedAdam, FedYogi, FedAdagrad
-    (FedAvgM, ("current_arrays", "momentum_vector")),
-    (DifferentialPrivacyAdaptiveBase, ("clipping_norm",)),
-)
-
 
 class ScreenedStrategy(ReplyScreening, Strategy):
     """Any flwr strategy behind our per-reply screening and update-norm bound.
@@ -471,7 +459,7 @@ class _SelectingKrum(Krum):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """MultiKrum.aggregate_train with num_nodes_to_select = 1, keeping the choice."""
-        valid, _ = self._check_and_log_replies(list(replies), is_train=True)
+        valid = valid_train_replies(self, replies)
         self.selected = []
         if not valid:
             return None, None

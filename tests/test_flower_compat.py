@@ -1,0 +1,37 @@
+"""Flower internals the strategies rely on (strategies/flower_compat.py), checked against the
+flwr version they were written for: an upgrade fails here first, with what to re-check."""
+
+from __future__ import annotations
+
+import flwr
+import numpy as np
+from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import DifferentialPrivacyServerSideAdaptiveClipping, FedAdam, FedAvg, FedAvgM
+
+from strategies import flower_compat
+from support.messages import instruction
+
+
+def test_flwr_is_the_supported_version() -> None:
+    assert flwr.__version__.startswith(flower_compat.SUPPORTED_FLWR + "."), (
+        f"flwr {flwr.__version__}: strategies/flower_compat.py was written for {flower_compat.SUPPORTED_FLWR}; "
+        "re-check every name it uses, then update SUPPORTED_FLWR")
+
+
+def test_the_state_attributes_exist_on_a_configured_strategy() -> None:
+    adaptive = DifferentialPrivacyServerSideAdaptiveClipping(FedAvg(), noise_multiplier=0.1, num_sampled_clients=3)
+    for strategy in (FedAdam(), FedAvgM(server_momentum=0.9), adaptive):
+        names = [n for cls, attrs in flower_compat.FLOWER_STATE if isinstance(strategy, cls) for n in attrs]
+        assert names and all(hasattr(strategy, n) for n in names), (type(strategy).__name__, names)
+
+
+def test_fedavg_reply_check_keeps_content_replies_and_drops_errors() -> None:
+    content = RecordDict({"arrays": ArrayRecord({"a": Array(np.ones(2, np.float32))}),
+                          "metrics": MetricRecord({"num-examples": 3})})
+    good = Message(content=content, reply_to=instruction(1))
+    bad = Message(Error(code=7, reason="x"), reply_to=instruction(2))
+    assert flower_compat.valid_train_replies(FedAvg(), [good, bad]) == [good]
+    selected = flower_compat.select_multikrum([content, content], num_malicious_nodes=0, num_nodes_to_select=1)
+    assert len(selected) == 1
+    averaged = flower_compat.aggregate_arrayrecords([content, content], "num-examples")
+    assert np.allclose(averaged["a"].numpy(), 1.0)
