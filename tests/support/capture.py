@@ -1,6 +1,6 @@
 """Record every message a run exchanges, and check it for note text (tests/test_privacy.py).
 
-docs/architecture.md, "Nothing that leaves a site contains note text": nothing that leaves a site contains note text. Three places see the
+Nothing that leaves a site contains note text (docs/architecture.md). Three places see the
 messages, and the privacy test records at all of them:
 
 * a site's ClientApp: `capture_mod`, a Flower mod that writes each message the site gets
