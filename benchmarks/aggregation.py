@@ -109,8 +109,8 @@ def one_round(cfg: dict[str, Any], shapes: dict, global_arrays: ArrayRecord, rep
     strategy.configure_train(1, global_arrays, ConfigRecord(), Grid(sites))
     arrays, _ = strategy.aggregate_train(1, replies)
     seconds = time.perf_counter() - start
-    if arrays is None or strategy.last_train_report.rejected:
-        raise RuntimeError(f"{cfg['strategy.name']}: round failed: {strategy.last_train_report.rejected}")
+    if arrays is None or strategy.round_report().rejected:
+        raise RuntimeError(f"{cfg['strategy.name']}: round failed: {strategy.round_report().rejected}")
     return seconds
 
 

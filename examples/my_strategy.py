@@ -2,9 +2,9 @@
 
 Select it with `strategy.name = "examples.my_strategy:LossInverse"`; no registration needed
 (or decorate the class with `@strategies.register("loss-inverse")` and import the module
-from the ServerApp). It reuses LoraFedAvg's screening, update-norm bound and averaging and
-only changes the weights: w_k proportional to 1 / train-loss_k, so sites whose adapters fit
-their own data better count more. A site that reports no usable `train-loss` is rejected.
+from the ServerApp). It runs behind the same screening and update-norm bound as every
+strategy, reuses LoraFedAvg's averaging and only changes the weights: w_k proportional to
+1 / train-loss_k, so sites whose adapters fit their own data better count more. A site that reports no usable `train-loss` is rejected.
 """
 
 from __future__ import annotations

@@ -251,7 +251,7 @@ def document() -> str:
         "",
         "## Bad updates at the coordinator",
         "",
-        "Every reply is screened before it is aggregated (strategies/base.py, `check_reply`); a rejected one",
+        "Every reply is screened before it is aggregated (strategies/screening.py, `check_reply`); a rejected one",
         "is logged, named in the round's table and in `metrics.jsonl` (`rejected`), and the round goes on",
         "with the others. Below, four good sites and one bad one, fed to Fed-MedLoRA as the ServerApp builds it.",
         "",

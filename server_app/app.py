@@ -24,7 +24,8 @@ from modeling.base import load_base_model, model_identity, resolve_model_path
 from modeling.lora import attach_lora
 from settings.config import ConfigError, lora_settings, re_mode, tasks, validate
 from settings.logs import setup_logging
-from strategies.base import TooFewSites
+from strategies.round_report import TooFewSites
+from strategies.screened import ScreenedStrategy
 from wire import protocol
 from wire.arrays import from_arrayrecord, to_arrayrecord
 from wire.transport import adapter_nbytes, transport_grid
@@ -121,7 +122,7 @@ def main(grid: Grid, context: Context) -> None:
         save_checkpoint(folder, Checkpoint(
             round=server_round, global_state=state, strategy_state=strategy.state_dict(), run_config=cfg,
             coordinator_metrics=metrics_by_round, communication=reporter.state_dict(),
-            elapsed_seconds=recorder.elapsed(), resumes=resumes, strategy_class=type(strategy).__qualname__,
+            elapsed_seconds=recorder.elapsed(), resumes=resumes, strategy_class=strategy.class_name(),
         ))
         return MetricRecord(metrics)
 
@@ -178,16 +179,16 @@ def _refuse_finished_rounds(folder: Path, cfg: dict[str, Any]) -> None:
         )
 
 
-def _restore(checkpoint: Checkpoint, strategy, initial, folder: Path, cfg: dict[str, Any]) -> None:
+def _restore(checkpoint: Checkpoint, strategy: ScreenedStrategy, initial, folder: Path, cfg: dict[str, Any]) -> None:
     """Check the saved adapter against this run's and load the strategy's state; ConfigError if not."""
     saved = {k: tuple(v.shape) for k, v in checkpoint.global_state.items()}
     ours = {k: tuple(v.shape) for k, v in initial.items()}
     if saved != ours:
         raise ConfigError(f"resume = true: the adapter in {checkpoint_path(folder)} has other keys or shapes "
                           "than this run's model and lora keys give")
-    if checkpoint.strategy_class and checkpoint.strategy_class != type(strategy).__qualname__:
+    if checkpoint.strategy_class and checkpoint.strategy_class != strategy.class_name():
         log.warning("the checkpoint was written by strategy class %s, this run built %s",
-                    checkpoint.strategy_class, type(strategy).__qualname__)
+                    checkpoint.strategy_class, strategy.class_name())
     try:
         strategy.load_state_dict(checkpoint.strategy_state)
     except (ValueError, KeyError, TypeError) as err:

@@ -3,7 +3,7 @@ how much, their losses and F1, and the bytes each site sent and received.
 
 Bytes are tensor payload: the global adapter down with every train and evaluate message,
 the site's adapter up, plus whatever a strategy exchanged with the sites beyond that
-(`last_train_report.extra["extra-traffic"]`, by site: Fed-MedLoRA+ with
+(the round report's `extra["extra-traffic"]`, by site: Fed-MedLoRA+ with
 `strategy.validation = "sites"` sends K candidate adapters down and gets K losses up)."""
 
 from __future__ import annotations
@@ -11,11 +11,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from strategies.screened import ScreenedStrategy
+
 log = logging.getLogger(__name__)
 
 
 class RoundReporter:
-    def __init__(self, strategy, adapter_bytes: int, full_model_bytes: int, num_rounds: int) -> None:
+    def __init__(self, strategy: ScreenedStrategy, adapter_bytes: int, full_model_bytes: int, num_rounds: int) -> None:
         self.strategy = strategy
         self.adapter_bytes = adapter_bytes
         self.full_model_bytes = full_model_bytes
@@ -33,9 +35,9 @@ class RoundReporter:
                      "lenient-f1 %.3f", server_metrics["val-loss"], server_metrics["strict-f1"],
                      server_metrics["lenient-f1"])
             return record
-        train = getattr(self.strategy, "last_train_report", None)
-        evaluated = dict(getattr(self.strategy, "last_evaluate_report", None) or [])
-        extra_traffic = dict((train.extra.get("extra-traffic") or {}) if train else {})
+        train = self.strategy.round_report(server_round)
+        evaluated = dict(train.evaluated)
+        extra_traffic = dict(train.extra.get("extra-traffic") or {})
         for traffic in extra_traffic.values():  # every site the strategy messaged, accepted or not
             self.extra_bytes_up += traffic["bytes-up"]
             self.extra_bytes_down += traffic["bytes-down"]
@@ -45,7 +47,7 @@ class RoundReporter:
         lines = [f"round {server_round}/{self.num_rounds}:",
                  f"  {'site':<14}{'examples':>9}{'weight':>8}{'train-loss':>11}{'val-loss':>9}"
                  f"{'strict-f1':>10}{'lenient-f1':>11}{'re-strict':>10}{'re-lenient':>11}{'up MB':>8}{'down MB':>8}"]
-        for update in (train.updates if train else []):
+        for update in train.updates:
             ev = evaluated.get(update.site, {})
             down = self.adapter_bytes * (2 if ev else 1)  # train message, plus evaluate message
             up = update.bytes_up
@@ -67,7 +69,7 @@ class RoundReporter:
                 f"{ev.get('strict-f1', float('nan')):>10.3f}{ev.get('lenient-f1', float('nan')):>11.3f}"
                 f"{ev.get('re-strict-f1', float('nan')):>10.3f}{ev.get('re-lenient-f1', float('nan')):>11.3f}"
                 f"{up / 1e6:>8.2f}{down / 1e6:>8.2f}")
-        for site, reason in (train.rejected if train else []):
+        for site, reason in train.rejected:
             lines.append(f"  {site:<14} rejected: {reason}")
         lines.append(f"  coordinator validation: val-loss {server_metrics['val-loss']:.4f}, strict-f1 "
                      f"{server_metrics['strict-f1']:.3f}, lenient-f1 {server_metrics['lenient-f1']:.3f}, "
@@ -83,8 +85,8 @@ class RoundReporter:
                          f"{down / 1e6:.2f} MB down and {up} B up per site")
         log.info("\n".join(lines))
         record["sites"] = sites
-        record["rejected"] = [{"site": s, "reason": r} for s, r in (train.rejected if train else [])]
-        if train and train.extra:
+        record["rejected"] = [{"site": s, "reason": r} for s, r in train.rejected]
+        if train.extra:
             record["strategy"] = train.extra
         return record
 

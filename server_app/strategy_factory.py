@@ -7,12 +7,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
-from flwr.serverapp.strategy import Strategy
 
 from settings.config import KEYS, ConfigError
-from strategies.base import ReplyScreening
-from strategies.flower import DPSettings, ScreenedStrategy, with_dp
+from strategies.flower import DPSettings, with_dp
 from strategies.registry import STRATEGIES, strategy_class
+from strategies.screened import ScreenedStrategy
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +33,14 @@ def build_strategy(
     cfg: Mapping[str, Any],
     expected_shapes: Mapping[str, tuple[int, ...]],
     validation_loss: Callable[[dict[str, np.ndarray]], float] | None,
-) -> Strategy:
+) -> ScreenedStrategy:
     """Instantiate `strategy.name` from a validated run config (settings.config.validate).
 
     A strategy class may define `from_run_config(cfg, expected_shapes, validation_loss,
     **sampling)` to read its own keys; otherwise it is built with FedAvg's keyword arguments.
-    A strategy without our reply screening (a plain flwr class named as `module:Class`)
-    is put behind it. Then `strategy.dp` wraps it in Flower's DP wrapper, and the outermost
-    screening gets `strategy.max-update-norm`, `strategy.update-norm-action`,
+    Every strategy is put behind the one screening wrapper (`ScreenedStrategy`; the Flower
+    classes registered in strategies/flower.py are one already). `strategy.dp` puts Flower's
+    DP wrapper between the two, and the screening gets `strategy.max-update-norm`, `strategy.update-norm-action`,
     `strategy.proximal-mu` and `strategy.min-sites` (the sites that must be connected before
     a round starts are also the usable replies a round needs, else the run stops). A bad
     value raises ConfigError naming the key.
@@ -64,8 +63,6 @@ def build_strategy(
             strategy = cls.from_run_config(cfg, expected_shapes, validation_loss, **sampling)
         else:
             strategy = cls(**sampling)
-        if not isinstance(strategy, ReplyScreening):
-            strategy = ScreenedStrategy(strategy, expected_shapes)
         strategy = with_dp(strategy, DPSettings.from_run_config(cfg), expected_shapes)
         strategy.configure_screening(
             max_update_norm=cfg["strategy.max-update-norm"],

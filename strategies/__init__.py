@@ -2,7 +2,7 @@
 
 from importlib.util import find_spec
 
-from .base import LoraFedAvg, ReplyScreening, RoundReport, SiteCandidate, SiteUpdate, UpdateRejected
+from .base import LoraFedAvg
 from .clipping import UPDATE_NORM_ACTIONS, dp_clipping_mod, scale_toward, update_norm, update_terms
 from .fedmedlora import FedMedLoRA
 from .fedmedlora_plus import FedMedLoRAPlus
@@ -17,10 +17,12 @@ from .flower import (
     LoraFedTrimmedAvg,
     LoraFedYogi,
     LoraKrum,
-    ScreenedStrategy,
     with_dp,
 )
 from .registry import STRATEGIES, available_strategies, register, strategy_class
+from .round_report import Aggregate, RoundReport, SiteUpdate, TooFewSites
+from .screened import ScreenedStrategy
+from .screening import SiteCandidate, UpdateRejected
 
 # Importing a strategy module registers its names; exact.py lands separately.
 if find_spec(f"{__name__}.exact") is not None:
@@ -30,6 +32,7 @@ __all__ = [
     "DP_MODES",
     "STRATEGIES",
     "UPDATE_NORM_ACTIONS",
+    "Aggregate",
     "DPSettings",
     "FedMedLoRA",
     "FedMedLoRAPlus",
@@ -42,11 +45,11 @@ __all__ = [
     "LoraFedTrimmedAvg",
     "LoraFedYogi",
     "LoraKrum",
-    "ReplyScreening",
     "RoundReport",
     "ScreenedStrategy",
     "SiteCandidate",
     "SiteUpdate",
+    "TooFewSites",
     "UpdateRejected",
     "available_strategies",
     "dp_clipping_mod",

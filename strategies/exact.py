@@ -22,8 +22,9 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from threadpoolctl import threadpool_limits
 
-from .base import LoraFedAvg, SiteCandidate, UpdateRejected
+from .base import LoraFedAvg
 from .registry import register
+from .screening import SiteCandidate, UpdateRejected
 
 A_SUFFIX = ".lora_A.weight"
 B_SUFFIX = ".lora_B.weight"
@@ -98,7 +99,7 @@ class ExactLoRA(LoraFedAvg):
     scaled by its own r_k / alpha_k. The first round, before a site has replied, every site
     gets the global adapter. The share of energy (sum of
     squared singular values) that truncation dropped is logged each round and kept in
-    `last_train_report.extra["truncated-energy"]` (`max` and `mean` over modules).
+    the round report's `extra["truncated-energy"]` (`max` and `mean` over modules).
 
     Parameters
     ----------
@@ -290,16 +291,8 @@ class ExactLoRA(LoraFedAvg):
     # --- screening: accept other ranks -----------------------------------------------
 
     def check_reply(self, msg: Message, site: str) -> SiteCandidate:
-        """LoraFedAvg's checks against the global shapes with this site's LoRA ranks."""
-        assert self.expected_shapes is not None
-        site_shapes = self._site_shapes(msg)
-        global_shapes = self.expected_shapes
-        # The base checks compare with `expected_shapes`; swap in the site's for one call.
-        self.expected_shapes = site_shapes
-        try:
-            candidate = super().check_reply(msg, site)
-        finally:
-            self.expected_shapes = global_shapes
+        """LoraFedAvg's checks against this site's shapes (`reply_shapes`), and its `lora-alpha`."""
+        candidate = super().check_reply(msg, site)
         if ALPHA_METRIC in candidate.metrics:
             value = candidate.metrics[ALPHA_METRIC]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
@@ -308,7 +301,7 @@ class ExactLoRA(LoraFedAvg):
                 raise UpdateRejected(f"'{ALPHA_METRIC}' must be a number > 0, got {value!r}")
         return candidate
 
-    def _site_shapes(self, msg: Message) -> OrderedDict[str, tuple[int, ...]]:
+    def reply_shapes(self, msg: Message) -> OrderedDict[str, tuple[int, ...]]:
         """Expected shapes with each LoRA pair's rank taken from the reply, where only it differs.
 
         Anything else (wrong in/out features, missing keys, not 2-D) keeps the global shape,
@@ -380,19 +373,19 @@ class ExactLoRA(LoraFedAvg):
             out[module.b_key], out[module.a_key] = _pad_rank(b, a, module.rank)
             dropped.append(result.dropped_energy if target == "full" else result.dropped_at(target))
 
-        report = self.last_train_report
+        aggregate = self._aggregate  # None when called outside `aggregate_candidates`
         summary = {
             "max": max(dropped, default=0.0),
             "mean": math.fsum(dropped) / len(dropped) if dropped else 0.0,
             "modules": len(dropped),
         }
-        if report is not None:
-            report.extra["truncated-energy"] = summary
+        if aggregate is not None:
+            aggregate.extra["truncated-energy"] = summary
         log(
             INFO,
             "round %d: exact LoRA aggregation to rank %s dropped max %.3g, mean %.3g of the energy "
             "over %d module(s)",
-            report.server_round if report is not None else 0,
+            aggregate.server_round if aggregate is not None else 0,
             self.rank or "global",
             summary["max"],
             summary["mean"],

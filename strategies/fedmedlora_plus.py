@@ -20,8 +20,9 @@ from wire import protocol
 from wire.arrays import arrayrecord_nbytes, metricrecord_nbytes, to_arrayrecord
 from wire.transport import sent_nbytes
 
-from .base import LoraFedAvg, SiteCandidate, UpdateRejected
+from .base import LoraFedAvg
 from .registry import register
+from .screening import SiteCandidate, UpdateRejected
 
 # Who computes L_k: the coordinator on a validation set it holds (the paper), or every
 # site on its own validation split (no data at the coordinator).
@@ -52,7 +53,7 @@ class FedMedLoRAPlus(LoraFedAvg):
       global adapter stays as it was. The extra traffic is K adapters down and K numbers
       up per scoring site per round.
 
-    The losses and weights are kept in `last_train_report.extra["validation-loss"]` and
+    The losses and weights are kept in the round report's `extra["validation-loss"]` and
     `["validation-weight"]` (by candidate site), the mode in `["validation-mode"]`; in
     "sites" mode also each scoring site's losses (`["site-scores"]`), the sites left out
     (`["scoring-ignored"]`) and the scoring bytes per site (`["extra-traffic"]`, which the
@@ -149,8 +150,7 @@ class FedMedLoRAPlus(LoraFedAvg):
 
     def aggregation_weights(self, server_round: int, accepted: list[SiteCandidate]) -> list[float]:
         """w_k proportional to exp((1 - L_k) / T) [* n_k]; non-finite L_k rejects the candidate."""
-        report = self.last_train_report
-        extra = report.extra if report is not None else {}
+        extra = self.current_aggregate.extra
         extra["validation-mode"] = self.validation
         extra["temperature"] = self.temperature
         extra["size-weighted"] = self.size_weighted

@@ -362,7 +362,7 @@ def test_start_continues_at_a_later_round_with_the_runs_round_numbers(tmp_path: 
     assert [r for _, r in grid.sent] == [2] * 8 + [3] * 8  # the sites see the run's rounds
     assert sorted(result.evaluate_metrics_serverapp) == [2, 3]
     assert sorted(result.train_metrics_clientapp) == sorted(result.evaluate_metrics_clientapp) == [2, 3]
-    assert second.last_train_report.server_round == 3
+    assert second.round_report().server_round == 3
     for key in SHAPES:
         np.testing.assert_array_equal(result.arrays[key].numpy(), full.arrays[key].numpy())
 

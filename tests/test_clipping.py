@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord
 
-from strategies import FedMedLoRA
+from strategies import FedMedLoRA, ScreenedStrategy
 from strategies.clipping import lora_pairs, scale_toward, update_norm, update_terms
 from support.messages import reply
 from wire.arrays import to_arrayrecord
@@ -112,7 +112,7 @@ def test_8b_module_norm_never_forms_the_dense_matrix() -> None:
 
 
 def _strategy(action: str, bound: float = 1.0) -> FedMedLoRA:
-    strategy = FedMedLoRA(expected_shapes={k: v.shape for k, v in GLOBAL.items()})
+    strategy = ScreenedStrategy(FedMedLoRA(expected_shapes={k: v.shape for k, v in GLOBAL.items()}))
     strategy.configure_screening(max_update_norm=bound, update_norm_action=action)
     strategy.set_global(GLOBAL)
     return strategy
@@ -127,7 +127,7 @@ def test_reject_names_the_site_and_the_bound(caplog: pytest.LogCaptureFixture) -
     strategy = _strategy("reject")
     with caplog.at_level(logging.WARNING, logger="flwr"):
         arrays, _ = strategy.aggregate_train(2, [reply(1, NEAR, 10, "near"), reply(2, FAR, 10, "far")])
-    report = strategy.last_train_report
+    report = strategy.round_report()
     assert [u.site for u in report.updates] == ["near"]
     assert report.rejected[0][0] == "far"
     assert "exceeds strategy.max-update-norm = 1" in report.rejected[0][1]
@@ -139,7 +139,7 @@ def test_clip_scales_the_update_to_the_bound_and_logs_it(caplog: pytest.LogCaptu
     strategy = _strategy("clip")
     with caplog.at_level(logging.WARNING, logger="flwr"):
         strategy.aggregate_train(2, [reply(1, NEAR, 10, "near"), reply(2, FAR, 10, "far")])
-    report = strategy.last_train_report
+    report = strategy.round_report()
     assert [u.site for u in report.updates] == ["far", "near"] and report.rejected == []
     clipped = report.extra["clipped"]["far"]
     assert clipped["update-norm"] == pytest.approx(dense_norm(FAR, GLOBAL), rel=1e-6)
@@ -149,14 +149,14 @@ def test_clip_scales_the_update_to_the_bound_and_logs_it(caplog: pytest.LogCaptu
 
 
 def test_bound_needs_the_global_adapter() -> None:
-    strategy = FedMedLoRA(expected_shapes={k: v.shape for k, v in GLOBAL.items()})
+    strategy = ScreenedStrategy(FedMedLoRA(expected_shapes={k: v.shape for k, v in GLOBAL.items()}))
     strategy.configure_screening(max_update_norm=1.0)
     with pytest.raises(RuntimeError, match="configure_train"):
         strategy.aggregate_train(1, [reply(1, NEAR, 10, "near")])
 
 
 def test_configure_screening_names_bad_keys() -> None:
-    strategy = FedMedLoRA()
+    strategy = ScreenedStrategy(FedMedLoRA())
     with pytest.raises(ValueError, match="strategy.max-update-norm"):
         strategy.configure_screening(max_update_norm=-1.0)
     with pytest.raises(ValueError, match=r"strategy.update-norm-action.*'clip', 'reject'"):
@@ -166,8 +166,14 @@ def test_configure_screening_names_bad_keys() -> None:
 
 
 def test_proximal_mu_goes_into_the_train_config() -> None:
-    strategy = FedMedLoRA()
-    config = strategy._train_config(to_arrayrecord(GLOBAL), ConfigRecord())
-    assert "proximal-mu" not in config
+    class Spy(FedMedLoRA):
+        def configure_train(self, server_round, arrays, config, grid):  # noqa: ANN001, ANN202
+            self.config = config
+            return []
+
+    strategy = ScreenedStrategy(Spy())
+    strategy.configure_train(1, to_arrayrecord(GLOBAL), ConfigRecord(), grid=None)
+    assert "proximal-mu" not in strategy.core.config
     strategy.configure_screening(proximal_mu=0.01)
-    assert strategy._train_config(to_arrayrecord(GLOBAL), ConfigRecord())["proximal-mu"] == 0.01
+    strategy.configure_train(1, to_arrayrecord(GLOBAL), ConfigRecord(), grid=None)
+    assert strategy.core.config["proximal-mu"] == 0.01

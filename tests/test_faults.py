@@ -29,8 +29,7 @@ from flwr.app import Array, ArrayRecord, Error, Message, MessageType, Metadata, 
 from fedmedlora.deploy import DeploymentError, LoopbackDeployment
 from fedmedlora.processes import process_tree
 from server_app.checkpoint import existing_round
-from strategies import FedMedLoRA
-from strategies.base import TooFewSites
+from strategies import FedMedLoRA, ScreenedStrategy, TooFewSites
 from support.deployment import _overrides, _processes_of, _sites
 from support.messages import error_reply, reply
 from support.paths import REPO
@@ -102,22 +101,22 @@ class FaultyGrid:
         return out
 
 
-def _start(strategy: FedMedLoRA, grid: FaultyGrid, rounds: int) -> tuple[Any, dict[int, list]]:
+def _start(strategy: ScreenedStrategy, grid: FaultyGrid, rounds: int) -> tuple[Any, dict[int, list]]:
     """`strategy.start` on `grid`; also each round's rejections, as the ServerApp's
     after-round hook (which writes the checkpoint) sees them."""
     rejected: dict[int, list] = {}
 
     def after_round(server_round: int, arrays: ArrayRecord) -> None:
-        report = strategy.last_train_report
-        rejected[server_round] = list(report.rejected) if server_round and report else []
+        rejected[server_round] = list(strategy.round_report(server_round).rejected) if server_round else []
 
     initial = ArrayRecord({k: Array(v) for k, v in const_state(0.0).items()})
     result = strategy.start(grid, initial, num_rounds=rounds, timeout=TIMEOUT, evaluate_fn=after_round)
     return result, rejected
 
 
-def _strategy(min_sites: int) -> FedMedLoRA:
-    strategy = FedMedLoRA(expected_shapes=SHAPES, min_available_nodes=2, min_train_nodes=2, min_evaluate_nodes=2)
+def _strategy(min_sites: int) -> ScreenedStrategy:
+    core = FedMedLoRA(expected_shapes=SHAPES, min_available_nodes=2, min_train_nodes=2, min_evaluate_nodes=2)
+    strategy = ScreenedStrategy(core)
     strategy.configure_screening(min_sites=min_sites)
     return strategy
 
@@ -183,14 +182,14 @@ def test_exactly_min_sites_usable_is_enough() -> None:
     strategy = _strategy(min_sites=2)
     arrays, _ = strategy.aggregate_train(1, [reply(1, const_state(1.0), 1, "h1"), error_reply(2),
                                              reply(3, const_state(3.0), 1, "h3")])
-    assert arrays is not None and [u.site for u in strategy.last_train_report.updates] == ["h1", "h3"]
+    assert arrays is not None and [u.site for u in strategy.round_report().updates] == ["h1", "h3"]
     with pytest.raises(TooFewSites, match=r"round 1: 0 site\(s\) replied usably \(none\)"):
         strategy.aggregate_train(1, [error_reply(2)])
 
 
 def test_min_sites_zero_keeps_the_old_behaviour() -> None:
     """Built directly (not from a run config), a strategy has no minimum: all rejected keeps the adapter."""
-    assert FedMedLoRA(expected_shapes=SHAPES).aggregate_train(1, [error_reply(2)]) == (None, None)
+    assert ScreenedStrategy(FedMedLoRA(expected_shapes=SHAPES)).aggregate_train(1, [error_reply(2)]) == (None, None)
 
 
 def test_every_strategy_stops_below_min_sites(name: str) -> None:

@@ -27,7 +27,7 @@ from flwr.app import (
 from server_app.report import RoundReporter
 from server_app.strategy_factory import build_strategy
 from settings.config import ConfigError, validate
-from strategies import FedMedLoRAPlus
+from strategies import FedMedLoRAPlus, ScreenedStrategy
 from wire import protocol
 from wire.arrays import arrayrecord_nbytes
 
@@ -100,8 +100,8 @@ def task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def run_round(answers: dict[int, object], **kwargs) -> tuple[FedMedLoRAPlus, ScoringGrid, ArrayRecord | None]:
-    strategy = FedMedLoRAPlus(validation="sites", timeout=12.5, expected_shapes=SHAPES,
-                              min_available_nodes=3, min_train_nodes=3, **kwargs)
+    strategy = ScreenedStrategy(FedMedLoRAPlus(validation="sites", timeout=12.5, expected_shapes=SHAPES,
+                              min_available_nodes=3, min_train_nodes=3, **kwargs))
     grid = ScoringGrid(answers)
     initial = ArrayRecord({k: Array(np.zeros(s, np.float32)) for k, s in SHAPES.items()})
     train_messages = list(strategy.configure_train(1, initial, ConfigRecord(dict(ROUND_CONFIG)), grid))
@@ -124,7 +124,7 @@ def test_weights_are_softmax_of_the_sites_mean_losses(task_identity) -> None:
     strategy, grid, arrays = run_round(SCORES)
     means = [np.mean([SCORES[n][k] for n in (1, 2, 3)]) for k in range(3)]
     expected = softmax_weights(means)
-    report = strategy.last_train_report
+    report = strategy.round_report()
     assert [u.site for u in report.updates] == ["h1", "h2", "h3"] and report.rejected == []
     assert [u.weight for u in report.updates] == pytest.approx(expected, rel=1e-12)
     np.testing.assert_allclose(arrays["a"].numpy(), np.full((2, 2), np.dot(expected, [1.0, 2.0, 4.0])), rtol=1e-6)
@@ -154,7 +154,7 @@ def test_temperature_and_size_weighting_apply_to_the_site_means(task_identity) -
     strategy, _, _ = run_round(SCORES, temperature=2.0, size_weighted=True)
     means = [np.mean([SCORES[n][k] for n in (1, 2, 3)]) for k in range(3)]
     raw = [math.exp((1 - loss) / 2.0) * n for loss, n in zip(means, [10, 20, 30])]
-    assert [u.weight for u in strategy.last_train_report.updates] == pytest.approx([r / sum(raw) for r in raw])
+    assert [u.weight for u in strategy.round_report().updates] == pytest.approx([r / sum(raw) for r in raw])
 
 
 BAD_ANSWERS = {
@@ -173,7 +173,7 @@ def test_a_site_with_bad_or_no_losses_is_left_out(case: str, task_identity, capl
     with caplog.at_level(logging.WARNING, logger="flwr"):
         strategy, _, arrays = run_round({1: SCORES[1], 2: SCORES[2], 3: bad})
     means = [np.mean([SCORES[n][k] for n in (1, 2)]) for k in range(3)]
-    report = strategy.last_train_report
+    report = strategy.round_report()
     assert arrays is not None and report.rejected == []
     assert [u.weight for u in report.updates] == pytest.approx(softmax_weights(means), rel=1e-12)
     assert sorted(report.extra["site-scores"]) == ["h1", "h2"]
@@ -188,7 +188,7 @@ def test_no_usable_losses_rejects_every_candidate(task_identity, caplog: pytest.
     answers = {1: [1.0], 2: Error(code=3, reason="boom"), 3: None}
     with caplog.at_level(logging.WARNING, logger="flwr"):
         strategy, _, arrays = run_round(answers)
-    report = strategy.last_train_report
+    report = strategy.round_report()
     assert arrays is None and report.updates == []
     assert [site for site, _ in report.rejected] == ["h1", "h2", "h3"]
     assert all("no site returned usable validation losses" in reason for _, reason in report.rejected)
@@ -197,7 +197,7 @@ def test_no_usable_losses_rejects_every_candidate(task_identity, caplog: pytest.
 
 
 def test_scoring_needs_configure_train_first() -> None:
-    strategy = FedMedLoRAPlus(validation="sites", expected_shapes=SHAPES)
+    strategy = ScreenedStrategy(FedMedLoRAPlus(validation="sites", expected_shapes=SHAPES))
     with pytest.raises(RuntimeError, match="configure_train"):
         strategy.aggregate_train(1, [train_reply(1, 1.0, 10)])
 
@@ -205,12 +205,12 @@ def test_scoring_needs_configure_train_first() -> None:
 def test_run_config_selects_the_mode() -> None:
     cfg = validate({"strategy.name": "fedmedlora-plus", "strategy.validation": "sites",
                     "strategy.round-timeout": 90.0})
-    strategy = build_strategy(cfg, SHAPES, None)  # no coordinator validation loss needed
+    strategy = build_strategy(cfg, SHAPES, None).core  # no coordinator validation loss needed
     assert isinstance(strategy, FedMedLoRAPlus)
     assert (strategy.validation, strategy.timeout, strategy.score_fn) == ("sites", 90.0, None)
     coordinator = validate({"strategy.name": "fedmedlora-plus"})
     assert coordinator["strategy.validation"] == "coordinator"
-    assert build_strategy(coordinator, SHAPES, lambda s: 1.0).validation == "coordinator"
+    assert build_strategy(coordinator, SHAPES, lambda s: 1.0).core.validation == "coordinator"
     with pytest.raises(ConfigError, match="validation loss"):
         build_strategy(coordinator, SHAPES, None)
     with pytest.raises(ConfigError, match=r"strategy.validation.*'peers'.*'coordinator', 'sites'"):

@@ -199,7 +199,7 @@ def test_whole_loop_on_a_fake_grid() -> None:
     result = strategy.start(EchoGrid(), to_record(GLOBAL), num_rounds=2)
     for key in SHAPES:  # each round adds the mean of 0.01, 0.02, 0.03
         np.testing.assert_allclose(result.arrays[key].numpy(), GLOBAL[key] + 0.04, rtol=1e-5, atol=1e-6)
-    assert strategy.last_train_report.rejected[0][0] == "h4"
+    assert strategy.round_report().rejected[0][0] == "h4"
     assert result.evaluate_metrics_clientapp[2]["val-loss"] == pytest.approx(2.5)
 
 
@@ -224,6 +224,21 @@ DP = {
     "client-adaptive": DifferentialPrivacyClientSideAdaptiveClipping,
 }
 DP_SETTINGS = {"strategy.dp-noise-multiplier": 0.1, "strategy.dp-clipping-norm": 0.5}
+
+
+def test_under_dp_each_reply_is_screened_once(caplog: pytest.LogCaptureFixture) -> None:
+    strategy = build("fedmedlora", **{"strategy.dp": "server-fixed", **DP_SETTINGS})
+    states = site_states()
+    bad = {k: v.copy() for k, v in states[0].items()}
+    bad[next(iter(bad))][0, 0] = np.nan
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        out, report = aggregate(strategy, [*good_replies(states), reply(9, bad, 10, "bad")])
+    assert out is not None
+    assert report.rejected == [("bad", f"{next(iter(SHAPES))} has 1 non-finite value(s)")]
+    assert caplog.text.count("update from site bad rejected") == 1
+    # The core's own weights, read once through the DP wrapper: n_k shares of 10, 20, 30, 40.
+    assert report.extra["weights"] == "FedMedLoRA"
+    assert [u.weight for u in report.updates] == pytest.approx([0.1, 0.2, 0.3, 0.4])
 
 
 @pytest.mark.parametrize("mode", list(DP))
@@ -370,10 +385,10 @@ def test_unused_strategy_keys_are_named(caplog: pytest.LogCaptureFixture) -> Non
     assert "has no effect" not in caplog.text
 
 
-def test_lora_fedavg_family_is_not_rewrapped() -> None:
-    assert type(build("fedmedlora")) is FedMedLoRA
-    assert isinstance(build("fedmedlora"), FedMedLoRA)
-    assert not isinstance(build("fedmedlora"), ScreenedStrategy)
+def test_lora_fedavg_family_is_wrapped_once() -> None:
+    strategy = build("fedmedlora")
+    assert type(strategy) is ScreenedStrategy and type(strategy.core) is FedMedLoRA
+    assert strategy.inner is strategy.core  # one screening, nothing between
 
 
 def test_float64_and_float16_replies_reach_flower_as_float32() -> None:

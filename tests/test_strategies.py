@@ -29,6 +29,7 @@ from strategies import (
     FedMedLoRA,
     FedMedLoRAPlus,
     LoraFedAvg,
+    ScreenedStrategy,
     available_strategies,
     strategy_class,
 )
@@ -42,9 +43,9 @@ def arrays_of(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 def plus(losses: dict[float, float], **kwargs) -> FedMedLoRAPlus:
     """Fed-MedLoRA+ whose score is looked up from the adapter's first value."""
-    return FedMedLoRAPlus(
+    return ScreenedStrategy(FedMedLoRAPlus(
         score_fn=lambda state: losses[float(state["a"].flat[0])], expected_shapes=SHAPES, **kwargs
-    )
+    ))
 
 
 # --- Fed-MedLoRA ---------------------------------------------------------------------
@@ -53,7 +54,7 @@ def plus(losses: dict[float, float], **kwargs) -> FedMedLoRAPlus:
 def test_fedmedlora_weights_one_to_three_hand_computed() -> None:
     s1 = {"a": np.array([[1, 2], [3, 4]], np.float32), "b": np.array([[0], [4]], np.float32)}
     s2 = {"a": np.array([[5, 6], [7, 8]], np.float32), "b": np.array([[8], [0]], np.float32)}
-    strategy = FedMedLoRA(expected_shapes=SHAPES)
+    strategy = ScreenedStrategy(FedMedLoRA(expected_shapes=SHAPES))
     arrays, metrics = strategy.aggregate_train(
         1,
         [
@@ -70,7 +71,7 @@ def test_fedmedlora_weights_one_to_three_hand_computed() -> None:
     assert metrics["train-loss"] == pytest.approx(0.25 * 2.0 + 0.75 * 1.0)
     assert "num-examples" not in metrics
 
-    report = strategy.last_train_report
+    report = strategy.round_report()
     assert report.server_round == 1 and report.rejected == []
     assert [(u.site, u.node_id, u.num_examples, u.weight) for u in report.updates] == [
         ("h1", 11, 1, 0.25),
@@ -82,7 +83,7 @@ def test_fedmedlora_weights_one_to_three_hand_computed() -> None:
 
 
 def test_train_metrics_keep_only_keys_every_site_reports() -> None:
-    strategy = FedMedLoRA(expected_shapes=SHAPES)
+    strategy = ScreenedStrategy(FedMedLoRA(expected_shapes=SHAPES))
     _, metrics = strategy.aggregate_train(
         1,
         [
@@ -107,7 +108,7 @@ def test_fedmedlora_plus_weights_exp_one_minus_loss() -> None:
     expected = [0.546549, 0.331499, 0.121952]
     strategy = plus(LOSSES)
     arrays, _ = strategy.aggregate_train(2, plus_replies(nums=(1, 5, 100)))  # sizes ignored
-    report = strategy.last_train_report
+    report = strategy.round_report()
     assert [u.weight for u in report.updates] == pytest.approx(expected, abs=1e-6)
     assert math.fsum(u.weight for u in report.updates) == pytest.approx(1.0, abs=1e-12)
     # 0.546549 * 1 + 0.331499 * 2 + 0.121952 * 4
@@ -121,7 +122,7 @@ def test_fedmedlora_plus_temperature_flattens_weights() -> None:
     # T = 2: exp(0.25), exp(0), exp(-0.5) = 1.284025, 1, 0.606531; sum 2.890556
     strategy = plus(LOSSES, temperature=2.0)
     strategy.aggregate_train(1, plus_replies())
-    weights = [u.weight for u in strategy.last_train_report.updates]
+    weights = [u.weight for u in strategy.round_report().updates]
     assert weights == pytest.approx([0.444214, 0.345954, 0.209832], abs=1e-6)
     assert max(weights) < 0.546549  # flatter than T = 1
 
@@ -130,21 +131,21 @@ def test_fedmedlora_plus_size_weighted_multiplies_by_n() -> None:
     # n = 1, 2, 3: 1.648721, 2, 1.103638; sum 4.752359
     strategy = plus(LOSSES, size_weighted=True)
     strategy.aggregate_train(1, plus_replies(nums=(1, 2, 3)))
-    weights = [u.weight for u in strategy.last_train_report.updates]
+    weights = [u.weight for u in strategy.round_report().updates]
     assert weights == pytest.approx([0.346927, 0.420844, 0.232230], abs=1e-6)
 
 
 def test_fedmedlora_plus_is_stable_for_large_losses() -> None:
     strategy = plus({1.0: 1000.0, 2.0: 1001.0, 4.0: 5000.0})
     strategy.aggregate_train(1, plus_replies())
-    weights = [u.weight for u in strategy.last_train_report.updates]
+    weights = [u.weight for u in strategy.round_report().updates]
     assert weights == pytest.approx([1 / (1 + math.exp(-1)), math.exp(-1) / (1 + math.exp(-1)), 0.0])
 
 
 def test_fedmedlora_plus_rejects_non_finite_loss() -> None:
     strategy = plus({1.0: 0.5, 2.0: float("nan"), 4.0: 2.0})
     arrays, _ = strategy.aggregate_train(1, plus_replies())
-    report = strategy.last_train_report
+    report = strategy.round_report()
     assert [u.site for u in report.updates] == ["h1", "h3"]
     assert report.rejected == [("h2", "validation loss is not finite (nan)")]
     e1, e3 = math.exp(0.5), math.exp(-1.0)
@@ -156,7 +157,7 @@ def test_fedmedlora_plus_rejects_non_finite_loss() -> None:
 def test_fedmedlora_plus_all_losses_non_finite_gives_no_update() -> None:
     strategy = plus({1.0: float("inf"), 2.0: float("nan"), 4.0: float("nan")})
     assert strategy.aggregate_train(1, plus_replies()) == (None, None)
-    assert len(strategy.last_train_report.rejected) == 3
+    assert len(strategy.round_report().rejected) == 3
 
 
 @pytest.mark.parametrize("temperature", [0.0, -1.0, float("nan"), float("inf")])
@@ -225,17 +226,17 @@ def test_malformed_reply_is_rejected_and_the_rest_aggregated(
     if strategy_cls is FedMedLoRAPlus:
         strategy = plus(LOSSES)
     else:
-        strategy = FedMedLoRA(expected_shapes=SHAPES)
+        strategy = ScreenedStrategy(FedMedLoRA(expected_shapes=SHAPES))
     good = [reply(1, const_state(1.0), 1, "h1"), reply(2, const_state(2.0), 3, "h2")]
     with caplog.at_level(logging.WARNING, logger="flwr"):
         arrays, _ = strategy.aggregate_train(4, [good[0], make_bad(99), good[1]])
-    report = strategy.last_train_report
+    report = strategy.round_report()
     site = "node 99" if case == "error reply" else "bad"
     assert report.rejected == [(site, reason)]
     assert [u.site for u in report.updates] == ["h1", "h2"]
     assert f"round 4: update from site {site} rejected: {reason}" in caplog.text
 
-    reference = type(strategy)(**_same_settings(strategy))
+    reference = type(strategy.core)(**_same_settings(strategy.core))
     expected, _ = reference.aggregate_train(4, good)
     for key, values in arrays_of(arrays).items():
         np.testing.assert_array_equal(values, expected[key].numpy())
@@ -248,24 +249,24 @@ def _same_settings(strategy: LoraFedAvg) -> dict:
 
 
 def test_site_falls_back_to_node_id_without_site_record() -> None:
-    strategy = FedMedLoRA(expected_shapes=SHAPES)
+    strategy = ScreenedStrategy(FedMedLoRA(expected_shapes=SHAPES))
     strategy.aggregate_train(1, [reply(5, const_state(1.0)), reply(6, _nan_state())])
-    assert [u.site for u in strategy.last_train_report.updates] == ["node 5"]
-    assert strategy.last_train_report.rejected[0][0] == "node 6"
+    assert [u.site for u in strategy.round_report().updates] == ["node 5"]
+    assert strategy.round_report().rejected[0][0] == "node 6"
 
 
 def test_all_rejected_returns_none(caplog: pytest.LogCaptureFixture) -> None:
-    strategy = FedMedLoRA(expected_shapes=SHAPES)
+    strategy = ScreenedStrategy(FedMedLoRA(expected_shapes=SHAPES))
     with caplog.at_level(logging.WARNING, logger="flwr"):
         result = strategy.aggregate_train(3, [error_reply(1), reply(2, _nan_state(), 10, "h2")])
     assert result == (None, None)
-    assert len(strategy.last_train_report.rejected) == 2
+    assert len(strategy.round_report().rejected) == 2
     assert "round 3: no valid update; the global adapter is unchanged" in caplog.text
-    assert FedMedLoRA(expected_shapes=SHAPES).aggregate_train(1, []) == (None, None)
+    assert ScreenedStrategy(FedMedLoRA(expected_shapes=SHAPES)).aggregate_train(1, []) == (None, None)
 
 
 def test_expected_shapes_must_be_set() -> None:
-    strategy = FedMedLoRA()
+    strategy = ScreenedStrategy(FedMedLoRA())
     with pytest.raises(RuntimeError, match="set_expected"):
         strategy.aggregate_train(1, [reply(1, const_state(1.0))])
     strategy.set_expected(SHAPES)
@@ -295,9 +296,9 @@ def test_result_independent_of_reply_order(strategy_cls: type) -> None:
     replies.append(error_reply(10))
 
     def run(order):
-        strategy = plus(losses) if strategy_cls is FedMedLoRAPlus else FedMedLoRA(expected_shapes=SHAPES)
+        strategy = plus(losses) if strategy_cls is FedMedLoRAPlus else ScreenedStrategy(FedMedLoRA(expected_shapes=SHAPES))
         arrays, metrics = strategy.aggregate_train(1, order)
-        return arrays_of(arrays), dict(metrics), strategy.last_train_report
+        return arrays_of(arrays), dict(metrics), strategy.round_report()
 
     base_arrays, base_metrics, base_report = run(replies)
     for order in itertools.islice(itertools.permutations(replies), 1, None, 97):
@@ -312,7 +313,7 @@ def test_result_independent_of_reply_order(strategy_cls: type) -> None:
 
 
 def test_aggregate_evaluate_skips_errors_and_records_sites() -> None:
-    strategy = FedMedLoRA(expected_shapes=SHAPES)
+    strategy = ScreenedStrategy(FedMedLoRA(expected_shapes=SHAPES))
     ev = MessageType.EVALUATE
     replies = [
         Message(
@@ -325,7 +326,7 @@ def test_aggregate_evaluate_skips_errors_and_records_sites() -> None:
     ]
     metrics = strategy.aggregate_evaluate(1, [error_reply(9), *replies])
     assert metrics["val-loss"] == pytest.approx(0.25 * 2.0 + 0.75 * 1.0)
-    assert strategy.last_evaluate_report == [
+    assert strategy.round_report(1).evaluated == [
         ("h1", {"num-examples": 1.0, "val-loss": 2.0}),
         ("h2", {"num-examples": 3.0, "val-loss": 1.0}),
     ]
@@ -399,13 +400,13 @@ def test_start_runs_fedavg_loop_and_infers_shapes(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(TaskIdentity, "_run_id", 1)
     monkeypatch.setattr(TaskIdentity, "_node_id", 0)
     monkeypatch.setattr(TaskIdentity, "_task_id", 0)
-    strategy = FedMedLoRA(min_available_nodes=3, min_train_nodes=3, min_evaluate_nodes=3)
+    strategy = ScreenedStrategy(FedMedLoRA(min_available_nodes=3, min_train_nodes=3, min_evaluate_nodes=3))
     initial = ArrayRecord({k: Array(v) for k, v in const_state(0.0).items()})
     result = strategy.start(EchoGrid(), initial, num_rounds=2)
     assert strategy.expected_shapes == SHAPES
     # Each round adds (1 * 1 + 2 * 2) / 3 = 5/3; node 3 is rejected.
     np.testing.assert_allclose(result.arrays["a"].numpy(), 10 / 3, rtol=1e-6)
-    assert strategy.last_train_report.rejected == [("h3", "a has 1 non-finite value(s)")]
+    assert strategy.round_report().rejected == [("h3", "a has 1 non-finite value(s)")]
     assert result.evaluate_metrics_clientapp[2]["val-loss"] == pytest.approx(2.0)
 
 
@@ -423,7 +424,7 @@ def test_averaging_streams_instead_of_holding_a_copy_per_site() -> None:
         for k in range(sites)
     ]
     adapter_bytes = sum(math.prod(s) for s in shapes.values()) * 4
-    strategy = FedMedLoRA(expected_shapes=shapes)
+    strategy = ScreenedStrategy(FedMedLoRA(expected_shapes=shapes))
     tracemalloc.start()
     try:
         arrays, _ = strategy.aggregate_train(1, replies)

@@ -95,7 +95,7 @@ def test_float32_grid_is_the_grid_itself() -> None:
 def test_grid_decodes_replies_and_leaves_undecodable_ones_to_screening(caplog) -> None:
     from flwr.serverapp import Grid
 
-    from strategies.fedmedlora import FedMedLoRA
+    from strategies import FedMedLoRA, ScreenedStrategy
     from support.messages import reply
     from support.toy_adapter import SHAPES, const_state
 
@@ -121,9 +121,9 @@ def test_grid_decodes_replies_and_leaves_undecodable_ones_to_screening(caplog) -
     assert replies[0].content["arrays"]["a"].numpy().dtype == np.float32
     assert replies[1].content["arrays"]["a"].numpy().dtype == np.int8  # left as it came
 
-    strategy = FedMedLoRA(expected_shapes=SHAPES)
+    strategy = ScreenedStrategy(FedMedLoRA(expected_shapes=SHAPES))
     arrays, _ = strategy.aggregate_train(1, replies)
-    report = strategy.last_train_report
+    report = strategy.round_report()
     assert [u.site for u in report.updates] == ["h1"]
     assert report.rejected and report.rejected[0][0] == "h2" and "dtype int8" in report.rejected[0][1]
     assert np.allclose(arrays["a"].numpy(), 0.25, atol=0.25 / 127)

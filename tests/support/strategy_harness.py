@@ -124,7 +124,7 @@ def aggregate(strategy: Strategy, replies: list[Message]) -> tuple[dict[str, np.
     np.random.seed(0)  # Flower's DP noise draws from numpy's global generator
     arrays, _ = strategy.aggregate_train(1, replies)
     out = None if arrays is None else {k: arrays[k].numpy() for k in arrays.keys()}
-    return out, strategy.last_train_report
+    return out, strategy.round_report()
 
 
 def _nan(states: list[dict[str, np.ndarray]]) -> Message:

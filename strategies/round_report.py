@@ -1,0 +1,100 @@
+"""What a round did, as typed values: the core's aggregate and the round's report.
+
+`LoraFedAvg.aggregate_candidates` returns an `Aggregate`; `ScreenedStrategy` builds one
+`RoundReport` per round from its screening and the core's aggregate and hands it to the
+ServerApp through `ScreenedStrategy.round_report` (server_app/report.py prints it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from flwr.app import ArrayRecord, MetricRecord
+
+from .screening import Rejection, SiteCandidate
+
+Metrics = dict[str, float | list[float]]
+
+
+@dataclass
+class SiteUpdate:
+    """One accepted site update, as the round report shows it."""
+
+    node_id: int
+    site: str
+    num_examples: float
+    weight: float
+    metrics: Metrics
+    bytes_up: int
+
+
+@dataclass
+class Aggregate:
+    """What a `LoraFedAvg` core made of the candidates it was given in one round."""
+
+    server_round: int
+    arrays: ArrayRecord | None = None
+    metrics: MetricRecord | None = None
+    weights: list[tuple[SiteCandidate, float]] = field(default_factory=list)  # the used candidates
+    rejected: list[Rejection] = field(default_factory=list)  # by `LoraFedAvg.reject`
+    extra: dict[str, Any] = field(default_factory=dict)  # strategy-specific, JSON-ready
+
+
+@dataclass
+class RoundReport:
+    """One round: the accepted updates with their weights, the rejections, the strategy's
+    extras, and the per-site evaluation results."""
+
+    server_round: int
+    updates: list[SiteUpdate] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)  # strategy-specific, JSON-ready
+    evaluated: list[tuple[str, Metrics]] = field(default_factory=list)  # (site, metrics)
+
+
+class TooFewSites(RuntimeError):
+    """Fewer sites than `strategy.min-sites` replied usably in a round: the run stops.
+
+    Raised before the round's aggregate is used, so the global adapter (and the ServerApp's
+    checkpoint) stay those of the last finished round, from which `resume = true`
+    continues. The message names the round, how many sites replied usably against the
+    minimum, and every failed site with its reason (an error reply, a rejected update, or
+    no reply within the round timeout).
+    """
+
+    def __init__(self, server_round: int, usable: Sequence[str], min_sites: int,
+                 failed: Sequence[Rejection]) -> None:
+        self.server_round = server_round
+        self.usable = list(usable)
+        self.min_sites = min_sites
+        self.failed = list(failed)
+        shown = ", ".join(self.usable) if self.usable else "none"
+        failures = "; ".join(f"{site}: {reason}" for site, reason in self.failed) or "none (too few sites were sampled)"
+        super().__init__(
+            f"round {server_round}: {len(self.usable)} site(s) replied usably ({shown}), fewer than "
+            f"strategy.min-sites = {min_sites}; the run stops without aggregating round {server_round}, "
+            f"so the global adapter stays that of round {server_round - 1}. Failed site(s): {failures}"
+        )
+
+
+def metric_dict(records: Iterable[MetricRecord]) -> Metrics:
+    """Plain-Python copy of MetricRecords (floats, or lists of floats)."""
+    out: Metrics = {}
+    for record in records:
+        for key, value in record.items():
+            out[key] = [float(v) for v in value] if isinstance(value, list) else float(value)
+    return out
+
+
+def site_update(candidate: SiteCandidate, weight: float) -> SiteUpdate:
+    """The report's row for an accepted candidate."""
+    return SiteUpdate(
+        node_id=candidate.node_id,
+        site=candidate.site,
+        num_examples=candidate.num_examples,
+        weight=weight,
+        metrics=metric_dict([candidate.metrics]),
+        bytes_up=candidate.bytes_up,
+    )

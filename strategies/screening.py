@@ -1,0 +1,288 @@
+"""The checks every site update passes before any strategy aggregates it, as pure functions.
+
+Flower's FedAvg raises for the whole round when one reply is malformed. Here each reply is
+checked on its own: `screen_train_replies` returns the accepted replies (as
+`SiteCandidate`s, in a fixed order) and the rejected ones with their reasons, and
+`bound_update_norms` does the same for `strategy.max-update-norm`. Neither logs nor keeps
+anything; `strategies.screened.ScreenedStrategy` calls them, logs the verdicts and puts
+them in the round's report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+from wire.arrays import arrayrecord_nbytes
+from wire.transport import sent_nbytes
+
+from .clipping import scale_toward, update_terms
+
+Shapes = Mapping[str, tuple[int, ...]]
+Rejection = tuple[str, str]  # (site, reason)
+
+
+class UpdateRejected(ValueError):
+    """A site update failed a check; the message is the reason."""
+
+
+class ReplyState(Mapping[str, np.ndarray]):
+    """A reply's adapter, decoded one tensor at a time on access and never kept.
+
+    Holding every site's decoded float32 copy beside the replies' own bytes doubled a
+    round's peak memory; reading tensor by tensor keeps one tensor per site alive at most.
+    """
+
+    def __init__(self, record: ArrayRecord, keys: Sequence[str]) -> None:
+        self._record = record
+        self._keys = tuple(keys)
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if key not in self._keys:
+            raise KeyError(key)
+        return self._record[key].numpy()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+@dataclass
+class SiteCandidate:
+    """A reply that passed the checks; what `LoraFedAvg.aggregation_weights` weighs.
+
+    `state` reads the reply's tensors on demand (a `ReplyState`) in the expected key order;
+    the norm bound replaces it with decoded arrays when it moves the update.
+    """
+
+    node_id: int
+    site: str
+    num_examples: float
+    state: Mapping[str, np.ndarray]  # in the expected key order
+    metrics: MetricRecord
+    bytes_up: int
+    rejected: str | None = None  # set through `LoraFedAvg.reject`
+    clip_factor: float | None = None  # set when the update-norm bound scaled the update
+    message: Message | None = field(default=None, repr=False, compare=False)  # the reply
+
+
+@dataclass
+class Screening:
+    """The verdicts on one round's train replies."""
+
+    accepted: list[SiteCandidate]  # canonical order (`canonical_order`)
+    rejected: list[Rejection]
+
+
+@dataclass
+class NormBound:
+    """The verdicts of the update-norm bound: kept (some moved), rejected, and every norm."""
+
+    kept: list[SiteCandidate]
+    rejected: list[Rejection]
+    norms: dict[str, float]  # by site
+    clipped: dict[str, dict[str, float]]  # by site: the norm and the factor it was scaled by
+
+
+def read_reply(msg: Message, shapes: Shapes, weighted_by_key: str, site: str) -> SiteCandidate:
+    """The reply as a candidate, checked without decoding a tensor; raises UpdateRejected.
+
+    Exactly one ArrayRecord with exactly the keys of `shapes`, each of its shape and of a
+    float dtype; exactly one MetricRecord whose `weighted_by_key` is a number > 0.
+    """
+    content = msg.content
+    if len(content.array_records) != 1:
+        raise UpdateRejected(f"expected exactly one ArrayRecord, found {len(content.array_records)}")
+    record = next(iter(content.array_records.values()))
+    missing = [k for k in shapes if k not in record]
+    unexpected = [k for k in record.keys() if k not in shapes]
+    if missing or unexpected:
+        raise UpdateRejected(f"adapter keys differ: missing {_first(missing)}, unexpected {_first(unexpected)}")
+    for key, shape in shapes.items():
+        array = record[key]
+        if tuple(array.shape) != tuple(shape):
+            raise UpdateRejected(f"{key} has shape {tuple(array.shape)}, expected {tuple(shape)}")
+        if not _is_float_dtype(array.dtype):
+            raise UpdateRejected(f"{key} has dtype {array.dtype}, expected a float dtype")
+    num_examples, metrics = _read_metrics(content, weighted_by_key)
+    return SiteCandidate(
+        node_id=msg.metadata.src_node_id,
+        site=site,
+        num_examples=num_examples,
+        state=ReplyState(record, list(shapes)),
+        metrics=metrics,
+        bytes_up=sent_nbytes(content) or arrayrecord_nbytes(record),
+        message=msg,
+    )
+
+
+def check_reply(msg: Message, shapes: Shapes, weighted_by_key: str, site: str) -> SiteCandidate:
+    """`read_reply`, then every tensor decoded once and checked finite; raises UpdateRejected."""
+    candidate = read_reply(msg, shapes, weighted_by_key, site)
+    record = next(iter(msg.content.array_records.values()))
+    for key in shapes:  # one tensor at a time: the check keeps nothing but the verdict
+        try:
+            values = record[key].numpy()
+        except Exception as err:  # noqa: BLE001 - any decoding failure is the reply's fault
+            raise UpdateRejected(f"{key} cannot be decoded ({type(err).__name__}: {err})") from err
+        finite = np.isfinite(values)
+        if not finite.all():
+            raise UpdateRejected(f"{key} has {int(values.size - np.count_nonzero(finite))} non-finite value(s)")
+        del values, finite
+    return candidate
+
+
+def screen_train_replies(
+    replies: Sequence[tuple[str, Message]], check: Callable[[Message, str], SiteCandidate]
+) -> Screening:
+    """Split (site, reply) pairs into accepted candidates and (site, reason) rejections.
+
+    An error reply is rejected with its code and reason; a content reply is rejected when
+    `check` raises UpdateRejected. Both lists come in a fixed order, whatever the arrival order.
+    """
+    accepted, rejected = [], []
+    for site, msg in replies:
+        if msg.has_error():
+            rejected.append((site, f"error reply (code {msg.error.code}): {msg.error.reason}"))
+            continue
+        try:
+            accepted.append(check(msg, site))
+        except UpdateRejected as err:
+            rejected.append((site, str(err)))
+    return Screening(canonical_order(accepted), sorted(rejected))
+
+
+def bound_update_norms(
+    candidates: Sequence[SiteCandidate], global_state: Mapping[str, np.ndarray], bound: float, action: str
+) -> NormBound:
+    """Hold each update's norm (strategies/clipping.py) to `bound`: reject it (`action` =
+    "reject") or move it toward the global adapter ("clip"). A bound of 0 keeps every update."""
+    if bound <= 0:
+        return NormBound(list(candidates), [], {}, {})
+    kept, rejected, norms, clipped = [], [], {}, {}
+    for candidate in candidates:
+        terms = update_terms(candidate.state, global_state)
+        norm = norms[candidate.site] = terms.norm()
+        if norm <= bound:
+            kept.append(candidate)
+            continue
+        reason = f"update norm {norm:.4g} exceeds strategy.max-update-norm = {bound:g}"
+        if action == "reject":
+            rejected.append((candidate.site, reason))
+            continue
+        factor = terms.clip_factor(bound)
+        clipped[candidate.site] = {"update-norm": norm, "factor": factor, "norm-after": terms.norm(factor)}
+        kept.append(dataclasses.replace(
+            candidate, state=scale_toward(candidate.state, global_state, factor), clip_factor=factor
+        ))
+    return NormBound(kept, rejected, norms, clipped)
+
+
+def check_weights(name: str, candidates: Sequence[SiteCandidate], weights: Sequence[float]) -> list[float]:
+    """The weights an aggregation hook returned, as floats; ValueError naming the hook if
+    they are not one finite weight >= 0 per candidate, 0 for the rejected ones, summing to
+    one over the others."""
+    weights = [float(w) for w in weights]
+    if len(weights) != len(candidates):
+        raise ValueError(f"{name} returned {len(weights)} weights for {len(candidates)} updates")
+    if any(not math.isfinite(w) or w < 0 for w in weights):
+        raise ValueError(f"{name} returned weights that are negative or not finite: {weights}")
+    if any(w != 0 for c, w in zip(candidates, weights, strict=True) if c.rejected is not None):
+        raise ValueError(f"{name} gave a rejected update a non-zero weight: {weights}")
+    kept = [w for c, w in zip(candidates, weights, strict=True) if c.rejected is None]
+    if kept and abs(math.fsum(kept) - 1.0) > WEIGHT_SUM_TOLERANCE:
+        raise ValueError(f"{name} returned weights that do not sum to one: {weights}")
+    return weights
+
+
+# Weights must sum to one up to this much float64 rounding.
+WEIGHT_SUM_TOLERANCE = 1e-6
+
+
+def canonical_order(candidates: Sequence[SiteCandidate]) -> list[SiteCandidate]:
+    """Sort by site and node; the float sums then do not depend on arrival order."""
+    keys = [(c.site, c.node_id) for c in candidates]
+    if len(set(keys)) == len(keys):
+        return [c for _, c in sorted(zip(keys, candidates, strict=True), key=lambda p: p[0])]
+    # Duplicate (site, node): break ties by content so the order is still fixed.
+    return sorted(candidates, key=lambda c: (c.site, c.node_id, c.num_examples, _digest(c)))
+
+
+def common_metric_keys(records: Sequence[MetricRecord]) -> list[str]:
+    """Keys every record has, with values of one kind (number, or list of one length)."""
+    first = records[0]
+    common = []
+    for key in first.keys():
+        kinds = {_metric_kind(r[key]) if key in r else None for r in records}
+        if len(kinds) == 1 and None not in kinds:
+            common.append(key)
+    return common
+
+
+def expected_shapes_of(shapes: Mapping[str, Sequence[int]]) -> OrderedDict[str, tuple[int, ...]]:
+    """Keys and shapes as the checks compare them; ValueError if there are none."""
+    if not shapes:
+        raise ValueError("expected adapter shapes: got no tensors")
+    return OrderedDict((str(k), tuple(int(d) for d in v)) for k, v in shapes.items())
+
+
+def site_label(msg: Message) -> str:
+    """The site's name from the reply's `site` ConfigRecord, else `node <id>`."""
+    name = reply_site_name(msg)
+    return name if name is not None else f"node {msg.metadata.src_node_id}"
+
+
+def reply_site_name(msg: Message) -> str | None:
+    """The name in the reply's `site` ConfigRecord (client_app/app.py), if any."""
+    if msg.has_content():
+        record = msg.content.config_records.get("site")
+        if isinstance(record, ConfigRecord) and record.get("name") not in (None, ""):
+            return str(record["name"])
+    return None
+
+
+def _read_metrics(content: RecordDict, key: str) -> tuple[float, MetricRecord]:
+    if len(content.metric_records) != 1:
+        raise UpdateRejected(f"expected exactly one MetricRecord, found {len(content.metric_records)}")
+    metrics = next(iter(content.metric_records.values()))
+    if key not in metrics:
+        raise UpdateRejected(f"MetricRecord has no '{key}'")
+    value = metrics[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UpdateRejected(f"'{key}' must be a single number, got {type(value).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise UpdateRejected(f"'{key}' must be > 0, got {value}")
+    return value, metrics
+
+
+def _digest(candidate: SiteCandidate) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for key, values in candidate.state.items():
+        h.update(key.encode())
+        h.update(np.ascontiguousarray(values).tobytes())
+    return h.hexdigest()
+
+
+def _metric_kind(value: object) -> str:
+    return f"list{len(value)}" if isinstance(value, list) else "scalar"
+
+
+def _is_float_dtype(dtype: str) -> bool:
+    try:
+        return np.dtype(dtype).kind == "f"
+    except TypeError:
+        return False
+
+
+def _first(keys: list[str], n: int = 3) -> str:
+    shown = ", ".join(keys[:n])
+    return f"[{shown}{', ...' if len(keys) > n else ''}]"
