@@ -42,6 +42,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shlex
 import signal
 import statistics
@@ -374,10 +375,29 @@ def test_instances(folder: Path, name: str, limit: int) -> tuple[list, str | Non
 def score(bench: Workbench, arm: str, adapter: Path | None, test: str, folder: Path, out: Path) -> dict[str, Any]:
     instances, score_by = test_instances(folder, test, bench.profile.test_instances)
     outputs = bench.outputs(adapter, instances, out / "outputs" / arm / f"{test}.json", f"{arm} on {test}")
+    return scored(instances, outputs, score_by)
+
+
+def scored(instances: Sequence, outputs: Sequence[str], score_by: str | None) -> dict[str, Any]:
+    """Scores with bootstrap intervals, and the per-document counts paired comparisons need
+    (the same instances give the same documents in the same order for every arm)."""
     _, counts = document_counts(instances, outputs, score_by)
     intervals = bootstrap(counts, score_by=score_by)
     return {"instances": len(instances), "documents": int(counts.shape[0]),
-            "scores": {k: v.to_dict() for k, v in intervals.items()}}
+            "scores": {k: v.to_dict() for k, v in intervals.items()}, "document-counts": counts.tolist()}
+
+
+def add_claims(results: dict[str, Any], profile: str) -> None:
+    """The paired claims (benchmarks/claims.py) and, per in-domain test set, the widest
+    half-width of any arm's NER strict F1 interval, in F1 points."""
+    import claims
+
+    scores = results["scores"]
+    results["claims"] = claims.evaluate_claims(scores, TRAINING_SITES, profile)
+    results["half_width"] = {
+        test: max(50 * (s[test]["scores"]["ner-strict-f1"]["high"] - s[test]["scores"]["ner-strict-f1"]["low"])
+                  for s in scores.values() if test in s)
+        for test in TRAINING_SITES}
 
 
 # --- report -------------------------------------------------------------------------------------
@@ -440,6 +460,8 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"Command: `{results['command']}`",
         "",
+        *([f"Report (claims added from the cached outputs): `{results['report-command']}`", ""]
+          if results.get("report-command") else []),
         f"Hardware: {results['hardware']}. Model: `{p['model']}` (quantization `{p['quantization']}`). "
         f"Budget for every arm: {results['budget']['total-steps']} optimizer steps of batch 4 "
         f"({p['rounds']} rounds x {results['budget']['steps-per-round']} steps; each federated site "
@@ -469,6 +491,20 @@ def markdown(results: dict[str, Any]) -> str:
         for arm, g in gap.items():
             lines.append(f"| {arm} | {g['ner-strict']:+.1f} | {g['ner-lenient']:+.1f} | "
                          f"{g['re-strict']:+.1f} | {g['re-lenient']:+.1f} |")
+    if results.get("claims"):
+        import claims
+
+        widths = ", ".join(f"{t} ±{w:.1f}" for t, w in results.get("half_width", {}).items())
+        lines += ["", "## The paper's claims, as paired comparisons", "",
+                  "Differences of NER strict F1 in points, the mean over the three in-domain test sets; each "
+                  "interval comes from 1,000 paired document-level bootstrap resamples (the same documents "
+                  "score both arms). Widest half-width of an arm's own NER strict F1 interval per test set: "
+                  f"{widths} points.", "",
+                  "| a | b | a - b | 95% paired interval | verdict |", "|---|---|---:|---|---|"]
+        for c in results["claims"]:
+            lines.append(f"| {c['a']} | {c['b']} | {c['estimate']:+.1f} | [{c['low']:+.1f}, {c['high']:+.1f}] | "
+                         f"{c['verdict']} |")
+        lines += [""] + [claims.sentence(c) for c in results["claims"]]
     lines += ["", f"## New low-resource site ({NEW_SITE}: {p['new_site_documents']} training documents, "
               f"{p['new_site_steps']} steps)", "",
               "| arm | instances | NER strict F1 | NER lenient F1 | RE strict F1 | RE lenient F1 |",
@@ -591,6 +627,30 @@ def measure_overheads(profile: Profile, config: dict[str, Any], sites: dict[str,
             "loopback deployment": overhead(run_deployed(small, sites, out / "runs"))}
 
 
+def report_only(out: Path, sites: dict[str, Path], profile: Profile, name: str, target: Path | None) -> int:
+    """Rebuild the report from `out`'s results.json: per-document counts from the cached
+    outputs (for results written before they were kept), then the claims."""
+    path = out / "results.json"
+    if not path.is_file():
+        raise SystemExit(f"--report-only: {path} does not exist; run the profile first")
+    results = json.loads(path.read_text())
+    for arm, per_test in results["scores"].items():
+        for test, entry in per_test.items():
+            if "document-counts" in entry:
+                continue
+            instances, score_by = test_instances(sites[test], test, profile.test_instances)
+            cache = out / "outputs" / arm / f"{test}.json"
+            if not cache.is_file():
+                raise SystemExit(f"--report-only: {cache} is missing; rerun without --report-only")
+            fresh = scored(instances, json.loads(cache.read_text())["outputs"], score_by)
+            if fresh["scores"] != entry["scores"]:
+                raise SystemExit(f"--report-only: {cache} does not give the scores in {path} for {arm} on {test}")
+            per_test[test] = fresh
+    add_claims(results, name)
+    results["report-command"] = "python benchmarks/protocol.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    return write_report(results, out, target, results.get("plots", []))
+
+
 # --- main ---------------------------------------------------------------------------------------
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -603,6 +663,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="also write RESULTS.md here (e.g. docs/RESULTS.md), results.json and plots/ beside it")
     parser.add_argument("--only", choices=["overhead"],
                         help="measure only the federation overhead; with --results, replace its rows there")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train and generate nothing: rebuild the report (claims included) from --out's "
+                             "results.json and its cached outputs")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="change a profile field (e.g. steps=2); for smoke tests")
     args = parser.parse_args(argv)
@@ -632,6 +695,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
 
     sites = prepare_sites(args.data.resolve(), out, profile.new_site_documents)
+    if args.report_only:
+        return report_only(out, sites, profile, args.profile, args.results)
     if args.only == "overhead":
         overheads = measure_overheads(profile, federated_config(profile, out / "sites", out / "runs"), sites, out)
         (out / "overhead.json").write_text(json.dumps(overheads, indent=2))
@@ -695,7 +760,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "profile": asdict(profile),
         "budget": {"steps-per-round": per_round, "total-steps": per_round * profile.rounds},
         "scores": scores,
-        "gap": federated_gap(scores),
+        "gap": federated_gap(scores),  # claims and half-widths: add_claims below
         "new-site": new_site,
         "curves": curve_data,
         "plots": plots,
@@ -708,14 +773,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         "overhead": overheads,
         "seconds": time.perf_counter() - started,
     }
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    add_claims(results, args.profile)
+    return write_report(results, out, args.results, plots)
+
+
+NUMBER_LIST = re.compile(r"\[[-+0-9.eE,\s]*\]")
+
+
+def compact_json(data: Any) -> str:
+    """Indented JSON with every list of plain numbers on one line (the per-document counts
+    would otherwise take a line per number)."""
+    return NUMBER_LIST.sub(lambda m: "[" + ", ".join(m.group(0)[1:-1].replace(",", " ").split()) + "]",
+                           json.dumps(data, indent=2)) + "\n"
+
+
+def write_report(results: dict[str, Any], out: Path, target: Path | None, plots: Sequence[str]) -> int:
+    """results.json, RESULTS.md (and plots) under `out`, and beside `target` when given."""
+    (out / "results.json").write_text(compact_json(results))
     text = markdown(results)
     (out / "RESULTS.md").write_text(text)
-    if args.results:
-        args.results.parent.mkdir(parents=True, exist_ok=True)
-        args.results.write_text(text)
-        (args.results.parent / "results.json").write_text((out / "results.json").read_text())
-        target_plots = args.results.parent / "plots"
+    if target:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        (target.parent / "results.json").write_text((out / "results.json").read_text())
+        target_plots = target.parent / "plots"
         target_plots.mkdir(exist_ok=True)
         for plot in plots:
             (target_plots / Path(plot).name).write_bytes(Path(plot).read_bytes())

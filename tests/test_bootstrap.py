@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clinical_ie.bootstrap import MEASURES, bootstrap, document_counts
+from clinical_ie.bootstrap import MEASURES, Interval, bootstrap, document_counts, paired_difference
 from clinical_ie.evaluate import SCORE_BY_ENTITY_RECALL, score_outputs
 from clinical_ie.instances import GoldEntity, Instance
 from clinical_ie.prompt import target_text
@@ -78,3 +78,46 @@ def test_rejects_counts_of_the_wrong_shape() -> None:
         bootstrap(np.zeros((3, 2, 3), dtype=np.int64))
     with pytest.raises(ValueError, match="2 instances but 1 outputs"):
         document_counts([instance("a"), instance("b")], ["{}"])
+
+
+def _counts(rows: list[tuple[int, int, int]]) -> np.ndarray:
+    """Per-document NER strict counts; the other measures are left at 0."""
+    out = np.zeros((len(rows), len(MEASURES), 3), np.int64)
+    out[:, 0] = rows
+    return out
+
+
+def test_paired_difference_of_an_arm_with_itself_is_exactly_zero() -> None:
+    rng = np.random.default_rng(0)
+    a = _counts([tuple(row) for row in rng.integers(0, 6, size=(30, 3))])
+    assert paired_difference([(a, a)]) == Interval(0.0, 0.0, 0.0)
+
+
+def test_pairing_removes_what_the_documents_share() -> None:
+    # Arm a finds one more entity than b in every document; documents vary a lot in how
+    # hard they are (the share of entities found), which both arms share.
+    rng = np.random.default_rng(1)
+    sizes = rng.integers(4, 40, size=60)
+    found = [int(s * f) for s, f in zip(sizes, rng.uniform(0.1, 0.9, size=60))]
+    b = _counts([(f, 1, int(s) - f) for s, f in zip(sizes, found)])
+    a = b.copy()
+    a[:, 0, 0] += 1
+    a[:, 0, 2] -= 1
+    paired = paired_difference([(a, b)], resamples=500)
+    value = 100 * (bootstrap(a)["ner-strict-f1"].value - bootstrap(b)["ner-strict-f1"].value)
+    assert paired.value == pytest.approx(value)
+    assert 0 < paired.low < paired.value < paired.high
+    side_by_side = bootstrap(a, resamples=500)["ner-strict-f1"]
+    # The paired interval is far narrower than either arm's own interval.
+    assert paired.high - paired.low < 0.25 * 100 * (side_by_side.high - side_by_side.low)
+
+
+def test_paired_difference_averages_test_sets_and_checks_shapes() -> None:
+    a, b = _counts([(2, 0, 0)] * 5), _counts([(1, 0, 1)] * 5)  # F1 1.0 and 2/3
+    c = _counts([(1, 1, 0)] * 4)
+    diff = paired_difference([(a, b), (c, c)], resamples=50)
+    assert diff.value == pytest.approx(100 * (1 - 2 / 3) / 2)
+    with pytest.raises(ValueError, match="one shape"):
+        paired_difference([(a, c)])
+    with pytest.raises(ValueError, match="measure"):
+        paired_difference([(a, b)], measure="ner-exact")

@@ -192,7 +192,14 @@ def test_gap_report_and_plots(tmp_path) -> None:
                                     "coordinator-eval-seconds": 5.0}},
         "seconds": 2730.0,
     }
+    results["claims"] = [{"claim": "fedmedlora is within 2 points of centralized", "profile": "quick",
+                          "a": "fedmedlora", "b": "centralized", "threshold": -2.0, "estimate": -5.0,
+                          "low": -9.0, "high": -1.0, "verdict": "undecided"}]
+    results["half_width"] = {t: 4.0 for t in protocol.TRAINING_SITES}
     text = protocol.markdown(results)
+    assert "| fedmedlora | centralized | -5.0 | [-9.0, -1.0] | undecided |" in text
+    assert "maccrobat ±4.0, chia ±4.0, ddi-drugbank ±4.0 points" in text
+    assert "- *fedmedlora is within 2 points of centralized* (quick profile): -5.0 points" in text
     assert "Time: 46 min for this invocation" in text
     assert "| fedmedlora | ade | 10 | 0.450 [0.350, 0.550] |" in text
     assert "| fedmedlora | -5.0 | -5.0 | -5.0 | -5.0 |" in text
@@ -200,3 +207,69 @@ def test_gap_report_and_plots(tmp_path) -> None:
     assert "10 s of 50 s wall (20%" in text
     assert "| int8 | 4.90 MB | 1.82% | 0.280 (-2.0 points) | 0.100 (+0.0 points) |" in text
     assert "[rounds-strict-f1.png](plots/rounds-strict-f1.png)" in text
+
+
+claims = _load("claims")
+
+
+@pytest.mark.parametrize(("low", "high", "threshold", "at_least", "expected"), [
+    (-1.5, 3.0, -2.0, True, "confirmed"),   # within 2 points: the whole interval is >= -2
+    (-2.0, 1.0, -2.0, True, "confirmed"),
+    (-6.0, 1.0, -2.0, True, "undecided"),
+    (-6.0, -2.5, -2.0, True, "refuted"),
+    (0.1, 4.0, 0.0, False, "confirmed"),    # beats: the whole interval is > 0
+    (0.0, 4.0, 0.0, False, "undecided"),
+    (-3.0, 0.0, 0.0, False, "refuted"),
+])
+def test_verdicts_follow_the_interval(low, high, threshold, at_least, expected) -> None:
+    assert claims.verdict(low, high, threshold, at_least) == expected
+
+
+def _arm(per_doc: list[tuple[int, int, int]]) -> dict:
+    """One test set's entry as protocol.scored writes it, NER strict counts only."""
+    counts = [[list(row), [0, 0, 0], [0, 0, 0], [0, 0, 0]] for row in per_doc]
+    tp, fp, fn = (sum(r[i] for r in per_doc) for i in range(3))
+    f1 = 2 * tp / (2 * tp + fp + fn)
+    return {"instances": len(per_doc), "documents": len(per_doc), "document-counts": counts,
+            "scores": {"ner-strict-f1": {"value": f1, "low": f1 - 0.1, "high": f1 + 0.1}}}
+
+
+def test_claims_are_paired_comparisons_with_a_verdict_and_a_sentence() -> None:
+    tests = protocol.TRAINING_SITES
+    docs = [(8, 2, 2), (1, 3, 6), (5, 1, 4), (9, 0, 1)] * 10  # documents of very different difficulty
+    better = [(tp + 1, fp, fn - 1) for tp, fp, fn in docs]
+    scores = {
+        "centralized": {t: _arm(docs) for t in tests},
+        "fedmedlora": {t: _arm(docs) for t in tests},          # the same outputs as centralized
+        "fedmedlora-plus": {t: _arm(better) for t in tests},   # one more entity found per document
+        "single-maccrobat": {t: _arm(docs) for t in tests},
+        "single-chia": {t: _arm([(max(tp - 3, 0), fp + 3, fn + min(tp, 3)) for tp, fp, fn in docs]) for t in tests},
+    }
+    found = {(c["a"], c["b"]): c for c in claims.evaluate_claims(scores, tests, "quick", resamples=300)}
+    same = found[("fedmedlora", "centralized")]
+    assert (same["estimate"], same["low"], same["high"], same["verdict"]) == (0.0, 0.0, 0.0, "confirmed")
+    assert found[("fedmedlora", "single-maccrobat")]["verdict"] == "refuted"  # a tie does not beat
+    plus = found[("fedmedlora-plus", "fedmedlora")]
+    assert plus["verdict"] == "confirmed" and 0 < plus["low"] < plus["estimate"] < plus["high"]
+    assert set(plus) >= {"claim", "profile", "estimate", "low", "high", "verdict"}
+    text = claims.sentence(plus)
+    assert text.startswith("- *fedmedlora-plus beats fedmedlora* (quick profile): +") and "confirmed" in text
+
+    results = {"scores": scores}
+    protocol.add_claims(results, "quick")
+    assert results["half_width"] == {t: pytest.approx(10.0) for t in tests}
+    assert [c["verdict"] for c in results["claims"]] == [c["verdict"] for c in found.values()]
+
+
+def test_claims_need_per_document_counts() -> None:
+    entry = _arm([(1, 0, 0)])
+    del entry["document-counts"]
+    scores = {arm: {t: entry for t in protocol.TRAINING_SITES} for arm in ("fedmedlora", "centralized")}
+    assert claims.evaluate_claims(scores, protocol.TRAINING_SITES, "quick") == []
+
+
+def test_results_json_keeps_number_lists_on_one_line() -> None:
+    data = {"document-counts": [[[1, 0, 2], [0, 0, 0]]], "runs": [1.5, -2e-05], "name": "a, b", "empty": []}
+    text = protocol.compact_json(data)
+    assert json.loads(text) == data
+    assert "[1, 0, 2]" in text and "[1.5, -2e-05]" in text and len(text.splitlines()) < 12

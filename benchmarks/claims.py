@@ -1,0 +1,101 @@
+"""The paper's claims as paired comparisons, each with a verdict the numbers decide.
+
+Each claim compares two arms on the in-domain test sets (NER strict F1, the mean over the
+three sets) by `clinical_ie.bootstrap.paired_difference`: the same resampled documents score
+both arms. A claim holds when the difference clears a threshold:
+
+- "within 2 points of centralized": federated - centralized >= -2 points;
+- "beats the best single site": federated - best single site > 0;
+- "Fed-MedLoRA+ beats Fed-MedLoRA": plus - plain > 0.
+
+Verdict: `confirmed` when the whole 95% interval clears the threshold, `refuted` when the
+whole interval is on the other side, `undecided` when it straddles it (this budget cannot
+tell). docs/architecture.md, "Benchmark profiles", says why the verdicts are paired.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from clinical_ie.bootstrap import paired_difference
+
+MEASURE = "ner-strict"
+
+
+@dataclass(frozen=True)
+class ClaimSpec:
+    claim: str  # what the paper says, as one sentence with {a} and {b}
+    a: str  # arm, or "best-single": the single-site arm with the highest mean point F1
+    b: str
+    threshold: float  # in F1 points
+    at_least: bool  # True: a - b >= threshold holds it; False: a - b > threshold holds it
+
+
+CLAIMS: tuple[ClaimSpec, ...] = (
+    ClaimSpec("{a} is within 2 points of {b}", "fedmedlora", "centralized", -2.0, True),
+    ClaimSpec("{a} is within 2 points of {b}", "fedmedlora-plus", "centralized", -2.0, True),
+    ClaimSpec("{a} beats the best single site ({b})", "fedmedlora", "best-single", 0.0, False),
+    ClaimSpec("{a} beats the best single site ({b})", "fedmedlora-plus", "best-single", 0.0, False),
+    ClaimSpec("{a} beats {b}", "fedmedlora-plus", "fedmedlora", 0.0, False),
+)
+
+
+def verdict(low: float, high: float, threshold: float, at_least: bool) -> str:
+    """confirmed / refuted / undecided for an interval [low, high] against the threshold."""
+    holds = low >= threshold if at_least else low > threshold
+    fails = high < threshold if at_least else high <= threshold
+    return "confirmed" if holds else "refuted" if fails else "undecided"
+
+
+def best_single(scores: Mapping[str, Mapping[str, Any]], tests: Sequence[str]) -> str | None:
+    """The single-site arm with the highest mean NER strict F1 over `tests` (point values)."""
+    singles = [arm for arm in scores if arm.startswith("single-") and all(t in scores[arm] for t in tests)]
+    if not singles:
+        return None
+    return max(singles, key=lambda arm: statistics.fmean(
+        scores[arm][t]["scores"][f"{MEASURE}-f1"]["value"] for t in tests))
+
+
+def evaluate_claims(scores: Mapping[str, Mapping[str, Any]], tests: Sequence[str], profile: str,
+                    specs: Sequence[ClaimSpec] = CLAIMS, resamples: int = 1000) -> list[dict[str, Any]]:
+    """One object per claim whose two arms were scored with per-document counts on every test:
+    `claim`, `profile`, `a`, `b`, `estimate`, `low`, `high` (F1 points) and `verdict`."""
+    out = []
+    for spec in specs:
+        b = best_single(scores, tests) if spec.b == "best-single" else spec.b
+        if b is None or not all(_has_counts(scores, arm, tests) for arm in (spec.a, b)):
+            continue
+        pairs = [(_counts(scores, spec.a, t), _counts(scores, b, t)) for t in tests]
+        diff = paired_difference(pairs, MEASURE, resamples=resamples)
+        out.append({
+            "claim": spec.claim.format(a=spec.a, b=b), "profile": profile, "a": spec.a, "b": b,
+            "measure": f"{MEASURE}-f1, mean over {', '.join(tests)}", "threshold": spec.threshold,
+            "estimate": diff.value, "low": diff.low, "high": diff.high,
+            "verdict": verdict(diff.low, diff.high, spec.threshold, spec.at_least),
+        })
+    return out
+
+
+def sentence(claim: Mapping[str, Any]) -> str:
+    """The claim's sentence for RESULTS.md, from its numbers."""
+    numbers = f"{claim['estimate']:+.1f} points, 95% paired interval [{claim['low']:+.1f}, {claim['high']:+.1f}]"
+    if claim["verdict"] == "confirmed":
+        end = "confirmed: the whole interval clears the threshold"
+    elif claim["verdict"] == "refuted":
+        end = "refuted: the whole interval is on the other side of the threshold"
+    else:
+        end = "undecided at this budget: the interval straddles the threshold"
+    return f"- *{claim['claim']}* ({claim['profile']} profile): {numbers}; {end} ({claim['threshold']:+.0f} points)."
+
+
+def _has_counts(scores: Mapping[str, Mapping[str, Any]], arm: str, tests: Sequence[str]) -> bool:
+    return arm in scores and all("document-counts" in scores[arm].get(t, {}) for t in tests)
+
+
+def _counts(scores: Mapping[str, Mapping[str, Any]], arm: str, test: str) -> np.ndarray:
+    return np.asarray(scores[arm][test]["document-counts"], dtype=np.int64)
