@@ -10,7 +10,10 @@ in total, R rounds x the sum over sites of each site's steps per round):
 - `single-<site>`: trained on that site alone;
 - `centralized`: trained on the three sites' pooled instances;
 - `fedmedlora`, `fedmedlora-plus` (coordinator scoring), `fedmedlora-plus-sites`
-  (site scoring), `exact`: real `flwr run`s on Flower's simulation engine.
+  (site scoring), `exact`, and Fed-MedLoRA with float16 and int8 adapters on the wire: real
+  `flwr run`s on Flower's simulation engine (a profile names the ones it runs);
+- label skew (`standard`): `fedmedlora-skew` and `fedmedlora-plus-skew` on three sites made
+  from MACCROBAT, each annotating one group of entity types, tested on MACCROBAT.
 Local arms run the ClientApp's training function (`train_round`, round by round with the
 same schedule), so the only difference from the federated arms is the federation.
 
@@ -30,7 +33,10 @@ configuration run in simulation and as a loopback deployment. Bytes per round ag
 `--data` holds the prepared site folders `maccrobat`, `chia`, `ddi`, `ade` (see the
 docs/getting-started.md, "Real corpora"). Everything finished is kept under `--out` and reused when the
 command is run again (training, federated runs, generated outputs), so an interrupted
-run continues. Writes `results.json`, `RESULTS.md` and `plots/*.png` into `--out`.
+run continues. Writes `results.json`, `RESULTS.md` and `plots/*.png` into `--out`. With
+`--results`, each arm's scores also go into the results.json beside it as soon as the arm
+is scored (`ArmStore`), so a later run, even with an empty `--out`, skips the arms already
+there. The paper's claims are decided by paired comparisons (benchmarks/claims.py).
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ import signal
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -80,6 +86,11 @@ FEDERATED_ARMS: dict[str, dict[str, Any]] = {
     "fedmedlora-int8": {"strategy.name": "fedmedlora", "transport.encoding": "int8"},
 }
 ENCODING_ARMS = {"float32": "fedmedlora", "float16": "fedmedlora-float16", "int8": "fedmedlora-int8"}
+# Fed-MedLoRA and Fed-MedLoRA+ on the label-skew sites (prepare_label_skew_sites), tested on MACCROBAT.
+SKEW_ARMS: dict[str, dict[str, Any]] = {
+    "fedmedlora-skew": {"strategy.name": "fedmedlora"},
+    "fedmedlora-plus-skew": {"strategy.name": "fedmedlora-plus", "strategy.validation-instances": 48},
+}
 NEW_SITE_ARMS = ("zero-shot", "fedmedlora", "new-site-alone", "new-site-from-global")
 
 
@@ -98,6 +109,13 @@ class Profile:
     eval_batch_size: int
     overhead_rounds: int
     overhead_steps: int
+    federated_arms: tuple[str, ...] = tuple(FEDERATED_ARMS)
+    label_skew: bool = False  # also the label-skew arms (SKEW_ARMS)
+    external_instances: int = 0  # instances of the external test set; 0 = test_instances
+    measure_speed: bool = True  # the training-loop comparison and the federation overhead
+
+    def test_limit(self, test: str) -> int:
+        return self.external_instances if test == EXTERNAL and self.external_instances else self.test_instances
 
 
 PROFILES = {
@@ -106,6 +124,14 @@ PROFILES = {
                      test_instances=40, round_eval_instances=8, new_site_documents=8, new_site_steps=12,
                      max_new_tokens=96, eval_batch_size=16, overhead_rounds=2, overhead_steps=2),
     # A GPU: 4-bit, a larger model (--model), all data, every test instance.
+    # This 2-core CPU, the embedded default, sized to finish in 150 minutes from an empty --out:
+    # the arms that decide the paper's claims, in-domain test sets large enough for paired
+    # verdicts, label skew; no wire encodings, exact, loop speed or overhead (quick has them).
+    "standard": Profile(model=EMBEDDED_DEFAULT, quantization="auto", rounds=3, steps=16, max_length=512,
+                        test_instances=160, round_eval_instances=8, new_site_documents=8, new_site_steps=24,
+                        max_new_tokens=96, eval_batch_size=16, overhead_rounds=2, overhead_steps=2,
+                        federated_arms=("fedmedlora", "fedmedlora-plus", "fedmedlora-plus-sites"),
+                        label_skew=True, external_instances=60, measure_speed=False),
     "full": Profile(model=EMBEDDED_DEFAULT, quantization="4bit", rounds=3, steps=0, max_length=512,
                     test_instances=0, round_eval_instances=64, new_site_documents=10, new_site_steps=60,
                     max_new_tokens=160, eval_batch_size=32, overhead_rounds=2, overhead_steps=10),
@@ -156,6 +182,56 @@ def prepare_sites(data: Path, out: Path, new_site_documents: int) -> dict[str, P
     _write_subset(data / "ddi", root / NEW_SITE, NEW_SITE,
                   lambda d: d["id"].isdigit() and (d.get("source_split") != "train" or d["id"] in few))
     return {name: root / name for name in (*TRAINING_SITES, EXTERNAL, NEW_SITE)}
+
+
+# Label skew (the paper's partial-annotation setting): MACCROBAT's documents dealt to three
+# sites by a hash of their ids, each site annotating one group of entity types. A relation
+# stays where both its entities do. The coordinator validates and every arm is tested on
+# MACCROBAT with all types.
+SKEW_SITES = ("skew-a", "skew-b", "skew-c")
+SKEW_GROUPS = (
+    ("problem", "test", "labvalue", "severity"),
+    ("treatment", "drug", "dosage", "route", "frequency"),
+    ("bodyloc", "duration", "temporal"),
+)
+
+
+def prepare_label_skew_sites(data: Path, out: Path) -> dict[str, Path]:
+    """One site folder per entry of SKEW_SITES under `out/sites` (kept if already there)."""
+    source = data / "maccrobat"
+    site = json.loads((source / "site.json").read_text())
+    documents = [json.loads(line) for line in (source / "documents.jsonl").open(encoding="utf-8") if line.strip()]
+    order = sorted(documents, key=lambda d: _rank(d["id"]))
+    folders = {}
+    for k, (name, types) in enumerate(zip(SKEW_SITES, SKEW_GROUPS, strict=True)):
+        target = out / "sites" / name
+        folders[name] = target
+        if (target / "site.json").is_file():
+            continue
+        unknown = set(types) - set(site["entity_types"])
+        if unknown:
+            raise ValueError(f"{source / 'site.json'}: label skew needs entity types {sorted(unknown)}")
+        kept = [_only_types(doc, set(types)) for doc in order[k::len(SKEW_SITES)]]
+        relation_types = sorted({r["type"] for doc in kept for r in doc["relations"]})
+        target.mkdir(parents=True, exist_ok=True)
+        (target / "documents.jsonl").write_text("".join(json.dumps(d) + "\n" for d in kept), encoding="utf-8")
+        (target / "site.json").write_text(json.dumps(
+            {**site, "name": name, "entity_types": list(types),
+             "relation_types": [t for t in site["relation_types"] if t in relation_types]}, indent=2))
+    return folders
+
+
+def _only_types(doc: dict[str, Any], types: set[str]) -> dict[str, Any]:
+    """The document with only the entities of `types` and what refers to them alone."""
+    entities = [e for e in doc["entities"] if e["type"] in types]
+    ids = {e["id"] for e in entities}
+    return {
+        **doc,
+        "entities": entities,
+        "relations": [r for r in doc["relations"] if r["arg1"] in ids and r["arg2"] in ids],
+        "attributes": [a for a in doc.get("attributes", []) if a["target"] in ids],
+        "groups": [g for g in doc.get("groups", []) if set(g["members"]) <= ids],
+    }
 
 
 # --- the model and local training ----------------------------------------------------------
@@ -373,7 +449,7 @@ def test_instances(folder: Path, name: str, limit: int) -> tuple[list, str | Non
 
 
 def score(bench: Workbench, arm: str, adapter: Path | None, test: str, folder: Path, out: Path) -> dict[str, Any]:
-    instances, score_by = test_instances(folder, test, bench.profile.test_instances)
+    instances, score_by = test_instances(folder, test, bench.profile.test_limit(test))
     outputs = bench.outputs(adapter, instances, out / "outputs" / arm / f"{test}.json", f"{arm} on {test}")
     return scored(instances, outputs, score_by)
 
@@ -451,6 +527,11 @@ def replace_overhead_rows(results_md: Path, rows: list[str], command: str) -> No
     results_md.write_text("\n".join(lines) + "\n")
 
 
+def _external(profile: dict[str, Any]) -> str:
+    n = profile.get("external_instances")
+    return f" ({n} on the external {EXTERNAL})" if n else ""
+
+
 def markdown(results: dict[str, Any]) -> str:
     p = results["profile"]
     lines = [
@@ -463,10 +544,11 @@ def markdown(results: dict[str, Any]) -> str:
         *([f"Report (claims added from the cached outputs): `{results['report-command']}`", ""]
           if results.get("report-command") else []),
         f"Hardware: {results['hardware']}. Model: `{p['model']}` (quantization `{p['quantization']}`). "
-        f"Budget for every arm: {results['budget']['total-steps']} optimizer steps of batch 4 "
-        f"({p['rounds']} rounds x {results['budget']['steps-per-round']} steps; each federated site "
-        f"{p['steps'] or 'all'} steps per round). Test sets: {p['test_instances'] or 'all'} instances "
-        "(sentences) per split, chosen by hash; 95% intervals from 1,000 document-level bootstrap "
+        f"Budget for every arm: {results['budget']['total-steps']} optimizer steps of batch "
+        f"{results['budget'].get('batch-size', 4)}, {results['budget']['total-steps'] * results['budget'].get('batch-size', 4):,} "
+        f"training instances seen ({p['rounds']} rounds x {results['budget']['steps-per-round']} steps; each federated "
+        f"site {p['steps'] or 'all'} steps per round). Test sets: {p['test_instances'] or 'all'} instances "
+        f"(sentences) per split{_external(p)}, chosen by hash; 95% intervals from 1,000 document-level bootstrap "
         "resamples. ADE annotates only entities in relations, so its entity column is recall.",
         "",
     ]
@@ -496,7 +578,8 @@ def markdown(results: dict[str, Any]) -> str:
 
         widths = ", ".join(f"{t} ±{w:.1f}" for t, w in results.get("half_width", {}).items())
         lines += ["", "## The paper's claims, as paired comparisons", "",
-                  "Differences of NER strict F1 in points, the mean over the three in-domain test sets; each "
+                  "Differences of NER strict F1 in points, the mean over the three in-domain test sets (label "
+                  "skew: MACCROBAT); each "
                   "interval comes from 1,000 paired document-level bootstrap resamples (the same documents "
                   "score both arms). Widest half-width of an arm's own NER strict F1 interval per test set: "
                   f"{widths} points.", "",
@@ -528,9 +611,9 @@ def markdown(results: dict[str, Any]) -> str:
     speed, comm, ovh = results["speed"], results["communication"], results["overhead"]
     lines += ["", "## Speed and communication", "",
               "| what | figure |", "|---|---|",
-              f"| ClientApp training loop vs plain PEFT loop, same model and batches (median tokens/s) | "
-              f"{speed['loop']['fedmedlora']:.0f} vs {speed['loop']['peft-loop']:.0f}: "
-              f"{100 * speed['loop']['ratio']:.1f}% |",
+              *([f"| ClientApp training loop vs plain PEFT loop, same model and batches (median tokens/s) | "
+                 f"{speed['loop']['fedmedlora']:.0f} vs {speed['loop']['peft-loop']:.0f}: "
+                 f"{100 * speed['loop']['ratio']:.1f}% |"] if speed.get("loop") else []),
               "| tokens/s each site reported inside the Fed-MedLoRA run | "
               + ", ".join(f"{k} {v:.0f}" for k, v in speed["sites"].items()) + " |",
               f"| adapter per site per round, up | {comm['adapter-bytes'] / 1e6:.2f} MB |",
@@ -627,7 +710,8 @@ def measure_overheads(profile: Profile, config: dict[str, Any], sites: dict[str,
             "loopback deployment": overhead(run_deployed(small, sites, out / "runs"))}
 
 
-def report_only(out: Path, sites: dict[str, Path], profile: Profile, name: str, target: Path | None) -> int:
+def report_only(out: Path, sites: dict[str, Path], profile: Profile, name: str, target: Path | None,
+                settings: dict[str, Any]) -> int:
     """Rebuild the report from `out`'s results.json: per-document counts from the cached
     outputs (for results written before they were kept), then the claims."""
     path = out / "results.json"
@@ -638,7 +722,7 @@ def report_only(out: Path, sites: dict[str, Path], profile: Profile, name: str, 
         for test, entry in per_test.items():
             if "document-counts" in entry:
                 continue
-            instances, score_by = test_instances(sites[test], test, profile.test_instances)
+            instances, score_by = test_instances(sites[test], test, profile.test_limit(test))
             cache = out / "outputs" / arm / f"{test}.json"
             if not cache.is_file():
                 raise SystemExit(f"--report-only: {cache} is missing; rerun without --report-only")
@@ -648,6 +732,7 @@ def report_only(out: Path, sites: dict[str, Path], profile: Profile, name: str, 
             per_test[test] = fresh
     add_claims(results, name)
     results["report-command"] = "python benchmarks/protocol.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    ArmStore(target.parent / "results.json" if target else None, name, settings).finish(results)
     return write_report(results, out, target, results.get("plots", []))
 
 
@@ -680,12 +765,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         field, sep, value = item.partition("=")
         if not sep or field not in Profile.__dataclass_fields__:
             parser.error(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {list(Profile.__dataclass_fields__)}")
-        kind = type(getattr(profile, field))
-        profile = replace(profile, **{field: kind(value)})
+        current = getattr(profile, field)
+        if isinstance(current, bool):
+            if value.lower() not in ("true", "false"):
+                parser.error(f"--set {item!r}: {field} takes true or false")
+            parsed: Any = value.lower() == "true"
+        elif isinstance(current, tuple):
+            parsed = tuple(v.strip() for v in value.split(",") if v.strip())
+            unknown = [v for v in parsed if field == "federated_arms" and v not in FEDERATED_ARMS]
+            if unknown:
+                parser.error(f"--set {item!r}: unknown federated arm(s) {unknown}; known: {list(FEDERATED_ARMS)}")
+        else:
+            parsed = type(current)(value)
+        profile = replace(profile, **{field: parsed})
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     # What is kept under --out is reused; it must have been made with the same settings.
-    settings = {"profile": asdict(profile), "data": str(args.data.resolve())}
+    # As JSON gives them back (lists, not tuples), to compare with what is recorded.
+    settings = json.loads(json.dumps({"profile": asdict(profile), "data": str(args.data.resolve())}))
     recorded = out / "settings.json"
     if recorded.is_file() and json.loads(recorded.read_text()) != settings:
         parser.error(f"--out {out} holds results made with other settings ({recorded}); "
@@ -696,7 +793,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     sites = prepare_sites(args.data.resolve(), out, profile.new_site_documents)
     if args.report_only:
-        return report_only(out, sites, profile, args.profile, args.results)
+        return report_only(out, sites, profile, args.profile, args.results, settings)
     if args.only == "overhead":
         overheads = measure_overheads(profile, federated_config(profile, out / "sites", out / "runs"), sites, out)
         (out / "overhead.json").write_text(json.dumps(overheads, indent=2))
@@ -705,76 +802,160 @@ def main(argv: Sequence[str] | None = None) -> int:
             replace_overhead_rows(args.results, rows, command)
         print("\n".join(rows))
         return 0
+    store = ArmStore(args.results.parent / "results.json" if args.results else None, args.profile, settings)
     bench = Workbench(profile)
     per_round = steps_per_round(bench, sites)
-    log.info("budget: %d rounds x %d steps = %d steps per arm", profile.rounds, per_round, profile.rounds * per_round)
+    batch = TrainSettings().batch_size
+    log.info("budget: %d rounds x %d steps of %d = %d instances seen per arm", profile.rounds, per_round, batch,
+             profile.rounds * per_round * batch)
 
-    # Training: local arms in this process, federated arms as real flwr runs.
-    adapters: dict[str, Path | None] = {"zero-shot": None}
-    for name in TRAINING_SITES:
-        adapters[f"single-{name}"] = bench.train(bench.examples(name, sites[name]), per_round, profile.rounds, None,
-                                                 out / "arms" / f"single-{name}" / "adapter")
-    pooled = [e for name in TRAINING_SITES for e in bench.examples(name, sites[name])]
-    adapters["centralized"] = bench.train(pooled, per_round, profile.rounds, None, out / "arms" / "centralized" / "adapter")
+    # Each arm is trained only when its scores are not recorded yet (--results keeps them per arm).
+    tests = (*TRAINING_SITES, EXTERNAL)
     config = federated_config(profile, out / "sites", out / "runs")
-    runs = {arm: run_federated(arm, {**config, **keys}, out / "runs") for arm, keys in FEDERATED_ARMS.items()}
-    adapters.update({arm: run / "final" for arm, run in runs.items()})
+    runs: dict[str, Path] = {}
 
-    # Scores with intervals.
+    def federated(arm: str, keys: dict[str, Any]) -> Path:
+        run = runs[arm] = run_federated(arm, {**config, **keys}, out / "runs")
+        if store.scores(f"run/{arm}") is None:  # what the report needs from the run itself
+            summary = json.loads((run / "summary.json").read_text())
+            communication = dict(summary["communication"])
+            communication["bytes-per-round"] = (communication["bytes-up-total"]
+                                                + communication["bytes-down-total"]) / summary["rounds"]
+            store.save(f"run/{arm}", {"curve": curves({arm: run})[arm], "communication": communication,
+                                      "site-speed": site_speed(run)})
+        return run / "final"
+
+    def pooled() -> list:
+        return [e for name in TRAINING_SITES for e in bench.examples(name, sites[name])]
+
+    arms: dict[str, tuple[Callable[[], Path | None], tuple[str, ...]]] = {"zero-shot": (lambda: None, tests)}
+    for name in TRAINING_SITES:
+        arms[f"single-{name}"] = (functools.partial(
+            lambda name: bench.train(bench.examples(name, sites[name]), per_round, profile.rounds, None,
+                                     out / "arms" / f"single-{name}" / "adapter"), name), tests)
+    arms["centralized"] = (lambda: bench.train(pooled(), per_round, profile.rounds, None,
+                                               out / "arms" / "centralized" / "adapter"), tests)
+    for arm in profile.federated_arms:
+        arms[arm] = (functools.partial(federated, arm, FEDERATED_ARMS[arm]), tests)
+    if profile.label_skew:
+        prepare_label_skew_sites(args.data.resolve(), out)
+        for arm, keys in SKEW_ARMS.items():
+            arms[arm] = (functools.partial(federated, arm, {**keys, "data.sites": ",".join(SKEW_SITES)}), ("maccrobat",))
     scores: dict[str, dict[str, Any]] = {}
-    for arm, adapter in adapters.items():
-        scores[arm] = {test: score(bench, arm, adapter, test, sites[test], out) for test in (*TRAINING_SITES, EXTERNAL)}
+    for arm, (train, arm_tests) in arms.items():
+        scores[arm] = store.scores(arm) or store.save(arm, {
+            test: score(bench, arm, adapter, test, sites[test], out)
+            for adapter in [train()] for test in arm_tests})
 
-    # New low-resource site.
+    # New low-resource site: the global adapter comes from the Fed-MedLoRA run (rerun if it
+    # is recorded but not under --out).
     from modeling.adapter_io import load_peft_folder
 
     few = bench.examples(NEW_SITE, sites[NEW_SITE])
-    adapters["new-site-alone"] = bench.train(few, profile.new_site_steps, 1, None, out / "arms" / "new-site-alone" / "adapter")
-    adapters["new-site-from-global"] = bench.train(few, profile.new_site_steps, 1, load_peft_folder(adapters["fedmedlora"]),
-                                                   out / "arms" / "new-site-from-global" / "adapter")
-    new_site = {arm: score(bench, arm, adapters[arm], NEW_SITE, sites[NEW_SITE], out) for arm in NEW_SITE_ARMS}
+    new_site_adapters: dict[str, Callable[[], Path | None]] = {
+        "zero-shot": lambda: None,
+        "fedmedlora": lambda: federated("fedmedlora", FEDERATED_ARMS["fedmedlora"]),
+        "new-site-alone": lambda: bench.train(few, profile.new_site_steps, 1, None,
+                                              out / "arms" / "new-site-alone" / "adapter"),
+        "new-site-from-global": lambda: bench.train(
+            few, profile.new_site_steps, 1, load_peft_folder(federated("fedmedlora", FEDERATED_ARMS["fedmedlora"])),
+            out / "arms" / "new-site-from-global" / "adapter"),
+    }
+    new_site = {arm: store.scores(f"new-site/{arm}") or store.save(
+        f"new-site/{arm}", score(bench, arm, new_site_adapters[arm](), NEW_SITE, sites[NEW_SITE], out))
+        for arm in NEW_SITE_ARMS}
+    federated_runs = {arm: store.scores(f"run/{arm}") for arm in scores if arm in {**FEDERATED_ARMS, **SKEW_ARMS}}
 
     # Speed and communication.
     import train_speed
 
     loop = train_speed.measure(profile.model, bench.examples("maccrobat", sites["maccrobat"]),
                                quantization=profile.quantization, dtype="auto", steps=8, warmup=1, repeats=3, probe=4,
-                               batch_size=TrainSettings().batch_size, arms=("clientapp", "peft"))
-    summary = json.loads((runs["fedmedlora"] / "summary.json").read_text())
-    communication = dict(summary["communication"])
-    communication["bytes-per-round"] = (communication["bytes-up-total"] + communication["bytes-down-total"]) / summary["rounds"]
+                               batch_size=TrainSettings().batch_size,
+                               arms=("clientapp", "peft")) if profile.measure_speed else None
+    communication = federated_runs["fedmedlora"]["communication"]
     encodings = {}
     for encoding, arm in ENCODING_ARMS.items():
-        sent = json.loads((runs[arm] / "summary.json").read_text())["communication"]
+        if not set(ENCODING_ARMS.values()) <= set(federated_runs):  # the quick profile's arms
+            break
+        sent = federated_runs[arm]["communication"]
         encodings[encoding] = {"arm": arm, "adapter-bytes": sent["adapter-bytes"],
                                "upload-ratio-to-full-model": sent["upload-ratio-to-full-model"],
                                **{m: statistics.fmean(scores[arm][t]["scores"][f"{m}-f1"]["value"] for t in TRAINING_SITES)
                                   for m in ("ner-strict", "re-strict")}}
-    overheads = measure_overheads(profile, config, sites, out)
+    overheads = measure_overheads(profile, config, sites, out) if profile.measure_speed else {}
 
-    curve_data = curves(runs)
+    curve_data = {arm: run["curve"] for arm, run in federated_runs.items()}
     plots = plot_curves(curve_data, out / "plots")
     results = {
         "command": command,
         "hardware": hardware(),
         "profile": asdict(profile),
-        "budget": {"steps-per-round": per_round, "total-steps": per_round * profile.rounds},
+        "budget": {"steps-per-round": per_round, "total-steps": per_round * profile.rounds, "batch-size": batch,
+                   "instances-seen": per_round * profile.rounds * batch},
         "scores": scores,
         "gap": federated_gap(scores),  # claims and half-widths: add_claims below
         "new-site": new_site,
         "curves": curve_data,
         "plots": plots,
-        "speed": {"loop": {"fedmedlora": loop["clientapp"]["tokens_per_second"],
-                           "peft-loop": loop["peft"]["tokens_per_second"], "ratio": loop["ratios"]["clientapp/peft"],
-                           "runs": loop["clientapp"]["per_repeat"] + loop["peft"]["per_repeat"]},
-                  "sites": site_speed(runs["fedmedlora"])},
+        "speed": {"loop": None if loop is None else {
+                      "fedmedlora": loop["clientapp"]["tokens_per_second"],
+                      "peft-loop": loop["peft"]["tokens_per_second"], "ratio": loop["ratios"]["clientapp/peft"],
+                      "runs": loop["clientapp"]["per_repeat"] + loop["peft"]["per_repeat"]},
+                  "sites": federated_runs["fedmedlora"]["site-speed"]},
         "communication": communication,
         "encodings": encodings,
         "overhead": overheads,
         "seconds": time.perf_counter() - started,
     }
     add_claims(results, args.profile)
+    store.finish(results)
     return write_report(results, out, args.results, plots)
+
+
+class ArmStore:
+    """Each finished arm's scores in the committed results file (`--results`' results.json),
+    by profile, written as soon as the arm is scored, so a later run (another `--out`, another
+    day) skips the arms already there. The file holds `profiles` (per profile: `settings`,
+    `arms` as they finish, and the last finished run's whole results) and `claims` (every
+    profile's). Without `--results` nothing is kept beyond `--out`."""
+
+    def __init__(self, path: Path | None, profile: str, settings: dict[str, Any]) -> None:
+        settings = json.loads(json.dumps(settings))  # as the file holds them (lists, not tuples)
+        self.path, self.profile, self.settings = path, profile, settings
+        self.data: dict[str, Any] = {"profiles": {}, "claims": []}
+        if path is not None and path.is_file():
+            data = json.loads(path.read_text())
+            if "profiles" not in data:  # one profile's results, as written before arms were kept
+                data = {"profiles": {data["profile"].get("name", "quick"): {"results": data}}, "claims": []}
+            self.data = data
+        entry = self.data["profiles"].setdefault(profile, {})
+        if entry.get("settings") not in (None, settings):
+            raise SystemExit(f"{path}: the {profile} profile's arms there were made with other settings "
+                             f"({entry['settings']}); move that file away to start the profile afresh")
+        entry["settings"] = settings
+        entry.setdefault("arms", {})
+
+    def scores(self, arm: str) -> Any:
+        return self.data["profiles"][self.profile]["arms"].get(arm)
+
+    def save(self, arm: str, value: Any) -> Any:
+        self.data["profiles"][self.profile]["arms"][arm] = value
+        self._write()
+        return value
+
+    def finish(self, results: dict[str, Any]) -> None:
+        self.data["profiles"][self.profile]["results"] = results
+        self.data["claims"] = [c for c in self.data.get("claims", []) if c["profile"] != self.profile]
+        self.data["claims"] += results.get("claims", [])
+        self._write()
+
+    def _write(self) -> None:
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text(compact_json(self.data))
+            tmp.replace(self.path)
 
 
 NUMBER_LIST = re.compile(r"\[[-+0-9.eE,\s]*\]")
@@ -795,7 +976,6 @@ def write_report(results: dict[str, Any], out: Path, target: Path | None, plots:
     if target:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text)
-        (target.parent / "results.json").write_text((out / "results.json").read_text())
         target_plots = target.parent / "plots"
         target_plots.mkdir(exist_ok=True)
         for plot in plots:

@@ -273,3 +273,62 @@ def test_results_json_keeps_number_lists_on_one_line() -> None:
     text = protocol.compact_json(data)
     assert json.loads(text) == data
     assert "[1, 0, 2]" in text and "[1.5, -2e-05]" in text and len(text.splitlines()) < 12
+
+
+def test_label_skew_sites_annotate_one_group_of_types_each(tmp_path) -> None:
+    root = tmp_path / "data" / "maccrobat"
+    root.mkdir(parents=True)
+    types = [t for group in protocol.SKEW_GROUPS for t in group]
+    (root / "site.json").write_text(json.dumps({"name": "maccrobat", "entity_types": types,
+                                                "relation_types": ["dosage", "causes", "bodyloc"]}))
+    docs = []
+    for i in range(9):
+        text = "Fever treated with aspirin 5 mg in the chest."
+        entities = [{"id": "T1", "type": "problem", "spans": [[0, 5]], "text": "Fever"},
+                    {"id": "T2", "type": "drug", "spans": [[19, 26]], "text": "aspirin"},
+                    {"id": "T3", "type": "dosage", "spans": [[27, 31]], "text": "5 mg"},
+                    {"id": "T4", "type": "bodyloc", "spans": [[39, 44]], "text": "chest"}]
+        relations = [{"id": "R1", "type": "dosage", "arg1": "T2", "arg2": "T3"},
+                     {"id": "R2", "type": "bodyloc", "arg1": "T1", "arg2": "T4"}]
+        docs.append({"id": f"d{i}", "text": text, "entities": entities, "relations": relations,
+                     "attributes": [{"id": "A1", "type": "NEG", "target": "T1", "value": "NEG"}],
+                     "groups": [], "source_split": None})
+    (root / "documents.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    folders = protocol.prepare_label_skew_sites(tmp_path / "data", tmp_path / "out")
+    assert list(folders) == list(protocol.SKEW_SITES)
+    seen = []
+    for name, group in zip(protocol.SKEW_SITES, protocol.SKEW_GROUPS):
+        site = load_site(folders[name], name=name)
+        assert list(site.entity_types) == list(group)
+        documents = [d for split in site.splits.values() for d in split]
+        assert {e.type for d in documents for e in d.entities} <= set(group)
+        seen += [d.doc_id for d in documents]
+    assert sorted(seen) == sorted(d["id"] for d in docs)  # every document dealt once
+    skew_b = json.loads((folders["skew-b"] / "site.json").read_text())
+    assert skew_b["relation_types"] == ["dosage"]  # drug and dosage are both skew-b's
+    assert json.loads((folders["skew-c"] / "site.json").read_text())["relation_types"] == []  # problem is skew-a's
+
+
+def test_finished_arms_are_kept_in_the_results_file_and_reused(tmp_path) -> None:
+    path = tmp_path / "docs" / "results.json"
+    settings = {"profile": {"steps": 16, "federated_arms": ("fedmedlora",)}, "data": "/data"}
+    store = protocol.ArmStore(path, "standard", settings)
+    assert store.scores("centralized") is None
+    store.save("centralized", {"maccrobat": {"instances": 3}})
+    # A later run (another --out) finds the arm in the committed file.
+    later = protocol.ArmStore(path, "standard", settings)
+    assert later.scores("centralized") == {"maccrobat": {"instances": 3}}
+    later.finish({"claims": [{"profile": "standard", "claim": "x"}]})
+    data = json.loads(path.read_text())
+    assert data["claims"] == [{"profile": "standard", "claim": "x"}]
+    assert data["profiles"]["standard"]["arms"]["centralized"] == {"maccrobat": {"instances": 3}}
+    with pytest.raises(SystemExit, match="standard profile's arms there were made with other settings"):
+        protocol.ArmStore(path, "standard", {**settings, "data": "/other"})
+    assert protocol.ArmStore(path, "quick", settings).scores("centralized") is None  # profiles apart
+
+
+def test_a_results_file_of_one_profile_is_read_as_the_quick_profile(tmp_path) -> None:
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"profile": {"rounds": 3}, "scores": {}}))
+    store = protocol.ArmStore(path, "quick", {"profile": {}, "data": "d"})
+    assert store.data["profiles"]["quick"]["results"] == {"profile": {"rounds": 3}, "scores": {}}
