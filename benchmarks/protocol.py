@@ -127,8 +127,8 @@ PROFILES = {
     # This 2-core CPU, the embedded default, sized to finish in 150 minutes from an empty --out:
     # the arms that decide the paper's claims, in-domain test sets large enough for paired
     # verdicts, label skew; no wire encodings, exact, loop speed or overhead (quick has them).
-    "standard": Profile(model=EMBEDDED_DEFAULT, quantization="auto", rounds=3, steps=16, max_length=512,
-                        test_instances=160, round_eval_instances=8, new_site_documents=8, new_site_steps=24,
+    "standard": Profile(model=EMBEDDED_DEFAULT, quantization="auto", rounds=3, steps=24, max_length=512,
+                        test_instances=120, round_eval_instances=8, new_site_documents=8, new_site_steps=24,
                         max_new_tokens=96, eval_batch_size=16, overhead_rounds=2, overhead_steps=2,
                         federated_arms=("fedmedlora", "fedmedlora-plus", "fedmedlora-plus-sites"),
                         label_skew=True, external_instances=60, measure_speed=False),
