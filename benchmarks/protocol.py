@@ -123,15 +123,16 @@ PROFILES = {
     "quick": Profile(model=EMBEDDED_DEFAULT, quantization="auto", rounds=3, steps=6, max_length=512,
                      test_instances=40, round_eval_instances=8, new_site_documents=8, new_site_steps=12,
                      max_new_tokens=96, eval_batch_size=16, overhead_rounds=2, overhead_steps=2),
-    # A GPU: 4-bit, a larger model (--model), all data, every test instance.
-    # This 2-core CPU, the embedded default, sized to finish in 150 minutes from an empty --out:
-    # the arms that decide the paper's claims, in-domain test sets large enough for paired
-    # verdicts, label skew; no wire encodings, exact, loop speed or overhead (quick has them).
+    # This 2-core CPU, the embedded default, sized for 150 minutes from an empty --out (from the
+    # measured cost of a step and of a scored sentence; not yet run end to end): the arms that
+    # decide the paper's claims, in-domain test sets for paired verdicts, label skew; no wire
+    # encodings, exact, loop speed or overhead (quick has them).
     "standard": Profile(model=EMBEDDED_DEFAULT, quantization="auto", rounds=3, steps=24, max_length=512,
                         test_instances=120, round_eval_instances=8, new_site_documents=8, new_site_steps=24,
                         max_new_tokens=96, eval_batch_size=16, overhead_rounds=2, overhead_steps=2,
                         federated_arms=("fedmedlora", "fedmedlora-plus", "fedmedlora-plus-sites"),
                         label_skew=True, external_instances=60, measure_speed=False),
+    # A GPU: 4-bit, a larger model (--model), all data, every test instance.
     "full": Profile(model=EMBEDDED_DEFAULT, quantization="4bit", rounds=3, steps=0, max_length=512,
                     test_instances=0, round_eval_instances=64, new_site_documents=10, new_site_steps=60,
                     max_new_tokens=160, eval_batch_size=32, overhead_rounds=2, overhead_steps=10),
@@ -533,7 +534,8 @@ def _external(profile: dict[str, Any]) -> str:
 
 
 def markdown(results: dict[str, Any]) -> str:
-    p = results["profile"]
+    p, budget = results["profile"], results["budget"]
+    batch = budget.get("batch-size", 4)  # results written before the batch size was recorded used 4
     lines = [
         "# Results: the paper's protocol on the shared corpora",
         "",
@@ -544,9 +546,8 @@ def markdown(results: dict[str, Any]) -> str:
         *([f"Report (claims added from the cached outputs): `{results['report-command']}`", ""]
           if results.get("report-command") else []),
         f"Hardware: {results['hardware']}. Model: `{p['model']}` (quantization `{p['quantization']}`). "
-        f"Budget for every arm: {results['budget']['total-steps']} optimizer steps of batch "
-        f"{results['budget'].get('batch-size', 4)}, {results['budget']['total-steps'] * results['budget'].get('batch-size', 4):,} "
-        f"training instances seen ({p['rounds']} rounds x {results['budget']['steps-per-round']} steps; each federated "
+        f"Budget for every arm: {budget['total-steps']} optimizer steps of batch {batch}, "
+        f"{budget['total-steps'] * batch:,} training instances seen ({p['rounds']} rounds x {results['budget']['steps-per-round']} steps; each federated "
         f"site {p['steps'] or 'all'} steps per round). Test sets: {p['test_instances'] or 'all'} instances "
         f"(sentences) per split{_external(p)}, chosen by hash; 95% intervals from 1,000 document-level bootstrap "
         "resamples. ADE annotates only entities in relations, so its entity column is recall.",
@@ -828,11 +829,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     def pooled() -> list:
         return [e for name in TRAINING_SITES for e in bench.examples(name, sites[name])]
 
+    def single(name: str) -> Path:
+        return bench.train(bench.examples(name, sites[name]), per_round, profile.rounds, None,
+                           out / "arms" / f"single-{name}" / "adapter")
+
     arms: dict[str, tuple[Callable[[], Path | None], tuple[str, ...]]] = {"zero-shot": (lambda: None, tests)}
     for name in TRAINING_SITES:
-        arms[f"single-{name}"] = (functools.partial(
-            lambda name: bench.train(bench.examples(name, sites[name]), per_round, profile.rounds, None,
-                                     out / "arms" / f"single-{name}" / "adapter"), name), tests)
+        arms[f"single-{name}"] = (functools.partial(single, name), tests)
     arms["centralized"] = (lambda: bench.train(pooled(), per_round, profile.rounds, None,
                                                out / "arms" / "centralized" / "adapter"), tests)
     for arm in profile.federated_arms:
@@ -843,9 +846,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             arms[arm] = (functools.partial(federated, arm, {**keys, "data.sites": ",".join(SKEW_SITES)}), ("maccrobat",))
     scores: dict[str, dict[str, Any]] = {}
     for arm, (train, arm_tests) in arms.items():
-        scores[arm] = store.scores(arm) or store.save(arm, {
-            test: score(bench, arm, adapter, test, sites[test], out)
-            for adapter in [train()] for test in arm_tests})
+        scores[arm] = store.scores(arm)
+        if scores[arm] is None:
+            adapter = train()
+            scores[arm] = store.save(arm, {test: score(bench, arm, adapter, test, sites[test], out)
+                                           for test in arm_tests})
 
     # New low-resource site: the global adapter comes from the Fed-MedLoRA run (rerun if it
     # is recorded but not under --out).
@@ -926,8 +931,8 @@ class ArmStore:
         self.data: dict[str, Any] = {"profiles": {}, "claims": []}
         if path is not None and path.is_file():
             data = json.loads(path.read_text())
-            if "profiles" not in data:  # one profile's results, as written before arms were kept
-                data = {"profiles": {data["profile"].get("name", "quick"): {"results": data}}, "claims": []}
+            if "profiles" not in data:  # the quick profile's results, as written before arms were kept
+                data = {"profiles": {"quick": {"results": data}}, "claims": []}
             self.data = data
         entry = self.data["profiles"].setdefault(profile, {})
         if entry.get("settings") not in (None, settings):

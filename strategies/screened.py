@@ -300,7 +300,7 @@ class ScreenedStrategy(Strategy):
 
         arrays, metrics = None, None
         if candidates:
-            aggregate = self._aggregate(server_round, candidates)
+            aggregate = self._core_aggregate(server_round, candidates)
             arrays, metrics = aggregate.arrays, aggregate.metrics
             report.updates = [site_update(c, w) for c, w in aggregate.weights]
             report.extra.update(aggregate.extra)
@@ -326,7 +326,7 @@ class ScreenedStrategy(Strategy):
         assert self.expected_shapes is not None
         return check_reply(msg, self.expected_shapes, self.weighted_by_key, site)
 
-    def _aggregate(self, server_round: int, candidates: list[SiteCandidate]) -> Aggregate:
+    def _core_aggregate(self, server_round: int, candidates: list[SiteCandidate]) -> Aggregate:
         """The core's aggregate of the candidates, with one weight per used candidate."""
         if self.inner is self.core and isinstance(self.core, LoraFedAvg):
             return self.core.aggregate_candidates(server_round, candidates)
@@ -387,16 +387,18 @@ class ScreenedStrategy(Strategy):
     def _checked_output(self, server_round: int, arrays: ArrayRecord) -> ArrayRecord | None:
         """The global adapter's keys in float32; a non-finite result is refused.
 
-        A `LoraFedAvg` core's own output is returned as it is (ExactLoRA recognises its
-        aggregate by identity; rank "full" is wider than the global adapter)."""
+        A `LoraFedAvg` core's own output (no DP wrapper between) is checked and returned as
+        it is: it is float32 in the global key order already, ExactLoRA recognises its
+        aggregate by identity, and its rank "full" is wider than the global adapter."""
         assert self.expected_shapes is not None
         if set(arrays.keys()) != set(self.expected_shapes):
             raise RuntimeError(f"{type(self.inner).__name__} returned keys that differ from the global adapter's")
-        own = isinstance(self.core, LoraFedAvg)
+        lora_core = isinstance(self.core, LoraFedAvg)
+        as_is = lora_core and self.inner is self.core
         out = {}
         for key, shape in self.expected_shapes.items():
-            values = np.asarray(arrays[key].numpy(), dtype=np.float32)
-            if values.shape != shape and not own:
+            values = arrays[key].numpy() if as_is else np.asarray(arrays[key].numpy(), dtype=np.float32)
+            if values.shape != shape and not lora_core:
                 raise RuntimeError(f"{type(self.inner).__name__} returned {key} with shape {values.shape}, "
                                    f"expected {shape}")
             if not np.isfinite(values).all():
@@ -404,8 +406,9 @@ class ScreenedStrategy(Strategy):
                     server_round, type(self.inner).__name__, key)
                 self.round_report(server_round).extra["output-rejected"] = f"non-finite values in {key}"
                 return None
-            out[key] = Array(values)
-        return arrays if own and self.inner is self.core else ArrayRecord(out)
+            if not as_is:
+                out[key] = Array(values)
+        return arrays if as_is else ArrayRecord(out)
 
     def _warn_unequal_weights(self, server_round: int, weights: list[float]) -> None:
         if weights and max(weights) - min(weights) > 1e-9:

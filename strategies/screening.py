@@ -26,6 +26,8 @@ from wire.transport import sent_nbytes
 from .clipping import scale_toward, update_terms
 
 Shapes = Mapping[str, tuple[int, ...]]
+# Weights must sum to one up to this much float64 rounding.
+WEIGHT_SUM_TOLERANCE = 1e-6
 Rejection = tuple[str, str]  # (site, reason)
 
 
@@ -202,10 +204,6 @@ def check_weights(name: str, candidates: Sequence[SiteCandidate], weights: Seque
     if kept and abs(math.fsum(kept) - 1.0) > WEIGHT_SUM_TOLERANCE:
         raise ValueError(f"{name} returned weights that do not sum to one: {weights}")
     return weights
-
-
-# Weights must sum to one up to this much float64 rounding.
-WEIGHT_SUM_TOLERANCE = 1e-6
 
 
 def canonical_order(candidates: Sequence[SiteCandidate]) -> list[SiteCandidate]:

@@ -226,7 +226,18 @@ DP = {
 DP_SETTINGS = {"strategy.dp-noise-multiplier": 0.1, "strategy.dp-clipping-norm": 0.5}
 
 
-def test_under_dp_each_reply_is_screened_once(caplog: pytest.LogCaptureFixture) -> None:
+def test_under_dp_each_reply_is_screened_once(caplog: pytest.LogCaptureFixture,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import strategies.base
+
+    checked: list[str] = []
+    full_check = strategies.base.check_reply
+
+    def counting_check(msg, shapes, key, site):  # noqa: ANN001, ANN202
+        checked.append(site)
+        return full_check(msg, shapes, key, site)
+
+    monkeypatch.setattr(strategies.base, "check_reply", counting_check)
     strategy = build("fedmedlora", **{"strategy.dp": "server-fixed", **DP_SETTINGS})
     states = site_states()
     bad = {k: v.copy() for k, v in states[0].items()}
@@ -234,6 +245,9 @@ def test_under_dp_each_reply_is_screened_once(caplog: pytest.LogCaptureFixture) 
     with caplog.at_level(logging.WARNING, logger="flwr"):
         out, report = aggregate(strategy, [*good_replies(states), reply(9, bad, 10, "bad")])
     assert out is not None
+    # Every reply decoded and checked once, by the screening; the core under the DP wrapper
+    # reads the DP wrapper's replies without checking them again.
+    assert sorted(checked) == ["bad", "h1", "h2", "h3", "h4"]
     assert report.rejected == [("bad", f"{next(iter(SHAPES))} has 1 non-finite value(s)")]
     assert caplog.text.count("update from site bad rejected") == 1
     # The core's own weights, read once through the DP wrapper: n_k shares of 10, 20, 30, 40.
