@@ -1,7 +1,7 @@
 """LoraFedAvg: Flower's FedAvg for LoRA adapters, with its weighting as one hook.
 
 A plain `FedAvg` subclass: sampling, `configure_train`, `configure_evaluate` and
-`aggregate_evaluate` are Flower's. It overrides `aggregate_train` only: the replies become
+`aggregate_evaluate` are Flower's. Of Flower's hooks it overrides `aggregate_train` (and extends `summary`): the replies become
 `SiteCandidate`s, `aggregation_weights` weighs them (default: `num-examples` shares,
 Fed-MedLoRA) and `weighted_average` averages each tensor in float64. A strategy that only
 changes how sites are weighted (Fed-MedLoRA+) overrides `aggregation_weights` and nothing
@@ -26,7 +26,7 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp.strategy import FedAvg
 
-from .round_report import Aggregate, Metrics
+from .round_report import Aggregate
 from .screening import (
     SiteCandidate,
     UpdateRejected,
@@ -38,8 +38,6 @@ from .screening import (
     read_reply,
     site_label,
 )
-
-__all__ = ["LoraFedAvg", "Metrics"]
 
 
 class LoraFedAvg(FedAvg):
