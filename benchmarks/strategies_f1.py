@@ -54,6 +54,20 @@ ARMS: dict[str, dict[str, Any]] = {
     "fedtrimmedavg": {"strategy.name": "fedtrimmedavg"},
 }
 
+# The sweep that chose the server-optimizer defaults (docs/strategies.md, "Server-optimizer
+# defaults"): each value around the default, at the same budget as ARMS. Run them with
+# `--only` (they are not part of the default list); the arms above use the chosen defaults.
+SERVER_OPTIMIZER_SWEEP: dict[str, dict[str, Any]] = {
+    **{f"fedadam-eta-{eta:g}": {"strategy.name": "fedadam", "strategy.server-learning-rate": eta}
+       for eta in (1e-3, 3e-3, 1e-2)},
+    **{f"fedyogi-eta-{eta:g}": {"strategy.name": "fedyogi", "strategy.server-learning-rate": eta}
+       for eta in (1e-3, 3e-3, 1e-2)},
+    **{f"fedavgm-lr-{lr:g}-momentum-{m:g}": {"strategy.name": "fedavgm", "strategy.server-learning-rate": lr,
+                                            "strategy.server-momentum": m}
+       for lr, m in ((1.0, 0.9), (0.5, 0.9), (1.0, 0.5))},
+}
+KNOWN_ARMS = {**ARMS, **SERVER_OPTIMIZER_SWEEP}
+
 F1_KEYS = ("strict-f1", "lenient-f1", "re-strict-f1", "re-lenient-f1")
 
 
@@ -66,15 +80,16 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=8, help="train.max-steps per site and round")
     parser.add_argument("--eval-instances", type=int, default=16, help="eval.max-instances per site and round")
     parser.add_argument("--max-length", type=int, default=512)
-    parser.add_argument("--only", default="", help="comma-separated arms (default: all of " + ",".join(ARMS) + ")")
+    parser.add_argument("--only", default="", help="comma-separated arms (default: all of " + ",".join(ARMS)
+                        + "; the sweep arms are " + ",".join(SERVER_OPTIMIZER_SWEEP) + ")")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="run-config key for every arm")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "strategies")
     args = parser.parse_args()
 
     arms = [a.strip() for a in args.only.split(",") if a.strip()] or list(ARMS)
-    unknown = [a for a in arms if a not in ARMS]
+    unknown = [a for a in arms if a not in KNOWN_ARMS]
     if unknown:
-        parser.error(f"--only: unknown arm(s) {unknown}; known: {list(ARMS)}")
+        parser.error(f"--only: unknown arm(s) {unknown}; known: {list(KNOWN_ARMS)}")
     common: dict[str, Any] = {
         "data.root": str(args.data.resolve()),
         "data.sites": args.sites,
@@ -91,7 +106,7 @@ def main() -> int:
             parser.error(f"--set {pair!r}: expected key=value")
         common[key.strip()] = _parse_value(value.strip())
     for arm in arms:
-        validate({**common, **ARMS[arm]})  # every arm's config is checked before any runs
+        validate({**common, **KNOWN_ARMS[arm]})  # every arm's config is checked before any runs
 
     args.out.mkdir(parents=True, exist_ok=True)
     walls: dict[str, float | None] = {}
@@ -106,7 +121,7 @@ def main() -> int:
         print(f"{arm}: {'resuming after round ' + str(done) if resume else 'running'} ({run})", flush=True)
         start = time.perf_counter()
         with open(args.out / f"{arm}.log", "a" if resume else "w") as log:
-            code = flwr_run(REPO, args.out / ".flwr-home", {**common, **ARMS[arm], "run-name": arm, **resume},
+            code = flwr_run(REPO, args.out / ".flwr-home", {**common, **KNOWN_ARMS[arm], "run-name": arm, **resume},
                             num_supernodes=len(args.sites.split(",")), http_port=39291,
                             control_port=39293, stdout=log)
         wall = time.perf_counter() - start
@@ -119,7 +134,7 @@ def main() -> int:
     table = markdown(results, command, common)
     (args.out / "strategies.md").write_text(table)
     (args.out / "strategies.json").write_text(json.dumps(
-        {"command": command, "run-config": common, "arms": ARMS, "wall-seconds": walls, "results": results},
+        {"command": command, "run-config": common, "arms": {a: KNOWN_ARMS[a] for a in arms}, "wall-seconds": walls, "results": results},
         indent=2, sort_keys=True))
     print(table)
     return 0 if all(r is not None for r in results.values()) else 1
