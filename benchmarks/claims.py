@@ -77,12 +77,17 @@ def evaluate_claims(scores: Mapping[str, Mapping[str, Any]], tests: Sequence[str
             continue
         pairs = [(_counts(scores, spec.a, t), _counts(scores, b, t)) for t in on]
         diff = paired_difference(pairs, MEASURE, resamples=resamples)
-        out.append({
+        claim = {
             "claim": spec.claim.format(a=spec.a, b=b), "profile": profile, "a": spec.a, "b": b,
             "measure": f"{MEASURE}-f1, mean over {', '.join(on)}", "threshold": spec.threshold,
             "estimate": diff.value, "low": diff.low, "high": diff.high,
             "verdict": verdict(diff.low, diff.high, spec.threshold, spec.at_least),
-        })
+        }
+        if not any(_f1(scores, arm, t) for arm in (spec.a, b) for t in on):
+            # Two arms that find nothing differ by exactly 0 on every resample: that interval
+            # says nothing about which aggregation is better.
+            claim.update(verdict="undecided", note="neither arm found a single correct entity")
+        out.append(claim)
     return out
 
 
@@ -93,6 +98,8 @@ def sentence(claim: Mapping[str, Any]) -> str:
         end = "confirmed: the whole interval clears the threshold"
     elif claim["verdict"] == "refuted":
         end = "refuted: the whole interval is on the other side of the threshold"
+    elif claim.get("note"):
+        end = f"undecided at this budget: {claim['note']}"
     else:
         end = "undecided at this budget: the interval straddles the threshold"
     return f"- *{claim['claim']}* ({claim['profile']} profile): {numbers}; {end} ({claim['threshold']:+.0f} points)."
@@ -100,6 +107,10 @@ def sentence(claim: Mapping[str, Any]) -> str:
 
 def _has_counts(scores: Mapping[str, Mapping[str, Any]], arm: str, tests: Sequence[str]) -> bool:
     return arm in scores and all("document-counts" in scores[arm].get(t, {}) for t in tests)
+
+
+def _f1(scores: Mapping[str, Mapping[str, Any]], arm: str, test: str) -> float:
+    return scores[arm][test]["scores"][f"{MEASURE}-f1"]["value"]
 
 
 def _counts(scores: Mapping[str, Mapping[str, Any]], arm: str, test: str) -> np.ndarray:

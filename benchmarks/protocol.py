@@ -123,10 +123,10 @@ PROFILES = {
     "quick": Profile(model=EMBEDDED_DEFAULT, quantization="auto", rounds=3, steps=6, max_length=512,
                      test_instances=40, round_eval_instances=8, new_site_documents=8, new_site_steps=12,
                      max_new_tokens=96, eval_batch_size=16, overhead_rounds=2, overhead_steps=2),
-    # This 2-core CPU, the embedded default, sized for 150 minutes from an empty --out (from the
-    # measured cost of a step and of a scored sentence; not yet run end to end): the arms that
-    # decide the paper's claims, in-domain test sets for paired verdicts, label skew; no wire
-    # encodings, exact, loop speed or overhead (quick has them).
+    # This 2-core CPU, the embedded default, sized for 150 minutes from an empty --out (measured:
+    # 131 min, docs/benchmarks.md): the arms that decide the paper's claims, in-domain test
+    # sets for paired verdicts, label skew; no wire encodings, exact, loop speed or overhead
+    # (quick has them).
     "standard": Profile(model=EMBEDDED_DEFAULT, quantization="auto", rounds=3, steps=24, max_length=512,
                         test_instances=120, round_eval_instances=8, new_site_documents=8, new_site_steps=24,
                         max_new_tokens=96, eval_batch_size=16, overhead_rounds=2, overhead_steps=2,
@@ -555,7 +555,8 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     if results.get("seconds") is not None:
         lines += [f"Time: {results['seconds'] / 60:.0f} min for this invocation (what an earlier invocation "
-                  "finished under `--out` is reused and not counted).", ""]
+                  "finished under `--out` is reused and not counted)." + _profile_time(results.get("profile-time")),
+                  ""]
     lines += [
         "## In-domain and external test sets",
         "",
@@ -733,7 +734,9 @@ def report_only(out: Path, sites: dict[str, Path], profile: Profile, name: str, 
             per_test[test] = fresh
     add_claims(results, name)
     results["report-command"] = "python benchmarks/protocol.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    ArmStore(target.parent / "results.json" if target else None, name, settings).finish(results)
+    store = ArmStore(target.parent / "results.json" if target else None, name, settings, timed=False)
+    results["profile-time"] = store.profile_time() or results.get("profile-time")
+    store.finish(results)
     return write_report(results, out, target, results.get("plots", []))
 
 
@@ -914,6 +917,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seconds": time.perf_counter() - started,
     }
     add_claims(results, args.profile)
+    results["profile-time"] = store.profile_time()
     store.finish(results)
     return write_report(results, out, args.results, plots)
 
@@ -922,10 +926,15 @@ class ArmStore:
     """Each finished arm's scores in the committed results file (`--results`' results.json),
     by profile, written as soon as the arm is scored, so a later run (another `--out`, another
     day) skips the arms already there. The file holds `profiles` (per profile: `settings`,
-    `arms` as they finish, and the last finished run's whole results) and `claims` (every
-    profile's). Without `--results` nothing is kept beyond `--out`."""
+    `arms` as they finish, the last finished run's whole results, `invocations` and
+    `seconds`) and `claims` (every profile's). Without `--results` nothing is kept beyond `--out`.
 
-    def __init__(self, path: Path | None, profile: str, settings: dict[str, Any]) -> None:
+    `seconds` is the profile's wall time: the sum over the invocations that trained arms, each
+    counted from its start to the last arm it finished (an arm stopped midway is not counted;
+    the invocation that finishes it counts it whole unless it resumed a checkpointed run).
+    `timed=False` (--report-only) records no invocation."""
+
+    def __init__(self, path: Path | None, profile: str, settings: dict[str, Any], timed: bool = True) -> None:
         settings = json.loads(json.dumps(settings))  # as the file holds them (lists, not tuples)
         self.path, self.profile, self.settings = path, profile, settings
         self.data: dict[str, Any] = {"profiles": {}, "claims": []}
@@ -940,14 +949,31 @@ class ArmStore:
                              f"({entry['settings']}); move that file away to start the profile afresh")
         entry["settings"] = settings
         entry.setdefault("arms", {})
+        self.started = time.perf_counter()
+        self.invocation: dict[str, Any] | None = None
+        if timed:
+            self.invocation = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": 0.0}
+            entry.setdefault("invocations", []).append(self.invocation)
 
     def scores(self, arm: str) -> Any:
         return self.data["profiles"][self.profile]["arms"].get(arm)
 
     def save(self, arm: str, value: Any) -> Any:
-        self.data["profiles"][self.profile]["arms"][arm] = value
+        entry = self.data["profiles"][self.profile]
+        entry["arms"][arm] = value
+        if self.invocation is not None:
+            self.invocation["seconds"] = round(time.perf_counter() - self.started, 1)
+            self.invocation.setdefault("arms", []).append(arm)
+            entry["seconds"] = round(sum(i["seconds"] for i in entry["invocations"]), 1)
         self._write()
         return value
+
+    def profile_time(self) -> dict[str, Any] | None:
+        """`seconds` and `invocations` of this profile, None when no invocation was timed."""
+        entry = self.data["profiles"][self.profile]
+        if "seconds" not in entry:
+            return None
+        return {"seconds": entry["seconds"], "invocations": entry["invocations"]}
 
     def finish(self, results: dict[str, Any]) -> None:
         self.data["profiles"][self.profile]["results"] = results
@@ -971,6 +997,21 @@ def compact_json(data: Any) -> str:
     would otherwise take a line per number)."""
     return NUMBER_LIST.sub(lambda m: "[" + ", ".join(m.group(0)[1:-1].replace(",", " ").split()) + "]",
                            json.dumps(data, indent=2)) + "\n"
+
+
+def _profile_time(timing: dict[str, Any] | None) -> str:
+    """The sentence on the profile's whole wall time, from ArmStore.profile_time()."""
+    if not timing:
+        return ""
+    parts = []
+    for invocation in timing["invocations"]:
+        if not invocation["seconds"]:
+            continue
+        arms = [a for a in invocation.get("arms", []) if not a.startswith("run/")]
+        note = f", {invocation['note']}" if invocation.get("note") else ""
+        parts.append(f"{invocation['seconds'] / 60:.0f} min from {invocation['started'][:10]} ({len(arms)} arms{note})")
+    return (f" All the profile's arms: {timing['seconds'] / 60:.0f} min of wall time over the invocations "
+            f"that trained them ({'; '.join(parts)}).")
 
 
 def write_report(results: dict[str, Any], out: Path, target: Path | None, plots: Sequence[str]) -> int:

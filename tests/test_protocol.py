@@ -261,6 +261,15 @@ def test_claims_are_paired_comparisons_with_a_verdict_and_a_sentence() -> None:
     assert [c["verdict"] for c in results["claims"]] == [c["verdict"] for c in found.values()]
 
 
+def test_two_arms_that_find_nothing_leave_the_claim_undecided() -> None:
+    nothing = [(0, 2, 5), (0, 0, 3)] * 10  # every answer wrong or empty
+    scores = {arm: {"maccrobat": _arm(nothing)} for arm in ("fedmedlora-skew", "fedmedlora-plus-skew")}
+    (skew,) = claims.evaluate_claims(scores, ("maccrobat",), "standard", specs=claims.CLAIMS[-1:], resamples=100)
+    assert (skew["estimate"], skew["low"], skew["high"]) == (0.0, 0.0, 0.0)
+    assert skew["verdict"] == "undecided"  # not "refuted": a 0 - 0 tie says nothing
+    assert "neither arm found a single correct entity" in claims.sentence(skew)
+
+
 def test_claims_need_per_document_counts() -> None:
     entry = _arm([(1, 0, 0)])
     del entry["document-counts"]
@@ -325,6 +334,20 @@ def test_finished_arms_are_kept_in_the_results_file_and_reused(tmp_path) -> None
     with pytest.raises(SystemExit, match="standard profile's arms there were made with other settings"):
         protocol.ArmStore(path, "standard", {**settings, "data": "/other"})
     assert protocol.ArmStore(path, "quick", settings).scores("centralized") is None  # profiles apart
+
+
+def test_the_profile_wall_time_sums_the_invocations_that_trained_arms(tmp_path) -> None:
+    path = tmp_path / "results.json"
+    settings = {"profile": {}, "data": "/data"}
+    protocol.ArmStore(path, "standard", settings).save("zero-shot", {})
+    protocol.ArmStore(path, "standard", settings, timed=False).finish({})  # --report-only: not an invocation
+    second = protocol.ArmStore(path, "standard", settings)
+    second.save("centralized", {})
+    timing = second.profile_time()
+    assert [i["arms"] for i in timing["invocations"]] == [["zero-shot"], ["centralized"]]
+    assert timing["seconds"] == pytest.approx(sum(i["seconds"] for i in timing["invocations"]), abs=0.11)
+    assert json.loads(path.read_text())["profiles"]["standard"]["seconds"] == timing["seconds"]
+    assert protocol.ArmStore(tmp_path / "other.json", "quick", settings).profile_time() is None
 
 
 def test_a_results_file_of_one_profile_is_read_as_the_quick_profile(tmp_path) -> None:
