@@ -36,8 +36,9 @@ from fedmedlora.local_run import flwr_run  # noqa: E402
 from server_app.checkpoint import existing_round  # noqa: E402
 from settings.config import validate  # noqa: E402
 
-# Arm name -> run-config keys. Defaults that would make an arm identical to plain FedAvg
-# are changed to the values their papers use (FedAvgM momentum 0.9, FedProx mu 0.01).
+# Arm name -> run-config keys. A default that would make an arm identical to plain FedAvg
+# is changed to the value its paper uses (FedProx mu 0.01); the server optimisers run at
+# their defaults, which the sweep below chose.
 # The order is the order they run in: the paper's strategies first.
 ARMS: dict[str, dict[str, Any]] = {
     "fedmedlora": {"strategy.name": "fedmedlora"},
@@ -49,7 +50,7 @@ ARMS: dict[str, dict[str, Any]] = {
     "fedadam": {"strategy.name": "fedadam"},
     "krum": {"strategy.name": "krum"},
     "fedmedian": {"strategy.name": "fedmedian"},
-    "fedavgm": {"strategy.name": "fedavgm", "strategy.server-momentum": 0.9},
+    "fedavgm": {"strategy.name": "fedavgm"},
     "fedyogi": {"strategy.name": "fedyogi"},
     "fedtrimmedavg": {"strategy.name": "fedtrimmedavg"},
 }
@@ -59,9 +60,9 @@ ARMS: dict[str, dict[str, Any]] = {
 # `--only` (they are not part of the default list); the arms above use the chosen defaults.
 SERVER_OPTIMIZER_SWEEP: dict[str, dict[str, Any]] = {
     **{f"fedadam-eta-{eta:g}": {"strategy.name": "fedadam", "strategy.server-learning-rate": eta}
-       for eta in (1e-3, 3e-3, 1e-2)},
+       for eta in (1e-3, 3e-3, 5e-3, 1e-2)},
     **{f"fedyogi-eta-{eta:g}": {"strategy.name": "fedyogi", "strategy.server-learning-rate": eta}
-       for eta in (1e-3, 3e-3, 1e-2)},
+       for eta in (1e-3, 3e-3, 5e-3, 1e-2)},
     **{f"fedavgm-lr-{lr:g}-momentum-{m:g}": {"strategy.name": "fedavgm", "strategy.server-learning-rate": lr,
                                             "strategy.server-momentum": m}
        for lr, m in ((1.0, 0.9), (0.5, 0.9), (1.0, 0.5))},
@@ -110,8 +111,14 @@ def main() -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     walls: dict[str, float | None] = {}
+    runs: dict[str, Path] = {}
     for arm in arms:
-        run = args.out / arm
+        run = runs[arm] = args.out / arm
+        twin = same_run_config(arm, common, args.out)
+        if not (run / "summary.json").exists() and twin is not None:
+            print(f"{arm}: the same run config as {twin} (defaults filled in), reusing {args.out / twin}", flush=True)
+            runs[arm], walls[arm] = args.out / twin, None
+            continue
         if (run / "summary.json").exists():
             print(f"{arm}: finished earlier, reusing {run}", flush=True)
             walls[arm] = None
@@ -129,7 +136,7 @@ def main() -> int:
         status = "ok" if code == 0 and (run / "summary.json").exists() else f"FAILED (exit {code})"
         print(f"{arm}: {status} in {wall:.0f} s; log {args.out / f'{arm}.log'}", flush=True)
 
-    results = {arm: read_run(args.out / arm) for arm in arms}
+    results = {arm: read_run(runs[arm]) for arm in arms}
     command = "python benchmarks/strategies_f1.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     table = markdown(results, command, common)
     (args.out / "strategies.md").write_text(table)
@@ -138,6 +145,27 @@ def main() -> int:
         indent=2, sort_keys=True))
     print(table)
     return 0 if all(r is not None for r in results.values()) else 1
+
+
+def effective_config(keys: dict[str, Any], common: dict[str, Any]) -> dict[str, Any]:
+    """An arm's full run config with every default filled in, the server step resolved."""
+    from strategies.flower import DEFAULT_SERVER_LR
+
+    cfg = validate({**common, **keys})
+    name = cfg["strategy.name"]
+    if name in DEFAULT_SERVER_LR and not cfg["strategy.server-learning-rate"]:
+        cfg["strategy.server-learning-rate"] = DEFAULT_SERVER_LR[name]
+    return cfg
+
+
+def same_run_config(arm: str, common: dict[str, Any], out: Path) -> str | None:
+    """Another arm with a finished run in `out` whose effective config equals `arm`'s: a
+    strategy at its default is the sweep arm at the same values, and is not run twice."""
+    mine = effective_config(KNOWN_ARMS[arm], common)
+    for other, keys in KNOWN_ARMS.items():
+        if other != arm and (out / other / "summary.json").exists() and effective_config(keys, common) == mine:
+            return other
+    return None
 
 
 def read_run(run: Path) -> dict[str, Any] | None:
@@ -160,6 +188,25 @@ def read_run(run: Path) -> dict[str, Any] | None:
     return {"rounds": rounds}
 
 
+def last_round_table(results: dict[str, Any]) -> list[str]:
+    """One row per arm: the global adapter after the last round, the figures a sweep compares."""
+    lines = [
+        "After the last round:",
+        "",
+        "| strategy | sites val-loss | sites NER strict / lenient | coordinator NER strict / lenient | elapsed s |",
+        "|---|---:|---|---|---:|",
+    ]
+    for arm, result in results.items():
+        if result is None:
+            lines.append(f"| {arm} | run missing or failed | | | |")
+            continue
+        last = result["rounds"][-1]
+        c, s = last["coordinator"], last["sites-mean"]
+        sites = f"{s['val-loss']:.3f} | {s['strict-f1']:.3f} / {s['lenient-f1']:.3f}" if s else "- | -"
+        lines.append(f"| {arm} | {sites} | {c['strict-f1']:.3f} / {c['lenient-f1']:.3f} | {last['elapsed-seconds']:.0f} |")
+    return lines
+
+
 def markdown(results: dict[str, Any], command: str, common: dict[str, Any]) -> str:
     lines = [
         "# Strategies side by side",
@@ -168,6 +215,10 @@ def markdown(results: dict[str, Any], command: str, common: dict[str, Any]) -> s
         f"Machine: {platform.machine()}, {len(__import__('os').sched_getaffinity(0))} CPU(s), Python {platform.python_version()}",
         f"Budget per arm: {common['num-server-rounds']} rounds x {common['train.max-steps']} steps per site; "
         f"F1 on {common['eval.max-instances']} validation instances per site and at the coordinator each round.",
+        "",
+        *last_round_table(results),
+        "",
+        "Every round:",
         "",
         "| strategy | round | coordinator NER strict / lenient | sites NER strict / lenient | sites RE strict / lenient | sites val-loss | weights | elapsed s |",
         "|---|---:|---|---|---|---:|---|---:|",

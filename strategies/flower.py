@@ -42,11 +42,13 @@ from .screening import SiteCandidate
 # `strategy.dp`: Flower's central-DP wrappers, clipping at the coordinator or at the sites.
 DP_MODES = ("none", "server-fixed", "server-adaptive", "client-fixed", "client-adaptive")
 
-# Server learning rates when `strategy.server-learning-rate` = 0. FedAvgM and FedYogi keep
-# Flower's defaults; Flower's FedAdam eta = 0.1 is too large for LoRA: with tau = 1e-3 and
-# per-element updates below tau (typical for a few local steps at lr 2e-4), a FedAdam step
-# is about 10 * eta * the averaged update, so 1e-2 keeps it near one FedAvg step.
-DEFAULT_SERVER_LR = {"fedavgm": 1.0, "fedadam": 1e-2, "fedyogi": 1e-2}
+# Server learning rates when `strategy.server-learning-rate` = 0, chosen by the sweep in
+# docs/strategies.md ("Server-optimizer defaults"). A round's averaged LoRA update is below
+# Flower's tau = 1e-3 in every element (median 2e-4 after 8 local steps at lr 2e-4), so a
+# FedAdam or FedYogi step is about 100 * eta * the momentum average of the updates: eta
+# 1e-2 re-applies each update about 1.8 times over three rounds and overshoots, 3e-3 and
+# less undershoot.
+DEFAULT_SERVER_LR = {"fedavgm": 1.0, "fedadam": 5e-3, "fedyogi": 5e-3}
 
 class FlowerLoRA(ScreenedStrategy):
     """A Flower strategy class behind the screening; subclasses set `flower_class`.
@@ -108,7 +110,8 @@ class LoraFedAvgM(FlowerLoRA):
     """Flower's FedAvgM: server-side SGD with momentum on the averaged update (Hsu et al. 2019).
 
     Keys: `strategy.server-learning-rate` (0 = Flower's 1.0), `strategy.server-momentum`
-    (Flower's default 0.0 makes it FedAvg; Hsu et al. use 0.9).
+    (default 0.5, from the sweep in docs/strategies.md; 0 makes it FedAvg, Hsu et al. use 0.9,
+    which overshoots within three rounds here).
     """
 
     flower_class = FedAvgM
@@ -125,7 +128,7 @@ class LoraFedAvgM(FlowerLoRA):
 class LoraFedAdam(FlowerLoRA):
     """Flower's FedAdam: a server-side Adam step on the averaged update (Reddi et al. 2020).
 
-    Key: `strategy.server-learning-rate` (eta; 0 = 1e-2, see DEFAULT_SERVER_LR). beta_1 0.9,
+    Key: `strategy.server-learning-rate` (eta; 0 = 5e-3, see DEFAULT_SERVER_LR). beta_1 0.9,
     beta_2 0.99, tau 1e-3 are Flower's.
     """
 
@@ -140,7 +143,8 @@ class LoraFedAdam(FlowerLoRA):
 class LoraFedYogi(FlowerLoRA):
     """Flower's FedYogi: a server-side Yogi step on the averaged update (Reddi et al. 2020).
 
-    Key: `strategy.server-learning-rate` (eta; 0 = Flower's 1e-2). beta_1, beta_2, tau are Flower's.
+    Key: `strategy.server-learning-rate` (eta; 0 = 5e-3, see DEFAULT_SERVER_LR). beta_1, beta_2, tau
+    are Flower's.
     """
 
     flower_class = FedYogi

@@ -44,3 +44,56 @@ def test_single_site_test_set_pairs_relations_with_the_chosen_sentences():
     re_ = [(i.doc_id, i.offset) for i in chosen if i.task == "re"]
     assert len(ner) == 10 and re_ and set(re_) <= set(ner)
     assert all(i.given_entities for i in chosen if i.task == "re")
+
+
+def _metrics_line(round_: int, coordinator_f1: float, site_losses: list[float] | None) -> str:
+    import json
+
+    scores = {"strict-f1": coordinator_f1, "lenient-f1": coordinator_f1 + 0.1, "re-strict-f1": 0.0,
+              "re-lenient-f1": 0.0, "val-loss": 1.0}
+    sites = [{"site": f"s{i}", "weight": 0.5, "evaluate": {**scores, "strict-f1": 0.2 * i, "val-loss": loss}}
+             for i, loss in enumerate(site_losses or [])]
+    return json.dumps({"round": round_, "coordinator": scores, "sites": sites, "elapsed-seconds": 10.0 * (round_ + 1)})
+
+
+def test_strategies_table_reads_runs_and_summarises_the_last_round(tmp_path):
+    import strategies_f1
+
+    run = tmp_path / "fedadam-eta-0.01"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("\n".join([_metrics_line(0, 0.0, None), _metrics_line(1, 0.25, [0.8, 1.2])]))
+    assert strategies_f1.read_run(run) is None  # no summary.json: the run did not finish
+    (run / "summary.json").write_text("{}")
+    result = strategies_f1.read_run(run)
+    assert result["rounds"][1]["sites-mean"]["val-loss"] == pytest.approx(1.0)
+    assert result["rounds"][1]["sites-mean"]["strict-f1"] == pytest.approx(0.1)
+    text = strategies_f1.markdown({"fedadam-eta-0.01": result, "fedyogi": None}, "cmd", {
+        "num-server-rounds": 1, "train.max-steps": 8, "eval.max-instances": 16})
+    last = text.split("Every round:")[0]
+    assert "| fedadam-eta-0.01 | 1.000 | 0.100 / 0.350 | 0.250 / 0.350 | 20 |" in last
+    assert "| fedyogi | run missing or failed |" in last
+    assert text.count("| fedadam-eta-0.01 |") == 3  # the summary row and one row per round
+
+
+def test_every_sweep_arm_is_a_valid_config():
+    import strategies_f1
+    from settings.config import validate
+
+    assert not set(strategies_f1.SERVER_OPTIMIZER_SWEEP) & set(strategies_f1.ARMS)
+    for arm, keys in strategies_f1.KNOWN_ARMS.items():
+        validate(keys)  # raises ConfigError naming the key
+        assert keys["strategy.name"] in arm
+
+
+def test_a_strategy_at_its_default_reuses_the_sweep_run_with_the_same_values(tmp_path):
+    import strategies_f1
+    from strategies.flower import DEFAULT_SERVER_LR
+
+    common = {"num-server-rounds": 3, "train.max-steps": 8}
+    twin = f"fedadam-eta-{DEFAULT_SERVER_LR['fedadam']:g}"
+    assert twin in strategies_f1.SERVER_OPTIMIZER_SWEEP  # the default is one of the swept values
+    assert strategies_f1.same_run_config("fedadam", common, tmp_path) is None  # nothing finished yet
+    (tmp_path / twin).mkdir()
+    (tmp_path / twin / "summary.json").write_text("{}")
+    assert strategies_f1.same_run_config("fedadam", common, tmp_path) == twin
+    assert strategies_f1.same_run_config("fedyogi", common, tmp_path) is None  # another strategy
