@@ -201,10 +201,19 @@ def last_round_table(results: dict[str, Any]) -> list[str]:
             lines.append(f"| {arm} | run missing or failed | | | |")
             continue
         last = result["rounds"][-1]
-        c, s = last["coordinator"], last["sites-mean"]
-        sites = f"{s['val-loss']:.3f} | {s['strict-f1']:.3f} / {s['lenient-f1']:.3f}" if s else "- | -"
-        lines.append(f"| {arm} | {sites} | {c['strict-f1']:.3f} / {c['lenient-f1']:.3f} | {last['elapsed-seconds']:.0f} |")
+        cells = _cells(last)
+        lines.append(f"| {arm} | {cells['loss']} | {cells['sites']} | {cells['coordinator']} "
+                     f"| {last['elapsed-seconds']:.0f} |")
     return lines
+
+
+def _cells(r: dict[str, Any]) -> dict[str, str]:
+    """One round's F1 and loss, formatted for the tables."""
+    c, s = r["coordinator"], r["sites-mean"]
+    return {"coordinator": f"{c['strict-f1']:.3f} / {c['lenient-f1']:.3f}",
+            "sites": f"{s['strict-f1']:.3f} / {s['lenient-f1']:.3f}" if s else "-",
+            "sites-re": f"{s['re-strict-f1']:.3f} / {s['re-lenient-f1']:.3f}" if s else "-",
+            "loss": f"{s['val-loss']:.3f}" if s else "-"}
 
 
 def markdown(results: dict[str, Any], command: str, common: dict[str, Any]) -> str:
@@ -228,15 +237,10 @@ def markdown(results: dict[str, Any], command: str, common: dict[str, Any]) -> s
             lines.append(f"| {arm} | - | run missing or failed | | | | | |")
             continue
         for r in result["rounds"]:
-            c, s = r["coordinator"], r["sites-mean"]
-            site_ner = f"{s['strict-f1']:.3f} / {s['lenient-f1']:.3f}" if s else "-"
-            site_re = f"{s['re-strict-f1']:.3f} / {s['re-lenient-f1']:.3f}" if s else "-"
-            loss = f"{s['val-loss']:.3f}" if s else "-"
+            cells = _cells(r)
             weights = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["weights"].items())) or "-"
-            lines.append(
-                f"| {arm} | {r['round']} | {c['strict-f1']:.3f} / {c['lenient-f1']:.3f} | {site_ner} | {site_re} "
-                f"| {loss} | {weights} | {r['elapsed-seconds']:.0f} |"
-            )
+            lines.append(f"| {arm} | {r['round']} | {cells['coordinator']} | {cells['sites']} | {cells['sites-re']} "
+                         f"| {cells['loss']} | {weights} | {r['elapsed-seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
