@@ -358,18 +358,21 @@ def run_federated(arm: str, config: dict[str, Any], out: Path) -> Path:
     return run
 
 
-def run_deployed(config: dict[str, Any], sites: dict[str, Path], out: Path) -> Path:
+def run_deployed(config: dict[str, Any], sites: dict[str, Path], out: Path, warm: bool = True) -> Path:
+    """A loopback deployment of the training sites; `warm=False`: Flower's own behaviour, a
+    fresh ClientApp process loading the model for every message, each using every core."""
     from fedmedlora.deploy import Site, deploy
 
-    run = out / "deployment"
+    name = "deployment" if warm else "deployment-cold"
+    run = out / name
     if (run / "summary.json").is_file():
         return run
     start, start_time = time.perf_counter(), time.time()
-    with open(out / "deployment.log", "w") as stream:
-        code = deploy(REPO, [Site(n, sites[n]) for n in TRAINING_SITES], {**config, "run-name": "deployment"},
-                      workdir=out / ".deploy", stdout=stream)
+    with open(out / f"{name}.log", "w") as stream:
+        code = deploy(REPO, [Site(n, sites[n]) for n in TRAINING_SITES], {**config, "run-name": name},
+                      workdir=out / f".{name}", stdout=stream, site_workers=warm, share_cores=warm)
     if code != 0 or not (run / "summary.json").is_file():
-        raise RuntimeError(f"loopback deployment failed (exit {code}); see {out / 'deployment.log'}")
+        raise RuntimeError(f"loopback deployment failed (exit {code}); see {out / f'{name}.log'}")
     write_wall(run, start, start_time)
     return run
 
@@ -386,6 +389,11 @@ def busy_seconds(intervals: list[tuple[float, float]]) -> float:
             total += end - max(start, reach)
             reach = end
     return total
+
+
+# What a site's replies say it spent outside its work, by cause (client_app/timings.py).
+CAUSES = {"process start": "site-process-start-seconds", "imports": "site-import-seconds",
+          "model load": "site-model-load-seconds", "data load": "site-data-load-seconds"}
 
 
 def overhead(run: Path) -> dict[str, float | None]:
@@ -411,11 +419,17 @@ def overhead(run: Path) -> dict[str, float | None]:
         return seconds
 
     rounds = read_rounds(run)
+    causes = dict.fromkeys(CAUSES, 0.0)  # per site, summed over the messages in between work
     for record in rounds:
         coordinator += phase(record["coordinator"], "eval-seconds", "eval-end-time")
-        for site in record.get("sites", []):
+        sites = record.get("sites", [])
+        for site in sites:
             train += phase(site["train"], "train-seconds", "train-end-time")
             evaluate += phase(site.get("evaluate") or {}, "eval-seconds", "eval-end-time")
+            # Round 1's train messages start the sites: what they cost is startup, before any work.
+            messages = [site.get("evaluate") or {}] + ([site["train"]] if record["round"] > 1 else [])
+            for cause, key in CAUSES.items():
+                causes[cause] += sum(m.get(key, 0.0) for m in messages) / len(sites)  # sites run side by side
     busy = busy_seconds(intervals)
     result = {"wall-seconds": wall, "site-train-seconds": train, "site-eval-seconds": evaluate,
               "coordinator-eval-seconds": coordinator, "busy-seconds": busy,
@@ -426,8 +440,11 @@ def overhead(run: Path) -> dict[str, float | None]:
         shutdown = timing["start-time"] + wall - max(end for _, end in intervals)
         between = wall - busy - startup - shutdown
         federated_rounds = sum(1 for record in rounds if record.get("sites"))
+        per_round = {cause: seconds / max(federated_rounds, 1) for cause, seconds in causes.items()}
+        per_round["polling and transfer"] = between / max(federated_rounds, 1) - sum(per_round.values())
         result.update({"startup-seconds": startup, "shutdown-seconds": shutdown, "between-work-seconds": between,
-                       "between-work-seconds-per-round": between / max(federated_rounds, 1)})
+                       "between-work-seconds-per-round": between / max(federated_rounds, 1),
+                       "between-work-split-per-round": per_round})
     return result
 
 
@@ -499,6 +516,9 @@ def overhead_rows(profile: dict[str, Any], overheads: dict[str, dict[str, Any]])
         split = (f": startup {o['startup-seconds']:.0f} s, between work {o['between-work-seconds']:.0f} s "
                  f"({o['between-work-seconds-per-round']:.1f} s per round), shutdown {o['shutdown-seconds']:.0f} s"
                  if "startup-seconds" in o else "")
+        if o.get("between-work-split-per-round"):
+            split += " (per round: " + ", ".join(f"{cause} {seconds:.1f} s" for cause, seconds
+                                                  in o["between-work-split-per-round"].items()) + ")"
         rows.append(f"{OVERHEAD_ROW}{mode} ({profile['overhead_rounds']} rounds x {profile['overhead_steps']} steps) | "
                     f"{o['overhead-seconds']:.0f} s of {o['wall-seconds']:.0f} s wall ({100 * o['overhead-share']:.0f}%)"
                     f"{split}; busy {o['busy-seconds']:.0f} s (site training {o['site-train-seconds']:.0f} s, site "
@@ -507,25 +527,46 @@ def overhead_rows(profile: dict[str, Any], overheads: dict[str, dict[str, Any]])
     return rows
 
 
-def replace_overhead_rows(results_md: Path, rows: list[str], command: str) -> None:
-    """Put freshly measured overhead rows into an existing RESULTS.md (`--only overhead`)."""
-    lines = results_md.read_text().splitlines()
-    at = [i for i, line in enumerate(lines) if line.startswith(OVERHEAD_ROW)]
-    if not at:
-        raise ValueError(f"{results_md}: no '{OVERHEAD_ROW.strip()}' rows to replace; run the whole protocol first")
-    note = f"Federation overhead rows measured by `{command}`."
-    drop = set(at)
-    for i, line in enumerate(lines):
-        if line.startswith("Federation overhead rows"):  # from an earlier --only run, with its blank line
-            drop |= {i, i - 1} if i and not lines[i - 1].strip() else {i}
-    kept = [line for i, line in enumerate(lines) if i not in drop]
-    first = at[0]
-    lines = kept[:first] + rows + kept[first:]
-    end = first + len(rows)
-    while end < len(lines) and lines[end].startswith("|"):
-        end += 1
-    lines[end:end] = ["", note]
-    results_md.write_text("\n".join(lines) + "\n")
+OVERHEAD_HEADING = "## Federation overhead"
+
+
+def overhead_table(figures: dict[str, Any]) -> list[str]:
+    """docs/benchmarks/overhead.json as a table: before and after, simulation and deployment."""
+    modes = [(mode, when, figures[mode][when]) for mode in ("simulation", "deployment")
+             for when in ("before", "after") if figures[mode][when]]
+
+    def cell(value: float | None, unit: str = " s") -> str:
+        return "-" if value is None else f"{value:.1f}{unit}"
+
+    lines = ["| | " + " | ".join(f"{mode}, {when}" for mode, when, _ in modes) + " |",
+             "|---|" + "---:|" * len(modes),
+             "| wall | " + " | ".join(cell(f["wall_seconds"]) for *_, f in modes) + " |",
+             "| overhead (share of wall) | " + " | ".join(f"{100 * f['overhead_fraction']:.0f}%" for *_, f in modes) + " |",
+             "| time between work, per round | " + " | ".join(cell(f["between_work_seconds_per_round"])
+                                                         for *_, f in modes) + " |"]
+    for cause in (*CAUSES, "polling and transfer"):
+        lines.append(f"| - {cause} | " + " | ".join(cell((f.get("split_per_round") or {}).get(cause))
+                                                    for *_, f in modes) + " |")
+    return lines
+
+
+def write_overhead_section(results_md: Path, figures: dict[str, Any]) -> None:
+    """Put the overhead table into RESULTS.md, replacing the section an earlier run wrote."""
+    settings = figures["settings"]
+    section = [OVERHEAD_HEADING, "",
+               f"{settings['sites']} sites, {settings['rounds']} rounds x {settings['steps']} steps, small evaluations "
+               f"({figures['hardware']}); measured by `{figures['command']}`, figures in "
+               "docs/benchmarks/overhead.json. Deployment before: a fresh ClientApp process loading the model for "
+               "every message, each using every core; after: each site's warm worker, the cores shared. "
+               "Simulation before: the quick profile's earlier measurement.", "", *overhead_table(figures), ""]
+    lines = results_md.read_text().splitlines() if results_md.is_file() else []
+    if OVERHEAD_HEADING in lines:
+        first = lines.index(OVERHEAD_HEADING)
+        last = next((i for i in range(first + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        lines[first:last] = section
+    else:
+        lines += ["", *section]
+    results_md.write_text("\n".join(lines).rstrip("\n") + "\n")
 
 
 def _external(profile: dict[str, Any]) -> str:
@@ -709,7 +750,35 @@ def measure_overheads(profile: Profile, config: dict[str, Any], sites: dict[str,
     small = {**config, "num-server-rounds": profile.overhead_rounds, "train.max-steps": profile.overhead_steps,
              "eval.max-instances": 2, "eval.max-new-tokens": 16}
     return {"simulation": overhead(run_federated("overhead-simulation", small, out / "runs")),
-            "loopback deployment": overhead(run_deployed(small, sites, out / "runs"))}
+            "loopback deployment": overhead(run_deployed(small, sites, out / "runs")),
+            COLD_DEPLOYMENT: overhead(run_deployed(small, sites, out / "runs", warm=False))}
+
+
+COLD_DEPLOYMENT = "loopback deployment, no site workers"
+
+
+def overhead_summary(measured: dict[str, Any]) -> dict[str, Any]:
+    """One mode's figures as docs/benchmarks/overhead.json holds them."""
+    return {"wall_seconds": measured["wall-seconds"], "overhead_fraction": measured["overhead-share"],
+            "between_work_seconds_per_round": measured.get("between-work-seconds-per-round"),
+            "startup_seconds": measured.get("startup-seconds"), "shutdown_seconds": measured.get("shutdown-seconds"),
+            "split_per_round": measured.get("between-work-split-per-round")}
+
+
+def overhead_file(overheads: dict[str, Any], before_simulation: dict[str, Any] | None, command: str,
+                  profile: dict[str, Any]) -> dict[str, Any]:
+    """Before and after the warm site, for docs/benchmarks/overhead.json. Deployment: both
+    measured by this command (without, then with site workers). Simulation has no site
+    worker to switch off: its `before` is the quick profile's earlier measurement, if given."""
+    return {
+        "command": command,
+        "hardware": f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPU(s)",
+        "settings": {"rounds": profile["overhead_rounds"], "steps": profile["overhead_steps"], "sites": 3},
+        "simulation": {"before": overhead_summary(before_simulation) if before_simulation else None,
+                       "after": overhead_summary(overheads["simulation"])},
+        "deployment": {"before": overhead_summary(overheads[COLD_DEPLOYMENT]),
+                       "after": overhead_summary(overheads["loopback deployment"])},
+    }
 
 
 def report_only(out: Path, sites: dict[str, Path], profile: Profile, name: str, target: Path | None,
@@ -750,8 +819,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "protocol")
     parser.add_argument("--results", type=Path,
                         help="also write RESULTS.md here (e.g. docs/RESULTS.md), results.json and plots/ beside it")
+    parser.add_argument("--overhead-json", type=Path, default=None,
+                        help="with --only overhead: write before/after figures here (docs/benchmarks/overhead.json)")
     parser.add_argument("--only", choices=["overhead"],
-                        help="measure only the federation overhead; with --results, replace its rows there")
+                        help="measure only the federation overhead, before and after the warm site; with --results, "
+                             "write its section there")
     parser.add_argument("--report-only", action="store_true",
                         help="train and generate nothing: rebuild the report (claims included) from --out's "
                              "results.json and its cached outputs")
@@ -801,10 +873,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.only == "overhead":
         overheads = measure_overheads(profile, federated_config(profile, out / "sites", out / "runs"), sites, out)
         (out / "overhead.json").write_text(json.dumps(overheads, indent=2))
-        rows = overhead_rows(asdict(profile), overheads)
+        earlier = None  # the simulation's figures from the quick profile's full run, recorded before
+        if args.results and (args.results.parent / "results.json").is_file():
+            recorded = json.loads((args.results.parent / "results.json").read_text())
+            earlier = recorded["profiles"].get("quick", {}).get("results", {}).get("overhead", {}).get("simulation")
+        figures = overhead_file(overheads, earlier, command, asdict(profile))
+        if args.overhead_json:
+            args.overhead_json.write_text(json.dumps(figures, indent=2) + "\n")
         if args.results:
-            replace_overhead_rows(args.results, rows, command)
-        print("\n".join(rows))
+            write_overhead_section(args.results, figures)
+        print("\n".join(overhead_rows(asdict(profile), overheads) + overhead_table(figures)))
         return 0
     store = ArmStore(args.results.parent / "results.json" if args.results else None, args.profile, settings)
     bench = Workbench(profile)

@@ -1,12 +1,15 @@
 """What a site keeps between messages in one process: the base model with its LoRA
 adapter, and the site's tokenized data. In simulation one process serves many rounds
-(and sites), so the model loads once; in deployment each message gets a fresh process
-and this is rebuilt, which is why nothing here may carry training state across rounds."""
+(and sites), so the model loads once; in a deployment the site's warm worker
+(client_app/worker.py) keeps them, and without one each message gets a fresh process and
+this is rebuilt. Nothing here may carry training state across rounds: every message loads
+the adapter it is sent."""
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +24,8 @@ from modeling.base import ModelIdentity, load_base_model, model_identity, resolv
 from modeling.lora import attach_lora
 from modeling.training import Encoded, encode_all
 from settings.config import ConfigError, lora_settings, re_mode, site_names, tasks
+
+from . import timings
 
 log = logging.getLogger(__name__)
 
@@ -63,20 +68,24 @@ _models: dict[tuple, ModelRuntime] = {}
 _sites: dict[tuple, SiteRuntime] = {}
 
 
-def _use_all_cores() -> None:
-    # Ray and Flower's subprocess isolation may leave torch with a single thread.
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+def _set_threads(threads: int) -> None:
+    # Ray and Flower's subprocess isolation may leave torch with a single thread; sites sharing
+    # one machine (a loopback deployment) are given their share by the node config's `threads`.
+    torch.set_num_threads(threads if threads > 0 else max(1, len(os.sched_getaffinity(0))))
 
 
-def model_runtime(cfg: Mapping[str, Any]) -> ModelRuntime:
+def model_runtime(cfg: Mapping[str, Any], threads: int = 0) -> ModelRuntime:
+    """The cached base model with its LoRA adapter; `threads` torch threads (0: every core)."""
+    _set_threads(threads)
     lora = lora_settings(cfg)
     key = (cfg["model.name"], cfg["quantization"], cfg["model.dtype"], lora, cfg["seed"])
     if key not in _models:
-        _use_all_cores()
+        started = time.perf_counter()
         _models.clear()  # one base model per process: memory is the scarce resource
         model, tokenizer = load_base_model(cfg["model.name"], cfg["quantization"], cfg["model.dtype"])
         peft_model = attach_lora(model, lora, seed=cfg["seed"], base_model_name=resolve_model_path(cfg["model.name"]))
         _models[key] = ModelRuntime(peft_model, tokenizer, model_identity(cfg["model.name"]))
+        timings.current().model_load += time.perf_counter() - started
     return _models[key]
 
 
@@ -106,6 +115,7 @@ def site_runtime(node_config: Mapping[str, Any], cfg: Mapping[str, Any], tokeniz
     key = (str(folder), name, cfg["data.tasks"], cfg["data.re-mode"], cfg["train.max-length"], cfg["data.max-train-instances"],
            cfg["eval.max-instances"], cfg["eval.max-new-tokens"], cfg["eval.batch-size"], id(tokenizer))
     if key not in _sites:
+        started = time.perf_counter()
         site = load_site(folder, name=str(name) if name else None)
         train_instances = site_instances(site, "train", tasks(cfg), re_mode(cfg))
         if cfg["data.max-train-instances"]:
@@ -120,4 +130,5 @@ def site_runtime(node_config: Mapping[str, Any], cfg: Mapping[str, Any], tokeniz
         _sites[key] = SiteRuntime(site, train, val_instances,
                                   (cfg["train.max-length"], cfg["eval.max-new-tokens"], cfg["eval.batch-size"]),
                                   tokenizer)
+        timings.current().data_load += time.perf_counter() - started
     return _sites[key]

@@ -16,7 +16,7 @@ from flwr.common.logger import log
 
 from strategies import LoraFedAvg, SiteCandidate
 
-LOSS_KEY = "train-loss"  # the ClientApp's training metric (client_app/app.py)
+LOSS_KEY = "train-loss"  # the ClientApp's training metric (client_app/handlers.py)
 
 
 class LossInverse(LoraFedAvg):

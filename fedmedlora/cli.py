@@ -222,7 +222,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     try:
         return deploy(Path(args.app), sites, overrides, Path(args.workdir) if args.workdir else None,
                       tls=args.tls, auth=args.tls and not args.no_node_auth, timeout=args.timeout or None,
-                      stdout=sys.stdout, isolation=args.isolation)
+                      stdout=sys.stdout, isolation=args.isolation, site_workers=not args.no_site_workers)
     except DeploymentError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -319,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     dep.add_argument("--isolation", choices=("subprocess", "process"), default="subprocess",
                      help="process: a separate flower-superexec beside the SuperLink and each SuperNode, as in "
                           "docker-compose.yml (with --tls, each SuperNode's Runtime API uses TLS too)")
+    dep.add_argument("--no-site-workers", action="store_true",
+                     help="load the model in every ClientApp process, as Flower alone does, instead of keeping "
+                          "each site's model warm in a site worker (docs/howto/hospitals.md, 'A warm site')")
     dep.add_argument("--workdir", default="", help="folder for logs, certificates, keys and FLWR_HOME "
                                                    "(default: <app>/.deploy/<date-time>)")
     dep.add_argument("--timeout", type=float, default=0, help="stop the run after this many seconds (0 = none)")

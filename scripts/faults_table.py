@@ -36,11 +36,11 @@ def cell(text: str) -> str:
 
 
 def reported(error: BaseException) -> str:
-    """What the site's ClientApp sends the coordinator for `error` (client_app/app.py's
+    """What the site's ClientApp sends the coordinator for `error` (client_app/handlers.py's
     `_report_safely`; in an error reply, Flower wraps it as
     `<class 'client_app.app.SiteFailure'>:<'...'>`)."""
     try:
-        from client_app.app import _report_safely
+        from client_app.handlers import _report_safely
     except ImportError as err:  # pragma: no cover - the other end changed
         return f"(not shown: {err})"
 
@@ -242,7 +242,7 @@ def document() -> str:
         "(`fedmedlora simulate` and `deploy` before starting Flower, the ServerApp before round 1). The",
         "coordinator column is the reason in the site's error reply (Flower wraps it as",
         "`<class 'client_app.app.SiteFailure'>:<'...'>`); where it is `... (details in the site's log)`, the",
-        "error type is not one the ClientApp passes on (client_app/app.py, `_SAFE_TO_REPORT`) and only the",
+        "error type is not one the ClientApp passes on (client_app/handlers.py, `_SAFE_TO_REPORT`) and only the",
         "site's log names the file.",
         "",
         "| kind | bad input | error at the site | what the coordinator gets | tested by |",

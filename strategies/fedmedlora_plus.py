@@ -45,7 +45,7 @@ class FedMedLoRAPlus(LoraFedAvg):
       coordinator sends every site whose update was accepted one message of type
       `protocol.SCORE_MESSAGE_TYPE` carrying all K candidates (ArrayRecords `candidate-0`
       .. `candidate-{K-1}`) and the round's config record; each site returns K losses on its
-      own validation split (client_app/app.py `score`). L_k is the plain mean of the K-th
+      own validation split (client_app/handlers.py `score`). L_k is the plain mean of the K-th
       losses over the sites that answered usably (every site counts the same, whatever the
       size of its validation split). An error reply, a missing reply (after `timeout`
       seconds), or a reply whose losses are not K finite numbers >= 0 is logged with the

@@ -261,7 +261,7 @@ class ScreenedStrategy(Strategy):
         the FedProx coefficient, when one is set, goes with the instructions."""
         self.set_global(arrays)
         if self.proximal_mu > 0:
-            # client_app/app.py passes config["proximal-mu"] to train_round's FedProx term.
+            # client_app/handlers.py passes config["proximal-mu"] to train_round's FedProx term.
             config["proximal-mu"] = self.proximal_mu
         return self.inner.configure_train(server_round, arrays, config, grid)
 

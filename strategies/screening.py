@@ -240,7 +240,7 @@ def site_label(msg: Message) -> str:
 
 
 def reply_site_name(msg: Message) -> str | None:
-    """The name in the reply's `site` ConfigRecord (client_app/app.py), if any."""
+    """The name in the reply's `site` ConfigRecord (client_app/handlers.py), if any."""
     if msg.has_content():
         record = msg.content.config_records.get("site")
         if isinstance(record, ConfigRecord) and record.get("name") not in (None, ""):

@@ -63,6 +63,8 @@ def _deploy(tmp_path, tiny_llama, tiny_corpus, tls: bool, rounds: int, rogue: bo
         print(f"deployment (tls={tls}, isolation={isolation}): start {started - t0:.1f} s, run {time.monotonic() - started:.1f} s")
         assert code == 0, log[-3000:]
         assert deployment.processes.pids(), "the SuperLink and SuperNodes run until stopped"
+        for site in deployment.sites:  # one warm worker per site served every message
+            assert (deployment.worker_folder(site.name) / "worker.log").read_text().count("serving") == 1
     assert deployment.processes.pids() == [] and _processes_of(workdir) == []
     _check_run(tmp_path / "outputs" / "deploy", log, rounds)
 
@@ -160,6 +162,9 @@ def test_site_node_config_is_what_the_client_app_reads(tmp_path):
     parsed = parse_config_args([Site("hospital-a", folder).node_config()])
     assert parsed == {"data-dir": str(folder), "site-name": "hospital-a"}
     assert site_dir(parsed, {}) == folder.resolve()
+    warm = parse_config_args([Site("hospital-a", folder).node_config(tmp_path / "worker", threads=2)])
+    assert warm == {"data-dir": str(folder), "site-name": "hospital-a", "site-worker": str(tmp_path / "worker"),
+                    "threads": 2}
 
 
 def test_process_set_stops_orphaned_descendants(tmp_path):

@@ -272,6 +272,39 @@ def test_a_site_killed_mid_round_is_named_and_the_others_finish_the_run(tmp_path
     assert (run_dir / "final" / "adapter_model.safetensors").is_file()
 
 
+def test_a_site_worker_killed_mid_round_is_named_and_a_fresh_worker_serves_the_next_round(
+        tmp_path, tiny_llama, tiny_corpus):
+    from client_app.worker import worker_pid
+
+    workdir, run_dir = tmp_path / "deploy", tmp_path / "outputs" / "deploy"
+    overrides = {**_overrides(tiny_llama, tiny_corpus, tmp_path / "outputs", 2), "strategy.min-sites": 2}
+    outcome: dict = {}
+    with LoopbackDeployment(REPO, _sites(tiny_corpus), workdir) as deployment:
+        deployment.start()
+        thread = _run_in_thread(deployment, overrides, outcome)
+        folder = deployment.worker_folder("hospital-c")
+        # The worker appears with round 1's train message, and first loads the model: kill it then.
+        _wait_for(lambda: worker_pid(folder) is not None or not thread.is_alive(), 600, "hospital-c's worker")
+        killed = deployment.kill_site_worker("hospital-c")
+        assert killed is not None, outcome
+        thread.join(900)
+        assert not thread.is_alive()
+        log = (deployment.processes.log_dir / "flwr-run.log").read_text()
+        assert worker_pid(folder) not in (None, killed)  # a fresh worker served the later messages
+    assert deployment.processes.pids() == [] and _processes_of(workdir) == []
+    assert outcome.get("code") == 0, (outcome, log[-3000:])
+
+    records = _records(run_dir)
+    assert [r["round"] for r in records] == [0, 1, 2]
+    (rejected,) = records[1]["rejected"]
+    # Before its first reply the coordinator knows the site by node id; the reason names it.
+    assert "site hospital-c: site worker" in rejected["reason"], rejected
+    assert "stopped before replying" in rejected["reason"], rejected
+    assert sorted(s["site"] for s in records[1]["sites"]) == ["hospital-a", "hospital-b"]
+    assert sorted(s["site"] for s in records[2]["sites"]) == ["hospital-a", "hospital-b", "hospital-c"]
+    assert records[2]["rejected"] == []
+
+
 def test_a_coordinator_killed_mid_run_resumes_in_a_fresh_deployment(tmp_path, tiny_llama, tiny_corpus):
     run_dir = tmp_path / "outputs" / "deploy"
     overrides = _overrides(tiny_llama, tiny_corpus, tmp_path / "outputs", 2)

@@ -113,9 +113,9 @@ def test_fedprox_sends_proximal_mu_where_the_client_reads_it() -> None:
     for msg in messages:
         config = msg.content[protocol.CONFIG]
         assert config["proximal-mu"] == 0.01 and config["server-round"] == 3
-    # client_app/app.py hands this key of the same ConfigRecord to train_round's FedProx term.
+    # client_app/handlers.py hands this key of the same ConfigRecord to train_round's FedProx term.
     assert strategy.core.configrecord_key == protocol.CONFIG
-    assert 'config.get("proximal-mu", 0.0)' in (REPO / "client_app" / "app.py").read_text()
+    assert 'config.get("proximal-mu", 0.0)' in (REPO / "client_app" / "handlers.py").read_text()
 
 
 def test_proximal_mu_is_sent_by_any_strategy() -> None:

@@ -470,6 +470,8 @@ def test_deployment_wire_holds_no_note_text(tmp_path, monkeypatch, tiny_llama, c
     assert code == 0 and (tmp_path / "outputs" / "privacy" / "final").is_dir(), log[-3000:]
     assert all(f"--superlink {wire.address}" in (workdir / "logs" / f"supernode-{s.name}.log").read_text()
                for s in sites), "a SuperNode bypassed the recorder"
+    # Each site's warm worker ran its handlers; what it returned left the site only as recorded here.
+    assert all("serving" in (deployment.worker_folder(s.name) / "worker.log").read_text() for s in sites)
 
     entries, received = _check_captures(capture, finder, expected_adapter, corpus, site_c="hospital-c")
     # The wire: every byte a SuperNode sent, raw (request bodies and headers) ...

@@ -111,6 +111,35 @@ def test_overhead_of_sites_working_one_after_another(tmp_path) -> None:
     assert protocol.site_speed(run) == {"a": 100.0, "b": 50.0}
 
 
+def _causes(start: float, imports: float, model: float, data: float) -> dict:
+    return {"site-process-start-seconds": start, "site-import-seconds": imports,
+            "site-model-load-seconds": model, "site-data-load-seconds": data}
+
+
+def test_between_work_is_split_by_the_causes_the_sites_report(tmp_path) -> None:
+    # Two rounds, two sites side by side. Round 1's train messages start the sites (startup);
+    # every later message's causes fall between work, averaged over the two sites.
+    def site(name: str, round_: int, train: dict, evaluate: dict) -> dict:
+        return {"site": name, "train": {**_phase("train", 1.0, 1000.0 + 20 * round_), **train},
+                "evaluate": {**_phase("eval", 1.0, 1010.0 + 20 * round_), **evaluate}}
+
+    cold, warm = _causes(3.0, 2.0, 4.0, 1.0), _causes(0.0, 0.0, 0.0, 0.0)
+    run = _write_run(tmp_path / "run", [
+        {"round": 1, "coordinator": _phase("eval", 1.0, 1012.0 + 20), "sites": [
+            site("a", 1, cold, cold), site("b", 1, cold, warm)]},
+        {"round": 2, "coordinator": _phase("eval", 1.0, 1012.0 + 40), "sites": [
+            site("a", 2, cold, warm), site("b", 2, warm, warm)]},
+    ], wall=60.0, start=1000.0)
+    o = protocol.overhead(run)
+    split = o["between-work-split-per-round"]
+    # Between work: a's round-1 evaluate and round-2 train (cold), over 2 sites and 2 rounds.
+    assert split["process start"] == pytest.approx(2 * 3.0 / 2 / 2)
+    assert split["imports"] == pytest.approx(1.0) and split["model load"] == pytest.approx(2.0)
+    assert split["data load"] == pytest.approx(0.5)
+    assert split["polling and transfer"] == pytest.approx(o["between-work-seconds-per-round"] - 5.0)
+    assert sum(split.values()) == pytest.approx(o["between-work-seconds-per-round"])
+
+
 def test_overhead_counts_concurrent_sites_once(tmp_path) -> None:
     # A deployment: a trains 1005-1015 while b trains 1000-1020; summing would exceed the wall.
     run = _write_run(tmp_path / "run", [
@@ -131,26 +160,33 @@ def test_overhead_of_a_run_without_end_times_is_refused(tmp_path) -> None:
         protocol.overhead(run)
 
 
-def test_overhead_rows_are_replaced_in_an_existing_results_file(tmp_path) -> None:
-    results_md = tmp_path / "RESULTS.md"
-    results_md.write_text("# Results\n\n| what | figure |\n|---|---|\n| adapter | 1 MB |\n"
-                          "| federation overhead, simulation (old) | -5 s |\n\nAdapter encoding: ...\n")
+def test_the_overhead_section_shows_before_and_after_and_replaces_an_earlier_one(tmp_path) -> None:
     o = {"wall-seconds": 50.0, "busy-seconds": 40.0, "overhead-seconds": 10.0, "overhead-share": 0.2,
          "site-train-seconds": 30.0, "site-eval-seconds": 5.0, "coordinator-eval-seconds": 5.0,
          "startup-seconds": 1.0, "shutdown-seconds": 4.0, "between-work-seconds": 5.0,
-         "between-work-seconds-per-round": 5.0}
-    rows = protocol.overhead_rows(vars(protocol.PROFILES["quick"]), {"simulation": o, "loopback deployment": o})
-    for _ in range(2):  # a second run replaces the rows and the note, it does not stack them
-        protocol.replace_overhead_rows(results_md, rows, "python benchmarks/protocol.py --only overhead")
+         "between-work-seconds-per-round": 5.0,
+         "between-work-split-per-round": {"process start": 1.0, "imports": 0.5, "model load": 2.0, "data load": 0.5,
+                                          "polling and transfer": 1.0}}
+    warm = {**o, "wall-seconds": 40.0, "overhead-share": 0.1}
+    figures = protocol.overhead_file({"simulation": o, "loopback deployment": warm, protocol.COLD_DEPLOYMENT: o},
+                                     None, "python benchmarks/protocol.py --only overhead",
+                                     vars(protocol.PROFILES["quick"]))
+    assert figures["simulation"]["before"] is None  # no earlier measurement given
+    assert figures["deployment"]["before"]["wall_seconds"] == 50.0 and figures["deployment"]["after"]["wall_seconds"] == 40.0
+    assert figures["deployment"]["after"]["between_work_seconds_per_round"] == 5.0
+    results_md = tmp_path / "RESULTS.md"
+    results_md.write_text("# Results\n\n## Federation overhead\n\nold\n\n## Later section\n\nkept\n")
+    for _ in range(2):  # a second run replaces the section, it does not stack it
+        protocol.write_overhead_section(results_md, figures)
     text = results_md.read_text()
-    assert "(old)" not in text and text.count("| federation overhead, ") == 2
-    assert text.count("Federation overhead rows measured by `python benchmarks/protocol.py --only overhead`.") == 1
-    assert ("| adapter | 1 MB |\n| federation overhead, simulation (2 rounds x 2 steps) | 10 s of 50 s wall (20%): "
-            "startup 1 s, between work 5 s (5.0 s per round), shutdown 4 s; busy 40 s (") in text
-    assert text.endswith("overhead`.\n\nAdapter encoding: ...\n")
-    (tmp_path / "empty.md").write_text("# Results\n")
-    with pytest.raises(ValueError, match=r"empty.md: no '\| federation overhead,' rows"):
-        protocol.replace_overhead_rows(tmp_path / "empty.md", rows, "x")
+    assert "old" not in text and text.count("## Federation overhead") == 1 and text.endswith("## Later section\n\nkept\n")
+    assert "| | simulation, after | deployment, before | deployment, after |" in text
+    assert "| wall | 50.0 s | 50.0 s | 40.0 s |" in text and "| overhead (share of wall) | 20% | 20% | 10% |" in text
+    assert "| - model load | 2.0 s | 2.0 s | 2.0 s |" in text
+    fresh = tmp_path / "fresh.md"
+    fresh.write_text("# Results\n")
+    protocol.write_overhead_section(fresh, figures)
+    assert fresh.read_text().startswith("# Results\n\n## Federation overhead\n")
 
 
 def _scores(value: float) -> dict:

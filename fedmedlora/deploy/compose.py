@@ -14,6 +14,7 @@ from .sites import Site
 SUPERLINK_SERVICE = "superlink"
 SUPERLINK_PORT = 9092                 # Fleet, Control and Runtime APIs, published on the host
 CONTAINER_DATA_DIR = "/data/site"     # each site's data folder, in its ClientApp executor only
+CONTAINER_WORKER_DIR = "/tmp/fedmedlora-site-worker"  # the warm site worker's folder, in the same executor
 CONTAINER_SECRETS = "/run/secrets"    # where compose mounts `secrets`
 COMPOSE_CONNECTION = "compose"        # the connection name in the compose config.toml files
 COMPOSE_SITES = {"hospital-a": 9094, "hospital-b": 9095, "hospital-c": 9096}  # site -> Runtime API port
@@ -47,7 +48,7 @@ def container_commands(sites: Mapping[str, int] | None = None, tls: bool = False
         "superexec-serverapp": superexec_command(superlink_address, ca),
     }
     for name, port in sites.items():
-        node_config = Site(name, Path(CONTAINER_DATA_DIR)).node_config()
+        node_config = Site(name, Path(CONTAINER_DATA_DIR)).node_config(Path(CONTAINER_WORKER_DIR))
         commands[f"supernode-{name}"] = supernode_command(
             superlink_address, node_config, "0.0.0.0", port, root_certificates=ca,
             private_key=secret_path(f"{name}-node-key") if tls else None, isolation="process",

@@ -44,11 +44,18 @@ class LoopbackDeployment:
     SuperLink and each SuperNode get a separate `flower-superexec` (started here, as a
     container would be), and with TLS each SuperNode serves its Runtime API over TLS with a
     certificate of its own CA (``runtime/<site>/``) that its executor verifies.
+
+    Each site keeps its model warm in a site worker (``sites/<site>/worker``, see
+    client_app/worker.py) unless ``site_workers=False``, and with ``share_cores`` the sites
+    split this machine's cores (the node config's `threads`) instead of each using all of them.
     """
 
     def __init__(self, app_dir: Path, sites: Sequence[Site], workdir: Path, tls: bool = False,
-                 auth: bool | None = None, startup_timeout: float = 60.0, isolation: str = "subprocess") -> None:
+                 auth: bool | None = None, startup_timeout: float = 60.0, isolation: str = "subprocess",
+                 site_workers: bool = True, share_cores: bool = True) -> None:
         _check_isolation(isolation)
+        self.site_workers = site_workers
+        self.threads = max(1, len(os.sched_getaffinity(0)) // max(1, len(sites))) if share_cores else 0
         self.isolation = isolation
         self.app_dir = Path(app_dir).resolve()
         self.sites = list(sites)
@@ -160,7 +167,8 @@ class LoopbackDeployment:
         runtime_tls = None
         if self.isolation == "process" and self.tls_files:
             runtime_tls = write_tls_files(self.workdir / "runtime" / site.name)
-        command = supernode_command(self.address, site.node_config(), "127.0.0.1", runtime_port,
+        node_config = site.node_config(self.worker_folder(site.name) if self.site_workers else None, self.threads)
+        command = supernode_command(self.address, node_config, "127.0.0.1", runtime_port,
                                     root_certificates=self.tls_files.ca_cert if self.tls_files else None,
                                     private_key=private_key, isolation=self.isolation, runtime_tls=runtime_tls,
                                     executable=str(self.bin / "flower-supernode"))
@@ -175,6 +183,20 @@ class LoopbackDeployment:
                                   executable=str(self.bin / "flower-superexec")),
                 cwd=home, env={"FLWR_HOME": str(home / "superexec-home")})
         return started
+
+    def worker_folder(self, site_name: str) -> Path:
+        """The folder of the site's warm worker (its socket, token, pid and log)."""
+        return self.workdir / "sites" / site_name / "worker"
+
+    def kill_site_worker(self, site_name: str) -> int | None:
+        """SIGKILL the site's warm worker, as a crash would (for fault tests); returns its pid.
+        The site's next message starts a fresh one."""
+        from client_app.worker import worker_pid
+
+        pid = worker_pid(self.worker_folder(site_name))
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+        return pid
 
     def online_nodes(self) -> list[dict]:
         """`flwr supernode list --format json`: the SuperNodes the SuperLink knows."""
@@ -288,6 +310,14 @@ class LoopbackDeployment:
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main else None
         try:
             left = self.processes.stop(grace)
+            # A worker stops by itself once its SuperNode is gone; stop it now rather than wait.
+            from client_app.worker import stop_worker, worker_pid
+
+            for site in self.sites:
+                stop_worker(self.worker_folder(site.name), grace)
+                pid = worker_pid(self.worker_folder(site.name))
+                if pid is not None:
+                    left.append(pid)
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
@@ -334,7 +364,8 @@ def _raise_on_sigterm(signum, frame):  # pragma: no cover - signal handler
 
 def deploy(app_dir: Path, sites: Sequence[Site], overrides: dict | None = None, workdir: Path | None = None,
            tls: bool = False, auth: bool | None = None, timeout: float | None = None,
-           stdout: IO[str] | None = None, isolation: str = "subprocess") -> int:
+           stdout: IO[str] | None = None, isolation: str = "subprocess", site_workers: bool = True,
+           share_cores: bool = True) -> int:
     """Start a loopback deployment, run the app once, stop every process; flwr's exit code.
 
     `strategy.min-sites` defaults to the number of sites (the run waits for that many)."""
@@ -346,7 +377,8 @@ def deploy(app_dir: Path, sites: Sequence[Site], overrides: dict | None = None, 
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
     try:
-        with LoopbackDeployment(app_dir, sites, workdir, tls=tls, auth=auth, isolation=isolation) as deployment:
+        with LoopbackDeployment(app_dir, sites, workdir, tls=tls, auth=auth, isolation=isolation,
+                                site_workers=site_workers, share_cores=share_cores) as deployment:
             deployment.start()
             return deployment.run(overrides, timeout=timeout, stdout=stdout)
     finally:

@@ -13,12 +13,18 @@ class Site:
     name: str
     data_dir: Path
 
-    def node_config(self) -> str:
-        """The SuperNode's `--node-config`, read by client_app/runtime.py (`data-dir`, `site-name`)."""
-        for key, value in (("data-dir", str(self.data_dir)), ("site-name", self.name)):
+    def node_config(self, site_worker: Path | None = None, threads: int = 0) -> str:
+        """The SuperNode's `--node-config`: `data-dir`, `site-name` (client_app/runtime.py),
+        `site-worker` (the warm worker's folder, client_app/app.py) and `threads` (torch
+        threads, client_app/handlers.py)."""
+        values = [("data-dir", str(self.data_dir)), ("site-name", self.name)]
+        if site_worker is not None:
+            values.append(("site-worker", str(site_worker)))
+        for key, value in values:
             if "'" in value:
                 raise ValueError(f"site {self.name}: {key} {value!r} may not contain a single quote")
-        return f"data-dir='{self.data_dir}' site-name='{self.name}'"
+        text = " ".join(f"{key}='{value}'" for key, value in values)
+        return f"{text} threads={int(threads)}" if threads else text
 
 
 def parse_site(text: str) -> Site:

@@ -318,7 +318,7 @@ def unreadable_as_nobody(python: str, repo: Path) -> tuple[str, str]:
     """The "brat-ann-permissions" case where the tests run as root, who reads any file: the
     site is built as root, then read by `load_site` in a subprocess as the unprivileged
     uid 65534 (util-linux `setpriv`). Returns the error it raised and what a ClientApp
-    reports of it (client_app/app.py's `_report_safely`), the folder as {root}."""
+    reports of it (client_app/handlers.py's `_report_safely`), the folder as {root}."""
     import shutil
     import subprocess
     import tempfile
@@ -333,7 +333,7 @@ def unreadable_as_nobody(python: str, repo: Path) -> tuple[str, str]:
                 path.chmod(0o755)  # uid 65534 may enter the folders; n1.ann stays 000
         script = (f"import logging, sys; sys.path.insert(0, {str(repo)!r}); logging.disable(logging.CRITICAL)\n"
                   "from data_loaders.sites import load_site\n"
-                  "from client_app.app import _report_safely\n"
+                  "from client_app.handlers import _report_safely\n"
                   f"def handler(msg, context):\n    load_site({str(root / 'site')!r})\n"
                   "try:\n    handler(None, None)\n"
                   "except Exception as err:\n    print(type(err).__name__ + ': ' + str(err))\n"

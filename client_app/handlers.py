@@ -1,0 +1,153 @@
+"""The ClientApp's handlers: one hospital's local LoRA training and validation
+(registered on the ClientApp in client_app/app.py, which imports this module on first use).
+
+Only adapter arrays, scalar metrics and the site's name leave the site. Errors sent to
+the coordinator say what failed and where, never the note text behind it; the full
+detail stays in this site's log.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+import traceback
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+from data_loaders.sites import SiteFolderError
+from modeling.adapter_io import get_adapter_state, set_adapter_state
+from modeling.training import train_round
+from settings.config import ConfigError, lora_settings, train_settings, validate
+from settings.logs import setup_logging
+from wire import protocol
+from wire.arrays import from_arrayrecord, to_arrayrecord
+from wire.transport import decode_content, encode_content
+
+from . import timings
+from .app import SiteFailure
+from .runtime import SiteDataError, model_runtime, site_runtime
+
+log = logging.getLogger(__name__)
+
+# Our own errors name file, line or key and a reason, and no note text.
+# OSError: a path and the system's reason (unreadable file, a folder where a file belongs).
+_SAFE_TO_REPORT = (ConfigError, OSError, SiteDataError, SiteFolderError, protocol.BaseModelMismatch,
+                   protocol.MalformedMessage)
+
+
+def _report_safely(handler):
+    @functools.wraps(handler)
+    def wrapper(msg: Message, context: Context) -> Message:
+        try:
+            return handler(msg, context)
+        except Exception as err:  # noqa: BLE001 - every failure becomes a safe report
+            log.error("site failed in %s:\n%s", handler.__name__, traceback.format_exc())
+            if isinstance(err, _SAFE_TO_REPORT) or type(err).__name__ == "AnnotationError":
+                reason = f"{type(err).__name__}: {err}"
+            else:
+                frame = traceback.extract_tb(err.__traceback__)[-1]
+                reason = (f"{type(err).__name__} at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno} "
+                          "(details in the site's log)")
+            raise SiteFailure(reason) from None
+
+    return wrapper
+
+
+def _setup(msg: Message, context: Context):
+    """Config, cached model and site data; refuses a coordinator with another base model."""
+    setup_logging()
+    cfg = validate(context.run_config)
+    decode_content(msg.content)  # adapters sent in transport.encoding arrive as float32
+    runtime = model_runtime(cfg, threads=int(context.node_config.get("threads", 0)))
+    config = msg.content[protocol.CONFIG]
+    protocol.check_base(config, runtime.identity, lora_settings(cfg))
+    site = site_runtime(context.node_config, cfg, runtime.tokenizer)
+    return cfg, runtime, site, config
+
+
+def _prepare(msg: Message, context: Context):
+    """`_setup`, then the message's adapter loaded into the cached model."""
+    cfg, runtime, site, config = _setup(msg, context)
+    set_adapter_state(runtime.model, from_arrayrecord(msg.content[protocol.ARRAYS]))
+    return cfg, runtime, site, config
+
+
+@_report_safely
+def train(msg: Message, context: Context) -> Message:
+    cfg, runtime, site, config = _prepare(msg, context)
+    server_round = int(config["server-round"])
+    result = train_round(
+        runtime.model,
+        site.train,
+        train_settings(cfg),
+        runtime.tokenizer.pad_token_id,
+        server_round=server_round,
+        num_rounds=int(config["num-server-rounds"]),
+        proximal_mu=float(config.get("proximal-mu", 0.0)),
+        description=f"{site.site.name} round {server_round}",
+    )
+    log.info("site %s round %d: %d steps, loss %.4f, %.0f tokens/s",
+             site.site.name, server_round, result.steps, result.loss, result.tokens_per_second)
+    metrics = MetricRecord({
+        "num-examples": len(site.train),
+        "train-loss": result.loss,
+        "train-tokens": result.tokens,
+        "train-seconds": result.seconds,
+        "train-steps": result.steps,
+        "train-end-time": time.time(),  # unix seconds: lets a benchmark tell concurrent sites' work apart from waiting
+        **timings.current().to_metrics(),
+    })
+    arrays: ArrayRecord = to_arrayrecord(get_adapter_state(runtime.model))
+    content = RecordDict({
+        protocol.ARRAYS: arrays,
+        protocol.METRICS: metrics,
+        protocol.SITE: ConfigRecord({"name": site.site.name}),
+    })
+    return Message(content=encode_content(content, cfg["transport.encoding"]), reply_to=msg)
+
+
+@_report_safely
+def evaluate(msg: Message, context: Context) -> Message:
+    _, runtime, site, config = _prepare(msg, context)
+    start = time.perf_counter()
+    evaluation = site.evaluator.evaluate(runtime.model, f"{site.site.name} validation")
+    metrics = {**evaluation.to_metrics(), "eval-seconds": time.perf_counter() - start, "eval-end-time": time.time(),
+               **timings.current().to_metrics()}
+    log.info("site %s round %s: val-loss %.4f strict-f1 %.3f lenient-f1 %.3f", site.site.name,
+             config.get("server-round"), metrics["val-loss"], metrics["strict-f1"], metrics["lenient-f1"])
+    content = RecordDict({
+        protocol.METRICS: MetricRecord(metrics),
+        protocol.SITE: ConfigRecord({"name": site.site.name}),
+    })
+    return Message(content=content, reply_to=msg)
+
+
+@_report_safely
+def score(msg: Message, context: Context) -> Message:
+    """The validation loss of each of the round's K candidate adapters on this site's data.
+
+    The loss is the one the coordinator computes in its own mode (mean cross-entropy per
+    answer token, `InstanceEvaluator.loss`), on the validation instances this site's
+    evaluate handler scores (`eval.max-instances` caps them). The cached model's adapter is
+    left at the last candidate: train and evaluate always load the adapter they are sent.
+    """
+    _, runtime, site, config = _setup(msg, context)
+    candidates = protocol.candidate_records(msg.content)
+    evaluator = site.evaluator  # raises SiteDataError, naming the folder, if it has no validation split
+    losses = []
+    for k, record in enumerate(candidates):
+        set_adapter_state(runtime.model, from_arrayrecord(record))
+        losses.append(float(evaluator.loss(runtime.model)))
+        log.info("site %s round %s: candidate %d of %d, val-loss %.4f", site.site.name,
+                 config.get("server-round"), k + 1, len(candidates), losses[-1])
+    content = RecordDict({
+        protocol.METRICS: MetricRecord({
+            protocol.SCORE_LOSSES: losses,
+            protocol.SCORE_INSTANCES: len(evaluator.encoded),
+            protocol.SCORE_TOKENS: sum(e.answer_len for e in evaluator.encoded),
+            **timings.current().to_metrics(),
+        }),
+        protocol.SITE: ConfigRecord({"name": site.site.name}),
+    })
+    return Message(content=content, reply_to=msg)
