@@ -1100,6 +1100,9 @@ def write_report(results: dict[str, Any], out: Path, target: Path | None, plots:
     if target:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text)
+        overhead_json = target.parent / "benchmarks" / "overhead.json"
+        if overhead_json.is_file():  # measured by --only overhead; kept when the report is rebuilt
+            write_overhead_section(target, json.loads(overhead_json.read_text()))
         target_plots = target.parent / "plots"
         target_plots.mkdir(exist_ok=True)
         for plot in plots:
