@@ -104,7 +104,7 @@ class StrategySection:
                                            "not answer in time is left out of the round, by name")
     proximal_mu: float = setting(0.0, "FedProx term mu/2 ||w - w_global||^2 at every site (any strategy); 0 = off",
                                  check=_at_least(0), expected="a number >= 0")
-    server_learning_rate: float = setting(0.0, "fedavgm/fedadam/fedyogi server step; 0 = default (1.0 / 5e-3 / 5e-3)",
+    server_learning_rate: float = setting(0.0, "fedavgm/fedadam/fedyogi server step; 0 = default (1.0 / 5e-3 / 3e-3)",
                                           check=_at_least(0), expected="a number >= 0 (0 = the strategy's default)")
     server_momentum: float = setting(0.5, "fedavgm server momentum in [0, 1); 0 = plain FedAvg, Hsu et al. use 0.9 "
                                           "(overshoots in a few rounds)",

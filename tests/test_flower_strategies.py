@@ -96,7 +96,7 @@ def test_builds_from_the_run_config_and_aggregates(name: str) -> None:
          {"server_learning_rate": 0.5, "server_momentum": 0.9}),
         ("fedadam", {}, {"eta": 5e-3, "beta_1": 0.9, "beta_2": 0.99, "tau": 1e-3}),
         ("fedadam", {"strategy.server-learning-rate": 3e-3}, {"eta": 3e-3}),
-        ("fedyogi", {}, {"eta": 5e-3}),
+        ("fedyogi", {}, {"eta": 3e-3}),
         ("fedtrimmedavg", {"strategy.trim-beta": 0.25}, {"beta": 0.25}),
         ("krum", {"strategy.krum-byzantine": 1}, {"num_malicious_nodes": 1, "num_nodes_to_select": 1}),
     ],
