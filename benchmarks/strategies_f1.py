@@ -85,6 +85,9 @@ def main() -> int:
                         + "; the sweep arms are " + ",".join(SERVER_OPTIMIZER_SWEEP) + ")")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="run-config key for every arm")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "strategies")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="a committed JSON of finished arms (docs/benchmarks/strategies.json): each arm is "
+                             "recorded there as it finishes, and an arm recorded with the same config is not run again")
     args = parser.parse_args()
 
     arms = [a.strip() for a in args.only.split(",") if a.strip()] or list(ARMS)
@@ -112,16 +115,31 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     walls: dict[str, float | None] = {}
     runs: dict[str, Path] = {}
+    recorded = json.loads(args.results.read_text()) if args.results and args.results.is_file() else {}
+
+    def record(arm: str) -> None:
+        """A finished arm goes to the results file at once, so a later run (another checkout) goes on."""
+        result = read_run(runs[arm])
+        if args.results and result is not None:
+            recorded[arm] = {"config": portable_config(arm, common), "wall-seconds": walls[arm], "result": result}
+            args.results.write_text(json.dumps(recorded, indent=1, sort_keys=True) + "\n")
+
     for arm in arms:
         run = runs[arm] = args.out / arm
+        if recorded.get(arm, {}).get("config") == portable_config(arm, common):
+            print(f"{arm}: recorded in {args.results}, not run again", flush=True)
+            walls[arm] = recorded[arm]["wall-seconds"]
+            continue
         twin = same_run_config(arm, common, args.out)
         if not (run / "summary.json").exists() and twin is not None:
             print(f"{arm}: the same run config as {twin} (defaults filled in), reusing {args.out / twin}", flush=True)
             runs[arm], walls[arm] = args.out / twin, None
+            record(arm)
             continue
         if (run / "summary.json").exists():
             print(f"{arm}: finished earlier, reusing {run}", flush=True)
             walls[arm] = None
+            record(arm)
             continue
         done = existing_round(run)  # an interrupted run continues from its checkpoint
         resume = {"resume": True} if done is not None else {}
@@ -135,8 +153,9 @@ def main() -> int:
         walls[arm] = None if resume else wall  # a continued run's wall is not the whole run's
         status = "ok" if code == 0 and (run / "summary.json").exists() else f"FAILED (exit {code})"
         print(f"{arm}: {status} in {wall:.0f} s; log {args.out / f'{arm}.log'}", flush=True)
+        record(arm)
 
-    results = {arm: read_run(runs[arm]) for arm in arms}
+    results = {arm: recorded[arm]["result"] if arm in recorded else read_run(runs[arm]) for arm in arms}
     command = "python benchmarks/strategies_f1.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     table = markdown(results, command, common)
     (args.out / "strategies.md").write_text(table)
@@ -156,6 +175,12 @@ def effective_config(keys: dict[str, Any], common: dict[str, Any]) -> dict[str, 
     if name in DEFAULT_SERVER_LR and not cfg["strategy.server-learning-rate"]:
         cfg["strategy.server-learning-rate"] = DEFAULT_SERVER_LR[name]
     return cfg
+
+
+def portable_config(arm: str, common: dict[str, Any]) -> dict[str, Any]:
+    """`arm`'s effective config without this checkout's paths: what a recorded arm must match."""
+    return {k: v for k, v in effective_config(KNOWN_ARMS[arm], common).items()
+            if k not in ("data.root", "data.server-validation", "output-dir")}
 
 
 def same_run_config(arm: str, common: dict[str, Any], out: Path) -> str | None:

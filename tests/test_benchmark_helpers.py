@@ -97,3 +97,31 @@ def test_a_strategy_at_its_default_reuses_the_sweep_run_with_the_same_values(tmp
     (tmp_path / twin / "summary.json").write_text("{}")
     assert strategies_f1.same_run_config("fedadam", common, tmp_path) == twin
     assert strategies_f1.same_run_config("fedyogi", common, tmp_path) is None  # another strategy
+
+
+def test_finished_arms_are_recorded_and_a_later_checkout_does_not_run_them_again(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import strategies_f1
+
+    out, results = tmp_path / "out", tmp_path / "strategies.json"
+    for arm in ("fedmedlora", "fedprox"):  # two finished runs, as a run leaves them
+        (out / arm).mkdir(parents=True)
+        (out / arm / "metrics.jsonl").write_text("\n".join([_metrics_line(0, 0.0, None), _metrics_line(1, 0.2, [0.9])]))
+        (out / arm / "summary.json").write_text("{}")
+    argv = ["strategies_f1.py", "--data", str(tmp_path), "--server-validation", str(tmp_path), "--out", str(out),
+            "--results", str(results), "--only", "fedmedlora,fedprox"]
+    monkeypatch.setattr(sys, "argv", argv)
+    assert strategies_f1.main() == 0
+    recorded = __import__("json").loads(results.read_text())
+    assert set(recorded) == {"fedmedlora", "fedprox"}
+    assert recorded["fedprox"]["config"]["strategy.proximal-mu"] == 0.01 and "data.root" not in recorded["fedprox"]["config"]
+    first = capsys.readouterr().out
+
+    shutil.rmtree(out)  # another checkout: no run folders, only the committed file
+    monkeypatch.setattr(sys, "argv", [*argv[:-1], "fedmedlora,fedprox"])
+    assert strategies_f1.main() == 0
+    second = capsys.readouterr().out
+    assert "fedprox: recorded in" in second and "running" not in second
+    table = lambda text: text[text.index("After the last round:"):]  # noqa: E731
+    assert table(second) == table(first)
