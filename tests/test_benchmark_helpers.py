@@ -77,6 +77,7 @@ def test_strategies_table_reads_runs_and_summarises_the_last_round(tmp_path):
 
 def test_every_sweep_arm_is_a_valid_config():
     import strategies_f1
+
     from settings.config import validate
 
     assert not set(strategies_f1.SERVER_OPTIMIZER_SWEEP) & set(strategies_f1.ARMS)
@@ -87,6 +88,7 @@ def test_every_sweep_arm_is_a_valid_config():
 
 def test_a_strategy_at_its_default_reuses_the_sweep_run_with_the_same_values(tmp_path):
     import strategies_f1
+
     from strategies.flower import DEFAULT_SERVER_LR
 
     common = {"num-server-rounds": 3, "train.max-steps": 8}
