@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 KEYS = {"process_start": "site-process-start-seconds", "imports": "site-import-seconds",
         "model_load": "site-model-load-seconds", "data_load": "site-data-load-seconds"}
@@ -41,8 +42,9 @@ def current() -> MessageTimings:
 
 def process_created() -> float:
     """Unix time at which this process was created (Linux /proc)."""
-    ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])  # field 22: starttime
-    boot = next(float(line.split()[1]) for line in open("/proc/stat") if line.startswith("btime"))
+    ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22: starttime
+    boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                if line.startswith("btime"))
     return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
