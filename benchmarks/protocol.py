@@ -532,8 +532,8 @@ OVERHEAD_HEADING = "## Federation overhead"
 
 def overhead_table(figures: dict[str, Any]) -> list[str]:
     """docs/benchmarks/overhead.json as a table: before and after, simulation and deployment."""
-    modes = [(mode, when, figures[mode][when]) for mode in ("simulation", "deployment")
-             for when in ("before", "after") if figures[mode][when]]
+    modes = [(mode, when.replace("_", " "), figures[mode][when]) for mode in ("simulation", "deployment")
+             for when in ("before", "after", "no_site_workers") if figures[mode].get(when)]
 
     def cell(value: float | None, unit: str = " s") -> str:
         return "-" if value is None else f"{value:.1f}{unit}"
@@ -556,9 +556,11 @@ def write_overhead_section(results_md: Path, figures: dict[str, Any]) -> None:
     section = [OVERHEAD_HEADING, "",
                f"{settings['sites']} sites, {settings['rounds']} rounds x {settings['steps']} steps, small evaluations "
                f"({figures['hardware']}); measured by `{figures['command']}`, figures in "
-               "docs/benchmarks/overhead.json. Deployment before: a fresh ClientApp process loading the model for "
-               "every message, each using every core; after: each site's warm worker, the cores shared. "
-               "Simulation before: the quick profile's earlier measurement.", "", *overhead_table(figures), ""]
+               "docs/benchmarks/overhead.json. Deployment before (the first measurement, kept): a fresh ClientApp "
+               "process loading the model for every message, each using every core, the adapter sent as one array "
+               "per tensor; after: each site's warm worker, the cores shared, the adapter packed into one array; "
+               "no site workers: today's code without the workers. Simulation before: the quick profile's earlier "
+               "measurement.", "", *overhead_table(figures), ""]
     lines = results_md.read_text().splitlines() if results_md.is_file() else []
     if OVERHEAD_HEADING in lines:
         first = lines.index(OVERHEAD_HEADING)
@@ -766,18 +768,27 @@ def overhead_summary(measured: dict[str, Any]) -> dict[str, Any]:
 
 
 def overhead_file(overheads: dict[str, Any], before_simulation: dict[str, Any] | None, command: str,
-                  profile: dict[str, Any]) -> dict[str, Any]:
-    """Before and after the warm site, for docs/benchmarks/overhead.json. Deployment: both
-    measured by this command (without, then with site workers). Simulation has no site
-    worker to switch off: its `before` is the quick profile's earlier measurement, if given."""
+                  profile: dict[str, Any], previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Before and after, for docs/benchmarks/overhead.json. `before` is the first measurement
+    and is kept from `previous` (the file as it was) once recorded, so later changes are
+    measured against where the work started: for deployment, a fresh ClientApp process
+    loading the model for every message and adapters sent as one array per tensor; for
+    simulation, the quick profile's earlier measurement. `after` is this command's run with
+    site workers, `no_site_workers` the same code without them (`--no-site-workers`)."""
+    previous = previous or {}
+
+    def kept(mode: str) -> dict[str, Any] | None:
+        return (previous.get(mode) or {}).get("before")
+
     return {
         "command": command,
         "hardware": f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPU(s)",
         "settings": {"rounds": profile["overhead_rounds"], "steps": profile["overhead_steps"], "sites": 3},
-        "simulation": {"before": overhead_summary(before_simulation) if before_simulation else None,
+        "simulation": {"before": kept("simulation") or (overhead_summary(before_simulation) if before_simulation else None),
                        "after": overhead_summary(overheads["simulation"])},
-        "deployment": {"before": overhead_summary(overheads[COLD_DEPLOYMENT]),
-                       "after": overhead_summary(overheads["loopback deployment"])},
+        "deployment": {"before": kept("deployment") or overhead_summary(overheads[COLD_DEPLOYMENT]),
+                       "after": overhead_summary(overheads["loopback deployment"]),
+                       "no_site_workers": overhead_summary(overheads[COLD_DEPLOYMENT])},
     }
 
 
@@ -877,7 +888,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.results and (args.results.parent / "results.json").is_file():
             recorded = json.loads((args.results.parent / "results.json").read_text())
             earlier = recorded["profiles"].get("quick", {}).get("results", {}).get("overhead", {}).get("simulation")
-        figures = overhead_file(overheads, earlier, command, asdict(profile))
+        previous = (json.loads(args.overhead_json.read_text())
+                    if args.overhead_json and args.overhead_json.is_file() else None)
+        figures = overhead_file(overheads, earlier, command, asdict(profile), previous)
         if args.overhead_json:
             args.overhead_json.write_text(json.dumps(figures, indent=2) + "\n")
         if args.results:

@@ -54,6 +54,24 @@ def site_worker_mod(msg: Message, context: Context, call_next) -> Message:
     return reply
 
 
+def transport_mod(msg: Message, context: Context, call_next) -> Message:
+    """Adapters travel packed and in `transport.encoding` (wire/transport.py): the handlers and
+    client-side DP clipping see float32 tensors, and the reply's arrays leave packed."""
+    from wire.transport import EncodingError, check_encoding, decode_content, encode_content
+
+    encoding = str(context.run_config.get("transport.encoding", "float32"))
+    try:
+        check_encoding(encoding)
+        if msg.has_content():
+            decode_content(msg.content)
+    except (EncodingError, ValueError) as err:
+        raise SiteFailure(f"the coordinator's message cannot be read: {err}") from None
+    reply = call_next(msg, context)
+    if reply.has_content():
+        encode_content(reply.content, encoding)
+    return reply
+
+
 def _dp_clipping(msg: Message, context: Context, call_next) -> Message:
     from strategies import dp_clipping_mod  # Flower's client-side DP clipping when strategy.dp = client-*
 
@@ -68,7 +86,7 @@ def _handlers():
     return handlers
 
 
-app = ClientApp(mods=[site_worker_mod])
+app = ClientApp(mods=[site_worker_mod, transport_mod])  # in this order: the worker decodes and encodes
 
 
 @app.train(mods=[_dp_clipping])

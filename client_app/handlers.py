@@ -22,7 +22,6 @@ from settings.config import ConfigError, lora_settings, train_settings, validate
 from settings.logs import setup_logging
 from wire import protocol
 from wire.arrays import from_arrayrecord, to_arrayrecord
-from wire.transport import decode_content, encode_content
 
 from . import timings
 from .app import SiteFailure
@@ -58,7 +57,6 @@ def _setup(msg: Message, context: Context):
     """Config, cached model and site data; refuses a coordinator with another base model."""
     setup_logging()
     cfg = validate(context.run_config)
-    decode_content(msg.content)  # adapters sent in transport.encoding arrive as float32
     runtime = model_runtime(cfg, threads=int(context.node_config.get("threads", 0)))
     config = msg.content[protocol.CONFIG]
     protocol.check_base(config, runtime.identity, lora_settings(cfg))
@@ -104,7 +102,7 @@ def train(msg: Message, context: Context) -> Message:
         protocol.METRICS: metrics,
         protocol.SITE: ConfigRecord({"name": site.site.name}),
     })
-    return Message(content=encode_content(content, cfg["transport.encoding"]), reply_to=msg)
+    return Message(content=content, reply_to=msg)  # transport_mod (client_app/app.py) packs and encodes it
 
 
 @_report_safely

@@ -124,35 +124,46 @@ def forward(folder: Path, message: Message, context: Context,
     Raises WorkerError (naming the folder and the worker's log) when the worker refuses
     the request or stops before replying; the handler's own errors come back as what they
     were (`RemoteHandlerError` with the handler's safe message)."""
-    from flwr.common.serde import context_from_proto, context_to_proto, message_from_proto, message_to_proto
+    from flwr.common.serde import context_to_proto, message_to_proto
 
     where = WorkerFolder(folder)
     request = json.dumps({"app-dir": str(APP_DIR)}).encode()
     payload = (request, message_to_proto(message).SerializeToString(),
                context_to_proto(context).SerializeToString())
-    fresh = None
-    for attempt in range(2):  # a worker of another app version stops itself: start a fresh one once
-        sock, ready = _connect(where, owner_pid=owner_pid or os.getppid())
-        fresh = ready or fresh
-        with sock:
-            _send(sock, where.token.read_bytes(), *payload)
-            try:
-                status = json.loads(_recv(sock))
-                if status["status"] == "ok":
-                    reply = message_from_proto(_parse("Message", _recv(sock)))
-                    context.state = context_from_proto(_parse("Context", _recv(sock))).state
-                    return reply, fresh
-            except (EOFError, ConnectionError) as err:
-                raise WorkerError(f"site worker in {folder} stopped before replying ({err}); a fresh worker "
-                                  f"starts with the next message; its log: {where.log}") from None
-        if status["status"] == "refused":
-            raise WorkerRefused(f"site worker in {folder} refused this ClientApp: {status['reason']}")
-        if status["status"] == "error":
-            raise RemoteHandlerError(status["type"], status["reason"])
-        if status["status"] != "stale" or attempt:
-            raise WorkerError(f"site worker in {folder}: unexpected answer {status}")
+    owner_pid = owner_pid or os.getppid()
+    status, reply, fresh = _exchange(where, payload, context, owner_pid)
+    if status["status"] == "stale":  # a worker of another app version stops itself: start a fresh one once
         _wait_gone(where)
-    raise AssertionError("unreachable")
+        status, reply, restarted = _exchange(where, payload, context, owner_pid)
+        fresh = restarted or fresh
+    if status["status"] == "ok":
+        return reply, fresh
+    if status["status"] == "refused":
+        raise WorkerRefused(f"site worker in {folder} refused this ClientApp: {status['reason']}")
+    if status["status"] == "error":
+        raise RemoteHandlerError(status["type"], status["reason"])
+    raise WorkerError(f"site worker in {folder}: unexpected answer {status}")
+
+
+def _exchange(where: WorkerFolder, payload: tuple[bytes, bytes, bytes], context: Context,
+              owner_pid: int) -> tuple[dict, Message | None, float | None]:
+    """One request to the worker (started if none answers): its status, its reply, and when a fresh
+    worker answered (None if one was running). Updates `context.state` from an "ok" reply."""
+    from flwr.common.serde import context_from_proto, message_from_proto
+
+    sock, ready = _connect(where, owner_pid=owner_pid)
+    with sock:
+        _send(sock, where.token.read_bytes(), *payload)
+        try:
+            status = json.loads(_recv(sock))
+            if status["status"] != "ok":
+                return status, None, ready
+            reply = message_from_proto(_parse("Message", _recv(sock)))
+            context.state = context_from_proto(_parse("Context", _recv(sock))).state
+            return status, reply, ready
+        except (EOFError, ConnectionError) as err:
+            raise WorkerError(f"site worker in {where.path} stopped before replying ({err}); a fresh worker "
+                              f"starts with the next message; its log: {where.log}") from None
 
 
 class RemoteHandlerError(RuntimeError):

@@ -253,6 +253,7 @@ def test_site_scores_every_candidate_with_the_evaluators_loss(tiny_llama, site_c
     from modeling.adapter_io import get_adapter_state, set_adapter_state
     from settings.config import lora_settings
     from wire.arrays import from_arrayrecord, to_arrayrecord
+    from wire.transport import decode_content
 
     cfg = validate({"model.name": str(tiny_llama), "lora.r": 4, "lora.alpha": 8, "train.max-steps": 2,
                     "train.batch-size": 2, "eval.max-instances": 3, "data.root": str(site_corpus)})
@@ -264,7 +265,7 @@ def test_site_scores_every_candidate_with_the_evaluators_loss(tiny_llama, site_c
     # What this site trains in round 1 (the train handler, routed by message type "train").
     trained_msg = app(instruction(1, MessageType.TRAIN, RecordDict({
         protocol.ARRAYS: to_arrayrecord(initial), protocol.CONFIG: ConfigRecord(dict(config))})), context)
-    trained = trained_msg.content[protocol.ARRAYS]
+    trained = decode_content(trained_msg.content)[protocol.ARRAYS]  # the reply leaves the ClientApp packed
     rng = np.random.default_rng(0)
     noisy = {k: v + rng.normal(0, 0.05, v.shape).astype(np.float32) for k, v in initial.items()}
 

@@ -40,6 +40,7 @@ from support.capture import (
     load_records,
     message_record,
     record_of,
+    unpacked,
 )
 from support.paths import REPO
 
@@ -177,7 +178,8 @@ def _check_site_replies(replies: list[dict], expected: dict, where: str) -> dict
         assert all(r["kind"] in ("arrays", "metrics", "config") for r in record["content"].values()), where
         if record["metadata"]["message_type"] == "train":
             assert list(arrays) == ["arrays"], f"{where}: array records {list(arrays)}"
-            problems = adapter_problems(arrays["arrays"], expected)
+            record_arrays, problems = unpacked(record["content"], "arrays")
+            problems += adapter_problems(record_arrays, expected)
             assert not problems, f"{where}: {problems}"
         else:
             assert not arrays, f"{where}: a {record['metadata']['message_type']} reply with arrays {list(arrays)}"
@@ -277,6 +279,29 @@ def test_the_adapter_check_flags_anything_but_the_lora_tensors(change, problem):
     problems = adapter_problems(record, EXPECTED_TOY)
     assert any(problem in p for p in problems), problems
     assert any("missing" in p for p in adapter_problems(record, {**EXPECTED_TOY, "other.lora_B.weight": (1, 4)}))
+
+
+def test_the_checks_read_a_packed_reply_as_it_travels():
+    """Replies travel packed (wire/transport.py): the adapter check reads the tensors from
+    the packed bytes and the manifest, and flags an extra tensor or bytes left over."""
+    from flwr.app import Array, ArrayRecord, ConfigRecord
+
+    from wire.transport import encode_content
+
+    content = encode_content(_clean_content(), "float32")
+    record, problems = unpacked(message_record(_message(content))["content"], "arrays")
+    assert problems == [] and adapter_problems(record, EXPECTED_TOY) == []
+    extra = encode_content(_clean_content(extra_arrays={"extra": Array(np.zeros(3, np.float32))}), "float32")
+    record, problems = unpacked(message_record(_message(extra))["content"], "arrays")
+    assert any("not LoRA tensors" in p for p in adapter_problems(record, EXPECTED_TOY))
+    hidden = encode_content(_clean_content(), "float32")
+    blob = hidden["arrays"]["packed"].numpy()
+    hidden["arrays"] = ArrayRecord({"packed": Array(np.concatenate([blob, np.frombuffer(SENTENCE.encode(), np.uint8)]))})
+    hidden["transport"] = ConfigRecord(dict(content["transport"]))
+    recorded = message_record(_message(hidden))
+    _, problems = unpacked(recorded["content"], "arrays")
+    assert problems == [f"arrays: {len(SENTENCE.encode())} packed bytes beyond the manifest's tensors"]
+    assert NoteTextFinder([SENTENCE]).search(recorded)
 
 
 def test_capture_mod_records_when_enabled_and_passes_through_otherwise(tmp_path, monkeypatch):

@@ -180,13 +180,19 @@ def test_the_overhead_section_shows_before_and_after_and_replaces_an_earlier_one
         protocol.write_overhead_section(results_md, figures)
     text = results_md.read_text()
     assert "old" not in text and text.count("## Federation overhead") == 1 and text.endswith("## Later section\n\nkept\n")
-    assert "| | simulation, after | deployment, before | deployment, after |" in text
-    assert "| wall | 50.0 s | 50.0 s | 40.0 s |" in text and "| overhead (share of wall) | 20% | 20% | 10% |" in text
-    assert "| - model load | 2.0 s | 2.0 s | 2.0 s |" in text
+    assert "| | simulation, after | deployment, before | deployment, after | deployment, no site workers |" in text
+    assert "| wall | 50.0 s | 50.0 s | 40.0 s | 50.0 s |" in text
+    assert "| overhead (share of wall) | 20% | 20% | 10% | 20% |" in text
+    assert "| - model load | 2.0 s | 2.0 s | 2.0 s | 2.0 s |" in text
     fresh = tmp_path / "fresh.md"
     fresh.write_text("# Results\n")
     protocol.write_overhead_section(fresh, figures)
     assert fresh.read_text().startswith("# Results\n\n## Federation overhead\n")
+    # A later measurement keeps the first one as `before`: changes are measured against where the work started.
+    later = protocol.overhead_file({"simulation": warm, "loopback deployment": warm, protocol.COLD_DEPLOYMENT: warm},
+                                   None, "again", vars(protocol.PROFILES["quick"]), previous=figures)
+    assert later["deployment"]["before"] == figures["deployment"]["before"]
+    assert later["deployment"]["no_site_workers"]["wall_seconds"] == 40.0
 
 
 def _scores(value: float) -> dict:

@@ -75,6 +75,7 @@ def _train(site, node_config: dict, steps: int | None = None) -> Message:
 def test_the_worker_gives_the_in_process_reply_and_stays_warm(site, worker_folder):
     from client_app.worker import worker_pid
     from wire.arrays import from_arrayrecord
+    from wire.transport import decode_content  # replies leave the ClientApp packed
 
     initial = site[2]
     local = _train(site, {"partition-id": 0})
@@ -87,7 +88,7 @@ def test_the_worker_gives_the_in_process_reply_and_stays_warm(site, worker_folde
     for reply in (first, second):
         assert reply.metadata.reply_to_message_id == "ins-1"
         assert reply.content[protocol.SITE]["name"] == "site-a"
-        ours, theirs = from_arrayrecord(local.content[protocol.ARRAYS]), from_arrayrecord(reply.content[protocol.ARRAYS])
+        ours, theirs = (from_arrayrecord(decode_content(m.content)[protocol.ARRAYS]) for m in (local, reply))
         assert sorted(ours) == sorted(theirs) == sorted(initial)
         # Adam turns float rounding in near-zero gradients into steps of about the learning
         # rate, so the two runs agree as updates, not bit for bit.

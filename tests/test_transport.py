@@ -1,7 +1,8 @@
-"""Adapter encodings on the wire: round trips, byte counts, and broken encoded messages."""
+"""Adapter encodings on the wire: round trips, byte counts, packing, and broken encoded messages."""
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 
 import numpy as np
@@ -10,6 +11,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from settings.config import ConfigError, validate
 from wire.transport import (
+    PACKED,
     TRANSPORT,
     EncodingError,
     adapter_nbytes,
@@ -38,17 +40,16 @@ def test_round_trip_error_and_bytes(encoding, tolerance, dtype) -> None:
     state = adapter()
     msg = encode_content(content(state), encoding)
     record = msg["arrays"]
-    assert all(record[k].numpy().dtype == dtype for k in record.keys())
+    assert list(record.keys()) == [PACKED] and record[PACKED].numpy().dtype == np.uint8
+    assert [entry[1] for entry in json.loads(msg[TRANSPORT]["layout.arrays"])] == [np.dtype(dtype).name] * 3
+    assert sent_nbytes(msg) == adapter_nbytes(state, encoding)
+    # Payload as serialized (one small header for the packed array), plus 8 bytes per int8 scale.
     values = sum(v.size for v in state.values())
-    if encoding == "float32":
-        assert TRANSPORT not in msg.config_records  # unchanged: nothing to decode
-    else:
-        assert sent_nbytes(msg) == adapter_nbytes(state, encoding)
-    # Payload as serialized (a small header per tensor), plus 8 bytes per int8 scale.
     per_value = {"float32": 4, "float16": 2, "int8": 1}[encoding]
     overhead = adapter_nbytes(state, encoding) - per_value * values
-    assert 0 < overhead <= len(state) * (160 + (8 if encoding == "int8" else 0))
+    assert 0 < overhead <= 160 + (8 * len(state) if encoding == "int8" else 0)
     decoded = decode_content(msg)["arrays"]
+    assert list(decoded.keys()) == list(state)
     for key, values in state.items():
         got = decoded[key].numpy()
         assert got.dtype == np.float32 and got.shape == values.shape
@@ -57,24 +58,68 @@ def test_round_trip_error_and_bytes(encoding, tolerance, dtype) -> None:
     assert msg["config"]["server-round"] == 1  # other records untouched
 
 
+def test_a_packed_adapter_is_a_few_flower_objects_instead_of_one_per_tensor() -> None:
+    from flwr.app import Message
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+    from support.messages import instruction
+
+    state = OrderedDict((f"layer{i}.lora_{ab}.weight", np.full((16, 64), i, np.float32))
+                        for i in range(50) for ab in "AB")
+    plain = len(get_all_nested_objects(Message(content(state), reply_to=instruction(1))))
+    packed = len(get_all_nested_objects(Message(encode_content(content(state), "float32"), reply_to=instruction(1))))
+    assert plain > 100 and packed < 10, (plain, packed)
+
+
 def test_encoding_twice_is_encoding_once() -> None:
     msg = encode_content(content(adapter()), "int8")
-    before = msg["arrays"]["layer.lora_A.weight"].numpy().copy()
+    before = msg["arrays"][PACKED].numpy().copy()
     encode_content(msg, "int8")  # a content shared by several messages is encoded once
-    assert np.array_equal(msg["arrays"]["layer.lora_A.weight"].numpy(), before)
+    assert np.array_equal(msg["arrays"][PACKED].numpy(), before)
+
+
+def test_decoding_twice_is_decoding_once_and_a_decoded_message_can_be_sent_again() -> None:
+    state = adapter()
+    msg = decode_content(encode_content(content(state), "float16"))
+    sent = sent_nbytes(msg)
+    decode_content(msg)  # no-op: already float32 tensors under their own keys
+    assert list(msg["arrays"].keys()) == list(state) and sent_nbytes(msg) == sent
+    encode_content(msg, "int8")  # e.g. forwarded: packed again, in the new encoding
+    assert list(msg["arrays"].keys()) == [PACKED] and msg[TRANSPORT]["encoding"] == "int8"
+    assert np.allclose(decode_content(msg)["arrays"]["layer.lora_A.weight"].numpy(), state["layer.lora_A.weight"],
+                       atol=np.abs(state["layer.lora_A.weight"]).max() / 100)
 
 
 def test_broken_encoded_messages_are_named() -> None:
     msg = encode_content(content(adapter()), "int8")
-    msg[TRANSPORT] = ConfigRecord({"encoding": "int8", "scales.arrays": [1.0], "encoded-bytes": 10})
+    layout = msg[TRANSPORT]["layout.arrays"]
+    msg[TRANSPORT] = ConfigRecord({"encoding": "int8", "scales.arrays": [1.0], "layout.arrays": layout,
+                                   "encoded-bytes": 10})
     with pytest.raises(EncodingError, match="'arrays' has 3 int8 tensors but 1 scales"):
         decode_content(msg)
     msg[TRANSPORT] = ConfigRecord({"encoding": "int4", "encoded-bytes": 10})
     with pytest.raises(EncodingError, match="unknown encoding 'int4'"):
         decode_content(msg)
     msg = encode_content(content(adapter()), "float16")
-    msg[TRANSPORT] = ConfigRecord({"encoding": "int8", "scales.arrays": [1.0, 1.0, 1.0], "encoded-bytes": 10})
+    layout = msg[TRANSPORT]["layout.arrays"]
+    msg[TRANSPORT] = ConfigRecord({"encoding": "int8", "scales.arrays": [1.0, 1.0, 1.0], "layout.arrays": layout,
+                                   "encoded-bytes": 10})
     with pytest.raises(EncodingError, match="arrays/layer.lora_A.weight has dtype float16, expected int8"):
+        decode_content(msg)
+
+
+@pytest.mark.parametrize(("layout", "problem"), [
+    (None, r"ArrayRecord 'arrays' has no manifest \(layout.arrays\)"),
+    ("{not json", "manifest is not a list of \\[key, dtype, shape\\]"),
+    ('[["a", "float64", [2]]]', "manifest is not a list"),
+    ('[["a", "float32", [4, 32]]]', "uint8 array of 1152 bytes, the manifest describes 512 bytes"),
+    ('[["a", "float32", [4, 32]], ["a", "float32", [32, 4]], ["b", "float32", [8, 4]]]', "a key appears twice"),
+])
+def test_a_broken_manifest_is_named(layout, problem) -> None:
+    msg = encode_content(content(adapter()), "float32")
+    info = {"encoding": "float32", "encoded-bytes": 10} | ({"layout.arrays": layout} if layout else {})
+    msg[TRANSPORT] = ConfigRecord(info)
+    with pytest.raises(EncodingError, match=problem):
         decode_content(msg)
 
 
@@ -87,9 +132,34 @@ def test_config_key_is_checked() -> None:
     assert validate({"transport.encoding": "int8", "strategy.dp": "server-fixed"})["strategy.dp"] == "server-fixed"
 
 
-def test_float32_grid_is_the_grid_itself() -> None:
-    sentinel = object()
-    assert transport_grid(sentinel, "float32") is sentinel
+def test_float32_grid_packs_what_it_sends_and_unpacks_replies() -> None:
+    from flwr.app import Message
+    from flwr.serverapp import Grid
+
+    from support.messages import instruction
+
+    sent = []
+    reply_content = encode_content(content(adapter(1)), "float32")  # as a site packs its reply
+
+    class Inner(Grid):  # stands in for Flower's Grid
+        run = None
+        def set_run(self, run): ...
+        def create_message(self, *a, **k): ...
+        def get_node_ids(self): return [11]
+        def get_nodes(self): return []
+        def push_messages(self, messages): return []
+        def pull_messages(self, ids): return []
+        def send_and_receive(self, messages, *, timeout=None):
+            sent.extend(messages)
+            return [Message(reply_content, reply_to=instruction(11))]
+
+    grid = transport_grid(Inner(), "float32")
+    outgoing = instruction(11)
+    outgoing.content = content(adapter(0))
+    replies = list(grid.send_and_receive([outgoing]))
+    assert list(sent[0].content["arrays"].keys()) == [PACKED]
+    got = replies[0].content["arrays"]
+    assert all(np.array_equal(got[k].numpy(), v) for k, v in adapter(1).items())
 
 
 def test_grid_decodes_replies_and_leaves_undecodable_ones_to_screening(caplog) -> None:
@@ -119,12 +189,12 @@ def test_grid_decodes_replies_and_leaves_undecodable_ones_to_screening(caplog) -
     replies = list(grid.send_and_receive([], timeout=1))
     assert "reply from node 12 cannot be decoded" in caplog.text
     assert replies[0].content["arrays"]["a"].numpy().dtype == np.float32
-    assert replies[1].content["arrays"]["a"].numpy().dtype == np.int8  # left as it came
+    assert list(replies[1].content["arrays"].keys()) == [PACKED]  # left as it came
 
     strategy = ScreenedStrategy(FedMedLoRA(expected_shapes=SHAPES))
     arrays, _ = strategy.aggregate_train(1, replies)
     report = strategy.round_report()
     assert [u.site for u in report.updates] == ["h1"]
-    assert report.rejected and report.rejected[0][0] == "h2" and "dtype int8" in report.rejected[0][1]
+    assert report.rejected and report.rejected[0][0] == "h2" and "unexpected [packed]" in report.rejected[0][1]
     assert np.allclose(arrays["a"].numpy(), 0.25, atol=0.25 / 127)
     assert report.updates[0].bytes_up == adapter_nbytes(const_state(0.25), "int8")

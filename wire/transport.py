@@ -9,10 +9,18 @@ Both ends encode what they send and decode what they receive, so strategies and 
 always see float32. An encoded message carries a ConfigRecord `transport` naming the
 encoding, the scales of each int8 ArrayRecord (in key order) and the bytes of tensor
 payload as sent, which is what the communication figures count.
+
+Whatever the encoding, each ArrayRecord travels packed: its tensors' bytes concatenated
+into one uint8 array under the key `packed`, with a manifest (`layout.<record>`: JSON list
+of [key, dtype, shape]) in the `transport` record. Flower 1.42 moves every array of a
+message as its own object, one request per object on every hop (ServerApp, SuperLink,
+SuperNode, ClientApp and back); an adapter of 420 small tensors was 420 requests per hop,
+packed it is one array of a few 5 MB chunks (docs/architecture.md, "Warm sites").
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections import OrderedDict
@@ -28,6 +36,9 @@ log = logging.getLogger(__name__)
 ENCODINGS: tuple[str, ...] = ("float32", "float16", "int8")
 TRANSPORT = "transport"  # the ConfigRecord an encoded message carries
 ENCODED_BYTES = "encoded-bytes"
+PACKED = "packed"  # the one array key of a packed ArrayRecord
+DECODED = "decoded"  # set in `transport` once decoded: decoding again is a no-op
+_DTYPES = {"float32": np.float32, "float16": np.float16, "int8": np.int8}
 
 
 class EncodingError(ValueError):
@@ -76,11 +87,12 @@ def _array_record(arrays: Mapping[str, np.ndarray]):
 
 
 def encode_content(content, encoding: str):
-    """Encode every ArrayRecord of a RecordDict in place (idempotent); returns it."""
+    """Encode and pack every ArrayRecord of a RecordDict in place (idempotent); returns it."""
     from flwr.app import ConfigRecord
 
     check_encoding(encoding)
-    if encoding == "float32" or TRANSPORT in content.config_records:
+    if (TRANSPORT in content.config_records and not content.config_records[TRANSPORT].get(DECODED)) \
+            or not content.array_records:
         return content
     info: dict[str, Any] = {"encoding": encoding}
     sent = 0
@@ -92,7 +104,7 @@ def encode_content(content, encoding: str):
             encoded[key] = values
             if scale is not None:
                 scales.append(scale)
-        content[name] = _array_record(encoded)
+        content[name], info[f"layout.{name}"] = pack(encoded)
         sent += arrayrecord_nbytes(content[name])
         if scales:
             info[f"scales.{name}"] = scales
@@ -102,30 +114,71 @@ def encode_content(content, encoding: str):
     return content
 
 
+def pack(arrays: Mapping[str, np.ndarray]):
+    """An ArrayRecord holding `arrays` as one uint8 array, and its manifest (a JSON string)."""
+    manifest = [[key, values.dtype.name, list(values.shape)] for key, values in arrays.items()]
+    blob = np.concatenate([np.ascontiguousarray(v, dtype=v.dtype.newbyteorder("<")).reshape(-1).view(np.uint8)
+                           for v in arrays.values()]
+                          or [np.zeros(0, np.uint8)])
+    return _array_record({PACKED: blob}), json.dumps(manifest)
+
+
+def unpack(record, manifest: str, where: str) -> OrderedDict[str, np.ndarray]:
+    """The tensors of a packed ArrayRecord, checked against its manifest; EncodingError
+    (naming `where`) if they do not match exactly."""
+    try:
+        entries = json.loads(manifest)
+        if not isinstance(entries, list):
+            raise ValueError("not a list")
+        layout = [(str(key), _DTYPES[dtype], tuple(int(n) for n in shape)) for key, dtype, shape in entries]
+    except (ValueError, TypeError, KeyError) as err:
+        raise EncodingError(f"transport: {where}: manifest is not a list of [key, dtype, shape] ({err})") from None
+    if list(record.keys()) != [PACKED]:
+        raise EncodingError(f"transport: {where}: expected one array {PACKED!r}, got {list(record.keys())[:3]}")
+    blob = record[PACKED].numpy()
+    expected = sum(np.dtype(dtype).itemsize * math.prod(shape) for _, dtype, shape in layout)
+    if blob.dtype != np.uint8 or blob.ndim != 1 or blob.size != expected:
+        raise EncodingError(f"transport: {where}: {blob.dtype} array of {blob.size} bytes, the manifest "
+                            f"describes {expected} bytes")
+    if len({key for key, _, _ in layout}) != len(layout):
+        raise EncodingError(f"transport: {where}: a key appears twice in the manifest")
+    arrays, start = OrderedDict(), 0
+    for key, dtype, shape in layout:
+        size = np.dtype(dtype).itemsize * math.prod(shape)
+        arrays[key] = blob[start:start + size].view(np.dtype(dtype).newbyteorder("<")).reshape(shape)
+        start += size
+    return arrays
+
+
 def decode_content(content):
-    """Decode the ArrayRecords of an encoded RecordDict to float32 in place (the
-    `transport` record stays, for its byte count); a plain one is returned as it is."""
-    if TRANSPORT not in content.config_records:
+    """Unpack and decode the ArrayRecords of an encoded RecordDict to float32 in place (the
+    `transport` record stays, for its byte count, marked decoded); a plain or already decoded
+    one is returned as it is."""
+    from flwr.app import ConfigRecord
+
+    if TRANSPORT not in content.config_records or content.config_records[TRANSPORT].get(DECODED):
         return content
     info = content.config_records[TRANSPORT]
     encoding = info.get("encoding")
     if encoding not in ENCODINGS:
         raise EncodingError(f"transport: unknown encoding {encoding!r}; expected one of {list(ENCODINGS)}")
     for name in list(content.array_records):
-        record = content.array_records[name]
-        keys = list(record.keys())
+        layout = info.get(f"layout.{name}")
+        if not isinstance(layout, str):
+            raise EncodingError(f"transport: ArrayRecord {name!r} has no manifest (layout.{name})")
+        tensors = unpack(content.array_records[name], layout, f"ArrayRecord {name!r}")
         scales = info.get(f"scales.{name}") if encoding == "int8" else None
-        if encoding == "int8" and (not isinstance(scales, list) or len(scales) != len(keys)):
-            raise EncodingError(f"transport: ArrayRecord {name!r} has {len(keys)} int8 tensors but "
+        if encoding == "int8" and (not isinstance(scales, list) or len(scales) != len(tensors)):
+            raise EncodingError(f"transport: ArrayRecord {name!r} has {len(tensors)} int8 tensors but "
                                 f"{len(scales) if isinstance(scales, list) else 'no'} scales")
         decoded = OrderedDict()
-        for i, key in enumerate(keys):
-            values = record[key].numpy()
-            expected = {"float32": np.float32, "float16": np.float16, "int8": np.int8}[encoding]
-            if values.dtype != expected:
+        for i, (key, values) in enumerate(tensors.items()):
+            if values.dtype != _DTYPES[encoding]:
                 raise EncodingError(f"transport: {name}/{key} has dtype {values.dtype}, expected {encoding}")
             decoded[key] = decode_array(values, float(scales[i]) if scales else None)
         content[name] = _array_record(decoded)
+    content[TRANSPORT] = ConfigRecord({"encoding": encoding, ENCODED_BYTES: int(info.get(ENCODED_BYTES) or 0),
+                                       DECODED: True})
     return content
 
 
@@ -137,13 +190,11 @@ def sent_nbytes(content) -> int | None:
 
 
 def transport_grid(inner, encoding: str):
-    """The coordinator's Grid with outgoing messages encoded and replies decoded, so
-    strategies never see encoded tensors; `inner` itself for float32."""
+    """The coordinator's Grid with outgoing messages encoded and packed and replies decoded,
+    so strategies never see encoded tensors."""
     from flwr.serverapp import Grid
 
     check_encoding(encoding)
-    if encoding == "float32":
-        return inner
 
     class TransportGrid(Grid):
         def _encode(self, messages):

@@ -479,6 +479,33 @@ def note_strings(documents: Iterable[Any], min_sentence: int = 20, min_entity: i
     return strings
 
 
+def unpacked(content: Mapping[str, Any], name: str) -> tuple[dict[str, Any], list[str]]:
+    """ArrayRecord `name` of a message's content (as `message_record` gives it) with its
+    tensors unpacked, read here from the packed bytes and the manifest the `transport`
+    record holds (wire/transport.py packs every ArrayRecord); and what does not add up (bytes
+    the manifest does not account for). A record that is not packed comes back as it is."""
+    record = content[name]
+    manifest = content.get("transport", {}).get("items", {}).get(f"layout.{name}")
+    if record.get("kind") != "arrays" or manifest is None:
+        return record, []
+    if list(record["arrays"]) != ["packed"]:
+        return record, [f"a manifest for {name}, but arrays {list(record['arrays'])[:3]} instead of one packed array"]
+    blob = np.load(io.BytesIO(record["arrays"]["packed"]["data"]), allow_pickle=False)
+    if blob.dtype != np.uint8 or blob.ndim != 1:
+        return record, [f"packed array of {name} is {blob.dtype} {blob.shape}, not bytes"]
+    arrays, start = {}, 0
+    for key, dtype, shape in json.loads(manifest):
+        tensor = np.frombuffer(blob.tobytes(), dtype=np.dtype(dtype).newbyteorder("<"),
+                               count=int(np.prod(shape)), offset=start).reshape(shape)
+        start += tensor.nbytes
+        saved = io.BytesIO()
+        np.save(saved, tensor, allow_pickle=False)
+        arrays[key] = {"dtype": str(tensor.dtype), "shape": list(tensor.shape), "stype": "numpy.ndarray",
+                       "data": saved.getvalue()}
+    problems = [] if start == blob.size else [f"{name}: {blob.size - start} packed bytes beyond the manifest's tensors"]
+    return {"kind": "arrays", "arrays": arrays}, problems
+
+
 def adapter_problems(record: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]]) -> list[str]:
     """What is wrong with an ArrayRecord (as `record_of` gives it) that should hold exactly
     the LoRA tensors `expected` (key -> shape), float32, in numpy form; [] when nothing."""
@@ -513,5 +540,5 @@ def adapter_problems(record: Mapping[str, Any], expected: Mapping[str, tuple[int
 __all__ = [
     "CAPTURE_ENV", "capture_dir", "capture_mod", "RecordingGrid", "WireRecorder", "Exchange", "WireMessage",
     "decode_wire", "message_record", "record_of", "append_record", "load_records", "flower_error_reason",
-    "NoteTextFinder", "Finding", "note_strings", "adapter_problems",
+    "NoteTextFinder", "Finding", "note_strings", "adapter_problems", "unpacked",
 ]
