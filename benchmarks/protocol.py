@@ -399,7 +399,9 @@ CAUSES = {"process start": "site-process-start-seconds", "imports": "site-import
 def overhead(run: Path) -> dict[str, float | None]:
     """Wall time of the whole command minus the time during which any site was training or
     evaluating or the coordinator was evaluating (what the federation itself costs), split
-    into startup (until the first work), the gaps between work, and shutdown (after the last).
+    into startup (until every site has begun its first work: each site's first message starts
+    its process or worker and loads the model, once per run), the gaps between work, and
+    shutdown (after the last work).
 
     Sites of a deployment work at the same time, so their seconds are not summed: each
     phase is placed on the clock by the end time the site reported, and the overlap counts once."""
@@ -409,13 +411,17 @@ def overhead(run: Path) -> dict[str, float | None]:
     train = evaluate = coordinator = 0.0
     intervals: list[tuple[float, float]] = []
 
-    def phase(metrics: dict[str, float], seconds_key: str, end_key: str) -> float:
+    first_work: dict[str, float] = {}  # site -> when its first work began
+
+    def phase(metrics: dict[str, float], seconds_key: str, end_key: str, site: str | None = None) -> float:
         seconds = metrics.get(seconds_key, 0.0)
         if seconds:
             if end_key not in metrics:
                 raise KeyError(f"{run / 'metrics.jsonl'}: {seconds_key} without {end_key} "
                                f"(a run recorded before sites reported end times; run it again)")
             intervals.append((metrics[end_key] - seconds, metrics[end_key]))
+            if site is not None:
+                first_work[site] = min(first_work.get(site, float("inf")), metrics[end_key] - seconds)
         return seconds
 
     rounds = read_rounds(run)
@@ -424,8 +430,8 @@ def overhead(run: Path) -> dict[str, float | None]:
         coordinator += phase(record["coordinator"], "eval-seconds", "eval-end-time")
         sites = record.get("sites", [])
         for site in sites:
-            train += phase(site["train"], "train-seconds", "train-end-time")
-            evaluate += phase(site.get("evaluate") or {}, "eval-seconds", "eval-end-time")
+            train += phase(site["train"], "train-seconds", "train-end-time", site["site"])
+            evaluate += phase(site.get("evaluate") or {}, "eval-seconds", "eval-end-time", site["site"])
             # Round 1's train messages start the sites: what they cost is startup, before any work.
             messages = [site.get("evaluate") or {}] + ([site["train"]] if record["round"] > 1 else [])
             for cause, key in CAUSES.items():
@@ -436,7 +442,10 @@ def overhead(run: Path) -> dict[str, float | None]:
               "overhead-seconds": None if wall is None else wall - busy,
               "overhead-share": None if wall is None else (wall - busy) / wall}
     if "start-time" in timing and intervals:
-        startup = min(start for start, _ in intervals) - timing["start-time"]
+        # Until every site has begun work, less the work done meanwhile (the coordinator's round-0
+        # evaluation, the first sites' training while the others still start).
+        ready = max(first_work.values(), default=min(start for start, _ in intervals))
+        startup = ready - timing["start-time"] - busy_seconds([(a, min(b, ready)) for a, b in intervals if a < ready])
         shutdown = timing["start-time"] + wall - max(end for _, end in intervals)
         between = wall - busy - startup - shutdown
         federated_rounds = sum(1 for record in rounds if record.get("sites"))
@@ -830,6 +839,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "protocol")
     parser.add_argument("--results", type=Path,
                         help="also write RESULTS.md here (e.g. docs/RESULTS.md), results.json and plots/ beside it")
+    parser.add_argument("--before-runs", type=Path, default=None,
+                        help="with --only overhead: the runs folder of an earlier --only overhead measurement; "
+                             "`before` is recomputed from its runs without site workers and in simulation")
     parser.add_argument("--overhead-json", type=Path, default=None,
                         help="with --only overhead: write before/after figures here (docs/benchmarks/overhead.json)")
     parser.add_argument("--only", choices=["overhead"],
@@ -881,6 +893,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     sites = prepare_sites(args.data.resolve(), out, profile.new_site_documents)
     if args.report_only:
         return report_only(out, sites, profile, args.profile, args.results, settings)
+    if args.before_runs and (args.only != "overhead" or not all(
+            (args.before_runs / run / "metrics.jsonl").is_file() for run in ("deployment-cold", "overhead-simulation"))):
+        parser.error(f"--before-runs {args.before_runs}: needs --only overhead and a runs folder of an earlier "
+                     "--only overhead measurement (deployment-cold/ and overhead-simulation/ with their metrics.jsonl)")
     if args.only == "overhead":
         overheads = measure_overheads(profile, federated_config(profile, out / "sites", out / "runs"), sites, out)
         (out / "overhead.json").write_text(json.dumps(overheads, indent=2))
@@ -890,6 +906,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             earlier = recorded["profiles"].get("quick", {}).get("results", {}).get("overhead", {}).get("simulation")
         previous = (json.loads(args.overhead_json.read_text())
                     if args.overhead_json and args.overhead_json.is_file() else None)
+        if args.before_runs:  # `before` recomputed from an earlier measurement's runs
+            previous = {"deployment": {"before": overhead_summary(overhead(args.before_runs / "deployment-cold"))},
+                        "simulation": {"before": overhead_summary(overhead(args.before_runs / "overhead-simulation"))}}
         figures = overhead_file(overheads, earlier, command, asdict(profile), previous)
         if args.overhead_json:
             args.overhead_json.write_text(json.dumps(figures, indent=2) + "\n")

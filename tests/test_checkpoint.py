@@ -383,19 +383,32 @@ class Killed(Exception):
 
 class SiteGrid:
     """Three sites answering the ServerApp's messages like the real ClientApp, without a
-    model: a train reply moves the global adapter by a node- and round-dependent amount."""
+    model: a train reply moves the global adapter by a node- and round-dependent amount.
+    Messages arrive and replies leave packed (wire/transport.py), as with the ClientApp."""
 
     def __init__(self, kill_at_round: int | None = None) -> None:
         self.kill_at_round = kill_at_round
         self.train_rounds: list[int] = []
+        self.replies: dict[str, Message] = {}
 
     def get_node_ids(self) -> list[int]:
         return [1, 2, 3]
 
-    def send_and_receive(self, messages, timeout=None) -> list[Message]:
+    def push_messages(self, messages) -> list[str]:
+        for reply_msg in self.answer(messages):
+            self.replies[reply_msg.metadata.reply_to_message_id] = reply_msg
+        return list(self.replies)
+
+    def pull_messages(self, message_ids) -> list[Message]:
+        return [self.replies.pop(i) for i in list(message_ids) if i in self.replies]
+
+    def answer(self, messages) -> list[Message]:
+        from wire.transport import decode_content, encode_content
+
         messages = list(messages)
         out = []
         for msg in messages:
+            decode_content(msg.content)
             node, kind = msg.metadata.dst_node_id, msg.metadata.message_type
             config = msg.content["config"]
             server_round = int(config["server-round"])
@@ -415,7 +428,7 @@ class SiteGrid:
             else:
                 metrics = {"num-examples": 2, "val-loss": float(node), "strict-f1": 0.1 * node, "lenient-f1": 0.2}
                 content = RecordDict({"metrics": MetricRecord(metrics), "site": site})
-            out.append(Message(content=content, reply_to=instruction(node, kind)))
+            out.append(Message(content=encode_content(content, "float32"), reply_to=instruction(node, kind)))
         return out
 
 

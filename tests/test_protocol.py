@@ -105,9 +105,11 @@ def test_overhead_of_sites_working_one_after_another(tmp_path) -> None:
     assert o["site-train-seconds"] == 30 and o["site-eval-seconds"] == 5 and o["coordinator-eval-seconds"] == 5
     assert o["busy-seconds"] == pytest.approx(40.0)
     assert o["overhead-seconds"] == pytest.approx(10.0) and o["overhead-share"] == pytest.approx(0.2)
-    # 1 s before the first work, 4 s after the last (1045-1049), 3 + 1 + 1 s of gaps in one round
-    assert o["startup-seconds"] == pytest.approx(1.0) and o["shutdown-seconds"] == pytest.approx(4.0)
-    assert o["between-work-seconds"] == pytest.approx(5.0) and o["between-work-seconds-per-round"] == pytest.approx(5.0)
+    # Startup lasts until every site has begun work (b at 1015): 15 s less the work meanwhile (the
+    # coordinator 1000-1002, a 1005-1015), so 4 s; 4 s after the last work (1045-1049); the rest,
+    # 1035-1036 before a's evaluation and 1041-1042 before the coordinator's, is between work.
+    assert o["startup-seconds"] == pytest.approx(4.0) and o["shutdown-seconds"] == pytest.approx(4.0)
+    assert o["between-work-seconds"] == pytest.approx(2.0) and o["between-work-seconds-per-round"] == pytest.approx(2.0)
     assert protocol.site_speed(run) == {"a": 100.0, "b": 50.0}
 
 

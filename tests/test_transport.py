@@ -147,11 +147,11 @@ def test_float32_grid_packs_what_it_sends_and_unpacks_replies() -> None:
         def create_message(self, *a, **k): ...
         def get_node_ids(self): return [11]
         def get_nodes(self): return []
-        def push_messages(self, messages): return []
-        def pull_messages(self, ids): return []
-        def send_and_receive(self, messages, *, timeout=None):
+        def push_messages(self, messages):
             sent.extend(messages)
-            return [Message(reply_content, reply_to=instruction(11))]
+            return ["ins-11"]
+        def pull_messages(self, ids): return [Message(reply_content, reply_to=instruction(11))]
+        def send_and_receive(self, messages, *, timeout=None): raise AssertionError("polls 3 s apart")
 
     grid = transport_grid(Inner(), "float32")
     outgoing = instruction(11)
@@ -160,6 +160,38 @@ def test_float32_grid_packs_what_it_sends_and_unpacks_replies() -> None:
     assert list(sent[0].content["arrays"].keys()) == [PACKED]
     got = replies[0].content["arrays"]
     assert all(np.array_equal(got[k].numpy(), v) for k, v in adapter(1).items())
+
+
+def test_grid_pulls_replies_until_all_arrived_or_the_timeout(monkeypatch) -> None:
+    from flwr.serverapp import Grid
+
+    import wire.transport
+    from support.messages import reply
+
+    monkeypatch.setattr(wire.transport, "REPLY_POLL_SECONDS", 0.01)
+    ready = {"ins-11": [1, 1, 2], "ins-12": [3]}  # reply i arrives at the pull numbered here
+    pulls = []
+
+    class Inner(Grid):  # replies arrive one pull apart
+        run = None
+        def set_run(self, run): ...
+        def create_message(self, *a, **k): ...
+        def get_node_ids(self): return [11, 12]
+        def get_nodes(self): return []
+        def push_messages(self, messages): return list(ready)
+        def pull_messages(self, ids):
+            pulls.append(set(ids))
+            n = len(pulls)
+            return [reply(int(i[-2:]), {"a": np.zeros(2, np.float32)}) for i in ids if ready[i][-1] == n]
+        def send_and_receive(self, messages, *, timeout=None): raise AssertionError("polls 3 s apart")
+
+    got = transport_grid(Inner(), "float32").send_and_receive([], timeout=5)
+    assert [m.metadata.src_node_id for m in got] == [11, 12] and len(pulls) == 3
+    assert pulls[2] == {"ins-12"}  # what arrived is not asked for again
+    pulls.clear()
+    ready["ins-12"] = [99]  # never arrives: the timeout ends the wait
+    got = transport_grid(Inner(), "float32").send_and_receive([], timeout=0.2)
+    assert [m.metadata.src_node_id for m in got] == [11] and 5 < len(pulls) < 40
 
 
 def test_grid_decodes_replies_and_leaves_undecodable_ones_to_screening(caplog) -> None:
@@ -181,9 +213,9 @@ def test_grid_decodes_replies_and_leaves_undecodable_ones_to_screening(caplog) -
         def create_message(self, *a, **k): ...
         def get_node_ids(self): return [11, 12]
         def get_nodes(self): return []
-        def push_messages(self, messages): return []
-        def pull_messages(self, ids): return []
-        def send_and_receive(self, messages, *, timeout=None): return [good, broken]
+        def push_messages(self, messages): return ["ins-11", "ins-12"]
+        def pull_messages(self, ids): return [good, broken]
+        def send_and_receive(self, messages, *, timeout=None): raise AssertionError("polls 3 s apart")
 
     grid = transport_grid(Inner(), "int8")
     replies = list(grid.send_and_receive([], timeout=1))

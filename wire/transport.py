@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
@@ -37,6 +38,7 @@ ENCODINGS: tuple[str, ...] = ("float32", "float16", "int8")
 TRANSPORT = "transport"  # the ConfigRecord an encoded message carries
 ENCODED_BYTES = "encoded-bytes"
 PACKED = "packed"  # the one array key of a packed ArrayRecord
+REPLY_POLL_SECONDS = 0.2  # a pull is one local request to the SuperLink
 DECODED = "decoded"  # set in `transport` once decoded: decoding again is a no-op
 _DTYPES = {"float32": np.float32, "float16": np.float16, "int8": np.int8}
 
@@ -191,7 +193,9 @@ def sent_nbytes(content) -> int | None:
 
 def transport_grid(inner, encoding: str):
     """The coordinator's Grid with outgoing messages encoded and packed and replies decoded,
-    so strategies never see encoded tensors."""
+    so strategies never see encoded tensors. It also waits for replies by pulling every
+    `REPLY_POLL_SECONDS`: Flower's deployment Grid sleeps 3 s between pulls, which a round
+    pays once per message phase (docs/architecture.md, "Warm sites")."""
     from flwr.serverapp import Grid
 
     check_encoding(encoding)
@@ -239,7 +243,18 @@ def transport_grid(inner, encoding: str):
             return self._decode(inner.pull_messages(message_ids))
 
         def send_and_receive(self, messages, *, timeout=None):
-            return self._decode(inner.send_and_receive(self._encode(messages), timeout=timeout))
+            # Flower's Grid.send_and_receive, with a short pull interval.
+            waiting = set(self.push_messages(messages))
+            deadline = None if timeout is None else time.monotonic() + timeout
+            replies = []
+            while waiting:
+                pulled = list(self.pull_messages(waiting))
+                replies.extend(pulled)
+                waiting -= {msg.metadata.reply_to_message_id for msg in pulled}
+                if not waiting or (deadline is not None and time.monotonic() >= deadline):
+                    break
+                time.sleep(REPLY_POLL_SECONDS)
+            return replies
 
         def __getattr__(self, name):  # anything else the Grid implementation offers
             return getattr(inner, name)
