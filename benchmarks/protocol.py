@@ -537,6 +537,8 @@ def overhead_rows(profile: dict[str, Any], overheads: dict[str, dict[str, Any]])
 
 
 OVERHEAD_HEADING = "## Federation overhead"
+BEFORE_KEPT = ("the first measurement, kept (deployment: a fresh ClientApp process loading the model for every "
+               "message, each using every core; simulation: the quick profile's earlier measurement).")
 
 
 def overhead_table(figures: dict[str, Any]) -> list[str]:
@@ -565,11 +567,9 @@ def write_overhead_section(results_md: Path, figures: dict[str, Any]) -> None:
     section = [OVERHEAD_HEADING, "",
                f"{settings['sites']} sites, {settings['rounds']} rounds x {settings['steps']} steps, small evaluations "
                f"({figures['hardware']}); measured by `{figures['command']}`, figures in "
-               "docs/benchmarks/overhead.json. Deployment before (the first measurement, kept): a fresh ClientApp "
-               "process loading the model for every message, each using every core, the adapter sent as one array "
-               "per tensor; after: each site's warm worker, the cores shared, the adapter packed into one array; "
-               "no site workers: today's code without the workers. Simulation before: the quick profile's earlier "
-               "measurement.", "", *overhead_table(figures), ""]
+               f"docs/benchmarks/overhead.json. Before: {figures.get('before_note', BEFORE_KEPT)} After: each site's "
+               "warm worker, the cores shared, the adapter packed into one array, replies pulled every 0.2 s; no site "
+               "workers: the same code without the workers.", "", *overhead_table(figures), ""]
     lines = results_md.read_text().splitlines() if results_md.is_file() else []
     if OVERHEAD_HEADING in lines:
         first = lines.index(OVERHEAD_HEADING)
@@ -766,6 +766,8 @@ def measure_overheads(profile: Profile, config: dict[str, Any], sites: dict[str,
 
 
 COLD_DEPLOYMENT = "loopback deployment, no site workers"
+OVERHEAD_RUNS = {"simulation": "overhead-simulation", "loopback deployment": "deployment",
+                 COLD_DEPLOYMENT: "deployment-cold"}  # mode -> its run folder under --out/runs
 
 
 def overhead_summary(measured: dict[str, Any]) -> dict[str, Any]:
@@ -791,6 +793,7 @@ def overhead_file(overheads: dict[str, Any], before_simulation: dict[str, Any] |
 
     return {
         "command": command,
+        "before_note": previous.get("before_note", BEFORE_KEPT),
         "hardware": f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPU(s)",
         "settings": {"rounds": profile["overhead_rounds"], "steps": profile["overhead_steps"], "sites": 3},
         "simulation": {"before": kept("simulation") or (overhead_summary(before_simulation) if before_simulation else None),
@@ -849,7 +852,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "write its section there")
     parser.add_argument("--report-only", action="store_true",
                         help="train and generate nothing: rebuild the report (claims included) from --out's "
-                             "results.json and its cached outputs")
+                             "results.json and its cached outputs; with --only overhead, the overhead figures from "
+                             "--out's finished runs")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="change a profile field (e.g. steps=2); for smoke tests")
     args = parser.parse_args(argv)
@@ -891,14 +895,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
 
     sites = prepare_sites(args.data.resolve(), out, profile.new_site_documents)
-    if args.report_only:
+    if args.report_only and args.only != "overhead":
         return report_only(out, sites, profile, args.profile, args.results, settings)
     if args.before_runs and (args.only != "overhead" or not all(
             (args.before_runs / run / "metrics.jsonl").is_file() for run in ("deployment-cold", "overhead-simulation"))):
         parser.error(f"--before-runs {args.before_runs}: needs --only overhead and a runs folder of an earlier "
                      "--only overhead measurement (deployment-cold/ and overhead-simulation/ with their metrics.jsonl)")
     if args.only == "overhead":
-        overheads = measure_overheads(profile, federated_config(profile, out / "sites", out / "runs"), sites, out)
+        if args.report_only:  # the figures again from --out's finished runs, nothing run
+            overheads = {mode: overhead(out / "runs" / name) for mode, name in OVERHEAD_RUNS.items()}
+        else:
+            overheads = measure_overheads(profile, federated_config(profile, out / "sites", out / "runs"), sites, out)
         (out / "overhead.json").write_text(json.dumps(overheads, indent=2))
         earlier = None  # the simulation's figures from the quick profile's full run, recorded before
         if args.results and (args.results.parent / "results.json").is_file():
@@ -906,9 +913,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             earlier = recorded["profiles"].get("quick", {}).get("results", {}).get("overhead", {}).get("simulation")
         previous = (json.loads(args.overhead_json.read_text())
                     if args.overhead_json and args.overhead_json.is_file() else None)
+        if args.report_only and previous and previous.get("command"):
+            command = previous["command"]  # the figures are still those that command measured
         if args.before_runs:  # `before` recomputed from an earlier measurement's runs
             previous = {"deployment": {"before": overhead_summary(overhead(args.before_runs / "deployment-cold"))},
-                        "simulation": {"before": overhead_summary(overhead(args.before_runs / "overhead-simulation"))}}
+                        "simulation": {"before": overhead_summary(overhead(args.before_runs / "overhead-simulation"))},
+                        "before_note": f"recomputed from the runs in {args.before_runs} (an earlier --only overhead "
+                                       "measurement: its deployment without site workers, and its simulation)."}
         figures = overhead_file(overheads, earlier, command, asdict(profile), previous)
         if args.overhead_json:
             args.overhead_json.write_text(json.dumps(figures, indent=2) + "\n")
