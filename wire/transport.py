@@ -13,9 +13,10 @@ payload as sent, which is what the communication figures count.
 Whatever the encoding, each ArrayRecord travels packed: its tensors' bytes concatenated
 into one uint8 array under the key `packed`, with a manifest (`layout.<record>`: JSON list
 of [key, dtype, shape]) in the `transport` record. Flower 1.42 moves every array of a
-message as its own object, one request per object on every hop (ServerApp, SuperLink,
-SuperNode, ClientApp and back); an adapter of 420 small tensors was 420 requests per hop,
-packed it is one array of a few 5 MB chunks (docs/architecture.md, "Warm sites").
+message (and every 5 MB chunk of it) as its own object, one request per object on every hop
+(ServerApp, SuperLink, SuperNode, ClientApp and back); an adapter of 420 small tensors was
+over 800 requests per hop, packed it is one array of a few chunks (docs/architecture.md,
+"Warm sites").
 """
 
 from __future__ import annotations
