@@ -26,16 +26,25 @@ def _parse_value(text: str) -> Any:
         return text  # a bare string
 
 
-def _run_config(pairs: list[str]) -> dict[str, Any]:
+def _run_config_overrides(pairs: list[str], option: str = "--run-config") -> dict[str, Any]:
+    """`key=value` pairs -> overrides, refused (naming the key) unless every key is valid."""
     from settings.config import validate
 
     overrides = {}
     for pair in pairs:
-        if "=" not in pair:
-            raise SystemExit(f"--set {pair!r}: expected key=value")
-        key, value = pair.split("=", 1)
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"{option} {pair!r}: expected key=value")
         overrides[key.strip()] = _parse_value(value.strip())
-    return validate(overrides)
+    validate(overrides)  # Flower's own message for a bad key does not name it
+    return overrides
+
+
+def _run_config(pairs: list[str]) -> dict[str, Any]:
+    """The whole run config: `--set` pairs over the defaults."""
+    from settings.config import validate
+
+    return validate(_run_config_overrides(pairs, "--set"))
 
 
 def cmd_demo_corpus(args: argparse.Namespace) -> int:
@@ -191,19 +200,10 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def _flwr_run_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """`--run-config key=value` pairs -> validated overrides; `output-dir` defaults to
-    <app>/outputs (the ServerApp's working directory is not the caller's)."""
-    from settings.config import validate
-
-    overrides = {}
-    for pair in args.run_config:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--run-config {pair!r}: expected key=value")
-        overrides[key.strip()] = _parse_value(value.strip())
-    if "output-dir" not in overrides:
-        overrides["output-dir"] = str(Path(args.app).resolve() / "outputs")
-    validate(overrides)  # Flower's own message for a bad key does not name it
+    """Validated overrides; `output-dir` defaults to <app>/outputs (the ServerApp's working
+    directory, on this machine, is not the caller's)."""
+    overrides = _run_config_overrides(args.run_config)
+    overrides.setdefault("output-dir", str(Path(args.app).resolve() / "outputs"))
     return overrides
 
 
@@ -229,6 +229,33 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted: every process of the deployment was stopped", file=sys.stderr)
         return 130
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """`flwr run <app> <connection> --stream`, failing unless the run finished as completed."""
+    from fedmedlora.deploy.run_status import run_and_check
+    from fedmedlora.local_run import run_config_arg
+
+    overrides = _run_config_overrides(args.run_config)
+    run_config = [run_config_arg(overrides)] if overrides else []
+    return run_and_check(Path(args.app).resolve(), args.connection, run_config, stdout=sys.stdout)
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    """The offline wheelhouse for an air-gapped node (fedmedlora/bundle.py)."""
+    from fedmedlora.bundle import BundleError, write_bundle
+
+    try:
+        manifest = write_bundle(Path(args.app), Path(args.out), torch=args.torch, platform=args.platform or None,
+                                python=args.python or None, torch_index=args.torch_index or None)
+    except BundleError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    total = sum(f["bytes"] for f in manifest["files"].values())
+    print(f"wrote {len(manifest['files'])} wheels ({total / 1e6:.0f} MB) to {Path(args.out).resolve()}: "
+          f"{manifest['project']}, {manifest['torch']}, the model {manifest['model']}")
+    print(f"on the node, with no network: sh {Path(args.out) / 'install.sh'} [VENV]")
+    return 0
 
 
 def cmd_deploy_keys(args: argparse.Namespace) -> int:
@@ -328,6 +355,28 @@ def main(argv: list[str] | None = None) -> int:
     dep.add_argument("--run-config", action="append", default=[], metavar="KEY=VALUE",
                      help="override a run-config key (repeatable)")
     dep.set_defaults(func=cmd_deploy)
+
+    run = sub.add_parser("run", help="`flwr run <app> <connection> --stream` on a running SuperLink (compose, "
+                                     "across hospitals); exits 1 unless the run finished as completed")
+    run.add_argument("connection", help="a SuperLink connection of $FLWR_HOME/config.toml, e.g. compose")
+    run.add_argument("--app", default=".", help="the Flower app folder (this project)")
+    run.add_argument("--run-config", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a run-config key (repeatable); paths are the ServerApp's, e.g. "
+                          "data.server-validation=/data/validation in compose")
+    run.set_defaults(func=cmd_run)
+
+    bundle = sub.add_parser("bundle", help="an offline install for an air-gapped node: the project, every "
+                                           "dependency, torch and the embedded model as wheels, and install.sh")
+    bundle.add_argument("--out", required=True, help="folder to write (new, or a previous bundle)")
+    bundle.add_argument("--app", default=".", help="the project folder")
+    bundle.add_argument("--torch", choices=("cpu", "cuda"), default="cpu",
+                        help="torch 2.13.0's CPU build (+cpu) or PyPI's CUDA build (with its nvidia wheels)")
+    bundle.add_argument("--platform", default="", help="the node's pip platform tag, e.g. manylinux_2_28_x86_64 "
+                                                       "(default: this machine's)")
+    bundle.add_argument("--python", default="", help="the node's Python, e.g. 3.11 (default: this one)")
+    bundle.add_argument("--torch-index", default="https://download.pytorch.org/whl/cpu",
+                        help="also searched for the CPU build of torch ('' = pip's configured sources only)")
+    bundle.set_defaults(func=cmd_bundle)
 
     keys = sub.add_parser("deploy-keys", help="certificates and SuperNode keys for the TLS compose deployment "
                                               "(docker-compose.tls.yml)")

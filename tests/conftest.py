@@ -30,7 +30,8 @@ def tiny_qwen2(tmp_path_factory, default_model_dir) -> Path:
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:
-    """Every test not marked `e2e` (a real Flower run) is `unit`: `pytest -m unit` is the fast
-    tier. Marked as each test is collected, before `-m` selects."""
-    if item.get_closest_marker("e2e") is None:
+    """Every test not marked `e2e` (a real Flower run) or `compose` (the Docker engine) is
+    `unit`: `pytest -m unit` is the fast tier. Marked as each test is collected, before `-m`
+    selects."""
+    if item.get_closest_marker("e2e") is None and item.get_closest_marker("compose") is None:
         item.add_marker(pytest.mark.unit)

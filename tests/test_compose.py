@@ -27,6 +27,7 @@ from flwr.common.config import parse_config_args
 
 from fedmedlora.deploy import (
     COMPOSE_CONNECTION,
+    COMPOSE_SITE_THREADS,
     COMPOSE_SITES,
     CONTAINER_DATA_DIR,
     CONTAINER_WORKER_DIR,
@@ -271,7 +272,9 @@ def test_every_site_has_a_supernode_and_an_executor_that_alone_mounts_its_data(b
         supernode, executor = services[f"supernode-{site}"], services[f"superexec-clientapp-{site}"]
         # the SuperNode names the folder the ClientApp reads (client_app/runtime.py: data-dir, site-name)
         assert parse_config_args([_option(supernode["command"], "--node-config")]) == {
-            "data-dir": CONTAINER_DATA_DIR, "site-name": site, "site-worker": CONTAINER_WORKER_DIR}
+            "data-dir": CONTAINER_DATA_DIR, "site-name": site, "site-worker": CONTAINER_WORKER_DIR,
+            "threads": COMPOSE_SITE_THREADS}
+        assert "threads=${SITE_THREADS:-" in _option(raw[f"supernode-{site}"]["command"], "--node-config")
         assert _option(supernode["command"], "--isolation") == "process"
         assert not any(target.startswith("/data") for _, target in _mounts(supernode)), "data goes to the executor"
         data = [(source, target) for source, target in _mounts(executor) if target.startswith("/data")]

@@ -180,3 +180,24 @@ def test_process_set_stops_orphaned_descendants(tmp_path):
     assert processes.stop(grace=5) == []
     assert not any(Path(f"/proc/{p}").exists() and "sleep" in Path(f"/proc/{p}/cmdline").read_text()
                    for p in orphans)
+
+
+
+def test_a_failed_serverapp_fails_the_run_commands(tmp_path, tiny_llama, tiny_corpus):
+    # flwr 1.42's `flwr run --stream` exits 0 whatever became of the ServerApp; `fedmedlora
+    # deploy` and `fedmedlora run <connection>` ask the SuperLink how the run finished
+    # (fedmedlora/deploy/run_status.py). A missing validation folder fails the ServerApp.
+    bad = _overrides(tiny_llama, tiny_corpus, tmp_path / "outputs", 1)
+    bad["data.server-validation"] = str(tmp_path / "no-such-folder")
+    with LoopbackDeployment(REPO, _sites(tiny_corpus), tmp_path / "deploy") as deployment:
+        deployment.start()
+        code = deployment.run(bad, timeout=600)
+        log = (deployment.processes.log_dir / "flwr-run.log").read_text()
+        assert code == 1, log[-3000:]
+        assert "no-such-folder" in log  # the ServerApp's own error, streamed
+        env = {**os.environ, "FLWR_HOME": str(deployment.flwr_home)}
+        pairs = [f"--run-config={k}={json.dumps(v)}" for k, v in bad.items()]
+        command = [sys.executable, "-m", "fedmedlora.cli", "run", "deploy", "--app", str(REPO), *pairs]
+        failed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        assert failed.returncode == 1, failed.stdout[-3000:] + failed.stderr
+        assert "finished:failed" in failed.stderr and "Successfully started run" in failed.stdout

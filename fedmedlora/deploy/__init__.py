@@ -38,6 +38,7 @@ from __future__ import annotations
 from .commands import ISOLATION_MODES, register_command, superexec_command, superlink_command, supernode_command
 from .compose import (
     COMPOSE_CONNECTION,
+    COMPOSE_SITE_THREADS,
     COMPOSE_SITES,
     CONTAINER_DATA_DIR,
     CONTAINER_WORKER_DIR,
@@ -57,6 +58,7 @@ from .supervision import MARKER_VARIABLE, ProcessSet, Started
 
 __all__ = [
     "COMPOSE_CONNECTION",
+    "COMPOSE_SITE_THREADS",
     "COMPOSE_SITES",
     "CONNECTION",
     "CONTAINER_DATA_DIR",

@@ -18,6 +18,9 @@ CONTAINER_WORKER_DIR = "/tmp/fedmedlora-site-worker"  # the warm site worker's f
 CONTAINER_SECRETS = "/run/secrets"    # where compose mounts `secrets`
 COMPOSE_CONNECTION = "compose"        # the connection name in the compose config.toml files
 COMPOSE_SITES = {"hospital-a": 9094, "hospital-b": 9095, "hospital-c": 9096}  # site -> Runtime API port
+# Torch threads per site ($SITE_THREADS): the sites of the demo share one host's cores, and
+# each taking all of them oversubscribes the CPU (the 1-round demo took 12 min on 2 cores).
+COMPOSE_SITE_THREADS = 1
 
 
 def secret_path(name: str) -> str:
@@ -48,7 +51,8 @@ def container_commands(sites: Mapping[str, int] | None = None, tls: bool = False
         "superexec-serverapp": superexec_command(superlink_address, ca),
     }
     for name, port in sites.items():
-        node_config = Site(name, Path(CONTAINER_DATA_DIR)).node_config(Path(CONTAINER_WORKER_DIR))
+        node_config = Site(name, Path(CONTAINER_DATA_DIR)).node_config(Path(CONTAINER_WORKER_DIR),
+                                                                        COMPOSE_SITE_THREADS)
         commands[f"supernode-{name}"] = supernode_command(
             superlink_address, node_config, "0.0.0.0", port, root_certificates=ca,
             private_key=secret_path(f"{name}-node-key") if tls else None, isolation="process",

@@ -22,6 +22,7 @@ from fedmedlora.processes import process_tree, stop_processes
 from .commands import _check_isolation, register_command, superexec_command, superlink_command, supernode_command
 from .flwr_config import CONNECTION, free_ports, write_flwr_config
 from .pki import TlsFiles, write_node_keys, write_tls_files
+from .run_status import RunNotCompleted, check_completed, run_id_in
 from .sites import Site
 from .supervision import ProcessSet, Started, _tail
 
@@ -302,7 +303,18 @@ class LoopbackDeployment:
         if started.process.returncode != 0:
             # flwr can notice a dead SuperLink before the loop above does: name the cause.
             self.check_alive()
-        return started.process.returncode
+            return started.process.returncode
+        # flwr exits 0 whatever became of the ServerApp: ask the SuperLink (run_status.py).
+        ids = [i for i in map(run_id_in, started.log_file.read_text(errors="replace").splitlines()) if i is not None]
+        run_id = ids[-1] if ids else None
+        try:
+            check_completed(self._flwr(), run_id, CONNECTION, cwd=self.workdir, env=self.processes.env)
+        except RunNotCompleted as err:
+            log.error("%s", err)
+            if stdout is not None:
+                stdout.write(f"error: {err}\n")
+            return 1
+        return 0
 
     def stop(self, grace: float = 10.0) -> None:
         """Stop every process of the deployment; a second Ctrl-C does not interrupt this."""
