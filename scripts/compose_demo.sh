@@ -44,10 +44,15 @@ else
 write_flwr_config(Path('$flwr_home'), '127.0.0.1:9092', None, 'compose')"
 fi
 
+step() { echo "[compose demo] $1 in $((SECONDS - mark)) s"; mark=$SECONDS; }
+mark=$SECONDS
 $COMPOSE "${files[@]}" build
-stop() { $COMPOSE "${files[@]}" down --remove-orphans; }
+step "image built"
+stop() { $COMPOSE "${files[@]}" down --remove-orphans; step "stopped"; }
 trap stop EXIT
 $COMPOSE "${files[@]}" up -d
+step "consortium up"
 run_config=("--run-config=data.server-validation='/data/validation'")
 for pair in "$@"; do run_config+=("--run-config=$pair"); done
 FLWR_HOME=$flwr_home .venv/bin/fedmedlora run compose "${run_config[@]}"
+step "run finished"

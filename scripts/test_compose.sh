@@ -72,6 +72,7 @@ if [[ -z ${BASE_IMAGE:-} ]]; then
     export BASE_IMAGE=fedmedlora-base:bookworm
     if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
       log "no registry answers: building $BASE_IMAGE with debootstrap"
+      started=$SECONDS
       root=$state/rootfs
       as_root rm -rf "$root"
       as_root debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
@@ -83,6 +84,7 @@ if [[ -z ${BASE_IMAGE:-} ]]; then
       fi
       as_root tar -C "$root" -c . | docker import - "$BASE_IMAGE" >/dev/null
       as_root rm -rf "$root"
+      log "built $BASE_IMAGE in $((SECONDS - started)) s"
     fi
   fi
 fi

@@ -442,3 +442,12 @@ def test_build_context_and_git_leave_keys_and_data_out():
     for entry in (".venv", "outputs", "data", ".deploy", ".flwr", ".git", ".cache", ".pytest_cache", "deploy"):
         assert entry in ignored, entry
     assert "/deploy/" in (REPO / ".gitignore").read_text().splitlines()
+
+
+def test_readme_and_howto_show_the_commands_the_compose_tier_runs():
+    from support.compose_demo import DEMO_RUN_CONFIG
+
+    for page in (REPO / "README.md", REPO / "docs" / "howto" / "docker-compose.md"):
+        lines = [line.split() for line in page.read_text().splitlines()
+                 if line.startswith("./scripts/compose_demo.sh")]
+        assert [line[1:] for line in lines] == [DEMO_RUN_CONFIG, ["--tls", *DEMO_RUN_CONFIG]], page

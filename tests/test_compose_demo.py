@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from support.compose_demo import DEMO_RUN_CONFIG
 from support.paths import REPO
 
 pytestmark = [
@@ -25,9 +26,6 @@ pytestmark = [
                        reason="the compose tier: ./scripts/test_compose.sh (needs a Docker engine)"),
 ]
 
-# The README's compose command: one short round, the sites' evaluation capped.
-DEMO_RUN_CONFIG = ["num-server-rounds=1", "train.max-steps=4", "eval.max-instances=4",
-                   "strategy.validation-instances=8"]
 PROJECT = "fedmedlora"
 SITES = ["hospital-a", "hospital-b", "hospital-c"]
 _UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "kB": 1e3, "MB": 1e6, "GB": 1e9}
@@ -57,7 +55,9 @@ class MemorySampler(threading.Thread):
                 lines = _docker("stats", "--no-stream", "--format", "{{.Name}}\t{{.MemUsage}}").splitlines()
             except subprocess.SubprocessError:
                 lines = []
-            usage = {name: _bytes(mem.split("/")[0]) for name, mem in (line.split("\t") for line in lines if line)}
+            # a container being created or removed shows as "--"
+            usage = {name: _bytes(mem.split("/")[0]) for name, mem in (line.split("\t") for line in lines if line)
+                     if name.startswith(PROJECT)}
             self.peak_total = max(self.peak_total, sum(usage.values()))
             for name, used in usage.items():
                 self.peak_each[name] = max(self.peak_each.get(name, 0.0), used)
@@ -87,15 +87,18 @@ def _nothing_left() -> None:
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
-def test_compose_demo_trains_every_site_and_writes_a_peft_adapter(tls, tmp_path):
+def test_compose_demo_trains_every_site_and_writes_a_peft_adapter(tls, tmp_path, capsys):
     run_name = f"compose-{'tls' if tls else 'plain'}-{time.strftime('%Y%m%d-%H%M%S')}"
     log = tmp_path / "demo.log"
     code, seconds, memory = _demo(tls, [*DEMO_RUN_CONFIG, f"run-name={run_name}"], log)
     text = log.read_text(errors="replace")
     assert code == 0, text[-4000:]
-    print(f"\ncompose demo ({'TLS' if tls else 'plain'}): {seconds:.0f} s from build to down; peak memory "
-          f"{memory.peak_total / 2**30:.1f} GiB in all, per container "
-          + ", ".join(f"{n} {b / 2**30:.2f}" for n, b in sorted(memory.peak_each.items())))
+    with capsys.disabled():  # the README's figures, shown also when the test passes
+        print(f"\ncompose demo ({'TLS' if tls else 'plain'}): {seconds:.0f} s from build to down; peak memory "
+              f"{memory.peak_total / 2**30:.1f} GiB in all, per container "
+              + ", ".join(f"{n} {b / 2**30:.2f}" for n, b in sorted(memory.peak_each.items())))
+        print("\n".join(line for line in text.splitlines() if line.startswith("[compose demo]")))
+        print(_docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}} {{.Size}}", "fedmedlora").strip())
 
     run_dir = REPO / "deploy" / "outputs" / run_name
     from peft import PeftModel
