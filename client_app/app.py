@@ -59,6 +59,8 @@ def transport_mod(msg: Message, context: Context, call_next) -> Message:
     client-side DP clipping see float32 tensors, and the reply's arrays leave packed."""
     from wire.transport import EncodingError, check_encoding, decode_content, encode_content
 
+    from .audit_log import site_audit
+
     encoding = str(context.run_config.get("transport.encoding", "float32"))
     try:
         check_encoding(encoding)
@@ -66,9 +68,14 @@ def transport_mod(msg: Message, context: Context, call_next) -> Message:
             decode_content(msg.content)
     except (EncodingError, ValueError) as err:
         raise SiteFailure(f"the coordinator's message cannot be read: {err}") from None
+    audit = site_audit(context)
+    if audit is not None:
+        audit.received(msg)
     reply = call_next(msg, context)
     if reply.has_content():
         encode_content(reply.content, encoding)
+    if audit is not None:
+        audit.sent(msg, reply)
     return reply
 
 

@@ -100,7 +100,8 @@ def train(msg: Message, context: Context) -> Message:
     content = RecordDict({
         protocol.ARRAYS: arrays,
         protocol.METRICS: metrics,
-        protocol.SITE: ConfigRecord({"name": site.site.name}),
+        # what the coordinator's audit trail records at join (docs/threat-model.md)
+        protocol.SITE: ConfigRecord({"name": site.site.name, **protocol.site_report(runtime.identity)}),
     })
     return Message(content=content, reply_to=msg)  # transport_mod (client_app/app.py) packs and encodes it
 

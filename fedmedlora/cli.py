@@ -258,6 +258,24 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    """Check the audit trails' chains and that the sites' and the coordinator's agree."""
+    from fedmedlora.audit_check import verify
+    from wire.audit import AuditError
+
+    try:
+        problems = verify(Path(args.coordinator), [Path(p) for p in args.site])
+    except AuditError as err:
+        print(f"tampered or damaged: {err}", file=sys.stderr)
+        return 1
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        return 1
+    print(f"ok: {args.coordinator} and {len(args.site)} site trail(s) are intact and agree")
+    return 0
+
+
 def cmd_deploy_keys(args: argparse.Namespace) -> int:
     """Certificates and SuperNode keys for docker-compose.tls.yml."""
     from fedmedlora.deploy import COMPOSE_SITES, SUPERLINK_SERVICE, write_compose_credentials
@@ -377,6 +395,13 @@ def main(argv: list[str] | None = None) -> int:
     bundle.add_argument("--torch-index", default="https://download.pytorch.org/whl/cpu",
                         help="also searched for the CPU build of torch ('' = pip's configured sources only)")
     bundle.set_defaults(func=cmd_bundle)
+
+    audit = sub.add_parser("audit-verify", help="check the hash chains of a run's audit.jsonl and of sites' "
+                                                "audit logs, and that every adapter a site sent was recorded")
+    audit.add_argument("coordinator", help="the run folder's audit.jsonl")
+    audit.add_argument("--site", action="append", default=[], metavar="FILE",
+                       help="a site's audit log (node config audit-log; repeatable)")
+    audit.set_defaults(func=cmd_audit_verify)
 
     keys = sub.add_parser("deploy-keys", help="certificates and SuperNode keys for the TLS compose deployment "
                                               "(docker-compose.tls.yml)")

@@ -28,8 +28,9 @@ from strategies.round_report import TooFewSites
 from strategies.screened import ScreenedStrategy
 from wire import protocol
 from wire.arrays import from_arrayrecord, to_arrayrecord
-from wire.transport import adapter_nbytes, transport_grid
+from wire.transport import adapter_nbytes, adapter_sha256, transport_grid
 
+from .audit_trail import CoordinatorAudit
 from .checkpoint import Checkpoint, checkpoint_path, existing_round, resume_checkpoint, save_checkpoint
 from .outputs import RunRecorder, run_folder
 from .report import RoundReporter
@@ -99,6 +100,9 @@ def main(grid: Grid, context: Context) -> None:
         "run-config": cfg,
     }, elapsed_before=checkpoint.elapsed_seconds if checkpoint is not None else 0.0)
     adapter_bytes = adapter_nbytes(initial, cfg["transport.encoding"])
+    audit = CoordinatorAudit(folder, context.run_id, identity.name, identity.sha256, cfg)
+    if checkpoint is None:
+        audit.initial(adapter_sha256(initial, cfg["transport.encoding"]))
     reporter = RoundReporter(strategy, adapter_bytes, full_model_bytes, cfg["num-server-rounds"])
     if checkpoint is not None:
         recorder.keep_rounds_up_to(done)
@@ -117,7 +121,10 @@ def main(grid: Grid, context: Context) -> None:
         metrics["eval-seconds"] = time.perf_counter() - start
         metrics["eval-end-time"] = time.time()
         metrics_by_round[server_round] = metrics
-        recorder.append_round(reporter.round_record(server_round, metrics))
+        record = reporter.round_record(server_round, metrics)
+        recorder.append_round(record)
+        if server_round > 0:
+            audit.round(record, adapter_sha256(state, cfg["transport.encoding"]))
         # Last: a run killed before this line redoes the round (metrics.jsonl is trimmed).
         save_checkpoint(folder, Checkpoint(
             round=server_round, global_state=state, strategy_state=strategy.state_dict(), run_config=cfg,

@@ -54,8 +54,10 @@ class RoundReporter:
             self.bytes_up += up
             self.bytes_down += down
             self.site_rounds += 1
-            row = {"site": update.site, "num-examples": update.num_examples, "weight": update.weight,
-                   "train": update.metrics, "evaluate": ev}
+            row = {"site": update.site, "node-id": update.node_id, "num-examples": update.num_examples,
+                   "weight": update.weight, "sha256": update.sha256, "train": update.metrics, "evaluate": ev}
+            if update.reported:
+                row["reported"] = update.reported
             extra = extra_traffic.get(update.site)
             if extra:  # already in the totals above; shown in the site's row too
                 down += extra["bytes-down"]

@@ -28,6 +28,8 @@ class SiteUpdate:
     weight: float
     metrics: Metrics
     bytes_up: int
+    sha256: str = ""  # the adapter as it travelled (wire/transport.py)
+    reported: dict[str, str] = field(default_factory=dict)  # base model and versions the site reported
 
 
 @dataclass
@@ -97,4 +99,6 @@ def site_update(candidate: SiteCandidate, weight: float) -> SiteUpdate:
         weight=weight,
         metrics=metric_dict([candidate.metrics]),
         bytes_up=candidate.bytes_up,
+        sha256=candidate.sha256,
+        reported=dict(candidate.reported),
     )

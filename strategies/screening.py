@@ -21,7 +21,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from wire.arrays import arrayrecord_nbytes
-from wire.transport import sent_nbytes
+from wire.transport import payload_digest, sent_nbytes
 
 from .clipping import scale_toward, update_terms
 
@@ -73,6 +73,8 @@ class SiteCandidate:
     metrics: MetricRecord
     bytes_up: int
     rejected: str | None = None  # set through `LoraFedAvg.reject`
+    sha256: str = ""  # the adapter as it travelled (wire/transport.py); "" if it was not packed
+    reported: dict[str, str] = field(default_factory=dict)  # the reply's `site` record but the name
     clip_factor: float | None = None  # set when the update-norm bound scaled the update
     message: Message | None = field(default=None, repr=False, compare=False)  # the reply
 
@@ -124,7 +126,15 @@ def read_reply(msg: Message, shapes: Shapes, weighted_by_key: str, site: str) ->
         metrics=metrics,
         bytes_up=sent_nbytes(content) or arrayrecord_nbytes(record),
         message=msg,
+        sha256=payload_digest(content) or "",
+        reported=_reported(content),
     )
+
+
+def _reported(content: RecordDict) -> dict[str, str]:
+    """What a site says about itself with its adapter (base model, versions: wire/protocol.py)."""
+    record = content.config_records.get("site")
+    return {k: str(v) for k, v in record.items() if k != "name"} if record is not None else {}
 
 
 def check_reply(msg: Message, shapes: Shapes, weighted_by_key: str, site: str) -> SiteCandidate:

@@ -67,6 +67,29 @@ def _deploy(tmp_path, tiny_llama, tiny_corpus, tls: bool, rounds: int, rogue: bo
             assert (deployment.worker_folder(site.name) / "worker.log").read_text().count("serving") == 1
     assert deployment.processes.pids() == [] and _processes_of(workdir) == []
     _check_run(tmp_path / "outputs" / "deploy", log, rounds)
+    _check_audit(tmp_path / "outputs" / "deploy", [deployment.audit_log(s.name) for s in deployment.sites], rounds)
+
+
+def _check_audit(run_dir: Path, site_logs: list[Path], rounds: int) -> None:
+    """The coordinator's and the sites' audit trails agree (fedmedlora audit-verify)."""
+    from fedmedlora.audit_check import verify
+    from wire.audit import read_chain
+
+    entries = read_chain(run_dir / "audit.jsonl")
+    assert [e["event"] for e in entries if e["event"] != "join"] == ["run-start", "global"] + ["round"] * rounds
+    assert sorted(e["site"] for e in entries if e["event"] == "join") == ["hospital-a", "hospital-b", "hospital-c"]
+    joins = [e for e in entries if e["event"] == "join"]
+    assert all(e["versions"]["flwr"].startswith("1.42") and len(e["base-sha256"]) == 64 for e in joins), joins
+    last = entries[-1]
+    assert last["asked"] == last["replied"] == ["hospital-a", "hospital-b", "hospital-c"]
+    assert all(len(r["sha256"]) == 64 and r["weight"] > 0 for r in last["received"]), last
+    for path in site_logs:
+        sent = [e for e in read_chain(path) if e["event"] == "sent" and e["message-type"] == "train"]
+        assert len(sent) == rounds, path
+    assert verify(run_dir / "audit.jsonl", site_logs) == []
+    command = [sys.executable, "-m", "fedmedlora.cli", "audit-verify", str(run_dir / "audit.jsonl"),
+               *[f"--site={p}" for p in site_logs]]
+    assert subprocess.run(command, capture_output=True, text=True, timeout=120).returncode == 0
 
 
 def test_insecure_loopback_deployment_trains_three_sites(tmp_path, tiny_llama, tiny_corpus):

@@ -7,6 +7,7 @@ never averaged. Site replies carry only arrays, scalar metrics and the site's na
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -97,3 +98,26 @@ def check_base(config: Mapping[str, Any], identity: ModelIdentity, lora: LoraSet
                 f"lora.{key} differs: the coordinator uses {config.get(f'lora-{key}')!r}, "
                 f"this site {value!r}"
             )
+
+
+# Packages whose versions a site reports with its adapter (the coordinator's audit trail).
+REPORTED_PACKAGES = ("fedmedlora", "flwr", "torch", "transformers", "peft", "bitsandbytes", "accelerate")
+
+
+def package_versions() -> dict[str, str]:
+    """The installed versions of REPORTED_PACKAGES ("not installed" where absent)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for name in REPORTED_PACKAGES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def site_report(identity: ModelIdentity) -> dict[str, str]:
+    """The base model and package versions a site reports in its train reply's `site` record."""
+    return {"base-model": identity.name, "base-sha256": identity.sha256,
+            "versions": json.dumps(package_versions(), sort_keys=True)}

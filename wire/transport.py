@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from .arrays import arrayrecord_nbytes, to_arrayrecord
+from .audit import payload_sha256
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ ENCODED_BYTES = "encoded-bytes"
 PACKED = "packed"  # the one array key of a packed ArrayRecord
 REPLY_POLL_SECONDS = 0.2  # a pull is one local request to the SuperLink
 DECODED = "decoded"  # set in `transport` once decoded: decoding again is a no-op
+SHA256 = "sha256"  # `sha256.<record>`: the packed payload's identity (wire/audit.py), kept once decoded
 _DTYPES = {"float32": np.float32, "float16": np.float16, "int8": np.int8}
 
 
@@ -108,6 +110,7 @@ def encode_content(content, encoding: str):
             if scale is not None:
                 scales.append(scale)
         content[name], info[f"layout.{name}"] = pack(encoded)
+        info[f"{SHA256}.{name}"] = payload_sha256(content[name][PACKED].numpy().tobytes(), info[f"layout.{name}"])
         sent += arrayrecord_nbytes(content[name])
         if scales:
             info[f"scales.{name}"] = scales
@@ -165,11 +168,18 @@ def decode_content(content):
     encoding = info.get("encoding")
     if encoding not in ENCODINGS:
         raise EncodingError(f"transport: unknown encoding {encoding!r}; expected one of {list(ENCODINGS)}")
+    digests = {}
     for name in list(content.array_records):
         layout = info.get(f"layout.{name}")
         if not isinstance(layout, str):
             raise EncodingError(f"transport: ArrayRecord {name!r} has no manifest (layout.{name})")
         tensors = unpack(content.array_records[name], layout, f"ArrayRecord {name!r}")
+        digest = payload_sha256(content.array_records[name][PACKED].numpy().tobytes(), layout)
+        claimed = info.get(f"{SHA256}.{name}")
+        if claimed is not None and claimed != digest:
+            raise EncodingError(f"transport: ArrayRecord {name!r}: its bytes do not match the SHA-256 its "
+                                "sender recorded (changed on the way)")
+        digests[f"{SHA256}.{name}"] = digest
         scales = info.get(f"scales.{name}") if encoding == "int8" else None
         if encoding == "int8" and (not isinstance(scales, list) or len(scales) != len(tensors)):
             raise EncodingError(f"transport: ArrayRecord {name!r} has {len(tensors)} int8 tensors but "
@@ -181,8 +191,29 @@ def decode_content(content):
             decoded[key] = decode_array(values, float(scales[i]) if scales else None)
         content[name] = _array_record(decoded)
     content[TRANSPORT] = ConfigRecord({"encoding": encoding, ENCODED_BYTES: int(info.get(ENCODED_BYTES) or 0),
-                                       DECODED: True})
+                                       DECODED: True, **digests})
     return content
+
+
+def payload_digest(content, name: str | None = None) -> str | None:
+    """The SHA-256 of an ArrayRecord as it travelled (`name`: the first one), from the
+    `transport` record of an encoded or decoded message; None for a message never packed."""
+    if TRANSPORT not in content.config_records:
+        return None
+    info = content.config_records[TRANSPORT]
+    if name is None:
+        keys = sorted(k for k in info if k.startswith(f"{SHA256}."))
+        return str(info[keys[0]]) if keys else None
+    value = info.get(f"{SHA256}.{name}")
+    return None if value is None else str(value)
+
+
+def adapter_sha256(state: Mapping[str, np.ndarray], encoding: str) -> str:
+    """The SHA-256 an adapter gets on the wire in `encoding` (what `encode_content` records)."""
+    from flwr.app import RecordDict
+
+    content = encode_content(RecordDict({"arrays": to_arrayrecord(state)}), encoding)
+    return str(content.config_records[TRANSPORT][f"{SHA256}.arrays"])
 
 
 def sent_nbytes(content) -> int | None:
