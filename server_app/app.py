@@ -22,7 +22,7 @@ from data_loaders.sites import ensure_demo_corpus, load_site
 from modeling.adapter_io import get_adapter_state, set_adapter_state
 from modeling.base import load_base_model, model_identity, resolve_model_path
 from modeling.lora import attach_lora
-from settings.config import ConfigError, lora_settings, re_mode, tasks, validate
+from settings.config import ConfigError, dp_budget, lora_settings, re_mode, tasks, validate
 from settings.logs import setup_logging
 from strategies.round_report import TooFewSites
 from strategies.screened import ScreenedStrategy
@@ -103,7 +103,7 @@ def main(grid: Grid, context: Context) -> None:
     audit = CoordinatorAudit(folder, context.run_id, identity.name, identity.sha256, cfg)
     if checkpoint is None:
         audit.initial(adapter_sha256(initial, cfg["transport.encoding"]))
-    reporter = RoundReporter(strategy, adapter_bytes, full_model_bytes, cfg["num-server-rounds"])
+    reporter = RoundReporter(strategy, adapter_bytes, full_model_bytes, cfg["num-server-rounds"], dp=dp_budget(cfg))
     if checkpoint is not None:
         recorder.keep_rounds_up_to(done)
         reporter.load_state_dict(checkpoint.communication)
@@ -159,6 +159,7 @@ def main(grid: Grid, context: Context) -> None:
         "final-metrics": metrics_by_round[last],
         "zero-shot-metrics": metrics_by_round[0],
         "communication": reporter.totals(),
+        **({"dp": reporter.dp_spent(last)} if reporter.dp is not None and last > 0 else {}),
         **({"resumed": resumes} if resumes else {}),
     })
     reporter.log_totals()

@@ -11,14 +11,17 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from strategies.dp_budget import DpBudget
 from strategies.screened import ScreenedStrategy
 
 log = logging.getLogger(__name__)
 
 
 class RoundReporter:
-    def __init__(self, strategy: ScreenedStrategy, adapter_bytes: int, full_model_bytes: int, num_rounds: int) -> None:
+    def __init__(self, strategy: ScreenedStrategy, adapter_bytes: int, full_model_bytes: int, num_rounds: int,
+                 dp: DpBudget | None = None) -> None:
         self.strategy = strategy
+        self.dp = dp  # with strategy.dp: the (epsilon, delta) spent is in every round's record and table
         self.adapter_bytes = adapter_bytes
         self.full_model_bytes = full_model_bytes
         self.num_rounds = num_rounds
@@ -85,12 +88,24 @@ class RoundReporter:
             up = max(t["bytes-up"] for t in extra_traffic.values())
             lines.append(f"  strategy messages ({len(extra_traffic)} site(s), in the table above): "
                          f"{down / 1e6:.2f} MB down and {up} B up per site")
+        if self.dp is not None:
+            record["dp"] = self.dp_spent(server_round)
+            lines.append(f"  differential privacy: epsilon {record['dp']['epsilon']:.3f} spent after "
+                         f"{server_round} round(s) (delta {self.dp.delta:g}, noise multiplier "
+                         f"{self.dp.noise_multiplier:g}; one round alone {record['dp']['epsilon-round']:.3f})")
         log.info("\n".join(lines))
         record["sites"] = sites
         record["rejected"] = [{"site": s, "reason": r} for s, r in train.rejected]
         if train.extra:
             record["strategy"] = train.extra
         return record
+
+    def dp_spent(self, rounds: int) -> dict[str, float]:
+        """epsilon after `rounds` rounds (composed by the accountant, not summed) and that of one
+        round alone (strategies/dp_budget.py)."""
+        assert self.dp is not None
+        return {"epsilon": self.dp.epsilon(rounds), "epsilon-round": self.dp.epsilon(1), "delta": self.dp.delta,
+                "noise-multiplier": self.dp.noise_multiplier, "rounds": rounds}
 
     # Running totals: what a checkpoint keeps so a continued run's totals cover every round.
     _STATE = ("bytes_up", "bytes_down", "extra_bytes_up", "extra_bytes_down", "site_rounds")

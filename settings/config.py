@@ -125,6 +125,11 @@ class StrategySection:
                                       check=lambda v: v > 0, expected="a number > 0")
     dp_num_sampled_sites: int = setting(0, "DP: sites sampled per round; 0 = strategy.min-sites",
                                         check=_at_least(0), expected="an integer >= 0 (0 = strategy.min-sites)")
+    dp_delta: float = setting(1e-5, "DP: the delta of the (epsilon, delta) a run reports",
+                              check=lambda v: 0 < v < 1, expected="a number in (0, 1)")
+    dp_max_epsilon: float = setting(0.0, "DP: refuse a run whose epsilon after num-server-rounds would exceed "
+                                         "this; 0 = no limit",
+                                    check=_at_least(0), expected="a number >= 0 (0 = no limit)")
 
 
 @dataclass(frozen=True)
@@ -229,6 +234,7 @@ def validate(run_config: Mapping[str, Any]) -> dict[str, Any]:
     if values["resume"] and not values["run-name"].strip():
         raise ConfigError("resume = true needs run-name: the name of the run folder under output-dir to continue")
     _check_dp_noise(values)
+    _check_dp_budget(values)
     if values["strategy.dp"].startswith("client-") and values["transport.encoding"] != "float32":
         # Flower's client-side clipping mod reads the arrays a site receives and returns, which
         # would be the encoded ones; clipping and noise already bound what rounding could change.
@@ -257,6 +263,29 @@ def _check_dp_noise(values: Mapping[str, Any]) -> None:
             f"(strategy.dp-num-sampled-sites / strategy.min-sites): adaptive clipping needs a "
             f"multiplier < {2 * sampled / 20:g}; use less noise, more sites or fixed clipping"
         )
+
+
+def dp_budget(values: Mapping[str, Any]):
+    """The run's DpBudget (strategies/dp_budget.py), None without DP."""
+    from strategies.dp_budget import DpBudget
+
+    if values["strategy.dp"] == "none":
+        return None
+    return DpBudget(float(values["strategy.dp-noise-multiplier"]), float(values["strategy.dp-delta"]))
+
+
+def _check_dp_budget(values: Mapping[str, Any]) -> None:
+    limit = values["strategy.dp-max-epsilon"]
+    budget = dp_budget(values)
+    if budget is None or not limit:
+        return
+    epsilon = budget.epsilon(values["num-server-rounds"])
+    if epsilon > limit:
+        raise ConfigError(
+            f"strategy.dp-max-epsilon: {values['num-server-rounds']} rounds at strategy.dp-noise-multiplier = "
+            f"{values['strategy.dp-noise-multiplier']:g} spend epsilon = {epsilon:.2f} (delta = "
+            f"{values['strategy.dp-delta']:g}), over the limit {limit:g}; raise the noise multiplier or "
+            "run fewer rounds")
 
 
 def _check_strategy_name(name: str) -> None:

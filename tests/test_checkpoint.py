@@ -533,3 +533,24 @@ def test_the_server_app_continues_a_killed_run_as_if_never_stopped(tmp_path, tin
     grid = SiteGrid()
     _main(tmp_path, tiny_llama, coordinator_corpus, grid, **{"run-name": "killed", "resume": True})
     assert grid.train_rounds == [] and [r["round"] for r in _rounds(killed)] == [0, 1, 2, 3]
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_a_dp_run_reports_the_epsilon_it_spent_and_refuses_one_past_its_limit(
+        tmp_path, tiny_llama, coordinator_corpus) -> None:
+    from strategies.dp_budget import DpBudget
+
+    dp = {"strategy.name": "fedmedlora", "strategy.dp": "server-fixed", "strategy.dp-noise-multiplier": 1.5}
+    _main(tmp_path, tiny_llama, coordinator_corpus, SiteGrid(), **{"run-name": "dp", **dp})
+    budget = DpBudget(1.5, 1e-5)
+    spent = [r["dp"] for r in _rounds(tmp_path / "dp")[1:]]
+    assert [s["epsilon"] for s in spent] == pytest.approx([budget.epsilon(r) for r in (1, 2, 3)])
+    assert all(s["epsilon-round"] == pytest.approx(budget.epsilon(1)) and s["delta"] == 1e-5 for s in spent)
+    summary = json.loads((tmp_path / "dp" / "summary.json").read_text())
+    assert summary["dp"]["epsilon"] == pytest.approx(budget.epsilon(3)) and summary["dp"]["rounds"] == 3
+
+    grid = SiteGrid()
+    with pytest.raises(ConfigError, match="strategy.dp-max-epsilon"):
+        _main(tmp_path, tiny_llama, coordinator_corpus, grid, **{"run-name": "over", **dp,
+                                                                  "strategy.dp-max-epsilon": 1.0})
+    assert grid.train_rounds == [] and not (tmp_path / "over").exists()
