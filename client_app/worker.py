@@ -189,12 +189,15 @@ def _connect(where: WorkerFolder, owner_pid: int) -> tuple[socket.socket, float 
     sock = _try_connect(where)
     if sock is not None:
         return sock, None
-    start_worker(where.path, owner_pid)
+    pid = start_worker(where.path, owner_pid)
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         sock = _try_connect(where)
         if sock is not None:
             return sock, time.perf_counter()
+        if not _alive(pid):  # died starting, or killed before this process could connect
+            raise WorkerError(f"site worker in {where.path} stopped before replying (it exited while "
+                              f"starting); a fresh worker starts with the next message; its log: {where.log}")
         time.sleep(0.05)
     raise WorkerError(f"site worker in {where.path} did not open {where.socket.name} within "
                       f"{START_TIMEOUT:.0f} s; its log: {where.log}")

@@ -208,6 +208,20 @@ def test_a_worker_killed_mid_message_fails_that_message_by_site_and_the_next_sta
     assert worker_pid(worker_folder) not in (None, pid)
 
 
+def test_a_worker_that_dies_while_starting_fails_the_message_at_once(site, worker_folder, monkeypatch):
+    """A fresh worker killed before the ClientApp connects (or one that cannot start) is
+    reported as stopped when it dies, not after the whole start-up timeout."""
+    from client_app import worker
+    from client_app.app import SiteFailure
+
+    monkeypatch.setattr(worker.sys, "executable", "/bin/false")  # the worker process exits at once
+    started = time.monotonic()
+    with pytest.raises(SiteFailure, match="stopped before replying") as caught:
+        _train(site, {"partition-id": 0, "site-worker": str(worker_folder)})
+    assert time.monotonic() - started < worker.START_TIMEOUT / 2
+    assert str(worker_folder) in str(caught.value)
+
+
 def test_a_handler_error_in_the_worker_reaches_the_coordinator_as_the_same_safe_report(site, worker_folder):
     from client_app.app import SiteFailure, app
 
