@@ -85,6 +85,12 @@ def _dp_clipping(msg: Message, context: Context, call_next) -> Message:
     return dp_clipping_mod(msg, context, call_next)
 
 
+def _secure_aggregation(msg: Message, context: Context, call_next) -> Message:
+    from .secure_aggregation import secure_aggregation_mod  # Flower's SecAgg+ when strategy.secure-aggregation
+
+    return secure_aggregation_mod(msg, context, call_next)
+
+
 def _handlers():
     started = time.perf_counter()
     from . import handlers
@@ -96,7 +102,7 @@ def _handlers():
 app = ClientApp(mods=[site_worker_mod, transport_mod])  # in this order: the worker decodes and encodes
 
 
-@app.train(mods=[_dp_clipping])
+@app.train(mods=[_secure_aggregation, _dp_clipping])
 def train(msg: Message, context: Context) -> Message:
     return _handlers().train(msg, context)
 

@@ -17,6 +17,8 @@ from wire import protocol
 from wire.audit import AuditLog
 from wire.transport import payload_digest
 
+from .secure_aggregation import is_secure_aggregation
+
 NODE_CONFIG_KEY = "audit-log"
 
 
@@ -43,6 +45,10 @@ class SiteAudit:
             return
         metrics = reply.content.metric_records.get(protocol.METRICS)
         examples = metrics.get("num-examples") if metrics is not None else None
+        if is_secure_aggregation(reply):  # keys, key shares, a masked adapter: no adapter left the site
+            self.log.append("sent", **fields, sha256=None, **{"secure-aggregation": True},
+                            **({"num-examples": float(examples)} if examples is not None else {}))
+            return
         self.log.append("sent", **fields, sha256=payload_digest(reply.content),
                         **({"num-examples": float(examples)} if examples is not None else {}))
 

@@ -26,6 +26,7 @@ from settings.config import ConfigError, dp_budget, lora_settings, re_mode, task
 from settings.logs import setup_logging
 from strategies.round_report import TooFewSites
 from strategies.screened import ScreenedStrategy
+from strategies.secure_aggregation import SecureAggregationGrid
 from wire import protocol
 from wire.arrays import from_arrayrecord, to_arrayrecord
 from wire.transport import adapter_nbytes, adapter_sha256, transport_grid
@@ -51,6 +52,8 @@ def _validation_folder(cfg: dict[str, Any]) -> Path:
 def main(grid: Grid, context: Context) -> None:
     cfg = validate(context.run_config)  # stops here, before any training, on a bad config
     grid = transport_grid(grid, cfg["transport.encoding"])  # strategies see float32 either way
+    if cfg["strategy.secure-aggregation"]:  # train rounds run as Flower's SecAgg+
+        grid = SecureAggregationGrid(grid, cfg["strategy.secagg-clipping-range"], cfg["strategy.secagg-max-weight"])
     folder = run_folder(cfg["output-dir"], cfg["run-name"], create=not cfg["resume"])
     # Also before any training: the checkpoint a continued run needs, or a new run's refusal
     # to write over the rounds of another run.

@@ -55,5 +55,7 @@ class CoordinatorAudit:
                         received=[{"site": row["site"], "node-id": row.get("node-id"), "sha256": row.get("sha256", ""),
                                    "num-examples": row["num-examples"], "weight": row["weight"]} for row in sites],
                         rejected=[{"site": r["site"], "reason": r["reason"]} for r in rejected],
-                        **{"global-sha256": global_sha256})
+                        **{"global-sha256": global_sha256},
+                        # Under SecAgg+ no site's adapter reached the coordinator: no per-site hash.
+                        **({"secure-aggregation": True} if "secure-aggregation" in record.get("strategy", {}) else {}))
 

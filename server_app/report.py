@@ -88,6 +88,11 @@ class RoundReporter:
             up = max(t["bytes-up"] for t in extra_traffic.values())
             lines.append(f"  strategy messages ({len(extra_traffic)} site(s), in the table above): "
                          f"{down / 1e6:.2f} MB down and {up} B up per site")
+        secure = train.extra.get("secure-aggregation")
+        if secure:
+            lines.append(f"  secure aggregation (SecAgg+): the coordinator saw only the weighted sum of "
+                         f"{secure['sites']} site(s); {secure['seconds']:.1f} s, {secure['bytes-sent'] / 1e6:.2f} MB "
+                         f"sent and {secure['bytes-received'] / 1e6:.2f} MB received")
         if self.dp is not None:
             record["dp"] = self.dp_spent(server_round)
             lines.append(f"  differential privacy: epsilon {record['dp']['epsilon']:.3f} spent after "

@@ -130,6 +130,14 @@ class StrategySection:
     dp_max_epsilon: float = setting(0.0, "DP: refuse a run whose epsilon after num-server-rounds would exceed "
                                          "this; 0 = no limit",
                                     check=_at_least(0), expected="a number >= 0 (0 = no limit)")
+    secure_aggregation: bool = setting(False, "Flower's SecAgg+: the coordinator learns only the size-weighted sum "
+                                              "of the sites' adapters (fedmedlora, fedprox; docs/threat-model.md)")
+    secagg_clipping_range: float = setting(1.0, "SecAgg+: a site's adapter values, scaled by its weight, must lie "
+                                                "in [-range, range]; quantization step = 2 range / 2^24",
+                                           check=lambda v: v > 0, expected="a number > 0")
+    secagg_max_weight: int = setting(10000, "SecAgg+: the largest training-instance count a site may have; its "
+                                            "weight is count / this",
+                                     check=_at_least(1), expected="an integer >= 1")
 
 
 @dataclass(frozen=True)
@@ -241,6 +249,7 @@ def validate(run_config: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"transport.encoding: {values['transport.encoding']!r} cannot be combined with "
                           f"strategy.dp = {values['strategy.dp']!r}; use transport.encoding = 'float32' "
                           "or a server-side DP mode")
+    _check_secure_aggregation(values)
     tasks = [t.strip() for t in values["data.tasks"].split(",") if t.strip()]
     if not tasks or any(t not in ("ner", "re") for t in tasks):
         raise ConfigError(f"data.tasks: {values['data.tasks']!r}: expected 'ner', 're' or 'ner,re'")
@@ -286,6 +295,28 @@ def _check_dp_budget(values: Mapping[str, Any]) -> None:
             f"{values['strategy.dp-noise-multiplier']:g} spend epsilon = {epsilon:.2f} (delta = "
             f"{values['strategy.dp-delta']:g}), over the limit {limit:g}; raise the noise multiplier or "
             "run fewer rounds")
+
+
+SECURE_AGGREGATION_STRATEGIES = ("fedmedlora", "fedprox")  # a size-weighted mean is all they need
+
+
+def _check_secure_aggregation(values: Mapping[str, Any]) -> None:
+    """What needs each site's own adapter cannot run on their sum (docs/threat-model.md)."""
+    if not values["strategy.secure-aggregation"]:
+        return
+    refusals = {
+        "strategy.name": (values["strategy.name"] not in SECURE_AGGREGATION_STRATEGIES,
+                          f"{values['strategy.name']!r} weighs or selects each site's own adapter; secure "
+                          f"aggregation supports {list(SECURE_AGGREGATION_STRATEGIES)}"),
+        "strategy.max-update-norm": (values["strategy.max-update-norm"] > 0,
+                                     "the update-norm bound needs each site's own update; set it to 0"),
+        "strategy.dp": (values["strategy.dp"] != "none",
+                        "Flower's DP wrappers clip each site's own update at the coordinator or read it back "
+                        "at the site; set strategy.dp = 'none'"),
+    }
+    for key, (refused, why) in refusals.items():
+        if refused:
+            raise ConfigError(f"strategy.secure-aggregation = true cannot be combined with {key}: {why}")
 
 
 def _check_strategy_name(name: str) -> None:

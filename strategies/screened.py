@@ -279,6 +279,7 @@ class ScreenedStrategy(Strategy):
         report = self._report = RoundReport(server_round=server_round)
         replies = list(replies)
         labelled, missing = self._label_replies(replies, MessageType.TRAIN)
+        _note_secure_aggregation(report, labelled)
         screening = screen_train_replies(labelled, self._check_reply)
         self._reject(server_round, [*screening.rejected, *missing])
         log(INFO, "aggregate_train: %d of %d replies accepted", len(screening.accepted), len(replies))
@@ -631,6 +632,22 @@ def load_strategy_state(strategy: Strategy, state: Mapping[str, Any]) -> None:
     elif not known and not type(strategy).__module__.startswith("flwr."):
         log(WARNING, "%s declares no state between rounds (no state_dict/load_state_dict): if it keeps "
             "any, the continued run starts it afresh", name)
+
+
+def _note_secure_aggregation(report: RoundReport, labelled: list[tuple[str, Message]]) -> None:
+    """Under secure aggregation (strategies/secure_aggregation.py): the round's SecAgg+ time
+    and bytes in the report, and each site's protocol messages as its extra traffic."""
+    from .secure_aggregation import SECURE_AGGREGATION
+
+    traffic = {}
+    for site, msg in labelled:
+        if msg.has_content() and SECURE_AGGREGATION in msg.content.config_records:
+            record = msg.content[SECURE_AGGREGATION]
+            report.extra[SECURE_AGGREGATION] = {k: record[k] for k in ("seconds", "sites", "bytes-sent",
+                                                                       "bytes-received")}
+            traffic[site] = {"bytes-up": int(record["extra-bytes-up"]), "bytes-down": int(record["extra-bytes-down"])}
+    if traffic:
+        report.extra["extra-traffic"] = traffic
 
 
 def _reply_node(msg: Message, exchange: Exchange | None) -> int:

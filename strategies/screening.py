@@ -124,11 +124,21 @@ def read_reply(msg: Message, shapes: Shapes, weighted_by_key: str, site: str) ->
         num_examples=num_examples,
         state=ReplyState(record, list(shapes)),
         metrics=metrics,
-        bytes_up=sent_nbytes(content) or arrayrecord_nbytes(record),
+        bytes_up=_bytes_up(content, record),
         message=msg,
         sha256=payload_digest(content) or "",
         reported=_reported(content),
     )
+
+
+def _bytes_up(content: RecordDict, record) -> int:
+    """The adapter's bytes as the site sent them: its masked adapter under secure aggregation
+    (the reply's arrays are then the sum: strategies/secure_aggregation.py)."""
+    from .secure_aggregation import SECURE_AGGREGATION
+
+    if SECURE_AGGREGATION in content.config_records:
+        return int(content[SECURE_AGGREGATION]["bytes-up"])
+    return sent_nbytes(content) or arrayrecord_nbytes(record)
 
 
 def _reported(content: RecordDict) -> dict[str, str]:

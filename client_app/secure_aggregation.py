@@ -1,0 +1,69 @@
+"""The site's side of secure aggregation (`strategy.secure-aggregation`): Flower's SecAgg+ mod.
+
+Flower's `secaggplus_mod` runs the protocol's four stages (keys, key shares, the masked
+adapter, the unmasking shares) on train messages that carry its `secaggplus` record; in the
+masked-adapter stage it calls the train handler and expects the older `fitres.*` records.
+This module only adapts our train reply to those records and checks that the adapter fits
+the quantization the protocol uses; the cryptography is Flower's
+(docs/threat-model.md, "Secure aggregation").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import Context, Message, RecordDict
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+
+from wire import protocol
+
+
+def is_secure_aggregation(msg: Message) -> bool:
+    """A SecAgg+ stage message (or reply): it carries Flower's `secaggplus` record."""
+    return msg.has_content() and RECORD_KEY_CONFIGS in msg.content.config_records
+
+
+def secure_aggregation_mod(msg: Message, context: Context, call_next) -> Message:
+    """Flower's SecAgg+ mod around the train handler; other train messages pass through."""
+    if not is_secure_aggregation(msg):
+        return call_next(msg, context)
+    from flwr.client.mod import secaggplus_mod
+
+    keys = list(msg.content[protocol.ARRAYS].keys()) if protocol.ARRAYS in msg.content.array_records else []
+
+    def train_as_fitres(inner: Message, ctx: Context) -> Message:
+        return Message(as_fitres(call_next(inner, ctx).content, keys, ctx.run_config), reply_to=inner)
+
+    return secaggplus_mod(msg, context, train_as_fitres)
+
+
+def as_fitres(content: RecordDict, keys: list[str], run_config) -> RecordDict:
+    """Our train reply as the `fitres.*` records Flower's mod reads: the adapter's tensors in
+    the order of the global adapter received (the coordinator names the sum's tensors by
+    it), the count as `num_examples`; the metrics and the site's records stay as they are."""
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+    from flwr.compat.common import recorddict_compat as compat
+
+    from .app import SiteFailure
+
+    arrays = content.array_records.get(protocol.ARRAYS)
+    if arrays is None or sorted(arrays.keys()) != sorted(keys):
+        raise SiteFailure("secure aggregation: the trained adapter's tensors differ from the global adapter's")
+    from settings.config import validate
+
+    cfg = validate(run_config)
+    count = int(content[protocol.METRICS]["num-examples"])
+    max_weight, clipping = cfg["strategy.secagg-max-weight"], cfg["strategy.secagg-clipping-range"]
+    if count > max_weight:
+        raise SiteFailure(f"secure aggregation: this site has {count} training instances, more than "
+                          f"strategy.secagg-max-weight = {max_weight}; raise it at the coordinator")
+    tensors = [arrays[k].numpy() for k in keys]
+    largest = max(float(np.abs(t).max()) for t in tensors) * count / max_weight
+    if largest > clipping:  # Flower's quantization would clip these values silently
+        raise SiteFailure(f"secure aggregation: adapter values scaled by this site's weight reach {largest:.3g}, "
+                          f"outside strategy.secagg-clipping-range = {clipping:g}; raise it at the coordinator")
+    fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(tensors), count, {})
+    reply = compat.fitres_to_recorddict(fitres, keep_input=False)
+    for name, record in content.items():
+        if name != protocol.ARRAYS:
+            reply[name] = record
+    return reply

@@ -1,0 +1,219 @@
+"""The coordinator's side of secure aggregation (`strategy.secure-aggregation`): Flower's SecAgg+.
+
+`SecureAggregationGrid` sits between the strategy and the wire. A round's train
+instructions become Flower's four SecAgg+ exchanges (`SecAggPlusWorkflow`'s own stage
+methods, run on a `LegacyContext` whose legacy strategy only hands over the instructions
+and takes back the unmasked sum): the sites send public keys, then encrypted key shares,
+then their adapters scaled by their weight, quantized and masked, then the shares that
+remove the masks. The coordinator sees the masked vectors and their sum, never one site's
+adapter.
+
+What the strategy gets back: one reply per site whose masked adapter is in the sum, with
+that site's own metrics and count (they are not secret: the site sends them in clear) and,
+as its arrays, the size-weighted mean itself. Fed-MedLoRA's size-weighted average of
+identical arrays is that mean, so the strategy, the screening and the report run
+unchanged; strategies that need each site's own adapter are refused at start
+(settings/config.py). docs/threat-model.md, "Secure aggregation", states what this
+protects and what it does not.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Iterable
+from logging import INFO, WARNING
+from typing import Any
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, RecordDict
+from flwr.common.logger import log
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+
+from wire import protocol
+from wire.transport import TRANSPORT
+
+SECURE_AGGREGATION = "secure-aggregation"  # the config record of the replies it returns
+QUANTIZATION_RANGE = 1 << 24  # with Flower's modulus 2^32: sums of up to 255 sites do not overflow
+SHARES = 1.0  # every site holds a share of every other's secrets (Flower: a share of all sampled sites)
+THRESHOLD = 0.5  # shares needed to remove a site's masks: half, rounded, at least 2
+
+
+class SecureAggregationGrid:
+    """A Grid whose train exchanges run as SecAgg+ (module docstring); everything else passes.
+
+    Parameters
+    ----------
+    grid : Grid
+        The coordinator's Grid (under the transport encoding).
+    clipping_range, max_weight :
+        `strategy.secagg-clipping-range` and `strategy.secagg-max-weight`, the quantization
+        every site uses (client_app/secure_aggregation.py checks its adapter against them).
+    """
+
+    def __init__(self, grid, clipping_range: float, max_weight: int) -> None:
+        self._grid = grid
+        self.clipping_range = float(clipping_range)
+        self.max_weight = int(max_weight)
+        self.last_round: dict[str, Any] | None = None  # seconds, bytes, sites of the latest exchange
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "_grid":
+            raise AttributeError(name)
+        return getattr(self._grid, name)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        messages = list(messages)
+        if not messages or any(m.metadata.message_type != MessageType.TRAIN or
+                               RECORD_KEY_CONFIGS in m.content.config_records for m in messages):
+            return self._grid.send_and_receive(messages, timeout=timeout)
+        return self._secure_round(messages, timeout)
+
+    def _secure_round(self, messages: list[Message], timeout: float | None) -> list[Message]:
+        from flwr.server.workflow import SecAggPlusWorkflow
+
+        started = time.perf_counter()
+        by_node = {m.metadata.dst_node_id: m for m in messages}
+        server_round = int(messages[0].content[protocol.CONFIG]["server-round"])
+        keys = list(messages[0].content[protocol.ARRAYS].keys())
+        recorder = _StageRecorder(self._grid)
+        workflow = SecAggPlusWorkflow(SHARES, THRESHOLD, max_weight=float(self.max_weight),
+                                      clipping_range=self.clipping_range, quantization_range=QUANTIZATION_RANGE,
+                                      timeout=timeout)
+        legacy = _legacy_context(by_node, recorder, server_round)
+        from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
+
+        state = WorkflowState()
+        completed = True
+        for stage in (workflow.setup_stage, _contents_after(workflow.share_keys_stage, state, by_node),
+                      workflow.collect_masked_vectors_stage, workflow.unmask_stage):
+            if not stage(recorder, legacy, state):
+                completed = False
+                break
+        total = legacy.strategy.aggregate  # type: ignore[attr-defined]
+        self.last_round = {"seconds": time.perf_counter() - started, "sites": len(recorder.masked),
+                           "bytes-sent": sum(recorder.down.values()), "bytes-received": sum(recorder.up.values())}
+        log(INFO, "round %d: secure aggregation of %d sites' adapters (%s) in %.1f s, %.2f MB sent and %.2f MB "
+            "received", server_round, len(recorder.masked), "completed" if completed else "halted",
+            self.last_round["seconds"], self.last_round["bytes-sent"] / 1e6, self.last_round["bytes-received"] / 1e6)
+        if not completed or total is None:
+            reason = ("secure aggregation halted: too few sites took part in a stage for the masks to be "
+                      f"removed (each site needs {state.threshold} of its neighbours)")
+            log(WARNING, "round %d: %s", server_round, reason)
+            halted = [Message(error=Error(code=0, reason=reason), metadata=copy.copy(r.metadata))
+                      for n, r in recorder.masked.items() if n not in recorder.errors]
+            return [*recorder.errors.values(), *halted]
+        arrays = ArrayRecord({k: Array(v.astype("float32")) for k, v in zip(keys, total, strict=True)})
+        replies = list(recorder.errors.values())
+        for node, reply in recorder.masked.items():
+            # The site's metrics and name records; not Flower's, and not `transport` (it names
+            # the empty record the masked reply travelled with, not an adapter).
+            content = RecordDict({protocol.ARRAYS: arrays, **{
+                name: record for name, record in reply.content.items()
+                if name in (protocol.METRICS, protocol.SITE) or (
+                    isinstance(record, ConfigRecord) and name != TRANSPORT
+                    and not name.startswith(("fitres.", RECORD_KEY_CONFIGS)))}})
+            content[SECURE_AGGREGATION] = ConfigRecord({**self.last_round, **recorder.traffic(node)})
+            replies.append(Message(content=content, metadata=copy.copy(reply.metadata)))
+        return replies
+
+
+class _StageRecorder:
+    """The Grid the workflow's stages use: keeps each node's last error reply and its
+    masked-adapter reply (the one with its metrics), and the bytes to and from each node."""
+
+    def __init__(self, grid) -> None:
+        self._grid = grid
+        self.errors: dict[int, Message] = {}
+        self.masked: dict[int, Message] = {}
+        self.down: dict[int, int] = {}  # bytes sent to a node, all stages
+        self.up: dict[int, int] = {}  # bytes a node sent, all stages
+        self.masked_down: dict[int, int] = {}  # the masked-adapter stage's instruction (the global adapter)
+        self.masked_up: dict[int, int] = {}  # the masked adapter
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "_grid":
+            raise AttributeError(name)
+        return getattr(self._grid, name)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        from flwr.common.secure_aggregation.secaggplus_constants import Key
+
+        messages = list(messages)
+        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        for msg in messages:  # encoded in place by the transport Grid below: their size on the wire
+            node, size = msg.metadata.dst_node_id, _nbytes(msg)
+            self.down[node] = self.down.get(node, 0) + size
+            if protocol.ARRAYS in msg.content.array_records:
+                self.masked_down[node] = size
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                self.errors[node] = reply
+                continue
+            size = _nbytes(reply)
+            self.up[node] = self.up.get(node, 0) + size
+            if Key.MASKED_PARAMETERS in reply.content.config_records.get(RECORD_KEY_CONFIGS, {}):
+                self.masked[node], self.masked_up[node] = reply, size
+        return replies
+
+    def traffic(self, node: int) -> dict[str, int]:
+        """The node's masked adapter (`bytes-up`) and the protocol's other messages both ways."""
+        return {"bytes-up": self.masked_up.get(node, 0),
+                "extra-bytes-up": self.up.get(node, 0) - self.masked_up.get(node, 0),
+                "extra-bytes-down": self.down.get(node, 0) - self.masked_down.get(node, 0)}
+
+
+def _nbytes(msg: Message) -> int:
+    """The message's size as Flower serialises it (arrays and records)."""
+    from flwr.common.serde import message_to_proto
+
+    return message_to_proto(msg).ByteSize()
+
+
+def _contents_after(share_keys_stage, state, by_node):
+    """The share-keys stage, after which the masked-adapter stage sends each site our own
+    train instruction (the workflow's `nid_to_fitins`) with Flower's record added."""
+
+    def stage(grid, context, workflow_state) -> bool:
+        for node in workflow_state.nid_to_fitins:
+            workflow_state.nid_to_fitins[node] = _copy_content(by_node[node].content)
+        return share_keys_stage(grid, context, workflow_state)
+
+    return stage
+
+
+def _copy_content(content: RecordDict) -> RecordDict:
+    return RecordDict(dict(content.items()))
+
+
+def _legacy_context(by_node: dict[int, Message], grid, server_round: int):
+    """The LegacyContext the workflow's stages read: the round number, the sampled sites and
+    a legacy strategy that hands over nothing else and keeps the unmasked sum."""
+    from flwr.common import FitIns
+    from flwr.server.compat.grid_client_proxy import GridClientProxy
+    from flwr.server.compat.legacy_context import LegacyContext
+    from flwr.server.strategy import FedAvg
+    from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
+
+    class SumKeeper(FedAvg):
+        """Hands the workflow the sampled sites; keeps the unmasked, weighted sum it returns."""
+
+        aggregate = None
+
+        def configure_fit(self, server_round, parameters, client_manager):
+            del server_round, client_manager
+            return [(GridClientProxy(node, grid, 0), FitIns(parameters, {})) for node in by_node]
+
+        def aggregate_fit(self, server_round, results, failures):
+            from flwr.common import parameters_to_ndarrays
+
+            del server_round, failures
+            if results:
+                self.aggregate = parameters_to_ndarrays(results[0][1].parameters)
+                return results[0][1].parameters, {}
+            return None, {}
+
+    state = RecordDict({MAIN_CONFIGS_RECORD: ConfigRecord({Key.CURRENT_ROUND: server_round}),
+                        MAIN_PARAMS_RECORD: ArrayRecord()})
+    context = Context(run_id=0, node_id=0, node_config={}, state=state, run_config={})
+    return LegacyContext(context, strategy=SumKeeper())

@@ -1,0 +1,57 @@
+"""An in-process Grid that delivers each message, serialised as on the wire, to the project's real ClientApp, one
+Context per site (kept across messages, as a SuperNode keeps it), and records every
+message both ways as serialised by Flower. A site can be told not to answer a given
+SecAgg+ stage, to test what the protocol does when a site is lost there."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from uuid import uuid4
+
+from flwr.app import Context, Message, RecordDict
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
+
+
+def _over_the_wire(msg: Message) -> Message:
+    """The message as the other side gets it: serialised and read back (no shared records)."""
+    from flwr.common.serde import message_from_proto, message_to_proto
+
+    return message_from_proto(message_to_proto(msg))
+
+
+class LocalGrid:
+    def __init__(self, run_config: dict, node_configs: dict[int, dict]) -> None:
+        from client_app.app import app
+
+        self.app = app
+        self.contexts = {node: Context(run_id=1, node_id=node, node_config=cfg, state=RecordDict(),
+                                       run_config=dict(run_config)) for node, cfg in node_configs.items()}
+        self.silent: set[tuple[int, str]] = set()  # (node, SecAgg+ stage) it does not answer
+        self.sent: list[Message] = []  # what the coordinator sent
+        self.received: list[Message] = []  # what the sites answered
+        self._replies: dict[str, Message] = {}
+
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        ids = []
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = str(uuid4())  # as Flower's InMemoryGrid does
+            stage = (msg.content.config_records[RECORD_KEY_CONFIGS].get(Key.STAGE)
+                     if RECORD_KEY_CONFIGS in msg.content.config_records else None)
+            self.sent.append(msg)
+            ids.append(msg.metadata.message_id)
+            if (msg.metadata.dst_node_id, stage) in self.silent:
+                continue
+            reply = _over_the_wire(self.app(_over_the_wire(msg), self.contexts[msg.metadata.dst_node_id]))
+            self.received.append(reply)
+            self._replies[msg.metadata.message_id] = reply
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        del timeout
+        return self.pull_messages(self.push_messages(messages))
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.contexts)
