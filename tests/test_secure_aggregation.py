@@ -72,7 +72,7 @@ def _instructions(secure_setup, nodes=SITES):
 
 
 def _grid(secure_setup):
-    from support.local_grid import LocalGrid
+    from fedmedlora.local_grid import LocalGrid
     from wire.transport import transport_grid
 
     cfg = secure_setup[0]

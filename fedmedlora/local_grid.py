@@ -1,6 +1,8 @@
-"""An in-process Grid that delivers each message, serialised as on the wire, to the project's real ClientApp, one
-Context per site (kept across messages, as a SuperNode keeps it), and records every
-message both ways as serialised by Flower. A site can be told not to answer a given
+"""An in-process Grid that delivers each message, serialised as on the wire, to the
+project's real ClientApp, one Context per site (kept across messages, as a SuperNode keeps
+it), and keeps every message both ways. For tests and benchmarks of the message protocol
+without SuperLink and SuperNodes (tests/test_secure_aggregation.py,
+benchmarks/secure_aggregation.py). A site can be told not to answer a given
 SecAgg+ stage, to test what the protocol does when a site is lost there."""
 
 from __future__ import annotations
