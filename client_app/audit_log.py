@@ -45,12 +45,12 @@ class SiteAudit:
             return
         metrics = reply.content.metric_records.get(protocol.METRICS)
         examples = metrics.get("num-examples") if metrics is not None else None
+        if examples is not None:
+            fields["num-examples"] = float(examples)
         if is_secure_aggregation(reply):  # keys, key shares, a masked adapter: no adapter left the site
-            self.log.append("sent", **fields, sha256=None, **{"secure-aggregation": True},
-                            **({"num-examples": float(examples)} if examples is not None else {}))
-            return
-        self.log.append("sent", **fields, sha256=payload_digest(reply.content),
-                        **({"num-examples": float(examples)} if examples is not None else {}))
+            self.log.append("sent", **fields, sha256=None, **{"secure-aggregation": True})
+        else:
+            self.log.append("sent", **fields, sha256=payload_digest(reply.content))
 
 
 def site_audit(context: Context) -> SiteAudit | None:

@@ -43,13 +43,13 @@ def as_fitres(content: RecordDict, keys: list[str], run_config) -> RecordDict:
     from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
     from flwr.compat.common import recorddict_compat as compat
 
+    from settings.config import validate
+
     from .app import SiteFailure
 
     arrays = content.array_records.get(protocol.ARRAYS)
     if arrays is None or sorted(arrays.keys()) != sorted(keys):
         raise SiteFailure("secure aggregation: the trained adapter's tensors differ from the global adapter's")
-    from settings.config import validate
-
     cfg = validate(run_config)
     count = int(content[protocol.METRICS]["num-examples"])
     max_weight, clipping = cfg["strategy.secagg-max-weight"], cfg["strategy.secagg-clipping-range"]

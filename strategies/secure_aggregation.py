@@ -70,6 +70,7 @@ class SecureAggregationGrid:
 
     def _secure_round(self, messages: list[Message], timeout: float | None) -> list[Message]:
         from flwr.server.workflow import SecAggPlusWorkflow
+        from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 
         started = time.perf_counter()
         by_node = {m.metadata.dst_node_id: m for m in messages}
@@ -80,15 +81,14 @@ class SecureAggregationGrid:
                                       clipping_range=self.clipping_range, quantization_range=QUANTIZATION_RANGE,
                                       timeout=timeout)
         legacy = _legacy_context(by_node, recorder, server_round)
-        from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
-
         state = WorkflowState()
-        completed = True
-        for stage in (workflow.setup_stage, _contents_after(workflow.share_keys_stage, state, by_node),
-                      workflow.collect_masked_vectors_stage, workflow.unmask_stage):
-            if not stage(recorder, legacy, state):
-                completed = False
-                break
+        completed = workflow.setup_stage(recorder, legacy, state)
+        if completed:
+            # The masked-adapter stage sends each site its `nid_to_fitins` with Flower's record
+            # added: our own train instruction, not the legacy FitIns the setup made.
+            state.nid_to_fitins = {node: RecordDict(dict(by_node[node].content.items())) for node in state.nid_to_fitins}
+        for stage in (workflow.share_keys_stage, workflow.collect_masked_vectors_stage, workflow.unmask_stage):
+            completed = completed and stage(recorder, legacy, state)
         total = legacy.strategy.aggregate  # type: ignore[attr-defined]
         self.last_round = {"seconds": time.perf_counter() - started, "sites": len(recorder.masked),
                            "bytes-sent": sum(recorder.down.values()), "bytes-received": sum(recorder.up.values())}
@@ -168,22 +168,6 @@ def _nbytes(msg: Message) -> int:
     from flwr.common.serde import message_to_proto
 
     return message_to_proto(msg).ByteSize()
-
-
-def _contents_after(share_keys_stage, state, by_node):
-    """The share-keys stage, after which the masked-adapter stage sends each site our own
-    train instruction (the workflow's `nid_to_fitins`) with Flower's record added."""
-
-    def stage(grid, context, workflow_state) -> bool:
-        for node in workflow_state.nid_to_fitins:
-            workflow_state.nid_to_fitins[node] = _copy_content(by_node[node].content)
-        return share_keys_stage(grid, context, workflow_state)
-
-    return stage
-
-
-def _copy_content(content: RecordDict) -> RecordDict:
-    return RecordDict(dict(content.items()))
 
 
 def _legacy_context(by_node: dict[int, Message], grid, server_round: int):
