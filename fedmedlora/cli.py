@@ -276,6 +276,32 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    """The memorisation audit: canaries in one site's notes, train, exposure and extraction."""
+    from fedmedlora.memorisation import AuditError, AuditSettings, run_audit
+
+    settings = AuditSettings(canary_site=args.canary_site, repeats=_int_list(args.repeats, "--repeats"),
+                             per_level=args.per_level, alternatives=args.alternatives, dp_epsilon=args.dp_epsilon,
+                             variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()), seed=args.seed)
+    try:
+        results = run_audit(Path(args.app).resolve(), _run_config_overrides(args.run_config), Path(args.out), settings)
+    except AuditError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"canary site {results['canary-site']}: {results['site-training-instances']} training instances, "
+          f"each canary copy seen about {results['expected-times-seen-per-copy']:.2f} times")
+    print("\n".join(results["table"]))
+    print(f"details: {Path(args.out).resolve() / 'audit.json'}")
+    return 0
+
+
+def _int_list(text: str, option: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise SystemExit(f"{option} {text!r}: expected comma-separated integers, e.g. 1,8,32") from None
+
+
 def cmd_deploy_keys(args: argparse.Namespace) -> int:
     """Certificates and SuperNode keys for docker-compose.tls.yml."""
     from fedmedlora.deploy import COMPOSE_SITES, SUPERLINK_SERVICE, write_compose_credentials
@@ -402,6 +428,23 @@ def main(argv: list[str] | None = None) -> int:
     audit.add_argument("--site", action="append", default=[], metavar="FILE",
                        help="a site's audit log (node config audit-log; repeatable)")
     audit.set_defaults(func=cmd_audit_verify)
+
+    mem = sub.add_parser("audit", help="memorisation audit: canary sentences in one site's training notes, the "
+                                       "federation trained plainly, with DP and with SecAgg+, and each adapter's "
+                                       "exposure and greedy extraction of the canaries")
+    mem.add_argument("--out", required=True, help="folder for the canary site, the runs and audit.json (reused)")
+    mem.add_argument("--app", default=".", help="the Flower app folder (this project)")
+    mem.add_argument("--canary-site", default="", help="the site of data.sites whose notes get the canaries "
+                                                       "(default: the first)")
+    mem.add_argument("--repeats", default="1,8,32", help="copies of each canary, one level per number")
+    mem.add_argument("--per-level", type=int, default=2, help="canaries per repetition level")
+    mem.add_argument("--alternatives", type=int, default=127, help="other secrets each canary is ranked among")
+    mem.add_argument("--dp-epsilon", type=float, default=8.0, help="epsilon of the dp variant over the run's rounds")
+    mem.add_argument("--variants", default="plain,dp,secure-aggregation", help="runs to train (plain is needed)")
+    mem.add_argument("--seed", type=int, default=0, help="seed of the canaries and their alternatives")
+    mem.add_argument("--run-config", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a run-config key (repeatable), as for simulate")
+    mem.set_defaults(func=cmd_audit)
 
     keys = sub.add_parser("deploy-keys", help="certificates and SuperNode keys for the TLS compose deployment "
                                               "(docker-compose.tls.yml)")
