@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import tomllib
 from pathlib import Path
@@ -438,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
                                                        "(default: the first)")
     mem.add_argument("--repeats", default="1,8,32", help="copies of each canary, one level per number")
     mem.add_argument("--per-level", type=int, default=2, help="canaries per repetition level")
-    mem.add_argument("--alternatives", type=int, default=127, help="other secrets each canary is ranked among")
+    mem.add_argument("--alternatives", type=int, default=31, help="other secrets each canary is ranked among")
     mem.add_argument("--dp-epsilon", type=float, default=8.0, help="epsilon of the dp variant over the run's rounds")
     mem.add_argument("--variants", default="plain,dp,secure-aggregation", help="runs to train (plain is needed)")
     mem.add_argument("--seed", type=int, default=0, help="seed of the canaries and their alternatives")
@@ -463,6 +464,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # SIGTERM (kill, a job scheduler) unwinds like Ctrl-C, so the `finally` of a command that
+    # started a SuperLink, SuperNodes or a simulation stops them instead of leaving them running.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as err:

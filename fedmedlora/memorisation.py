@@ -53,7 +53,7 @@ class AuditSettings:
     canary_site: str = ""  # one of data.sites; "" = the first
     repeats: tuple[int, ...] = (1, 8, 32)
     per_level: int = 2
-    alternatives: int = 127
+    alternatives: int = 31
     dp_epsilon: float = 8.0
     variants: tuple[str, ...] = VARIANTS
     seed: int = 0

@@ -215,3 +215,36 @@ def test_a_killed_run_resumes_from_its_last_finished_round(tmp_path, tiny_llama,
     assert json.loads((run_dir / "round-3" / "fedmedlora.json").read_text())["server-round"] == 3
     assert all(np.array_equal(final[k], round3[k]) for k in round3)
     assert any(not np.allclose(round2[k], round3[k]) for k in round3)
+
+
+def test_a_terminated_simulate_command_stops_its_superlink_and_simulation(tmp_path, tiny_llama, tiny_corpus):
+    """`kill <pid>` (SIGTERM) of `fedmedlora simulate`, as a scheduler or a script stops it,
+    unwinds like Ctrl-C: the SuperLink, the simulation and Ray are stopped, nothing is left."""
+    import os
+    import signal
+    import sys
+    import time
+
+    home = tmp_path / "flwr-home"
+    command = [sys.executable, "-m", "fedmedlora.cli", "simulate", "--app", str(REPO), "--flwr-home", str(home),
+               "--run-config", f"model.name={tiny_llama}", "--run-config", "num-server-rounds=50",
+               "--run-config", f"data.root={tiny_corpus}", "--run-config", f"output-dir={tmp_path / 'outputs'}"]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not (tmp_path / "outputs").is_dir() or len(_processes_of(home)) < 2:  # the run has started
+            assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
+            time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=120)[0]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for pid in _processes_of(home):  # what a failing version would leave
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert process.returncode == 128 + signal.SIGTERM, output[-3000:]
+    assert superlink_pids(home) == [] and _processes_of(home) == []
