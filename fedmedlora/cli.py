@@ -300,7 +300,7 @@ def _int_list(text: str, option: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise SystemExit(f"{option} {text!r}: expected comma-separated integers, e.g. 1,8,32") from None
+        raise SystemExit(f"{option} {text!r}: expected comma-separated integers, e.g. 1,16,128") from None
 
 
 def cmd_deploy_keys(args: argparse.Namespace) -> int:
@@ -437,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     mem.add_argument("--app", default=".", help="the Flower app folder (this project)")
     mem.add_argument("--canary-site", default="", help="the site of data.sites whose notes get the canaries "
                                                        "(default: the first)")
-    mem.add_argument("--repeats", default="1,8,32", help="copies of each canary, one level per number")
+    mem.add_argument("--repeats", default="1,16,128", help="copies of each canary, one level per number")
     mem.add_argument("--per-level", type=int, default=2, help="canaries per repetition level")
     mem.add_argument("--alternatives", type=int, default=31, help="other secrets each canary is ranked among")
     mem.add_argument("--dp-epsilon", type=float, default=8.0, help="epsilon of the dp variant over the run's rounds")

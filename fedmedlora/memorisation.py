@@ -16,7 +16,8 @@ Every adapter, and the base model as the control, is then asked about every cana
 
 - exposure (Carlini et al. 2019): the canary's answer log-likelihood ranked among those of
   `--alternatives` other secrets of the same space; exposure = log2(candidates) - log2(rank),
-  from 0 (ranked last... or anywhere, by chance about 1 bit) to log2(candidates) (ranked first);
+  from 0 (ranked last) to log2(candidates) (ranked first); a model that knows nothing of the
+  secret ranks it anywhere: 1.3 bits on average among 32;
   in context (the secret in the sentence, as trained) and withheld (the sentence with a
   blank, so the model must recall the secret);
 - extraction: greedy decoding of the withheld sentence; extracted when the answer holds
@@ -51,7 +52,7 @@ class AuditError(ValueError):
 @dataclass(frozen=True)
 class AuditSettings:
     canary_site: str = ""  # one of data.sites; "" = the first
-    repeats: tuple[int, ...] = (1, 8, 32)
+    repeats: tuple[int, ...] = (1, 16, 128)
     per_level: int = 2
     alternatives: int = 31
     dp_epsilon: float = 8.0
