@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 from dataclasses import replace
@@ -96,9 +97,8 @@ def main() -> int:
         keys: dict[str, Any] = {}
         if arm in TARGETS:
             z = noise_for(TARGETS[arm], profile.rounds, DELTA)
-            clip = first_update_norm(work / "runs" / "no-dp", bench.initial)
             keys = {"strategy.dp": "server-fixed", "strategy.dp-noise-multiplier": z,
-                    "strategy.dp-clipping-norm": round(clip, 4),
+                    "strategy.dp-clipping-norm": results["clipping-norm"],
                     "strategy.dp-num-sampled-sites": len(protocol.TRAINING_SITES), "strategy.dp-delta": DELTA}
         start = time.perf_counter()
         run = protocol.run_federated(arm, {**config, **keys}, work / "runs")
@@ -123,7 +123,12 @@ def main() -> int:
         eps = "-" if not dp else f"{dp['epsilon']:.2f}"
         cells = " ".join(f"{t}={v:.3f}" for t, v in f1.items())
         change = "" if diff is None else f" diff={diff['estimate']:+.1f} [{diff['low']:+.1f}, {diff['high']:+.1f}]"
-        print(f"{arm}: epsilon={eps} {cells}{change}")
+        noise = ""
+        if dp:  # Gaussian noise per adapter value and over the whole adapter, against the clipping norm
+            std = dp["noise-multiplier"] * results["clipping-norm"] / len(protocol.TRAINING_SITES)
+            norm = std * math.sqrt(sum(v.size for v in bench.initial.values()))
+            noise = f" noise-std={std:.2f} noise-norm={norm:.0f} ({norm / results['clipping-norm']:.0f}x the clipping norm)"
+        print(f"{arm}: epsilon={eps} {cells}{change}{noise}")
     return 0
 
 

@@ -34,6 +34,7 @@ import logging
 import math
 import random
 import shutil
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,13 +117,12 @@ def score_canaries(model, tokenizer, canaries: Sequence, entity_types: tuple[str
 
 # --- the canary site and the runs --------------------------------------------------------------
 
-def write_canary_site(source: Path, target: Path, name: str, canaries: Sequence) -> tuple[str, ...]:
-    """`source`'s documents (any site format) and every canary copy as a JSONL site folder;
-    returns the site's entity types."""
+def write_canary_site(site, target: Path, canaries: Sequence) -> tuple[str, ...]:
+    """The loaded site's documents (read from any site format) and every canary copy as a
+    JSONL site folder; returns the site's entity types."""
     from data_loaders.jsonl import write_jsonl
-    from data_loaders.sites import load_site
 
-    site = load_site(source, name=name)
+    name, source = site.name, site.data_dir
     documents = [d for split in ("train", "validation", "test") for d in site.splits[split]]
     taken = {d.doc_id for d in documents}
     copies = [c.document(k) for c in canaries for k in range(c.repeats)]
@@ -166,7 +166,7 @@ def run_audit(app: Path, overrides: Mapping[str, Any], out: Path, settings: Audi
     """Write the canary site, train every variant, score every adapter; `audit.json` under `out`."""
     from client_app.runtime import site_runtime
     from clinical_ie.canaries import make_canaries
-    from data_loaders.sites import ensure_demo_corpus
+    from data_loaders.sites import ensure_demo_corpus, load_site
     from fedmedlora.deploy import free_ports
     from fedmedlora.local_run import flwr_run
     from modeling.adapter_io import get_adapter_state, load_peft_folder, save_peft_folder, set_adapter_state
@@ -199,10 +199,11 @@ def run_audit(app: Path, overrides: Mapping[str, Any], out: Path, settings: Audi
 
     sites = out / "sites"
     sites.mkdir(exist_ok=True)
-    probe_types = load_site_types(root / canary_site, canary_site)
+    source = load_site(root / canary_site, name=canary_site)
+    probe_types = source.entity_types
     canaries = make_canaries(settings.repeats, settings.per_level, probe_types, settings.seed)
     if not (sites / canary_site / "site.json").is_file():
-        write_canary_site(root / canary_site, sites / canary_site, canary_site, canaries)
+        write_canary_site(source, sites / canary_site, canaries)
     for name in names:
         link = sites / name
         if name != canary_site and not link.exists():
@@ -278,12 +279,6 @@ def run_audit(app: Path, overrides: Mapping[str, Any], out: Path, settings: Audi
     return results
 
 
-def load_site_types(folder: Path, name: str) -> tuple[str, ...]:
-    from data_loaders.sites import load_site
-
-    return load_site(folder, name=name).entity_types
-
-
 def count_training_instances(folder: Path, name: str, cfg: Mapping[str, Any]) -> int:
     """Training instances of the canary site as its ClientApp builds them (every task)."""
     from clinical_ie.evaluate import site_instances
@@ -304,13 +299,9 @@ def summary_table(results: Mapping[str, Any]) -> list[str]:
         cells = []
         for level in levels:
             chosen = [r for r in rows if r["repeats"] == level]
-            median = _median([r["in-context"]["exposure"] for r in chosen]), _median([r["withheld"]["exposure"] for r in chosen])
+            median = (statistics.median(r["in-context"]["exposure"] for r in chosen),
+                      statistics.median(r["withheld"]["exposure"] for r in chosen))
             cells.append(f"{median[0]:.1f} / {median[1]:.1f}, {sum(r['extracted'] for r in chosen)}/{len(chosen)}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
-
-def _median(values: Sequence[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2

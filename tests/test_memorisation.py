@@ -67,7 +67,7 @@ def test_the_canary_site_holds_the_sites_documents_and_every_copy_in_training(tm
     source = tmp_path / "corpus" / "site-a"
     before = load_site(source)
     canaries = make_canaries((1, 3), 1, before.entity_types, seed=0)
-    types = write_canary_site(source, tmp_path / "site-a", "site-a", canaries)
+    types = write_canary_site(before, tmp_path / "site-a", canaries)
     after = load_site(tmp_path / "site-a")
     assert types == before.entity_types == after.entity_types
     copies = [d for d in after.splits["train"] if d.doc_id.startswith("canary-")]
