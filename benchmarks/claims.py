@@ -8,6 +8,12 @@ both arms. A claim holds when the difference clears a threshold:
 - "beats the best single site": federated - best single site > 0;
 - "Fed-MedLoRA+ beats Fed-MedLoRA": plus - plain > 0.
 
+Each claim states its budget: `equal-local-steps` (the paper's shape: a single site trains
+the steps it spends in the federation, centralized the sum of the sites' steps on the pooled
+data) or `equal-instances` (every arm sees as many instances as the federation as a whole;
+the single-site arms named `equal-instances/single-*`). On the external set (ADE), whose
+gold annotates only entities in relations, the measure is entity recall.
+
 Verdict: `confirmed` when the whole 95% interval clears the threshold, `refuted` when the
 whole interval is on the other side, `undecided` when it straddles it (this budget cannot
 tell). docs/architecture.md, "Benchmark profiles", says why the verdicts are paired.
@@ -35,6 +41,12 @@ class ClaimSpec:
     threshold: float  # in F1 points
     at_least: bool  # True: a - b >= threshold holds it; False: a - b > threshold holds it
     tests: tuple[str, ...] | None = None  # None: the in-domain test sets `evaluate_claims` gets
+    budget: str = "equal-local-steps"  # which single-site arms "best-single" picks among (see above)
+    statistic: str = "f1"  # "recall" where the gold is partial (ADE)
+
+
+EQUAL_INSTANCES = "equal-instances/"  # prefix of the single-site arms trained at the federation's total budget
+EXTERNAL_TEST = "ade"
 
 
 CLAIMS: tuple[ClaimSpec, ...] = (
@@ -46,6 +58,12 @@ CLAIMS: tuple[ClaimSpec, ...] = (
     # Label skew (sites annotating different entity types), tested on MACCROBAT with all types.
     ClaimSpec("{a} beats {b} under label skew", "fedmedlora-plus-skew", "fedmedlora-skew", 0.0, False,
               ("maccrobat",)),
+    ClaimSpec("{a} beats the best single site ({b}) on the external set", "fedmedlora", "best-single", 0.0, False,
+              (EXTERNAL_TEST,), statistic="recall"),
+    ClaimSpec("{a} beats the best single site ({b}) at equal instances", "fedmedlora", "best-single", 0.0, False,
+              budget="equal-instances"),
+    ClaimSpec("{a} beats the best single site ({b}) on the external set at equal instances", "fedmedlora",
+              "best-single", 0.0, False, (EXTERNAL_TEST,), budget="equal-instances", statistic="recall"),
 )
 
 
@@ -56,13 +74,20 @@ def verdict(low: float, high: float, threshold: float, at_least: bool) -> str:
     return "confirmed" if holds else "refuted" if fails else "undecided"
 
 
-def best_single(scores: Mapping[str, Mapping[str, Any]], tests: Sequence[str]) -> str | None:
-    """The single-site arm with the highest mean NER strict F1 over `tests` (point values)."""
-    singles = [arm for arm in scores if arm.startswith("single-") and all(t in scores[arm] for t in tests)]
+def best_single(scores: Mapping[str, Mapping[str, Any]], tests: Sequence[str],
+                budget: str = "equal-local-steps") -> str | None:
+    """The single-site arm of `budget` with the highest mean NER strict score over `tests`
+    (point values: F1, or recall where only recall is measured)."""
+    prefix = "single-" if budget == "equal-local-steps" else EQUAL_INSTANCES + "single-"
+    singles = [arm for arm in scores if arm.startswith(prefix) and all(t in scores[arm] for t in tests)]
     if not singles:
         return None
-    return max(singles, key=lambda arm: statistics.fmean(
-        scores[arm][t]["scores"][f"{MEASURE}-f1"]["value"] for t in tests))
+    return max(singles, key=lambda arm: statistics.fmean(_point(scores, arm, t) for t in tests))
+
+
+def _point(scores: Mapping[str, Mapping[str, Any]], arm: str, test: str) -> float:
+    values = scores[arm][test]["scores"]
+    return values.get(f"{MEASURE}-f1", values.get(f"{MEASURE}-recall", {"value": 0.0}))["value"]
 
 
 def evaluate_claims(scores: Mapping[str, Mapping[str, Any]], tests: Sequence[str], profile: str,
@@ -72,18 +97,19 @@ def evaluate_claims(scores: Mapping[str, Mapping[str, Any]], tests: Sequence[str
     out = []
     for spec in specs:
         on = spec.tests or tuple(tests)
-        b = best_single(scores, on) if spec.b == "best-single" else spec.b
+        b = best_single(scores, on, spec.budget) if spec.b == "best-single" else spec.b
         if b is None or not all(_has_counts(scores, arm, on) for arm in (spec.a, b)):
             continue
         pairs = [(_counts(scores, spec.a, t), _counts(scores, b, t)) for t in on]
-        diff = paired_difference(pairs, MEASURE, resamples=resamples)
+        diff = paired_difference(pairs, MEASURE, resamples=resamples, statistic=spec.statistic)
         claim = {
             "claim": spec.claim.format(a=spec.a, b=b), "profile": profile, "a": spec.a, "b": b,
-            "measure": f"{MEASURE}-f1, mean over {', '.join(on)}", "threshold": spec.threshold,
+            "budget": spec.budget,
+            "measure": f"{MEASURE}-{spec.statistic}, mean over {', '.join(on)}", "threshold": spec.threshold,
             "estimate": diff.value, "low": diff.low, "high": diff.high,
             "verdict": verdict(diff.low, diff.high, spec.threshold, spec.at_least),
         }
-        if not any(_f1(scores, arm, t) for arm in (spec.a, b) for t in on):
+        if not any(_point(scores, arm, t) for arm in (spec.a, b) for t in on):
             # Two arms that find nothing differ by exactly 0 on every resample: that interval
             # says nothing about which aggregation is better.
             claim.update(verdict="undecided", note="neither arm found a single correct entity")
@@ -107,10 +133,6 @@ def sentence(claim: Mapping[str, Any]) -> str:
 
 def _has_counts(scores: Mapping[str, Mapping[str, Any]], arm: str, tests: Sequence[str]) -> bool:
     return arm in scores and all("document-counts" in scores[arm].get(t, {}) for t in tests)
-
-
-def _f1(scores: Mapping[str, Mapping[str, Any]], arm: str, test: str) -> float:
-    return scores[arm][test]["scores"][f"{MEASURE}-f1"]["value"]
 
 
 def _counts(scores: Mapping[str, Mapping[str, Any]], arm: str, test: str) -> np.ndarray:

@@ -76,7 +76,7 @@ def main() -> int:
         profile = replace(profile, **{field: int(value)})
     work = args.work.resolve()
     settings = {"rounds": profile.rounds, "steps": profile.steps, "test-instances": profile.test_instances,
-                "model": profile.model, "delta": DELTA, "data": str(args.data.resolve())}
+                "model": profile.model, "delta": DELTA, "data": protocol.repo_relative(args.data)}
     results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {}
     if results.get("settings") not in (None, settings):
         raise SystemExit(f"{args.out}: made with other settings ({results['settings']}); move it away to start again")

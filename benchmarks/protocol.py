@@ -64,12 +64,19 @@ sys.path.insert(0, str(REPO))  # run from anywhere in the checkout
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from clinical_ie.bootstrap import bootstrap, document_counts  # noqa: E402
-from clinical_ie.evaluate import InstanceEvaluator, site_instances, stable_subset, training_pairs  # noqa: E402
+from clinical_ie.evaluate import (  # noqa: E402
+    InstanceEvaluator,
+    score_outputs,
+    site_instances,
+    stable_subset,
+    training_pairs,
+)
 from clinical_ie.prompt import PREFIX_END  # noqa: E402
 from data_loaders.sites import load_site  # noqa: E402
 from data_loaders.splits import split_of  # noqa: E402
 from modeling.base import EMBEDDED_DEFAULT  # noqa: E402
 from modeling.training import TrainSettings, encode_all, train_round  # noqa: E402
+from settings.config import EvalSection  # noqa: E402
 
 log = logging.getLogger("protocol")
 
@@ -80,6 +87,7 @@ FEDERATED_ARMS: dict[str, dict[str, Any]] = {
     "fedmedlora": {"strategy.name": "fedmedlora"},
     "fedmedlora-plus": {"strategy.name": "fedmedlora-plus", "strategy.validation-instances": 48},
     "fedmedlora-plus-sites": {"strategy.name": "fedmedlora-plus", "strategy.validation": "sites"},
+    "fedmedlora-equal": {"strategy.name": "fedmedlora-equal"},  # every site weighted 1/K
     "exact": {"strategy.name": "exact"},
     # Fed-MedLoRA with its adapters encoded on the wire (both directions, every round)
     "fedmedlora-float16": {"strategy.name": "fedmedlora", "transport.encoding": "float16"},
@@ -91,6 +99,7 @@ SKEW_ARMS: dict[str, dict[str, Any]] = {
     "fedmedlora-skew": {"strategy.name": "fedmedlora"},
     "fedmedlora-plus-skew": {"strategy.name": "fedmedlora-plus", "strategy.validation-instances": 48},
 }
+BUDGETS = ("equal-local-steps", "equal-instances")
 NEW_SITE_ARMS = ("zero-shot", "fedmedlora", "new-site-alone", "new-site-from-global")
 
 
@@ -113,6 +122,13 @@ class Profile:
     label_skew: bool = False  # also the label-skew arms (SKEW_ARMS)
     external_instances: int = 0  # instances of the external test set; 0 = test_instances
     measure_speed: bool = True  # the training-loop comparison and the federation overhead
+    # "equal-local-steps" (the paper's shape): a single site trains the steps it spends in the
+    # federation, centralized the sum of the sites' steps on the pooled data.
+    # "equal-instances": every arm the federation's total. equal_instances_arms adds that
+    # shape's single-site arms (`equal-instances/single-*`) to an equal-local-steps profile.
+    budget: str = "equal-local-steps"
+    equal_instances_arms: bool = False
+    constrained: bool = EvalSection.constrained  # constrained decoding when scoring (eval.constrained's default)
 
     def test_limit(self, test: str) -> int:
         return self.external_instances if test == EXTERNAL and self.external_instances else self.test_instances
@@ -130,8 +146,8 @@ PROFILES = {
     "standard": Profile(model=EMBEDDED_DEFAULT, quantization="auto", rounds=3, steps=24, max_length=512,
                         test_instances=120, round_eval_instances=8, new_site_documents=8, new_site_steps=24,
                         max_new_tokens=96, eval_batch_size=16, overhead_rounds=2, overhead_steps=2,
-                        federated_arms=("fedmedlora", "fedmedlora-plus", "fedmedlora-plus-sites"),
-                        label_skew=True, external_instances=60, measure_speed=False),
+                        federated_arms=("fedmedlora", "fedmedlora-plus", "fedmedlora-equal"),
+                        label_skew=True, external_instances=60, measure_speed=False, equal_instances_arms=True),
     # A GPU: 4-bit, a larger model (--model), all data, every test instance.
     "full": Profile(model=EMBEDDED_DEFAULT, quantization="4bit", rounds=3, steps=0, max_length=512,
                     test_instances=0, round_eval_instances=64, new_site_documents=10, new_site_steps=60,
@@ -240,12 +256,13 @@ def _only_types(doc: dict[str, Any], types: set[str]) -> dict[str, Any]:
 class Workbench:
     """One base model with a LoRA adapter, loaded once, for local training and scoring."""
 
-    def __init__(self, profile: Profile) -> None:
+    def __init__(self, profile: Profile, dtype: str = "auto") -> None:
         from modeling.base import load_base_model
         from modeling.lora import LoraSettings, attach_lora
 
         self.profile = profile
-        model, self.tokenizer = load_base_model(profile.model, profile.quantization, "auto")
+        model, self.tokenizer = load_base_model(profile.model, profile.quantization, dtype)
+        self.dtype = str(next(model.parameters()).dtype).removeprefix("torch.")  # what this bench computes in
         self.model = attach_lora(model, LoraSettings(), seed=0)
         from modeling.adapter_io import get_adapter_state
 
@@ -259,28 +276,34 @@ class Workbench:
                                                  self.profile.max_length, PREFIX_END)
         return self._examples[name]
 
-    def settings(self, steps: int) -> TrainSettings:
-        return TrainSettings(max_steps=steps, max_length=self.profile.max_length)
+    def settings(self, steps: int, **overrides: Any) -> TrainSettings:
+        return TrainSettings(max_steps=steps, max_length=self.profile.max_length, **overrides)
 
-    def train(self, examples: Sequence, steps_per_round: int, rounds: int, start: dict | None, target: Path) -> Path:
-        """R rounds of `steps_per_round` steps, as a site trains them (fresh optimizer per
-        round, one learning-rate schedule across rounds); saves a PEFT adapter folder."""
+    def train(self, examples: Sequence, steps_per_round: int, rounds: int, start: dict | None, target: Path,
+              **overrides: Any) -> Path:
+        """R rounds of `steps_per_round` steps, as a site trains them (the optimizer's moments
+        kept from round to round unless `keep_optimizer_state=False`, one learning-rate
+        schedule across rounds); saves a PEFT adapter folder. `overrides`: TrainSettings
+        fields (learning_rate, loraplus_lr_ratio, ...)."""
         from modeling.adapter_io import get_adapter_state, save_peft_folder, set_adapter_state
 
         if (target / "adapter_model.safetensors").is_file():
             return target
         set_adapter_state(self.model, start or self.initial)
-        settings = self.settings(steps_per_round)
+        settings = self.settings(steps_per_round, **overrides)
         seconds = tokens = 0.0
+        kept = None
         for r in range(1, rounds + 1):
             result = train_round(self.model, examples, settings, self.tokenizer.pad_token_id, r, rounds,
-                                 description=f"{target.parent.name} round {r}")
+                                 description=f"{target.parent.name} round {r}", optimizer_state=kept)
+            kept = result.optimizer_state
             seconds += result.seconds
             tokens += result.tokens
         tmp = target.with_name(target.name + ".tmp")
         save_peft_folder(get_adapter_state(self.model), self.model.peft_config["default"], tmp)
         (tmp / "training.json").write_text(json.dumps({"rounds": rounds, "steps-per-round": steps_per_round,
-                                                       "train-seconds": seconds, "train-tokens": tokens}))
+                                                       "train-seconds": seconds, "train-tokens": tokens,
+                                                       "dtype": self.dtype, "settings": asdict(settings)}))
         tmp.rename(target)
         return target
 
@@ -288,20 +311,30 @@ class Workbench:
         """Generated answers of an adapter (None = the base model) for `instances`, cached."""
         from modeling.adapter_io import load_peft_folder, set_adapter_state
 
-        key = hashlib.sha256(json.dumps([[i.doc_id, i.offset, i.task] for i in instances]).encode()).hexdigest()[:16]
+        key = hashlib.sha256(json.dumps([[i.doc_id, i.offset, i.task] for i in instances]
+                                        + [self.profile.constrained]).encode()).hexdigest()[:16]
         if cache.is_file():
             saved = json.loads(cache.read_text())
             if saved.get("instances") == key:
                 return saved["outputs"]
         set_adapter_state(self.model, load_peft_folder(adapter) if adapter else self.initial)
         evaluator = InstanceEvaluator(self.tokenizer, instances, self.profile.max_length,
-                                      self.profile.max_new_tokens, self.profile.eval_batch_size)
+                                      self.profile.max_new_tokens, self.profile.eval_batch_size,
+                                      constrained=self.profile.constrained)
         start = time.perf_counter()
         outputs = evaluator.generate(self.model, description)
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps({"instances": key, "outputs": outputs,
                                      "seconds": time.perf_counter() - start}))
         return outputs
+
+
+def single_site_steps(profile: Profile, site_steps: dict[str, int]) -> dict[str, int]:
+    """Steps per round of each single-site arm: the site's own steps in the federation (the
+    paper's shape), or the federation's whole budget, all sites' steps (equal instances)."""
+    if profile.budget == "equal-local-steps":
+        return dict(site_steps)
+    return {name: sum(site_steps.values()) for name in site_steps}
 
 
 def steps_per_round(bench: Workbench, sites: dict[str, Path]) -> int:
@@ -316,6 +349,7 @@ def federated_config(profile: Profile, sites_root: Path, out: Path) -> dict[str,
     return {
         "model.name": profile.model,
         "quantization": profile.quantization,
+        "eval.constrained": profile.constrained,
         "data.root": str(sites_root.resolve()),
         "data.sites": ",".join(TRAINING_SITES),
         "data.server-validation": str((sites_root / "maccrobat").resolve()),
@@ -486,8 +520,15 @@ def scored(instances: Sequence, outputs: Sequence[str], score_by: str | None) ->
     (the same instances give the same documents in the same order for every arm)."""
     _, counts = document_counts(instances, outputs, score_by)
     intervals = bootstrap(counts, score_by=score_by)
+    entities, relations = score_outputs(instances, outputs, score_by)
     return {"instances": len(instances), "documents": int(counts.shape[0]),
-            "scores": {k: v.to_dict() for k, v in intervals.items()}, "document-counts": counts.tolist()}
+            "scores": {k: v.to_dict() for k, v in intervals.items()}, "document-counts": counts.tolist(),
+            # predicted entity strings (and relation arguments) not found in their sentence
+            "unaligned": entities.unaligned + relations.unaligned,
+            "unaligned-entities": entities.unaligned, "unaligned-relations": relations.unaligned,
+            "malformed": entities.malformed + relations.malformed,
+            # NER strict (tp, fp, fn) per entity type: where an arm wins or loses
+            "per-type": {t: [strict.tp, strict.fp, strict.fn] for t, (strict, _) in entities.per_type.items()}}
 
 
 def add_claims(results: dict[str, Any], profile: str) -> None:
@@ -580,14 +621,55 @@ def write_overhead_section(results_md: Path, figures: dict[str, Any]) -> None:
     results_md.write_text("\n".join(lines).rstrip("\n") + "\n")
 
 
+def _budget_sentence(results: dict[str, Any]) -> str:
+    p, budget = results["profile"], results["budget"]
+    batch, rounds = budget.get("batch-size", 4), p["rounds"]  # results written before it was recorded used 4
+    if budget.get("shape", "equal-instances") == "equal-instances":
+        return (f"Budget for every arm: {budget['total-steps']} optimizer steps of batch {batch}, "
+                f"{budget['total-steps'] * batch:,} training instances seen ({rounds} rounds x "
+                f"{budget['steps-per-round']} steps; each federated site {p['steps'] or 'all'} steps per round).")
+    singles = ", ".join(f"{k} {v}" for k, v in budget["single-site-steps-per-round"].items())
+    return (f"Budget in the paper's shape (equal local steps): each federated site trains {rounds} rounds of "
+            f"its steps per round ({singles}; batch {batch}), and a single site trains the same steps alone; "
+            f"centralized trains the sites' sum, {budget['steps-per-round']} steps per round "
+            f"({budget['total-steps'] * batch:,} instances), on the pooled data. The `equal-instances/single-*` "
+            f"arms train one site for the federation's total ({budget['total-steps']} steps). Model dtype: "
+            f"{budget.get('dtype', 'not recorded')}.")
+
+
+def per_type_gap_rows(scores: dict[str, Any], arm: str = "fedmedlora") -> list[str]:
+    """Where the federation wins or loses: per in-domain test set and entity type, its NER
+    strict F1 minus each single site's (F1 points)."""
+    singles = [a for a in scores if a.startswith("single-")]
+    if arm not in scores or not singles or not all("per-type" in scores[arm].get(t, {}) for t in TRAINING_SITES):
+        return []
+    lines = ["", f"### {arm} minus each single site, per test set and entity type (NER strict F1 points)", "",
+             "| test set | type | gold | " + " | ".join(f"{arm} F1" if a == arm else f"- {a}"
+                                                       for a in (arm, *singles)) + " |",
+             "|---|---|---:|" + "---:|" * (1 + len(singles))]
+
+    def f1(counts: list[int]) -> float:
+        tp, fp, fn = counts
+        return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+
+    for test in TRAINING_SITES:
+        ours = scores[arm][test]["per-type"]
+        for type_, counts in ours.items():
+            cells = [f"{f1(counts):.3f}"]
+            for single in singles:
+                theirs = scores[single].get(test, {}).get("per-type", {}).get(type_)
+                cells.append(f"{100 * (f1(counts) - f1(theirs)):+.1f}" if theirs else "-")
+            lines.append(f"| {test} | {type_} | {counts[0] + counts[2]} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _external(profile: dict[str, Any]) -> str:
     n = profile.get("external_instances")
     return f" ({n} on the external {EXTERNAL})" if n else ""
 
 
 def markdown(results: dict[str, Any]) -> str:
-    p, budget = results["profile"], results["budget"]
-    batch = budget.get("batch-size", 4)  # results written before the batch size was recorded used 4
+    p = results["profile"]
     lines = [
         "# Results: the paper's protocol on the shared corpora",
         "",
@@ -598,9 +680,7 @@ def markdown(results: dict[str, Any]) -> str:
         *([f"Report (claims added from the cached outputs): `{results['report-command']}`", ""]
           if results.get("report-command") else []),
         f"Hardware: {results['hardware']}. Model: `{p['model']}` (quantization `{p['quantization']}`). "
-        f"Budget for every arm: {budget['total-steps']} optimizer steps of batch {batch}, "
-        f"{budget['total-steps'] * batch:,} training instances seen ({p['rounds']} rounds x {results['budget']['steps-per-round']} steps; each federated "
-        f"site {p['steps'] or 'all'} steps per round). Test sets: {p['test_instances'] or 'all'} instances "
+        f"{_budget_sentence(results)} Test sets: {p['test_instances'] or 'all'} instances "
         f"(sentences) per split{_external(p)}, chosen by hash; 95% intervals from 1,000 document-level bootstrap "
         "resamples. ADE annotates only entities in relations, so its entity column is recall.",
         "",
@@ -612,14 +692,18 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [
         "## In-domain and external test sets",
         "",
-        "| arm | test set | instances | NER strict F1 | NER lenient F1 | RE strict F1 | RE lenient F1 |",
-        "|---|---|---:|---|---|---|---|",
+        "Unaligned: predicted entity strings and relation arguments that are not in their sentence.",
+        "",
+        "| arm | test set | instances | NER strict F1 | NER lenient F1 | RE strict F1 | RE lenient F1 | unaligned |",
+        "|---|---|---:|---|---|---|---|---:|",
     ]
     for arm, per_test in results["scores"].items():
         for test, s in per_test.items():
             sc = s["scores"]
             lines.append(f"| {arm} | {test} | {s['instances']} | {_cell(sc, 'ner-strict')} | "
-                         f"{_cell(sc, 'ner-lenient')} | {_cell(sc, 're-strict')} | {_cell(sc, 're-lenient')} |")
+                         f"{_cell(sc, 'ner-lenient')} | {_cell(sc, 're-strict')} | {_cell(sc, 're-lenient')} | "
+                         f"{s.get('unaligned', '-')} |")
+    lines += per_type_gap_rows(results["scores"])
     gap = results.get("gap")
     if gap:
         lines += ["", "## Federated minus centralized (F1 points, in-domain test sets, mean over the three)", "",
@@ -732,6 +816,13 @@ def plot_curves(curve_data: dict[str, list[dict[str, Any]]], folder: Path) -> li
         plt.close(fig)
         written.append(str(path))
     return written
+
+
+def repo_relative(path: Path) -> str:
+    """`path` relative to the repository where it lies inside it (committed results name no
+    folder of the machine they ran on), else as given."""
+    resolved = path.resolve()
+    return str(resolved.relative_to(REPO)) if resolved.is_relative_to(REPO) else str(path)
 
 
 def hardware() -> str:
@@ -854,6 +945,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="train and generate nothing: rebuild the report (claims included) from --out's "
                              "results.json and its cached outputs; with --only overhead, the overhead figures from "
                              "--out's finished runs")
+    parser.add_argument("--restart-profile", action="store_true",
+                        help="with --results: drop the profile's arms recorded there (made under other settings, "
+                             "e.g. older training defaults) and start it afresh; other profiles are kept")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="change a profile field (e.g. steps=2); for smoke tests")
     args = parser.parse_args(argv)
@@ -881,11 +975,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             parsed = type(current)(value)
         profile = replace(profile, **{field: parsed})
+    if profile.budget not in BUDGETS:
+        parser.error(f"--set budget={profile.budget}: expected one of {list(BUDGETS)}")
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     # What is kept under --out is reused; it must have been made with the same settings.
     # As JSON gives them back (lists, not tuples), to compare with what is recorded.
-    settings = json.loads(json.dumps({"profile": asdict(profile), "data": str(args.data.resolve())}))
+    # The training defaults are part of the settings: arms trained under other defaults never mix.
+    settings = json.loads(json.dumps({"profile": asdict(profile), "data": repo_relative(args.data),
+                                      "train": asdict(TrainSettings())}))
     recorded = out / "settings.json"
     if recorded.is_file() and json.loads(recorded.read_text()) != settings:
         parser.error(f"--out {out} holds results made with other settings ({recorded}); "
@@ -927,12 +1025,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_overhead_section(args.results, figures)
         print("\n".join(overhead_rows(asdict(profile), overheads) + overhead_table(figures)))
         return 0
-    store = ArmStore(args.results.parent / "results.json" if args.results else None, args.profile, settings)
+    store = ArmStore(args.results.parent / "results.json" if args.results else None, args.profile, settings,
+                     restart=args.restart_profile)
     bench = Workbench(profile)
     per_round = steps_per_round(bench, sites)
     batch = TrainSettings().batch_size
-    log.info("budget: %d rounds x %d steps of %d = %d instances seen per arm", profile.rounds, per_round, batch,
-             profile.rounds * per_round * batch)
+    site_steps = {n: bench.settings(profile.steps).steps_per_round(len(bench.examples(n, sites[n])))
+                  for n in TRAINING_SITES}  # what each site trains per round in the federation
+    single_steps = single_site_steps(profile, site_steps)
+    log.info("budget (%s): federation and centralized %d rounds x %d steps of %d = %d instances; single sites "
+             "%s steps per round", profile.budget, profile.rounds, per_round, batch,
+             profile.rounds * per_round * batch, single_steps)
 
     # Each arm is trained only when its scores are not recorded yet (--results keeps them per arm).
     tests = (*TRAINING_SITES, EXTERNAL)
@@ -953,17 +1056,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     def pooled() -> list:
         return [e for name in TRAINING_SITES for e in bench.examples(name, sites[name])]
 
-    def single(name: str) -> Path:
-        return bench.train(bench.examples(name, sites[name]), per_round, profile.rounds, None,
-                           out / "arms" / f"single-{name}" / "adapter")
+    def single(name: str, steps: int, arm: str) -> Path:
+        return bench.train(bench.examples(name, sites[name]), steps, profile.rounds, None,
+                           out / "arms" / arm.replace("/", "-") / "adapter")
 
     arms: dict[str, tuple[Callable[[], Path | None], tuple[str, ...]]] = {"zero-shot": (lambda: None, tests)}
     for name in TRAINING_SITES:
-        arms[f"single-{name}"] = (functools.partial(single, name), tests)
+        arms[f"single-{name}"] = (functools.partial(single, name, single_steps[name], f"single-{name}"), tests)
     arms["centralized"] = (lambda: bench.train(pooled(), per_round, profile.rounds, None,
                                                out / "arms" / "centralized" / "adapter"), tests)
     for arm in profile.federated_arms:
         arms[arm] = (functools.partial(federated, arm, FEDERATED_ARMS[arm]), tests)
+    if profile.equal_instances_arms and profile.budget == "equal-local-steps":
+        for name in TRAINING_SITES:
+            arm = f"equal-instances/single-{name}"
+            arms[arm] = (functools.partial(single, name, per_round, arm), tests)
     if profile.label_skew:
         prepare_label_skew_sites(args.data.resolve(), out)
         for arm, keys in SKEW_ARMS.items():
@@ -1020,13 +1127,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": command,
         "hardware": hardware(),
         "profile": asdict(profile),
-        "budget": {"steps-per-round": per_round, "total-steps": per_round * profile.rounds, "batch-size": batch,
-                   "instances-seen": per_round * profile.rounds * batch},
+        "budget": {"shape": profile.budget, "steps-per-round": per_round, "total-steps": per_round * profile.rounds,
+                   "batch-size": batch, "instances-seen": per_round * profile.rounds * batch,
+                   "single-site-steps-per-round": single_steps, "dtype": bench.dtype},
         "scores": scores,
         "gap": federated_gap(scores),  # claims and half-widths: add_claims below
         "new-site": new_site,
         "curves": curve_data,
-        "plots": plots,
+        "plots": [repo_relative(Path(plot)) for plot in plots],
         "speed": {"loop": None if loop is None else {
                       "fedmedlora": loop["clientapp"]["tokens_per_second"],
                       "peft-loop": loop["peft"]["tokens_per_second"], "ratio": loop["ratios"]["clientapp/peft"],
@@ -1055,7 +1163,8 @@ class ArmStore:
     the invocation that finishes it counts it whole unless it resumed a checkpointed run).
     `timed=False` (--report-only) records no invocation."""
 
-    def __init__(self, path: Path | None, profile: str, settings: dict[str, Any], timed: bool = True) -> None:
+    def __init__(self, path: Path | None, profile: str, settings: dict[str, Any], timed: bool = True,
+                 restart: bool = False) -> None:
         settings = json.loads(json.dumps(settings))  # as the file holds them (lists, not tuples)
         self.path, self.profile, self.settings = path, profile, settings
         self.data: dict[str, Any] = {"profiles": {}, "claims": []}
@@ -1064,10 +1173,13 @@ class ArmStore:
             if "profiles" not in data:  # the quick profile's results, as written before arms were kept
                 data = {"profiles": {"quick": {"results": data}}, "claims": []}
             self.data = data
+        if restart and self.data["profiles"].pop(profile, None) is not None:
+            log.info("%s: the %s profile's recorded arms dropped (--restart-profile)", path, profile)
+            self.data["claims"] = [c for c in self.data.get("claims", []) if c["profile"] != profile]
         entry = self.data["profiles"].setdefault(profile, {})
         if entry.get("settings") not in (None, settings):
             raise SystemExit(f"{path}: the {profile} profile's arms there were made with other settings "
-                             f"({entry['settings']}); move that file away to start the profile afresh")
+                             f"({entry['settings']}); pass --restart-profile to start the profile afresh")
         entry["settings"] = settings
         entry.setdefault("arms", {})
         self.started = time.perf_counter()
@@ -1149,7 +1261,7 @@ def write_report(results: dict[str, Any], out: Path, target: Path | None, plots:
         target_plots = target.parent / "plots"
         target_plots.mkdir(exist_ok=True)
         for plot in plots:
-            (target_plots / Path(plot).name).write_bytes(Path(plot).read_bytes())
+            (target_plots / Path(plot).name).write_bytes((REPO / plot).read_bytes())  # relative: to the repository
     print(text)
     return 0
 

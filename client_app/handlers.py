@@ -17,13 +17,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 
 from data_loaders.sites import SiteFolderError
 from modeling.adapter_io import get_adapter_state, set_adapter_state
+from modeling.base import model_dtype
 from modeling.training import train_round
 from settings.config import ConfigError, lora_settings, train_settings, validate
 from settings.logs import setup_logging
 from wire import protocol
 from wire.arrays import from_arrayrecord, to_arrayrecord
 
-from . import timings
+from . import optimizer_state, timings
 from .app import SiteFailure
 from .runtime import SiteDataError, model_runtime, site_runtime
 
@@ -75,16 +76,19 @@ def _prepare(msg: Message, context: Context):
 def train(msg: Message, context: Context) -> Message:
     cfg, runtime, site, config = _prepare(msg, context)
     server_round = int(config["server-round"])
+    settings = train_settings(cfg)
     result = train_round(
         runtime.model,
         site.train,
-        train_settings(cfg),
+        settings,
         runtime.tokenizer.pad_token_id,
         server_round=server_round,
         num_rounds=int(config["num-server-rounds"]),
         proximal_mu=float(config.get("proximal-mu", 0.0)),
         description=f"{site.site.name} round {server_round}",
+        optimizer_state=optimizer_state.load(context, server_round) if settings.keep_optimizer_state else None,
     )
+    optimizer_state.save(context, result.optimizer_state, server_round)
     log.info("site %s round %d: %d steps, loss %.4f, %.0f tokens/s",
              site.site.name, server_round, result.steps, result.loss, result.tokens_per_second)
     metrics = MetricRecord({
@@ -93,6 +97,7 @@ def train(msg: Message, context: Context) -> Message:
         "train-tokens": result.tokens,
         "train-seconds": result.seconds,
         "train-steps": result.steps,
+        "optimizer-restored": int(result.optimizer_restored),
         "train-end-time": time.time(),  # unix seconds: lets a benchmark tell concurrent sites' work apart from waiting
         **timings.current().to_metrics(),
     })
@@ -101,7 +106,7 @@ def train(msg: Message, context: Context) -> Message:
         protocol.ARRAYS: arrays,
         protocol.METRICS: metrics,
         # what the coordinator's audit trail records at join (docs/threat-model.md)
-        protocol.SITE: ConfigRecord({"name": site.site.name, **protocol.site_report(runtime.identity)}),
+        protocol.SITE: ConfigRecord({"name": site.site.name, **protocol.site_report(runtime.identity, model_dtype(runtime.model))}),
     })
     return Message(content=content, reply_to=msg)  # transport_mod (client_app/app.py) packs and encodes it
 

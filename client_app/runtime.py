@@ -47,6 +47,7 @@ class SiteRuntime:
     train: list[Encoded]
     validation: list  # Instances scored by `evaluator`
     eval_settings: tuple[int, int, int]  # max-length, max-new-tokens, batch-size
+    constrained: bool  # eval.constrained
     tokenizer: Any
     _evaluator: InstanceEvaluator | None = None
 
@@ -60,7 +61,7 @@ class SiteRuntime:
                     "documents by a hash of their ids, is empty); add documents to evaluate"
                 )
             self._evaluator = InstanceEvaluator(self.tokenizer, self.validation, *self.eval_settings,
-                                                score_by=self.site.score_by)
+                                                score_by=self.site.score_by, constrained=self.constrained)
         return self._evaluator
 
 
@@ -113,7 +114,8 @@ def site_runtime(node_config: Mapping[str, Any], cfg: Mapping[str, Any], tokeniz
     folder = site_dir(node_config, cfg)
     name = node_config.get("site-name")
     key = (str(folder), name, cfg["data.tasks"], cfg["data.re-mode"], cfg["train.max-length"], cfg["data.max-train-instances"],
-           cfg["eval.max-instances"], cfg["eval.max-new-tokens"], cfg["eval.batch-size"], id(tokenizer))
+           cfg["eval.max-instances"], cfg["eval.max-new-tokens"], cfg["eval.batch-size"], cfg["eval.constrained"],
+           id(tokenizer))
     if key not in _sites:
         started = time.perf_counter()
         site = load_site(folder, name=str(name) if name else None)
@@ -129,6 +131,6 @@ def site_runtime(node_config: Mapping[str, Any], cfg: Mapping[str, Any], tokeniz
                  site.name, len(train), len(val_instances), ", ".join(site.entity_types))
         _sites[key] = SiteRuntime(site, train, val_instances,
                                   (cfg["train.max-length"], cfg["eval.max-new-tokens"], cfg["eval.batch-size"]),
-                                  tokenizer)
+                                  cfg["eval.constrained"], tokenizer)
         timings.current().data_load += time.perf_counter() - started
     return _sites[key]

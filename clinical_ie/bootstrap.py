@@ -88,7 +88,8 @@ def bootstrap(counts: np.ndarray, resamples: int = 1000, seed: int = 0, level: f
 
 
 def paired_difference(pairs: Sequence[tuple[np.ndarray, np.ndarray]], measure: str = "ner-strict",
-                      resamples: int = 1000, seed: int = 0, level: float = 0.95) -> Interval:
+                      resamples: int = 1000, seed: int = 0, level: float = 0.95,
+                      statistic: str = "f1") -> Interval:
     """F1 of arm a minus F1 of arm b, in F1 points, averaged over test sets, with a paired
     percentile interval.
 
@@ -96,8 +97,12 @@ def paired_difference(pairs: Sequence[tuple[np.ndarray, np.ndarray]], measure: s
     same instances, so the same documents in the same order). Each resample draws one set of
     documents per test set and scores both arms on it: what the documents share (how hard
     they are) cancels, and the interval is that of the difference, not of two scores side by
-    side. Test sets are resampled independently of each other.
+    side. Test sets are resampled independently of each other. `statistic = "recall"` for
+    a set whose gold is partial (ADE: entity precision is not measured).
     """
+    if statistic not in ("f1", "recall"):
+        raise ValueError(f"statistic: {statistic!r} is not 'f1' or 'recall'")
+    score = _f1 if statistic == "f1" else _recall
     if measure not in MEASURES:
         raise ValueError(f"measure: {measure!r} is not one of {list(MEASURES)}")
     if not pairs:
@@ -112,10 +117,10 @@ def paired_difference(pairs: Sequence[tuple[np.ndarray, np.ndarray]], measure: s
                              f"got {a.shape} and {b.shape}")
         n = a.shape[0]
         draws = rng.integers(0, n, size=(resamples, n)) if n else np.zeros((resamples, 0), dtype=int)
-        point = point + _f1(*a[:, m].sum(axis=0)) - _f1(*b[:, m].sum(axis=0))
+        point = point + score(*a[:, m].sum(axis=0)) - score(*b[:, m].sum(axis=0))
         if n:
             sa, sb = a[draws, m].sum(axis=1), b[draws, m].sum(axis=1)
-            spread += _f1(sa[:, 0], sa[:, 1], sa[:, 2]) - _f1(sb[:, 0], sb[:, 1], sb[:, 2])
+            spread += score(sa[:, 0], sa[:, 1], sa[:, 2]) - score(sb[:, 0], sb[:, 1], sb[:, 2])
     scale = 100 / len(pairs)
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(spread * scale, [tail, 100 - tail]) if resamples else (point * scale,) * 2

@@ -28,7 +28,7 @@ from .instances import (
     make_instances,
     make_ner_instances,
 )
-from .prompt import PREFIX_END, build_messages, target_text
+from .prompt import PREFIX_END, answer_constraint, build_messages, target_text
 from .scoring import EntityScorer, EntityScores, RelationScorer, RelationScores
 
 # A site whose corpus annotates only the entities in relations (ADE): entity precision is
@@ -193,10 +193,13 @@ def evaluation_from_outputs(
 class InstanceEvaluator:
     """Scores adapters on one fixed set of instances (NER, RE or both); the tokenization
     is done once. ``score_by`` is the site's (see ``SCORE_BY``): with
-    ``"relations-and-entity-recall"`` entity precision is not measured."""
+    ``"relations-and-entity-recall"`` entity precision is not measured. ``constrained``:
+    generation holds each answer to its instance (``prompt.answer_constraint``; config key
+    ``eval.constrained``)."""
 
     def __init__(self, tokenizer, instances: Sequence[Instance], max_length: int,
-                 max_new_tokens: int = 96, batch_size: int = 16, score_by: str | None = None) -> None:
+                 max_new_tokens: int = 96, batch_size: int = 16, score_by: str | None = None,
+                 constrained: bool = False) -> None:
         if not instances:
             raise ValueError("no instances to evaluate on")
         check_score_by(score_by)
@@ -208,6 +211,7 @@ class InstanceEvaluator:
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
         self.score_by = score_by
+        self.constrained = constrained
 
     def loss(self, model, description: str | None = None) -> float:
         """Mean answer-token cross-entropy; a `description` shows a progress bar."""
@@ -221,8 +225,9 @@ class InstanceEvaluator:
         if not chosen:
             return []
         prompts = [build_messages(inst) for inst in chosen]
+        constraints = [answer_constraint(inst) for inst in chosen] if self.constrained else None
         return generate_answers(model, self.tokenizer, prompts, self.max_new_tokens, self.batch_size,
-                                description, prefix_end=PREFIX_END)
+                                description, prefix_end=PREFIX_END, constraints=constraints)
 
     def scores(self, model, description: str = "score") -> EntityScores:
         """Entity scores of the NER instances (only those are generated)."""

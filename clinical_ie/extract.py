@@ -11,7 +11,7 @@ from modeling.generation import generate_answers
 from .align import align_relations, predicted_entities
 from .instances import DEFAULT_RE_MODE, GIVEN_ENTITIES, RE, Instance, check_re_mode
 from .parsing import parse_numbered_relations, parse_relations
-from .prompt import PREFIX_END, argument_text, build_messages
+from .prompt import PREFIX_END, answer_constraint, argument_text, build_messages
 from .segment import split_sentences
 
 
@@ -56,12 +56,15 @@ def extract(
     max_new_tokens: int = 128,
     batch_size: int = 16,
     re_mode: str = DEFAULT_RE_MODE,
+    constrained: bool = False,
 ) -> ExtractionResult:
     """Entities of ``entity_types`` and, if ``relation_types`` are given, relations of
     those types in ``text``, sentence by sentence. ``re_mode`` ``"given-entities"``: one
     batched generation for the entities, then one for the relations among the entities
     found in each sentence (numbered in the prompt). ``"end-to-end"``: an entity prompt
-    and a relation prompt per sentence, all answered in one batched generation."""
+    and a relation prompt per sentence, all answered in one batched generation.
+    ``constrained``: every quoted string the model copies is held to its sentence during
+    generation, and numbers to the entities listed (``modeling.constrained``)."""
     check_types(list(entity_types), "entity_types")
     bad = [t for t in relation_types if not isinstance(t, str) or not t.strip()]
     if bad:
@@ -79,7 +82,7 @@ def extract(
             prompts.append(Instance("text", start, sentence, types, ()))
         if rel_types and not given:
             prompts.append(Instance("text", start, sentence, types, (), task=RE, relation_types=rel_types))
-    answers = _generate(model, tokenizer, prompts, max_new_tokens, batch_size, "extract")
+    answers = _generate(model, tokenizer, prompts, max_new_tokens, batch_size, "extract", constrained)
     result = ExtractionResult()
     pending: list[tuple[Instance, str]] = []
     re_prompts: list[Instance] = []
@@ -95,7 +98,8 @@ def extract(
                                       given_entities=True))
     result.entities.sort(key=lambda x: (x.start, x.end, x.type))
     if given:
-        re_answers = _generate(model, tokenizer, re_prompts, max_new_tokens, batch_size, "extract relations")
+        re_answers = _generate(model, tokenizer, re_prompts, max_new_tokens, batch_size, "extract relations",
+                               constrained)
         for prompt, answer in zip(re_prompts, re_answers):
             _add_numbered(result, prompt, answer, text)
     entity_types_at = _types_by_span(result.entities, types)
@@ -114,12 +118,13 @@ def extract(
 
 
 def _generate(model, tokenizer, prompts: Sequence[Instance], max_new_tokens: int, batch_size: int,
-              description: str) -> list[str]:
+              description: str, constrained: bool = False) -> list[str]:
     """Answers to ``prompts``, in one batched generation (none asked: no model call)."""
     if not prompts:
         return []
+    constraints = [answer_constraint(p) for p in prompts] if constrained else None
     return generate_answers(model, tokenizer, [build_messages(p) for p in prompts], max_new_tokens,
-                            batch_size, description, prefix_end=PREFIX_END)
+                            batch_size, description, prefix_end=PREFIX_END, constraints=constraints)
 
 
 def _add_numbered(result: ExtractionResult, prompt: Instance, answer: str, text: str) -> None:

@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from data_loaders.schema import RELATION_DEFINITIONS, TYPE_DEFINITIONS
 
 from .instances import RE, GoldEntity, Instance
+
+if TYPE_CHECKING:
+    from modeling.constrained import Constraint
 
 SYSTEM_PROMPT = "You extract clinical entities from a sentence and answer with JSON only."
 RELATION_SYSTEM_PROMPT = (
@@ -124,6 +128,19 @@ def _numbered_target(instance: Instance) -> str:
             by_type[rel.type].append([number[rel.arg1], number[rel.arg2]])
     answer = {t: sorted(pairs) for t, pairs in by_type.items() if pairs}
     return json.dumps(answer, ensure_ascii=False, separators=_NUMBERS)
+
+
+def answer_constraint(instance: Instance) -> Constraint:
+    """What constrained decoding (`modeling.constrained`, config key ``eval.constrained``)
+    holds the instance's answer to: the keys are the types asked; entity texts and end-to-end
+    arguments are copied from the sentence; given entities, the numbers 1..N of the entities
+    listed."""
+    from modeling.constrained import Constraint  # torch: only where answers are generated
+
+    if instance.task == RE:
+        numbers = len(instance.entities) if instance.given_entities else None
+        return Constraint(instance.text, tuple(instance.relation_types), numbers)
+    return Constraint(instance.text, tuple(instance.entity_types))
 
 
 def argument_text(arg: GoldEntity, sentence: str) -> str:

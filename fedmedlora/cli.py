@@ -67,6 +67,15 @@ def _load_model(cfg: dict[str, Any], adapter: str):
     return model, tokenizer
 
 
+def _constrained(args: argparse.Namespace, cfg: dict[str, Any]) -> bool:
+    """--constrained / --no-constrained, else the run config's eval.constrained."""
+    return cfg["eval.constrained"] if args.constrained is None else args.constrained
+
+
+_CONSTRAINED_HELP = ("constrained decoding: quoted strings only copied from the sentence, keys only the types "
+                     "asked, entity numbers only those listed (default: the run config's eval.constrained)")
+
+
 def cmd_check_site(args: argparse.Namespace) -> int:
     """Read site folders as a site's ClientApp will, before any run: every error names
     the file and line (or key) at fault, and what the site would train on is counted."""
@@ -132,14 +141,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     site = load_site(Path(args.data))
     instances = stable_subset(site_instances(site, args.split, tasks(cfg), re_mode), args.limit)
     model, tokenizer = _load_model(cfg, args.adapter)
+    constrained = _constrained(args, cfg)
     evaluator = InstanceEvaluator(tokenizer, instances, cfg["train.max-length"], cfg["eval.max-new-tokens"],
-                                  cfg["eval.batch-size"], score_by=site.score_by)
-    log.info("scoring %d instances of %s/%s (data.re-mode %s): loss, then generation", len(instances),
-             site.name, args.split, re_mode)
+                                  cfg["eval.batch-size"], score_by=site.score_by, constrained=constrained)
+    log.info("scoring %d instances of %s/%s (data.re-mode %s%s): loss, then generation", len(instances),
+             site.name, args.split, re_mode, ", constrained decoding" if constrained else "")
     evaluation = evaluator.evaluate(model, f"{site.name} {args.split}")
     result = {
         "site": site.name, "split": args.split, "adapter": args.adapter or None,
-        "model": cfg["model.name"], "re-mode": re_mode, **evaluation.to_metrics(),
+        "model": cfg["model.name"], "re-mode": re_mode, "constrained": constrained, **evaluation.to_metrics(),
     }
     print(f"## {site.name} / {args.split} ({'adapter ' + args.adapter if args.adapter else 'zero-shot'}, "
           f"data.re-mode {re_mode})\n")
@@ -169,12 +179,13 @@ def cmd_extract(args: argparse.Namespace) -> int:
     if not notes:
         raise FileNotFoundError(f"{args.input}: no .txt notes found")
     model, tokenizer = _load_model(cfg, args.adapter)
+    constrained = _constrained(args, cfg)
     out = Path(args.out)
     docs, dropped = [], 0
     for note in tqdm(notes, desc="extract", unit="note"):
         text = note.read_text(encoding="utf-8", errors="strict")
         result = extract(model, tokenizer, text, entity_types, relation_types,
-                         cfg["eval.max-new-tokens"], cfg["eval.batch-size"], re_mode)
+                         cfg["eval.max-new-tokens"], cfg["eval.batch-size"], re_mode, constrained)
         dropped += result.not_in_text
         ids = {}
         entities = []
@@ -356,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--re-mode", choices=RE_MODES, default=None,
                     help="given-entities: entities first, then relations among them; end-to-end: both in "
                          "one pass (default: the run config's data.re-mode)")
+    ex.add_argument("--constrained", action=argparse.BooleanOptionalAction, default=None, help=_CONSTRAINED_HELP)
     ex.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="run-config key")
     ex.set_defaults(func=cmd_extract)
 
@@ -368,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--re-mode", choices=RE_MODES, default=None,
                     help="given-entities: relations scored with gold entities and end to end; end-to-end: "
                          "relations found from the sentence alone (default: the run config's data.re-mode)")
+    ev.add_argument("--constrained", action=argparse.BooleanOptionalAction, default=None, help=_CONSTRAINED_HELP)
     ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="run-config key, e.g. --set model.name=/path/to/checkpoint")
     ev.set_defaults(func=cmd_evaluate)

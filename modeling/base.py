@@ -10,7 +10,9 @@ import json
 import logging
 import math
 import os
+import platform
 import shutil
+import statistics
 import tempfile
 import time
 from dataclasses import dataclass
@@ -164,38 +166,86 @@ def resolve_dtype(dtype: str) -> torch.dtype:
 
 
 @functools.cache
-def cpu_prefers_bfloat16(repeats: int = 3) -> bool:
+def cpu_prefers_bfloat16() -> bool:
     """Whether a bfloat16 matmul of a LoRA-training shape beats float32 on this CPU.
 
-    Measured once per process and logged: CPUs with native bf16 instructions (AVX512-BF16,
-    AMX) run it about twice as fast, others emulate it and are many times slower, so
-    `model.dtype = auto` picks by measurement, not by a CPU flag list. A bf16 warm-up
-    slower than ten float32 calls settles it at once, so the check stays under about a
-    second where bf16 is emulated (see docs/architecture.md, "Model precision on a CPU").
+    CPUs with native bf16 instructions (AVX512-BF16, AMX) run it about twice as fast, others
+    emulate it and are many times slower, so `model.dtype = auto` picks by measurement, not
+    by a CPU flag list. The decision is measured once per machine and recorded in the cache
+    folder (`dtype-probe.json`, keyed by CPU, core count and torch version): every later
+    process, the coordinator's and each site's, reads it, so one machine never decides two
+    ways. Delete the file to measure again. See docs/architecture.md, "Model precision on a CPU".
     """
-    fp32 = _matmul_seconds(torch.float32, repeats)
-    bf16 = _matmul_seconds(torch.bfloat16, repeats, give_up_after=10 * fp32)
-    prefers = bf16 < fp32
-    log.info("model.dtype auto on CPU: bfloat16 matmul %s, float32 %.2f ms -> %s",
-             f"{1e3 * bf16:.2f} ms" if math.isfinite(bf16) else f"over {1e4 * fp32:.2f} ms",
-             1e3 * fp32, "bfloat16" if prefers else "float32")
-    return prefers
+    key = _probe_key()
+    record = cache_dir() / "dtype-probe.json"
+    try:
+        recorded = json.loads(record.read_text())
+        if recorded.get("key") == key:
+            log.info("model.dtype auto on CPU: %s (recorded in %s)", recorded["choice"], record)
+            return recorded["choice"] == "bfloat16"
+    except (OSError, ValueError, KeyError):
+        pass  # none yet, or unreadable: measure
+    fp32, bf16 = measure_matmul_dtypes()
+    choice = "bfloat16" if bf16 < fp32 else "float32"
+    log.info("model.dtype auto on CPU: bfloat16 matmul %s, float32 %.2f ms (medians) -> %s",
+             f"{1e3 * bf16:.2f} ms" if math.isfinite(bf16) else "emulated (gave up)", 1e3 * fp32, choice)
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        tmp = record.with_name(f"{record.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"key": key, "choice": choice, "float32-ms": 1e3 * fp32,
+                                   "bfloat16-ms": 1e3 * bf16 if math.isfinite(bf16) else None}, indent=2))
+        tmp.replace(record)
+    except OSError as err:
+        log.warning("could not record the dtype decision in %s: %s", record, err)
+    return choice == "bfloat16"
 
 
-def _matmul_seconds(dtype: torch.dtype, repeats: int, give_up_after: float = math.inf) -> float:
-    """Median seconds of a (128 x 576) @ (576 x 1536) matmul, a small model's MLP shape;
-    infinity if the first (warm-up) call takes longer than `give_up_after`."""
+def _probe_key() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"{cpu}|{len(os.sched_getaffinity(0))} cores|torch {torch.__version__}"
+
+
+def measure_matmul_dtypes(repeats: int = 9, warmup: int = 3) -> tuple[float, float]:
+    """Median seconds of a (128 x 576) @ (576 x 1536) matmul (a small model's MLP shape) in
+    float32 and in bfloat16. Both are warmed up first (the first bf16 call can carry one-off
+    set-up costs of many milliseconds), then timed in alternation so that a burst of load on
+    a shared machine hits both. bfloat16 is infinity where, once warm, one call takes over
+    ten float32 medians (emulated: measuring further would only cost time)."""
     gen = torch.Generator().manual_seed(0)
-    a = torch.randn(128, 576, generator=gen).to(dtype)
-    b = torch.randn(576, 1536, generator=gen).to(dtype)
-    times = []
-    for _ in range(repeats + 1):  # the first call picks kernels: not counted
-        start = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - start)
-        if len(times) == 1 and times[0] > give_up_after:
-            return math.inf
-    return sorted(times[1:])[len(times[1:]) // 2]
+    a = torch.randn(128, 576, generator=gen)
+    b = torch.randn(576, 1536, generator=gen)
+    pairs = {torch.float32: (a, b), torch.bfloat16: (a.to(torch.bfloat16), b.to(torch.bfloat16))}
+
+    def once(dtype: torch.dtype) -> float:
+        return _matmul_once(*pairs[dtype])
+
+    for _ in range(warmup):
+        once(torch.float32)
+    fp32_warm = statistics.median(once(torch.float32) for _ in range(3))
+    for _ in range(warmup):
+        if once(torch.bfloat16) > 10 * fp32_warm and once(torch.bfloat16) > 10 * fp32_warm:
+            return fp32_warm, math.inf
+    times: dict[torch.dtype, list[float]] = {torch.float32: [], torch.bfloat16: []}
+    for _ in range(repeats):
+        for dtype in times:
+            times[dtype].append(once(dtype))
+    return statistics.median(times[torch.float32]), statistics.median(times[torch.bfloat16])
+
+
+def _matmul_once(x: torch.Tensor, y: torch.Tensor) -> float:
+    start = time.perf_counter()
+    x @ y
+    return time.perf_counter() - start
+
+
+def model_dtype(model) -> str:
+    """The dtype a loaded model computes in (`bfloat16`, `float32`, ...), as runs record it."""
+    return str(next(model.parameters()).dtype).removeprefix("torch.")
 
 
 def load_tokenizer(name: str):

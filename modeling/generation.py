@@ -2,7 +2,8 @@
 
 Prompts that share an instruction prefix (see `modeling.training.encode`) are batched
 together: the prefix runs once per batch and its key/value cache is broadcast to the
-batch, then `generate` continues from it over the per-instance suffixes."""
+batch, then `generate` continues from it over the per-instance suffixes. With `constraints`,
+the strings an answer copies are held to its sentence (`modeling.constrained`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm
+from transformers import LogitsProcessorList
 
+from .constrained import Constraint, SentenceConstraint
 from .training import Encoded, cache_keyword, collate, encode, prefix_cache, prefix_groups
 
 
@@ -24,9 +27,14 @@ def generate_answers(
     description: str = "generate",
     prefix_end: str | None = None,
     share_prefix: bool = True,
+    constraints: Sequence[Constraint | None] | None = None,
 ) -> list[str]:
     """Greedy answers to chat prompts, in the order given. With `prefix_end` (and
-    `share_prefix`), prompts are batched by shared prefix, which runs once per batch."""
+    `share_prefix`), prompts are batched by shared prefix, which runs once per batch.
+    `constraints`: one per prompt (None: that answer is free), enforced by
+    `modeling.constrained.SentenceConstraint` during generation."""
+    if constraints is not None and len(constraints) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(constraints)} constraints")
     encoded = [encode(tokenizer, messages, None, prefix_end) for messages in prompts]
     groups = prefix_groups(encoded) if share_prefix else [list(range(len(encoded)))]
     answers: list[str] = [""] * len(encoded)
@@ -38,8 +46,9 @@ def generate_answers(
             ordered = sorted(group, key=lambda i: len(encoded[i].input_ids))
             for start in range(0, len(ordered), batch_size):
                 idx = ordered[start : start + batch_size]
+                rows = None if constraints is None else [constraints[i] for i in idx]
                 texts = _generate_batch(model, tokenizer, [encoded[i] for i in idx], max_new_tokens, device,
-                                        share_prefix)
+                                        share_prefix, rows)
                 for i, text in zip(idx, texts):
                     answers[i] = text
                 bar.update(len(idx))
@@ -48,7 +57,7 @@ def generate_answers(
 
 
 def _generate_batch(model, tokenizer, batch: Sequence[Encoded], max_new_tokens: int, device,
-                    share_prefix: bool) -> list[str]:
+                    share_prefix: bool, constraints: Sequence[Constraint | None] | None = None) -> list[str]:
     """One batch laid out as training lays it out (`collate`): left-padded prompts, or the
     shared prefix once and the left-padded suffixes after it. Pads between prefix and
     suffix are masked, and generate derives each row's positions from the mask."""
@@ -57,6 +66,9 @@ def _generate_batch(model, tokenizer, batch: Sequence[Encoded], max_new_tokens: 
     if "prefix_ids" in laid:
         kwargs[cache_keyword(model)] = prefix_cache(model, laid["prefix_ids"], len(batch))
         input_ids = torch.cat([laid["prefix_ids"].expand(len(batch), -1), input_ids], dim=1)
+    if constraints is not None and any(c is not None for c in constraints):
+        kwargs["logits_processor"] = LogitsProcessorList(
+            [SentenceConstraint(tokenizer, constraints, tokenizer.eos_token_id)])
     out = model.generate(
         input_ids=input_ids,
         attention_mask=laid["attention_mask"],

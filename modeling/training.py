@@ -62,6 +62,8 @@ class TrainSettings:
     max_grad_norm: float = 1.0
     max_length: int = 512
     seed: int = 0
+    loraplus_lr_ratio: float = 0.0  # LoRA+: B's learning rate over A's; 0 = plain LoRA (one rate)
+    keep_optimizer_state: bool = True  # a site's AdamW moments carry over from round to round
 
     def __post_init__(self) -> None:
         checks = [
@@ -73,6 +75,8 @@ class TrainSettings:
             (self.lr_scheduler in SCHEDULER_CHOICES, "train.lr-scheduler", f"one of {list(SCHEDULER_CHOICES)}"),
             (self.max_grad_norm >= 0, "train.max-grad-norm", "a number >= 0 (0 = no clipping)"),
             (self.max_length >= 16, "train.max-length", "an integer >= 16"),
+            (self.loraplus_lr_ratio == 0 or self.loraplus_lr_ratio >= 1, "train.loraplus-lr-ratio",
+             "0 (off) or a number >= 1"),
         ]
         for ok, key, expected in checks:
             if not ok:
@@ -268,6 +272,8 @@ class TrainResult:
     steps: int
     tokens: int
     seconds: float
+    optimizer_state: OptimizerState | None = None  # the moments after this round
+    optimizer_restored: bool = False  # whether the round began from a previous round's moments
 
     @property
     def tokens_per_second(self) -> float:
@@ -288,11 +294,14 @@ def train_round(
     proximal_mu: float = 0.0,
     description: str = "train",
     share_prefix: bool = True,
+    optimizer_state: OptimizerState | None = None,
 ) -> TrainResult:
     """Train the adapter for one federated round (`server_round` is 1-based).
 
     With `proximal_mu` > 0 the FedProx term mu/2 * ||w - w_global||^2 over the
     trainable (adapter) weights is added, w_global being the weights at round start.
+    With `settings.keep_optimizer_state`, AdamW starts from `optimizer_state` (the previous
+    round's moments, when they fit this model) and the result carries the new moments.
     """
     if not examples:
         raise ValueError("no training instances at this site")
@@ -300,9 +309,13 @@ def train_round(
     total_steps = steps * num_rounds
     first_step = (server_round - 1) * steps
     rng = random.Random(f"{settings.seed}-{server_round}")
-    params = [p for p in model.parameters() if p.requires_grad]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
     anchor = [p.detach().clone() for p in params] if proximal_mu > 0 else None
-    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    optimizer = make_optimizer(model, params, settings)
+    restored = bool(settings.keep_optimizer_state and optimizer_state is not None
+                    and optimizer_state.load_into(optimizer, named))
+    scale = loss_scale(examples, settings.batch_size)
     device = _device(model)
     model.train()
 
@@ -315,9 +328,9 @@ def train_round(
                 queue = _batches(examples, settings.batch_size, rng)
             batch = collate(queue.pop(), pad_id, device, share_prefix)
             for group in optimizer.param_groups:
-                group["lr"] = settings.learning_rate * lr_factor(first_step + done, total_steps, settings)
+                group["lr"] = group["base_lr"] * lr_factor(first_step + done, total_steps, settings)
             loss, count = answer_loss(model, batch)
-            objective = loss / max(count, 1)
+            objective = loss / scale
             if anchor is not None:
                 prox = sum(((p - a) ** 2).sum() for p, a in zip(params, anchor))
                 objective = objective + 0.5 * proximal_mu * prox
@@ -334,7 +347,71 @@ def train_round(
             bar.set_postfix(loss=f"{loss_sum / max(loss_tokens, 1):.3f}")
     seconds = time.perf_counter() - start
     model.eval()
-    return TrainResult(loss_sum / max(loss_tokens, 1), done, tokens, seconds)
+    kept = OptimizerState.from_optimizer(optimizer, named) if settings.keep_optimizer_state else None
+    return TrainResult(loss_sum / max(loss_tokens, 1), done, tokens, seconds, kept, restored)
+
+
+def loss_scale(examples: Sequence[Encoded], batch_size: int) -> float:
+    """What a batch's summed answer-token loss is divided by: the answer tokens of an average
+    batch of this site. A constant, so every answer token weighs the same whatever batch it
+    lands in. Dividing by each batch's own token count instead made the tokens of short
+    answers weigh far more, because batches are formed from instances of similar length:
+    a batch of empty relation answers (`{}`, two tokens) gave each token about ten times the
+    weight of a long answer's, and models learnt to answer `{}` (docs/architecture.md,
+    "Loss weighting")."""
+    return batch_size * sum(e.answer_len for e in examples) / len(examples)
+
+
+def make_optimizer(model, params: list[torch.nn.Parameter], settings: TrainSettings) -> torch.optim.Optimizer:
+    """AdamW over the adapter; with `loraplus_lr_ratio`, PEFT's LoRA+ groups (B at ratio
+    times A's rate). Each group keeps its peak rate as `base_lr` for the schedule."""
+    if settings.loraplus_lr_ratio:
+        from peft.optimizers import create_loraplus_optimizer
+
+        optimizer = create_loraplus_optimizer(model, torch.optim.AdamW, lr=settings.learning_rate,
+                                              loraplus_lr_ratio=settings.loraplus_lr_ratio,
+                                              weight_decay=settings.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    for group in optimizer.param_groups:
+        group["base_lr"] = group["lr"]
+    return optimizer
+
+
+@dataclass
+class OptimizerState:
+    """AdamW's moments by parameter name, and its step count: what a site keeps between
+    rounds so a round continues the previous one's optimizer instead of restarting it."""
+
+    moments: dict[str, torch.Tensor]  # "<param name>:exp_avg" and "<param name>:exp_avg_sq"
+    step: int
+
+    KINDS = ("exp_avg", "exp_avg_sq")
+
+    @classmethod
+    def from_optimizer(cls, optimizer: torch.optim.Optimizer, named) -> OptimizerState | None:
+        moments, step = {}, 0
+        for name, p in named:
+            state = optimizer.state.get(p)
+            if not state:
+                return None  # a round without steps: nothing to keep
+            for kind in cls.KINDS:
+                moments[f"{name}:{kind}"] = state[kind].detach().to("cpu", copy=True)
+            step = int(state["step"])
+        return cls(moments, step)
+
+    def load_into(self, optimizer: torch.optim.Optimizer, named) -> bool:
+        """Set the moments of every named parameter; False (and nothing set) when they do
+        not fit (another rank, other target modules)."""
+        expected = {f"{n}:{k}": tuple(p.shape) for n, p in named for k in self.KINDS}
+        if expected != {k: tuple(v.shape) for k, v in self.moments.items()}:
+            log.warning("the kept optimizer state does not fit this adapter; starting it afresh")
+            return False
+        for name, p in named:
+            optimizer.state[p] = {"step": torch.tensor(float(self.step)),
+                                  **{k: self.moments[f"{name}:{k}"].to(p.device, p.dtype).clone()
+                                     for k in self.KINDS}}
+        return True
 
 
 @torch.no_grad()

@@ -20,7 +20,7 @@ from flwr.serverapp import Grid, ServerApp
 from clinical_ie.evaluate import InstanceEvaluator, site_instances, stable_subset
 from data_loaders.sites import ensure_demo_corpus, load_site
 from modeling.adapter_io import get_adapter_state, set_adapter_state
-from modeling.base import load_base_model, model_identity, resolve_model_path
+from modeling.base import load_base_model, model_dtype, model_identity, resolve_model_path
 from modeling.lora import attach_lora
 from settings.config import ConfigError, dp_budget, lora_settings, re_mode, tasks, validate
 from settings.logs import setup_logging
@@ -82,7 +82,7 @@ def main(grid: Grid, context: Context) -> None:
                                        cfg["eval.max-new-tokens"], cfg["eval.batch-size"])
     f1_evaluator = InstanceEvaluator(tokenizer, stable_subset(instances, cfg["eval.max-instances"]),
                                      cfg["train.max-length"], cfg["eval.max-new-tokens"], cfg["eval.batch-size"],
-                                     score_by=validation.score_by)
+                                     score_by=validation.score_by, constrained=cfg["eval.constrained"])
 
     def validation_loss(state) -> float:
         set_adapter_state(peft_model, state)
@@ -100,7 +100,7 @@ def main(grid: Grid, context: Context) -> None:
         resumes = [*checkpoint.resumes, {"after-round": done, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}]
     recorder = RunRecorder(folder, lora.to_peft_config(resolve_model_path(cfg["model.name"])), {
         "base-model": identity.name, "base-sha256": identity.sha256, "strategy": cfg["strategy.name"],
-        "run-config": cfg,
+        "dtype": model_dtype(model), "run-config": cfg,
     }, elapsed_before=checkpoint.elapsed_seconds if checkpoint is not None else 0.0)
     adapter_bytes = adapter_nbytes(initial, cfg["transport.encoding"])
     audit = CoordinatorAudit(folder, context.run_id, identity.name, identity.sha256, cfg)

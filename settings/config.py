@@ -79,11 +79,17 @@ class TrainSection:
     lr_scheduler: str = setting(TrainSettings.lr_scheduler, "learning-rate schedule across all rounds", SCHEDULER_CHOICES)
     max_grad_norm: float = setting(TrainSettings.max_grad_norm, "gradient clipping; 0 = none")
     max_length: int = setting(TrainSettings.max_length, "longest instance in tokens; longer ones are dropped (and counted), never truncated")
+    loraplus_lr_ratio: float = setting(TrainSettings.loraplus_lr_ratio, "LoRA+: B's learning rate over A's "
+                                       "(PEFT's create_loraplus_optimizer); 0 = one rate for both",
+                                       check=lambda v: v == 0 or v >= 1, expected="0 (off) or a number >= 1")
+    keep_optimizer_state: bool = setting(TrainSettings.keep_optimizer_state, "a site keeps its AdamW moments from "
+                                         "round to round (in Flower's per-node Context.state); false = a fresh "
+                                         "optimizer every round")
 
 
 @dataclass(frozen=True)
 class StrategySection:
-    name: str = setting("fedmedlora", "aggregation strategy: a registered name (fedmedlora, fedmedlora-plus, exact, "
+    name: str = setting("fedmedlora", "aggregation strategy: a registered name (fedmedlora, fedmedlora-equal, fedmedlora-plus, exact, "
                                       "Flower's fedprox, fedavgm, fedadam, fedyogi, fedtrimmedavg, fedmedian, krum) "
                                       "or package.module:Class")
     temperature: float = setting(1.0, "Fed-MedLoRA+: weights exp((1 - L_k) / T)", check=lambda v: v > 0,
@@ -167,6 +173,10 @@ class EvalSection:
                                  check=_at_least(0), expected="an integer >= 0")
     max_new_tokens: int = setting(64, "generation budget per answer")
     batch_size: int = setting(16, "prompts generated together")
+    constrained: bool = setting(False, "constrained decoding: entity strings and relation arguments can only be "
+                                       "copied from the sentence, keys only the types asked, given-entities "
+                                       "numbers only 1..N (modeling/constrained.py); every scoring (coordinator, sites, "
+                                       "fedmedlora evaluate) and fedmedlora extract")
 
 
 # Section prefix -> section; a key is "<prefix>.<field name with - for _>" ("" = no prefix).
@@ -350,6 +360,8 @@ def train_settings(cfg: Mapping[str, Any]) -> TrainSettings:
             max_grad_norm=cfg["train.max-grad-norm"],
             max_length=cfg["train.max-length"],
             seed=cfg["seed"],
+            loraplus_lr_ratio=cfg["train.loraplus-lr-ratio"],
+            keep_optimizer_state=cfg["train.keep-optimizer-state"],
         )
     except ValueError as err:
         raise ConfigError(str(err)) from err

@@ -5,6 +5,7 @@ from importlib.util import find_spec
 from .base import LoraFedAvg
 from .clipping import UPDATE_NORM_ACTIONS, dp_clipping_mod, scale_toward, update_norm, update_terms
 from .fedmedlora import FedMedLoRA
+from .fedmedlora_equal import FedMedLoRAEqual
 from .fedmedlora_plus import FedMedLoRAPlus
 from .flower import (
     DP_MODES,
@@ -35,6 +36,7 @@ __all__ = [
     "Aggregate",
     "DPSettings",
     "FedMedLoRA",
+    "FedMedLoRAEqual",
     "FedMedLoRAPlus",
     "FlowerLoRA",
     "LoraFedAdam",

@@ -187,22 +187,65 @@ def test_embedded_default_model_generates_text():
     assert "Paris" in answer
 
 
-def test_auto_dtype_on_cpu_follows_the_measured_matmul(monkeypatch):
+def test_auto_dtype_on_cpu_follows_the_measured_matmul_and_records_it(monkeypatch, tmp_path):
+    import json
     import math
 
     from modeling import base
 
     monkeypatch.setattr(base.torch.cuda, "is_available", lambda: False)
     for bf16_seconds, expected in ((0.001, torch.bfloat16), (0.5, torch.float32), (math.inf, torch.float32)):
+        monkeypatch.setenv("FEDMEDLORA_CACHE", str(tmp_path / str(bf16_seconds)))
         base.cpu_prefers_bfloat16.cache_clear()
-        monkeypatch.setattr(base, "_matmul_seconds", lambda dtype, repeats, give_up_after=math.inf, s=bf16_seconds:
-                            s if dtype == torch.bfloat16 else 0.01)
+        monkeypatch.setattr(base, "measure_matmul_dtypes", lambda s=bf16_seconds: (0.01, s))
         assert base.resolve_dtype("auto") == expected
+        recorded = json.loads((tmp_path / str(bf16_seconds) / "dtype-probe.json").read_text())
+        assert recorded["choice"] == str(expected).removeprefix("torch.")
     base.cpu_prefers_bfloat16.cache_clear()
 
 
-def test_bf16_probe_gives_up_on_a_slow_warm_up():
-    from modeling.base import _matmul_seconds
+def test_every_process_on_one_machine_takes_the_recorded_dtype(monkeypatch, tmp_path):
+    """A later process whose own measurement would flip (a loaded machine) keeps the first
+    decision; another machine (CPU, cores or torch differ) measures for itself."""
+    from modeling import base
 
-    assert _matmul_seconds(torch.float32, 1, give_up_after=0.0) == float("inf")
-    assert 0 < _matmul_seconds(torch.float32, 1) < 5
+    monkeypatch.setattr(base.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("FEDMEDLORA_CACHE", str(tmp_path))
+    decisions = []
+    for measured in ((0.02, 0.008), (0.002, 0.020)):  # bf16 faster, then (noisy) float32 faster
+        base.cpu_prefers_bfloat16.cache_clear()
+        monkeypatch.setattr(base, "measure_matmul_dtypes", lambda m=measured: m)
+        decisions.append(base.resolve_dtype("auto"))
+    assert decisions == [torch.bfloat16, torch.bfloat16]
+    monkeypatch.setattr(base, "_probe_key", lambda: "another CPU|64 cores|torch 9")
+    base.cpu_prefers_bfloat16.cache_clear()
+    assert base.resolve_dtype("auto") == torch.float32
+    base.cpu_prefers_bfloat16.cache_clear()
+
+
+def test_a_slow_first_bf16_call_does_not_decide(monkeypatch):
+    """The first bf16 matmul of a process can carry tens of milliseconds of set-up: it is a
+    warm-up, not a measurement (it once flipped one machine to float32 in one process)."""
+    from modeling import base
+
+    calls = {torch.float32: 0, torch.bfloat16: 0}
+
+    def fake(x, y):
+        calls[x.dtype] += 1
+        if x.dtype == torch.bfloat16:
+            return 0.050 if calls[x.dtype] == 1 else 0.001
+        return 0.002
+
+    monkeypatch.setattr(base, "_matmul_once", fake)
+    fp32, bf16 = base.measure_matmul_dtypes()
+    assert (fp32, bf16) == (0.002, 0.001)
+    # where bf16 stays slow once warm (emulated), the probe gives up early
+    monkeypatch.setattr(base, "_matmul_once", lambda x, y: 0.5 if x.dtype == torch.bfloat16 else 0.002)
+    assert base.measure_matmul_dtypes()[1] == float("inf")
+
+
+def test_the_real_matmul_probe_measures_both_dtypes():
+    from modeling.base import measure_matmul_dtypes
+
+    fp32, bf16 = measure_matmul_dtypes(repeats=3)
+    assert 0 < fp32 < 5 and bf16 > 0

@@ -236,8 +236,9 @@ class FakeGenerator:
     def __init__(self) -> None:
         self.calls: list[list[str]] = []
 
-    def __call__(self, model, tokenizer, prompts, max_new_tokens, batch_size, description, prefix_end=None):
-        assert prefix_end == PREFIX_END
+    def __call__(self, model, tokenizer, prompts, max_new_tokens, batch_size, description, prefix_end=None,
+                 constraints=None):
+        assert prefix_end == PREFIX_END and constraints is None  # eval.constrained is off by default
         users = [m[1]["content"] for m in prompts]
         self.calls.append(users)
         return [self._answer(u) for u in users]

@@ -85,6 +85,11 @@ def test_three_site_simulation_produces_a_loadable_changed_adapter(strategy, ext
         assert abs(sum(s["weight"] for s in record["sites"]) - 1) < 1e-6
         assert all(s["bytes-up"] > 0 and np.isfinite(s["train"]["train-loss"]) for s in record["sites"])
         assert all("strict-f1" in s["evaluate"] for s in record["sites"])
+        # One machine, one dtype: every site computes in the coordinator's (model.dtype = auto).
+        dtype = json.loads((run_dir / "run.json").read_text())["dtype"]
+        assert dtype in ("float32", "bfloat16") and {s["reported"]["dtype"] for s in record["sites"]} == {dtype}
+        # Each site's AdamW moments come back from its Context.state from round 2 on.
+        assert all(s["train"]["optimizer-restored"] == (record["round"] > 1) for s in record["sites"])
         if strategy in ("fedmedlora", "exact"):  # weights = shares of training instances
             total = sum(s["num-examples"] for s in record["sites"])
             assert all(abs(s["weight"] - s["num-examples"] / total) < 1e-9 for s in record["sites"])
@@ -205,6 +210,9 @@ def test_a_killed_run_resumes_from_its_last_finished_round(tmp_path, tiny_llama,
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records] == [0, 1, 2, 3]
     assert sorted(s["site"] for s in records[3]["sites"]) == ["site-a", "site-b", "site-c"]
+    # A resumed run is a new Flower run: the sites' optimizer state did not survive, and says so.
+    assert [s["train"]["optimizer-restored"] for s in records[3]["sites"]] == [0, 0, 0]
+    assert all(s["train"]["optimizer-restored"] == 1 for s in records[2]["sites"])
     assert "round 0 (zero-shot" not in (run_dir / "coordinator.log").read_text().split("resuming")[-1]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["rounds"] == 3 and summary["communication"]["site-rounds"] == 9

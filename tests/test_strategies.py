@@ -349,7 +349,7 @@ def test_registry_resolves_module_paths() -> None:
 
 
 def test_registry_rejects_unknown_names_with_the_list() -> None:
-    with pytest.raises(ValueError, match=r"strategy.name.*'fedmedlora', 'fedmedlora-plus'"):
+    with pytest.raises(ValueError, match=r"strategy.name.*'fedmedlora', 'fedmedlora-equal', 'fedmedlora-plus'"):
         strategy_class("fedprox-typo")
 
 

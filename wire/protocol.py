@@ -31,7 +31,8 @@ METRICS = "metrics"
 SITE = "site"
 
 # Metric keys every site returns, identical everywhere (FedAvg requires it).
-TRAIN_METRIC_KEYS = ("num-examples", "train-loss", "train-tokens", "train-seconds", "train-steps", "train-end-time")
+TRAIN_METRIC_KEYS = ("num-examples", "train-loss", "train-tokens", "train-seconds", "train-steps", "train-end-time",
+                     "optimizer-restored")
 
 # Site-side scoring (Fed-MedLoRA+ with strategy.validation = "sites"): the coordinator sends
 # the round's K candidate adapters as ArrayRecords `candidate-0` .. `candidate-{K-1}` with the
@@ -117,7 +118,8 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def site_report(identity: ModelIdentity) -> dict[str, str]:
-    """The base model and package versions a site reports in its train reply's `site` record."""
-    return {"base-model": identity.name, "base-sha256": identity.sha256,
+def site_report(identity: ModelIdentity, dtype: str = "") -> dict[str, str]:
+    """The base model, the dtype it computes in and the package versions a site reports in
+    its train reply's `site` record (the round table's `reported`)."""
+    return {"base-model": identity.name, "base-sha256": identity.sha256, "dtype": dtype,
             "versions": json.dumps(package_versions(), sort_keys=True)}

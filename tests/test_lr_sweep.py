@@ -1,0 +1,37 @@
+"""The learning-rate sweep's table in docs/benchmarks.md is the committed JSON's, and the
+arm names and the best-setting rule."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import lr_sweep  # noqa: E402
+
+
+def test_the_docs_table_is_generated_from_the_committed_sweep(tmp_path):
+    results = REPO / "docs" / "benchmarks" / "lr_sweep.json"
+    page = tmp_path / "benchmarks.md"
+    shutil.copy(REPO / "docs" / "benchmarks.md", page)
+    lr_sweep.write_markdown(page, json.loads(results.read_text()))
+    assert page.read_text() == (REPO / "docs" / "benchmarks.md").read_text(), \
+        "run: python benchmarks/lr_sweep.py --json docs/benchmarks/lr_sweep.json --report-only"
+
+
+def test_a_changed_figure_is_caught(tmp_path):
+    data = json.loads((REPO / "docs" / "benchmarks" / "lr_sweep.json").read_text())
+    arm = next(iter(data["arms"]))
+    data["arms"][arm]["mean-ner-strict-f1"] += 0.1
+    assert lr_sweep.markdown_table(data) not in (REPO / "docs" / "benchmarks.md").read_text()
+
+
+def test_arm_and_run_names():
+    assert lr_sweep.arm_name("fedmedlora", 1e-3) == "fedmedlora/lr=0.001"
+    name = lr_sweep.arm_name("single-chia", 5e-4, 16.0, keep=False, rounds=6, steps=12)
+    assert name == "single-chia/lr=0.0005,loraplus=16,fresh-optimizer,6x12"
+    assert lr_sweep.run_name(name) == "single-chia-lr0.0005-loraplus16-fresh-optimizer-6x12"
