@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import time
 import weakref
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -429,6 +430,12 @@ class SentenceConstraint(LogitsProcessor):
         eos = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
         self.eos = {eos} if isinstance(eos, int) else set(eos or ())
         self.done = [False] * len(constraints)
+        # Entity answers: the key being written and the strings already closed under each
+        # key. Scoring maps the k-th copy of a string (same type) to its k-th occurrence, so
+        # a copy past the sentence's occurrences would be unaligned: it is not closed.
+        self.key = [b""] * len(constraints)
+        self.closed: list[Counter[tuple[bytes, bytes]]] = [Counter() for _ in constraints]
+        self._closing: dict[int, bytes] | None = None  # token id -> its text before its first quote
         self.seen: int | None = None
         self.seconds = 0.0
         self.steps = 0
@@ -452,11 +459,13 @@ class SentenceConstraint(LogitsProcessor):
                     break
                 text = self.vocab.texts[token] if token < self.vocab.size else None
                 if text:
-                    state = rules.advance(state, text, check=False)
+                    state = self._advance(row, rules, state, text)
             self.states[row] = state
             if self.done[row]:
                 continue
             only, ids = rules.allowed(state)
+            if only and state.kind == _TEXT and len(state.stack) == 2 and self.closed[row]:
+                ids = self._without_spent_copies(row, rules, state, ids)
             if len(ids) and ids[-1] >= scores.shape[1]:  # ids are sorted; a model with fewer logits
                 ids = ids[ids < scores.shape[1]]
             if not only and not len(ids):
@@ -473,6 +482,46 @@ class SentenceConstraint(LogitsProcessor):
         self.seconds += time.perf_counter() - began
         self.steps += 1
         return scores
+
+
+    def _advance(self, row: int, rules: _Rules, state: _State, text: bytes) -> _State:
+        """`rules.advance` byte by byte, noting each key and each entity string that closes
+        (an entity answer's strings sit in a flat array: stack depth 2; relation arguments,
+        deeper, may repeat)."""
+        for byte in text:
+            after = rules.advance(state, bytes((byte,)), check=False)
+            if state.kind != _OUTSIDE and after.kind == _OUTSIDE and not state.escape:
+                if state.kind == _KEY:
+                    self.key[row] = state.content
+                elif len(state.stack) == 2:
+                    self.closed[row][(self.key[row], state.content.strip())] += 1
+            state = after
+        return state
+
+    def _without_spent_copies(self, row: int, rules: _Rules, state: _State, ids: np.ndarray) -> np.ndarray:
+        """`ids` less the tokens that would close the string as a copy the sentence has no
+        occurrence left for; unchanged where that would leave nothing (a dead end)."""
+        if self._closing is None:
+            self._closing = {i: lead for i, lead, rest in self.vocab.structured_parts if rest[:1] == b'"'}
+        spent = []
+        for i in ids.tolist():
+            lead = self._closing.get(i)
+            if lead is None:
+                continue
+            content = (state.content + lead).strip()
+            if self.closed[row][(self.key[row], content)] >= _count(rules.sentence, content):
+                spent.append(i)
+        if not spent or len(spent) == len(ids):
+            return ids
+        return np.setdiff1d(ids, np.array(spent, dtype=np.int64), assume_unique=True)
+
+
+def _count(text: bytes, part: bytes) -> int:
+    """Occurrences of `part` in `text`, overlapping ones included (as scoring finds them)."""
+    count, start = 0, text.find(part)
+    while start >= 0 and part:
+        count, start = count + 1, text.find(part, start + 1)
+    return count
 
 
 def _masked(scores: torch.Tensor, allowed: np.ndarray) -> torch.Tensor:

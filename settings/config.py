@@ -71,7 +71,8 @@ class LoraSection:
 
 @dataclass(frozen=True)
 class TrainSection:
-    learning_rate: float = setting(TrainSettings.learning_rate, "peak learning rate (the paper's)")
+    learning_rate: float = setting(TrainSettings.learning_rate, "peak learning rate, chosen on validation "
+                                   "(docs/benchmarks.md; the paper's 2e-4 is for 1B-8B models)")
     batch_size: int = setting(TrainSettings.batch_size, "instances per step")
     local_epochs: float = setting(TrainSettings.local_epochs, "local epochs per round (the paper's)")
     max_steps: int = setting(12, "cap on local steps per round; 0 = no cap (the demo caps to fit a CPU)")
@@ -84,7 +85,7 @@ class TrainSection:
                                        check=lambda v: v == 0 or v >= 1, expected="0 (off) or a number >= 1")
     keep_optimizer_state: bool = setting(TrainSettings.keep_optimizer_state, "a site keeps its AdamW moments from "
                                          "round to round (in Flower's per-node Context.state); false = a fresh "
-                                         "optimizer every round")
+                                         "optimizer every round, as the reference implementation")
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,7 @@ class EvalSection:
                                  check=_at_least(0), expected="an integer >= 0")
     max_new_tokens: int = setting(64, "generation budget per answer")
     batch_size: int = setting(16, "prompts generated together")
-    constrained: bool = setting(False, "constrained decoding: entity strings and relation arguments can only be "
+    constrained: bool = setting(True, "constrained decoding: entity strings and relation arguments can only be "
                                        "copied from the sentence, keys only the types asked, given-entities "
                                        "numbers only 1..N (modeling/constrained.py); every scoring (coordinator, sites, "
                                        "fedmedlora evaluate) and fedmedlora extract")

@@ -80,6 +80,28 @@ def test_an_out_of_sentence_string_is_produced_without_the_constraint_and_refuse
     assert all(s in SENTENCE or s in TYPES for s in _strings(held))
 
 
+def test_an_entity_copied_more_often_than_the_sentence_holds_it_is_not_closed(tokenizer):
+    """Scoring maps the k-th copy of a string to its k-th occurrence: a model looping on one
+    mention wrote copies with no occurrence left, unaligned although each is a substring.
+    A string the sentence holds once closes once per type; a relation argument may repeat."""
+    from clinical_ie.align import align_predictions
+
+    looping = _ids(tokenizer, '{"problem": ["chest pain", "chest pain", "chest pain"], "drug": ["aspirin"]}')
+    free = _greedy(tokenizer, [looping], None)[0]
+    assert parse_entities(free, TYPES).entities.count(("problem", "chest pain")) == 3
+    held = _greedy(tokenizer, [looping], [Constraint(SENTENCE, TYPES)])[0]
+    entities = parse_entities(held, TYPES).entities
+    assert entities.count(("problem", "chest pain")) == 1, held
+    assert align_predictions(entities, SENTENCE)[1] == 0, held  # nothing unaligned
+    twice = "A pain in the chest, then pain in the arm."
+    script = _ids(tokenizer, '{"problem": ["pain", "pain"]}')
+    assert parse_entities(_greedy(tokenizer, [script], [Constraint(twice, TYPES)])[0], TYPES).entities == [
+        ("problem", "pain"), ("problem", "pain")]
+    relation = _ids(tokenizer, '{"dosage": [["aspirin", "81 mg"], ["aspirin", "81 mg"]]}')
+    held = _greedy(tokenizer, [relation], [Constraint(SENTENCE, ("dosage",))])[0]
+    assert held == tokenizer.decode(relation)
+
+
 @pytest.mark.parametrize("split", ["alone", "characters", "in-word"])
 def test_a_span_tokenised_unlike_the_sentence_can_still_be_copied(tokenizer, split):
     """The sentence has " chest" and " pain" (leading spaces); the model may write the

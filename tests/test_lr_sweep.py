@@ -1,5 +1,5 @@
-"""The learning-rate sweep's table in docs/benchmarks.md is the committed JSON's, and the
-arm names and the best-setting rule."""
+"""The tables in docs/benchmarks.md that come from committed JSON (the learning-rate sweep,
+constrained decoding) match it; the sweep's arm names."""
 
 from __future__ import annotations
 
@@ -35,3 +35,16 @@ def test_arm_and_run_names():
     name = lr_sweep.arm_name("single-chia", 5e-4, 16.0, keep=False, rounds=6, steps=12)
     assert name == "single-chia/lr=0.0005,loraplus=16,fresh-optimizer,6x12"
     assert lr_sweep.run_name(name) == "single-chia-lr0.0005-loraplus16-fresh-optimizer-6x12"
+
+
+def test_the_constrained_decoding_table_is_the_committed_jsons(tmp_path, monkeypatch):
+    import constrained_decoding
+
+    results = [json.loads(f.read_text()) for f in constrained_decoding.RESULTS]
+    assert {r["site"] for r in results} == {"maccrobat", "chia", "ddi-drugbank"}
+    assert all(r["arms"]["constrained"]["unaligned"] == 0 for r in results)  # what eval.constrained promises
+    page = tmp_path / "benchmarks.md"
+    shutil.copy(REPO / "docs" / "benchmarks.md", page)
+    constrained_decoding.write_markdown(page, results)
+    assert page.read_text() == (REPO / "docs" / "benchmarks.md").read_text(), \
+        "run: python benchmarks/constrained_decoding.py --report"

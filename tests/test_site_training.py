@@ -14,7 +14,8 @@ from modeling.base import load_base_model
 from modeling.lora import LoraSettings, attach_lora
 from modeling.training import OptimizerState, TrainSettings, encode, make_optimizer, train_round
 
-SETTINGS = TrainSettings(batch_size=2, max_steps=2, learning_rate=1e-2, warmup_ratio=0.0, lr_scheduler="constant")
+SETTINGS = TrainSettings(batch_size=2, max_steps=2, learning_rate=1e-2, warmup_ratio=0.0, lr_scheduler="constant",
+                         keep_optimizer_state=True)
 
 
 def _site(tiny_llama, r=4):
