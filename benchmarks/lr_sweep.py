@@ -37,9 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import protocol  # noqa: E402
 
-from clinical_ie.evaluate import site_instances, stable_subset  # noqa: E402
+from clinical_ie.evaluate import site_instances, stable_subset, training_pairs  # noqa: E402
+from clinical_ie.prompt import PREFIX_END  # noqa: E402
 from data_loaders.sites import load_site  # noqa: E402
+from modeling.adapter_io import load_peft_folder, set_adapter_state  # noqa: E402
 from modeling.base import resolve_dtype  # noqa: E402
+from modeling.training import encode_all, mean_answer_loss  # noqa: E402
 
 log = logging.getLogger("lr_sweep")
 
@@ -74,17 +77,11 @@ def mean_ner(scores: dict[str, Any]) -> float:
 
 def validation_scored(bench: protocol.Workbench, arm: str, adapter: Path, name: str, folder: Path, limit: int,
                       out: Path) -> dict[str, Any]:
-    from modeling.adapter_io import load_peft_folder, set_adapter_state
-    from modeling.training import encode_all, mean_answer_loss
-
     site = load_site(folder, name=name)
     instances = stable_subset(site_instances(site, "validation"), limit)
     outputs = bench.outputs(adapter, instances, out / "outputs" / arm / f"{name}.json", f"{arm} on {name}")
     scored = protocol.scored(instances, outputs, site.score_by)  # document counts kept: paired comparisons
     set_adapter_state(bench.model, load_peft_folder(adapter))
-    from clinical_ie.evaluate import training_pairs
-    from clinical_ie.prompt import PREFIX_END
-
     encoded, _ = encode_all(bench.tokenizer, training_pairs(instances), bench.profile.max_length, PREFIX_END)
     scored["val-loss"] = mean_answer_loss(bench.model, encoded, bench.tokenizer.pad_token_id)
     return scored
