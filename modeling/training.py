@@ -54,7 +54,7 @@ class Encoded:
 class TrainSettings:
     # Chosen on validation splits (docs/benchmarks.md, "Local training settings"); the
     # reference paper's 2e-4 is its value for 1B-8B models.
-    learning_rate: float = 2e-3
+    learning_rate: float = 2.5e-4
     batch_size: int = 4
     local_epochs: float = 2.0
     max_steps: int = 0  # per round; 0 = no cap
@@ -64,7 +64,7 @@ class TrainSettings:
     max_grad_norm: float = 1.0
     max_length: int = 512
     seed: int = 0
-    loraplus_lr_ratio: float = 0.0  # LoRA+: B's learning rate over A's; 0 = plain LoRA (one rate)
+    loraplus_lr_ratio: float = 16.0  # LoRA+: B's learning rate over A's; 0 = plain LoRA (one rate)
     # A site's AdamW moments carry over from round to round, as the sweep's best setting
     # did (docs/benchmarks.md, "Local training settings").
     keep_optimizer_state: bool = True
