@@ -13,15 +13,25 @@ Reported per strategy: median and min seconds per round over `--repeats` rounds,
 peak memory one further round allocates on top of the replies (tracemalloc traces Python
 and numpy allocations; per-strategy RSS is not meaningful in one process, since freed
 memory stays with the allocator). The process's max RSS (getrusage) closes the report.
+Sites of a strategy that sends only some factors (FFA-LoRA: B) reply with those only.
+
+The rounds are timed without the per-round aggregation error (`strategy.aggregation-error`
+= false); the arm `fedmedlora+error` times it on top of Fed-MedLoRA, and `exact-randomized`
+is `exact` with `strategy.exact-solver = "randomized"`. For the latter, the report also
+compares its rank-r factors with the full SVD's on the first `--error-layers` layers: the
+residual ||M - B A||_F over the optimal one (Eckart-Young), and ||B A - B* A*||_F / ||B* A*||_F.
 
     python benchmarks/aggregation.py --layers 4 --sites 20 --repeats 3
     python benchmarks/aggregation.py --strategies fedmedlora,krum --set strategy.dp=server-fixed
+    python benchmarks/aggregation.py --strategies exact,exact-randomized --json docs/benchmarks/aggregation.json
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
+import math
 import os
 import platform
 import resource
@@ -45,6 +55,16 @@ from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 from server_app.strategy_factory import build_strategy  # noqa: E402
 from settings.config import validate  # noqa: E402
 from strategies import available_strategies  # noqa: E402
+from strategies.aggregation_error import module_error  # noqa: E402
+from strategies.exact import exact_factors, randomized_factors  # noqa: E402
+from strategies.lora_pairs import lora_modules  # noqa: E402
+from wire import protocol  # noqa: E402
+
+# Arms that are a registered strategy with some keys set.
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "exact-randomized": ("exact", {"strategy.exact-solver": "randomized"}),
+    "fedmedlora+error": ("fedmedlora", {"strategy.aggregation-error": True}),
+}
 
 HIDDEN, KV, INTERMEDIATE = 4096, 1024, 14336  # LLaMA-3-8B
 MODULES = {  # name: (block, in_features, out_features)
@@ -102,8 +122,25 @@ class Grid:
         return list(range(1, self.sites + 1))
 
 
+def as_sent(strategy, replies: list[Message]) -> list[Message]:
+    """The replies cut to the factors the strategy's first round sends (FFA-LoRA: B only)."""
+    core = getattr(strategy, "core", strategy)
+    send = core.factor_rule(1)[1] if hasattr(core, "factor_rule") else "AB"
+    if send == "AB":
+        return replies
+    out = []
+    for message in replies:
+        record = message.content["arrays"]
+        keys = protocol.selected_factors(dict.fromkeys(record.keys()), send)
+        content = RecordDict({name: ArrayRecord({k: record[k] for k in keys}) if name == "arrays" else value
+                              for name, value in message.content.items()})
+        out.append(Message(content=content, reply_to=_instruction(message.metadata.src_node_id)))
+    return out
+
+
 def one_round(cfg: dict[str, Any], shapes: dict, global_arrays: ArrayRecord, replies: list[Message], sites: int) -> float:
     strategy = build_strategy(cfg, shapes, _validation_loss)
+    replies = as_sent(strategy, replies)
     np.random.seed(0)  # DP noise
     start = time.perf_counter()
     strategy.configure_train(1, global_arrays, ConfigRecord(), Grid(sites))
@@ -120,8 +157,9 @@ def _validation_loss(state: dict[str, np.ndarray]) -> float:
 
 def measure(name: str, args: argparse.Namespace, overrides: dict[str, Any], shapes: dict,
             global_arrays: ArrayRecord, replies: list[Message]) -> dict[str, float]:
-    cfg = validate({**overrides, "strategy.name": name, "strategy.min-sites": args.sites,
-                    "lora.r": args.rank, "lora.alpha": 4 * args.rank})
+    strategy, keys = VARIANTS.get(name, (name, {}))
+    cfg = validate({"strategy.aggregation-error": False, **keys, **overrides, "strategy.name": strategy,
+                    "strategy.min-sites": args.sites, "lora.r": args.rank, "lora.alpha": 4 * args.rank})
     run: Callable[[], float] = lambda: one_round(cfg, shapes, global_arrays, replies, args.sites)  # noqa: E731
     gc.collect()
     times = []
@@ -153,8 +191,12 @@ def parse_set(pairs: list[str]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--strategies", default=",".join(available_strategies()),
-                        help="comma-separated names (registered or package.module:Class); default: all registered")
+    parser.add_argument("--strategies", default=",".join([*available_strategies(), *VARIANTS]),
+                        help="comma-separated names (registered, package.module:Class, or one of "
+                             f"{sorted(VARIANTS)}); default: all registered and those")
+    parser.add_argument("--json", type=Path, help="also write the figures here (docs/benchmarks/aggregation.json)")
+    parser.add_argument("--error-layers", type=int, default=1,
+                        help="layers on which exact-randomized is compared with the full SVD (0 = none)")
     parser.add_argument("--sites", type=int, default=20)
     parser.add_argument("--layers", type=int, default=32, help="decoder layers (LLaMA-3-8B has 32)")
     parser.add_argument("--rank", type=int, default=16)
@@ -190,7 +232,55 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name} | {r['median']:.2f} | {r['min']:.2f} | {r['traced_mb']:.0f} |")
     max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     print(f"\nProcess max RSS (getrusage, replies included): {max_rss:.0f} MB")
+    error = None
+    names = [name for name, _ in rows]
+    if "exact-randomized" in names and args.error_layers > 0:
+        error = randomized_error(shapes, replies, args.error_layers, 4 * args.rank)
+        print(f"\nexact-randomized against the full SVD, {error['modules']} modules of the first "
+              f"{args.error_layers} layer(s): residual ||M - B A|| over the optimal one: median "
+              f"{error['residual-ratio-median']:.6f}, max {error['residual-ratio-max']:.6f}; "
+              f"||B A - B* A*|| / ||B* A*||: median {error['difference-median']:.2e}, max {error['difference-max']:.2e}")
+    if args.json is not None:
+        command = f"python benchmarks/aggregation.py {shlex.join(sys.argv[1:] if argv is None else argv)}"
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "command": command,
+            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU(s), "
+                       f"Python {platform.python_version()}, numpy {np.__version__}",
+            "run-config": overrides,
+            "strategies": {name: {"sites": args.sites, "layers": args.layers, "rank": args.rank,
+                                  "seconds": r["median"], "seconds-min": r["min"], "repeats": args.repeats,
+                                  "peak_mb": r["traced_mb"]} for name, r in rows},
+            "max-rss-mb": max_rss,
+            **({"exact-randomized-vs-svd": error} if error is not None else {}),
+        }, indent=2) + "\n")
     return 0
+
+
+def randomized_error(shapes: dict, replies: list[Message], layers: int, alpha: float) -> dict[str, float]:
+    """exact-randomized's rank-r factors against the full SVD's, module by module, on the
+    replies' size-weighted average update (as `exact` weighs them), through Gram matrices."""
+    counts = [float(m.content["metrics"]["num-examples"]) for m in replies]
+    weights = [c / math.fsum(counts) for c in counts]
+    modules = [m for m in lora_modules(shapes) if int(m.prefix.split(".layers.")[1].split(".")[0]) < layers]
+    ratios, differences = [], []
+    for module in modules:
+        bs = [m.content["arrays"][module.b_key].numpy() for m in replies]
+        as_ = [m.content["arrays"][module.a_key].numpy() for m in replies]
+        scales = [w * alpha / module.rank for w in weights]
+        best = exact_factors(bs, as_, scales, module.rank)
+        fast = randomized_factors(bs, as_, scales, module.rank, seed=1)
+        sites = list(zip(bs, as_, strict=True))
+        optimal, _ = module_error(sites, scales, (best.b, best.a))
+        residual, _ = module_error(sites, scales, (fast.b, fast.a))
+        ratios.append(math.sqrt(residual / optimal) if optimal > 0 else 1.0)
+        apart, norm = module_error([(fast.b, fast.a)], [1.0], (best.b, best.a))
+        del norm
+        _, best_norm = module_error([(best.b, best.a)], [1.0], (best.b, best.a))
+        differences.append(math.sqrt(apart / best_norm) if best_norm > 0 else 0.0)
+    return {"modules": len(modules), "residual-ratio-median": statistics.median(ratios),
+            "residual-ratio-max": max(ratios), "difference-median": statistics.median(differences),
+            "difference-max": max(differences)}
 
 
 def logging_quiet() -> None:

@@ -26,6 +26,7 @@ from wire.arrays import from_arrayrecord, to_arrayrecord
 
 from . import optimizer_state, timings
 from .app import SiteFailure
+from .factors import trained_factors
 from .runtime import SiteDataError, model_runtime, site_runtime
 
 log = logging.getLogger(__name__)
@@ -77,17 +78,19 @@ def train(msg: Message, context: Context) -> Message:
     cfg, runtime, site, config = _prepare(msg, context)
     server_round = int(config["server-round"])
     settings = train_settings(cfg)
-    result = train_round(
-        runtime.model,
-        site.train,
-        settings,
-        runtime.tokenizer.pad_token_id,
-        server_round=server_round,
-        num_rounds=int(config["num-server-rounds"]),
-        proximal_mu=float(config.get("proximal-mu", 0.0)),
-        description=f"{site.site.name} round {server_round}",
-        optimizer_state=optimizer_state.load(context, server_round) if settings.keep_optimizer_state else None,
-    )
+    train_factors, send_factors = protocol.factor_rule(config)
+    with trained_factors(runtime.model, train_factors) as frozen:
+        result = train_round(
+            runtime.model,
+            site.train,
+            settings,
+            runtime.tokenizer.pad_token_id,
+            server_round=server_round,
+            num_rounds=int(config["num-server-rounds"]),
+            proximal_mu=float(config.get("proximal-mu", 0.0)),
+            description=f"{site.site.name} round {server_round}",
+            optimizer_state=optimizer_state.load(context, server_round) if settings.keep_optimizer_state else None,
+        )
     optimizer_state.save(context, result.optimizer_state, server_round)
     log.info("site %s round %d: %d steps, loss %.4f, %.0f tokens/s",
              site.site.name, server_round, result.steps, result.loss, result.tokens_per_second)
@@ -98,10 +101,13 @@ def train(msg: Message, context: Context) -> Message:
         "train-seconds": result.seconds,
         "train-steps": result.steps,
         "optimizer-restored": int(result.optimizer_restored),
+        # the factors the round's rule froze (FFA-LoRA: A) left the round bit-identical
+        "frozen-parameters": sum(p.numel() for p in frozen.params),
+        "frozen-unchanged": int(frozen.unchanged()),
         "train-end-time": time.time(),  # unix seconds: lets a benchmark tell concurrent sites' work apart from waiting
         **timings.current().to_metrics(),
     })
-    arrays: ArrayRecord = to_arrayrecord(get_adapter_state(runtime.model))
+    arrays: ArrayRecord = to_arrayrecord(protocol.selected_factors(get_adapter_state(runtime.model), send_factors))
     content = RecordDict({
         protocol.ARRAYS: arrays,
         protocol.METRICS: metrics,

@@ -19,7 +19,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from clinical_ie.evaluate import InstanceEvaluator, site_instances, stable_subset
 from data_loaders.sites import ensure_demo_corpus, load_site
-from modeling.adapter_io import get_adapter_state, set_adapter_state
+from modeling.adapter_io import get_adapter_state, load_peft_folder, set_adapter_state
 from modeling.base import load_base_model, model_dtype, model_identity, resolve_model_path
 from modeling.lora import attach_lora
 from settings.config import ConfigError, dp_budget, lora_settings, re_mode, tasks, validate
@@ -33,7 +33,7 @@ from wire.transport import adapter_nbytes, adapter_sha256, transport_grid
 
 from .audit_trail import CoordinatorAudit
 from .checkpoint import Checkpoint, checkpoint_path, existing_round, resume_checkpoint, save_checkpoint
-from .outputs import RunRecorder, run_folder
+from .outputs import RunRecorder, run_folder, safe_name
 from .report import RoundReporter
 from .strategy_factory import build_strategy
 
@@ -165,6 +165,8 @@ def main(grid: Grid, context: Context) -> None:
         **({"dp": reporter.dp_spent(last)} if reporter.dp is not None and last > 0 else {}),
         **({"resumed": resumes} if resumes else {}),
     })
+    for site, site_state in strategy.personal_adapters(load_peft_folder(final)).items():
+        log.info("site %s's own adapter: %s", site, recorder.save_adapter(f"final/sites/{safe_name(site)}", site_state, last))
     reporter.log_totals()
     log.info("global adapter: %s (load it with peft.PeftModel.from_pretrained)", final)
     log.info("metrics per round: %s", recorder.metrics_path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from datetime import datetime
@@ -17,6 +18,12 @@ import numpy as np
 from modeling.adapter_io import save_peft_folder
 
 log = logging.getLogger(__name__)
+
+
+def safe_name(name: str) -> str:
+    """A site's name as one folder name: anything but letters, digits, '.', '_' and '-' becomes '_'."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", name).strip(".")
+    return cleaned or "site"
 
 
 def run_folder(output_dir: str, run_name: str, create: bool = True) -> Path:

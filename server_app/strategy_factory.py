@@ -69,6 +69,7 @@ def build_strategy(
             update_norm_action=cfg["strategy.update-norm-action"],
             proximal_mu=cfg["strategy.proximal-mu"],
             min_sites=min_sites,
+            aggregation_error=cfg["strategy.aggregation-error"],
         )
     except ConfigError:
         raise

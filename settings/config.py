@@ -21,6 +21,7 @@ from modeling.base import DTYPE_CHOICES, EMBEDDED_DEFAULT, QUANTIZATION_CHOICES
 from modeling.lora import PAPER_TARGET_MODULES, LoraSettings
 from modeling.training import SCHEDULER_CHOICES, TrainSettings
 from strategies.clipping import UPDATE_NORM_ACTIONS
+from strategies.exact import EXACT_SOLVERS
 from strategies.fedmedlora_plus import VALIDATION_MODES
 from strategies.flower import DP_MODES
 from wire.transport import ENCODINGS
@@ -91,6 +92,7 @@ class TrainSection:
 @dataclass(frozen=True)
 class StrategySection:
     name: str = setting("fedmedlora", "aggregation strategy: a registered name (fedmedlora, fedmedlora-equal, fedmedlora-plus, exact, "
+                                      "ffa-lora, rolora, fedsa-lora, fedsvd, "
                                       "Flower's fedprox, fedavgm, fedadam, fedyogi, fedtrimmedavg, fedmedian, krum) "
                                       "or package.module:Class")
     temperature: float = setting(1.0, "Fed-MedLoRA+: weights exp((1 - L_k) / T)", check=lambda v: v > 0,
@@ -103,6 +105,12 @@ class StrategySection:
                                             "chosen by hash; 0 = all (default: docs/architecture.md, \"Coordinator "
                                             "scoring\")", check=_at_least(0), expected="an integer >= 0 (0 = all)")
     exact_rank: str = setting("", "exact: rank of the global adapter, an integer or 'full'; empty = lora.r")
+    exact_solver: str = setting("svd", "exact: 'svd' (two QRs and the small core's SVD: the best rank-r "
+                                       "factors) or 'randomized' (a range finder: sketch of 2r columns, one "
+                                       "power iteration; for large models and many sites)",
+                                EXACT_SOLVERS)
+    aggregation_error: bool = setting(True, "report ||sum p_k B_k A_k - B A|| / ||sum p_k B_k A_k|| every round "
+                                            "(O((out + in) R^2) per module, R the sites' summed rank)")
     min_sites: int = setting(3, "sites that must be connected before a round starts and reply usably for it to "
                                 "count; fewer stops the run", check=_at_least(1), expected="an integer >= 1")
     fraction_train: float = setting(1.0, "share of connected sites sampled per round", check=lambda v: 0 < v <= 1,
@@ -265,6 +273,7 @@ def validate(run_config: Mapping[str, Any]) -> dict[str, Any]:
     if not tasks or any(t not in ("ner", "re") for t in tasks):
         raise ConfigError(f"data.tasks: {values['data.tasks']!r}: expected 'ner', 're' or 'ner,re'")
     _check_strategy_name(values["strategy.name"])
+    _check_factor_strategies(values)
     # Constructing the settings objects runs their own range checks.
     lora_settings(values)
     train_settings(values)
@@ -308,7 +317,8 @@ def _check_dp_budget(values: Mapping[str, Any]) -> None:
             "run fewer rounds")
 
 
-SECURE_AGGREGATION_STRATEGIES = ("fedmedlora", "fedprox")  # a size-weighted mean is all they need
+# A size-weighted mean is all they need (FFA-LoRA, RoLoRA and FedSVD: of the factors they send).
+SECURE_AGGREGATION_STRATEGIES = ("fedmedlora", "fedprox", "ffa-lora", "rolora", "fedsvd")
 
 
 def _check_secure_aggregation(values: Mapping[str, Any]) -> None:
@@ -328,6 +338,23 @@ def _check_secure_aggregation(values: Mapping[str, Any]) -> None:
     for key, (refused, why) in refusals.items():
         if refused:
             raise ConfigError(f"strategy.secure-aggregation = true cannot be combined with {key}: {why}")
+
+
+def _check_factor_strategies(values: Mapping[str, Any]) -> None:
+    """Combinations a strategy's LoRA factor handling rules out (docs/strategies.md, "Compatibility")."""
+    from strategies.registry import strategy_class
+
+    cls = strategy_class(values["strategy.name"])
+    name, dp = values["strategy.name"], values["strategy.dp"]
+    if not getattr(cls, "sends_every_factor", True) and dp.startswith("client-"):
+        raise ConfigError(f"strategy.dp = {dp!r} cannot be combined with strategy.name = {name!r}: Flower's "
+                          "client-side clipping pairs the reply's tensors with the adapter it received by "
+                          f"position, and {name!r} sites reply with only some LoRA factors; use a server-side "
+                          "DP mode")
+    if getattr(cls, "personalised", False) and dp != "none":
+        raise ConfigError(f"strategy.dp = {dp!r} cannot be combined with strategy.name = {name!r}: DP clips each "
+                          "update against the global adapter, but each of its sites starts from its own B; set "
+                          "strategy.dp = 'none'")
 
 
 def _check_strategy_name(name: str) -> None:

@@ -7,6 +7,9 @@ from .clipping import UPDATE_NORM_ACTIONS, dp_clipping_mod, scale_toward, update
 from .fedmedlora import FedMedLoRA
 from .fedmedlora_equal import FedMedLoRAEqual
 from .fedmedlora_plus import FedMedLoRAPlus
+from .fedsa_lora import FedSALoRA
+from .fedsvd import FedSVD
+from .ffa_lora import FFALoRA
 from .flower import (
     DP_MODES,
     DPSettings,
@@ -21,6 +24,7 @@ from .flower import (
     with_dp,
 )
 from .registry import STRATEGIES, available_strategies, register, strategy_class
+from .rolora import RoLoRA
 from .round_report import Aggregate, RoundReport, SiteUpdate, TooFewSites
 from .screened import ScreenedStrategy
 from .screening import SiteCandidate, UpdateRejected
@@ -38,6 +42,9 @@ __all__ = [
     "FedMedLoRA",
     "FedMedLoRAEqual",
     "FedMedLoRAPlus",
+    "FedSALoRA",
+    "FedSVD",
+    "FFALoRA",
     "FlowerLoRA",
     "LoraFedAdam",
     "LoraFedAvg",
@@ -47,6 +54,7 @@ __all__ = [
     "LoraFedTrimmedAvg",
     "LoraFedYogi",
     "LoraKrum",
+    "RoLoRA",
     "RoundReport",
     "ScreenedStrategy",
     "SiteCandidate",

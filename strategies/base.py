@@ -15,6 +15,7 @@ wrapper, a malformed reply fails the round, as it does in Flower's FedAvg.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -22,12 +23,17 @@ from logging import INFO
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
+from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from wire import protocol
+
+from .lora_pairs import LoraModule
 from .round_report import Aggregate
 from .screening import (
+    FilledState,
     SiteCandidate,
     UpdateRejected,
     canonical_order,
@@ -55,6 +61,11 @@ class LoraFedAvg(FedAvg):
 
     # Checked by tests/test_conformance.py: "weights-sum-to-one", "exact-product".
     invariants: tuple[str, ...] = ("weights-sum-to-one",)
+    # False when `factor_rule` may have sites send only some factors (settings/config.py
+    # then refuses client-side DP clipping, which pairs tensors by position).
+    sends_every_factor: bool = True
+    # True when each site trains from its own copy of some tensors (FedSA-LoRA's B).
+    personalised: bool = False
 
     def __init__(self, expected_shapes: Mapping[str, Sequence[int]] | None = None, **fedavg_kwargs: Any) -> None:
         super().__init__(**fedavg_kwargs)
@@ -63,6 +74,10 @@ class LoraFedAvg(FedAvg):
             self.set_expected(expected_shapes)
         self.last_aggregate: Aggregate | None = None  # read by the wrapper when a DP wrapper sits between
         self._aggregate: Aggregate | None = None  # the round being aggregated (`reject`, `round_extra`)
+        # The round's factor rule and the adapter its train instructions carried: a factor a
+        # site does not send is filled in from that adapter (`check_reply`).
+        self._round_rule: tuple[str, str] = ("AB", "AB")
+        self._round_arrays: ArrayRecord | None = None
 
     @classmethod
     def from_run_config(
@@ -105,16 +120,63 @@ class LoraFedAvg(FedAvg):
         if state:
             raise ValueError(f"{type(self).__name__} keeps no state between rounds, got {sorted(state)}")
 
+    # --- which LoRA factors the sites train and send ------------------------------------
+
+    def factor_rule(self, server_round: int) -> tuple[str, str]:
+        """(train, send) for this round: which LoRA factors the sites train and which they send
+        back, each "AB", "A" or "B" (wire/protocol.py). Default: both, both.
+
+        A strategy that freezes a factor (FFA-LoRA trains only B) or shares only one
+        (RoLoRA alternates) overrides this; the train instructions carry it and the
+        ClientApp honours it. A factor not trained comes back bit-identical; a factor not
+        sent is filled in from the adapter this round's instructions carried, so the norm
+        bound, DP wrappers and `weighted_average` always see whole adapters.
+        """
+        del server_round
+        return ("AB", "AB")
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """FedAvg's instructions, with the round's factor rule when it is not "both, both"."""
+        rule = self.factor_rule(server_round)
+        for key, value in zip((protocol.TRAIN_FACTORS, protocol.SEND_FACTORS), rule, strict=True):
+            if value not in protocol.FACTORS:
+                raise ValueError(f"{type(self).__name__}.factor_rule: {key} must be one of "
+                                 f"{protocol.FACTORS}, got {value!r}")
+        self._round_rule = (str(rule[0]), str(rule[1]))
+        self._round_arrays = arrays
+        if self._round_rule != ("AB", "AB"):
+            config[protocol.TRAIN_FACTORS], config[protocol.SEND_FACTORS] = self._round_rule
+        return super().configure_train(server_round, arrays, config, grid)
+
     # --- what a reply must look like ---------------------------------------------------
 
     def reply_shapes(self, msg: Message) -> OrderedDict[str, tuple[int, ...]]:
-        """The keys and shapes a reply must have: the global adapter's (ExactLoRA: the site's rank)."""
+        """The keys and shapes a reply must have: the global adapter's, restricted to the
+        factors this round sends (ExactLoRA: the site's rank)."""
         del msg
-        return self._require_expected()
+        shapes = self._require_expected()
+        send = self._round_rule[1]
+        if send == "AB":
+            return shapes
+        return OrderedDict((k, v) for k, v in shapes.items() if protocol.factor_of(k) in (None, *send))
 
     def check_reply(self, msg: Message, site: str) -> SiteCandidate:
-        """The screening's check of one content reply (strategies/screening.py `check_reply`)."""
-        return check_reply(msg, self.reply_shapes(msg), self.weighted_by_key, site)
+        """The screening's check of one content reply (strategies/screening.py `check_reply`),
+        with the factors the round does not send filled in."""
+        return self._whole(check_reply(msg, self.reply_shapes(msg), self.weighted_by_key, site))
+
+    def _whole(self, candidate: SiteCandidate) -> SiteCandidate:
+        """The candidate with every key of the global adapter: what it did not send is the
+        adapter this round's instructions carried (it was frozen at the site)."""
+        if self._round_rule[1] == "AB":
+            return candidate
+        if self._round_arrays is None:
+            raise RuntimeError(f"{type(self).__name__}: a reply without every factor needs the round's "
+                               "adapter; call configure_train() first")
+        keys = list(self._require_expected())
+        return dataclasses.replace(candidate, state=FilledState(candidate.state, self._round_arrays, keys))
 
     # --- aggregation -------------------------------------------------------------------
 
@@ -132,7 +194,7 @@ class LoraFedAvg(FedAvg):
             if msg.has_error():
                 raise ValueError(f"{type(self).__name__}: error reply from site {site}: {msg.error.reason}")
             try:
-                candidates.append(read_reply(msg, self.reply_shapes(msg), self.weighted_by_key, site))
+                candidates.append(self._whole(read_reply(msg, self.reply_shapes(msg), self.weighted_by_key, site)))
             except UpdateRejected as err:
                 raise ValueError(f"{type(self).__name__}: reply from site {site}: {err}") from err
         aggregate = self.aggregate_candidates(server_round, canonical_order(candidates))
@@ -164,6 +226,13 @@ class LoraFedAvg(FedAvg):
         del server_round
         total = math.fsum(c.num_examples for c in accepted)
         return [c.num_examples / total for c in accepted]
+
+    def product_scale(self, candidate: SiteCandidate, module: LoraModule) -> float:
+        """A site's LoRA scaling of `module` relative to the global adapter's: 1 when rank and
+        alpha agree (ExactLoRA accepts other ranks and alphas). The aggregation error weighs
+        each site's B_k A_k by it."""
+        del candidate, module
+        return 1.0
 
     def reject(self, candidate: SiteCandidate, reason: str) -> None:
         """Reject a candidate from inside `aggregation_weights` (it then needs weight 0)."""

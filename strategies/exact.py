@@ -23,34 +23,18 @@ from flwr.serverapp import Grid
 from threadpoolctl import threadpool_limits
 
 from .base import LoraFedAvg
+from .lora_pairs import LoraModule, lora_modules
 from .registry import register
 from .screening import SiteCandidate, UpdateRejected
-
-A_SUFFIX = ".lora_A.weight"
-B_SUFFIX = ".lora_B.weight"
 
 # Metric key a site may send with its own LoRA alpha (else the strategy's `alpha`).
 ALPHA_METRIC = "lora-alpha"
 
 Rank = int | Literal["full"] | None
 
-
-@dataclass(frozen=True)
-class LoraModule:
-    """One LoRA pair of the global adapter: A is (rank, in_features), B is (out_features, rank)."""
-
-    prefix: str
-    rank: int
-    in_features: int
-    out_features: int
-
-    @property
-    def a_key(self) -> str:
-        return self.prefix + A_SUFFIX
-
-    @property
-    def b_key(self) -> str:
-        return self.prefix + B_SUFFIX
+# "randomized": a range finder on the stacked factors (`randomized_factors`), O((out + in) R r)
+# per module; "svd": two QRs and the full core SVD (`exact_factors`), O((out + in) R^2).
+EXACT_SOLVERS = ("randomized", "svd")
 
 
 @dataclass(frozen=True)
@@ -129,9 +113,13 @@ class ExactLoRA(LoraFedAvg):
         rank: int | str | None = None,
         alpha: float | None = None,
         expected_shapes: Mapping[str, Sequence[int]] | None = None,
+        solver: str = "svd",
         **fedavg_kwargs: Any,
     ) -> None:
         self.rank: Rank = _check_rank(rank, "strategy.exact-rank")
+        if solver not in EXACT_SOLVERS:
+            raise ValueError(f"strategy.exact-solver: expected one of {list(EXACT_SOLVERS)}, got {solver!r}")
+        self.solver = solver
         if alpha is not None:
             alpha = _check_alpha(alpha, "lora.alpha")
         self.alpha: float | None = alpha
@@ -158,6 +146,7 @@ class ExactLoRA(LoraFedAvg):
             rank=cfg["strategy.exact-rank"],
             alpha=cfg["lora.alpha"],
             expected_shapes=expected_shapes,
+            solver=cfg["strategy.exact-solver"],
             **fedavg_kwargs,
         )
         r = cfg["lora.r"]
@@ -357,16 +346,16 @@ class ExactLoRA(LoraFedAvg):
             target = module.rank if self.rank is None else self.rank
             site_ranks = [s.ranks[module.prefix] for s in self.site_shapes.values() if module.prefix in s.ranks]
             width: int | str = target if target == "full" else max([target, *site_ranks])
-            # Small QRs and an R x R SVD: threaded BLAS only adds contention here (on a
-            # 2-core machine it made a round 5-10x slower), so one thread.
-            with threadpool_limits(limits=1, user_api="blas"):
-                result = exact_factors(
-                    [c.state[module.b_key] for c in accepted],
-                    [c.state[module.a_key] for c in accepted],
-                    scales,
-                    width,
-                    out_scale=module.rank / global_alpha,
-                )
+            bs = [c.state[module.b_key] for c in accepted]
+            as_ = [c.state[module.a_key] for c in accepted]
+            if self.solver == "randomized" and width != "full":
+                result = randomized_factors(bs, as_, scales, int(width), out_scale=module.rank / global_alpha,
+                                            seed=self._aggregate.server_round if self._aggregate else 0)
+            else:
+                # Small QRs and an R x R SVD: threaded BLAS only adds contention here (on a
+                # 2-core machine it made a round 5-10x slower), so one thread.
+                with threadpool_limits(limits=1, user_api="blas"):
+                    result = exact_factors(bs, as_, scales, width, out_scale=module.rank / global_alpha)
             if site_ranks:
                 self._wide[module.prefix] = (result.b / (module.rank / global_alpha), result.a)
             b, a = (result.b, result.a) if target == "full" else (result.b[:, :target], result.a[:target])
@@ -394,6 +383,11 @@ class ExactLoRA(LoraFedAvg):
         # Keep the global key order (pairs were written after the plain keys).
         self._returned = ArrayRecord({key: Array(out[key].astype(np.float32)) for key in self.expected_shapes})
         return self._returned
+
+    def product_scale(self, candidate: SiteCandidate, module: LoraModule) -> float:
+        """(alpha_k / r_k) / (alpha / r): a site of another rank or alpha, against the global."""
+        rank = candidate.state[module.a_key].shape[0]
+        return (self._site_alpha(candidate, module) / rank) / (self._default_alpha(module) / module.rank)
 
     def _default_alpha(self, module: LoraModule) -> float:
         return self.alpha if self.alpha is not None else float(module.rank)
@@ -446,6 +440,56 @@ def exact_factors(
     return ExactFactors(b=b, a=a, dropped_energy=min(max(dropped, 0.0), 1.0), singular_values=s)
 
 
+def randomized_factors(
+    bs: Sequence[np.ndarray],
+    as_: Sequence[np.ndarray],
+    scales: Sequence[float],
+    rank: int,
+    out_scale: float = 1.0,
+    power_iterations: int = 1,
+    seed: int = 0,
+) -> ExactFactors:
+    """Rank-`rank` factors of M = sum_k scales[k] * bs[k] @ as_[k] from a randomized range
+    finder (Halko, Martinsson and Tropp 2011, algorithms 4.4 and 5.1), never forming M.
+
+    With U = [c_k B_k ...] (out x R) and V = [A_k; ...] (R x in), M = U V. A Gaussian sketch
+    of s = min(2 rank, R) columns, Y = U (V Omega), gives M's range; `power_iterations`
+    rounds of Y <- M (M^T Y), re-orthonormalised, sharpen it. With Q = orth(Y), M ~ Q (Q^T M)
+    and the SVD of the small s x in matrix Q^T M = (Q^T U) V gives the factors. Every product
+    has s columns: O((out + in) R s) per power iteration instead of the O((out + in) R^2) of
+    two QRs. The sketch is seeded (`seed`), so a round aggregates the same way every time.
+    Float32, as the replies travel: the truncation error dwarfs the rounding.
+
+    `dropped_energy` is the share of the sketch's energy outside the kept rank, a lower bound
+    on the true share (the sketch does not see all of M); `singular_values` are the sketch's.
+    """
+    if not (len(bs) == len(as_) == len(scales)) or not bs:
+        raise ValueError(
+            f"randomized_factors: need one B, A and scale per site, got {len(bs)}, {len(as_)}, {len(scales)}"
+        )
+    if any(not math.isfinite(c) or c < 0 for c in scales):
+        raise ValueError(f"randomized_factors: scales must be finite and >= 0, got {list(scales)}")
+    u = np.concatenate([np.asarray(b, np.float32) * np.float32(c) for b, c in zip(bs, scales, strict=True)], axis=1)
+    v = np.concatenate([np.asarray(a, np.float32) for a in as_], axis=0)
+    width = min(2 * int(rank), v.shape[0])
+    omega = np.random.default_rng(seed).standard_normal((v.shape[1], width), dtype=np.float32)
+    y = u @ (v @ omega)
+    for _ in range(power_iterations):
+        q, _ = np.linalg.qr(y)
+        z, _ = np.linalg.qr(v.T @ (u.T @ q))
+        y = u @ (v @ z)
+    q, _ = np.linalg.qr(y)
+    small = (q.T @ u) @ v  # s x in
+    uu, s, vt = np.linalg.svd(small.astype(np.float64), full_matrices=False)
+    keep = min(int(rank), len(s))
+    energy = float(np.sum(s * s))
+    dropped = float(np.sum(s[keep:] ** 2)) / energy if energy > 0 else 0.0
+    root_s = np.sqrt(s[:keep])
+    b = (q.astype(np.float64) @ (uu[:, :keep] * root_s)) * out_scale
+    a = root_s[:, None] * vt[:keep]
+    return ExactFactors(b=b, a=a, dropped_energy=min(max(dropped, 0.0), 1.0), singular_values=s)
+
+
 def arrays_digest(record: ArrayRecord) -> str:
     """A hash of an adapter's keys, dtypes, shapes and values."""
     h = hashlib.blake2b(digest_size=16)
@@ -454,20 +498,6 @@ def arrays_digest(record: ArrayRecord) -> str:
         h.update(f"{key}|{values.dtype.str}|{values.shape}|".encode())
         h.update(values.tobytes())
     return h.hexdigest()
-
-
-def lora_modules(shapes: Mapping[str, tuple[int, ...]]) -> list[LoraModule]:
-    """The LoRA pairs of an adapter's shapes, in key order; a key without its partner is not one."""
-    modules = []
-    for key, a_shape in shapes.items():
-        if not key.endswith(A_SUFFIX):
-            continue
-        prefix = key[: -len(A_SUFFIX)]
-        b_shape = shapes.get(prefix + B_SUFFIX)
-        if b_shape is None or len(a_shape) != 2 or len(b_shape) != 2 or a_shape[0] != b_shape[1]:
-            continue
-        modules.append(LoraModule(prefix, rank=a_shape[0], in_features=a_shape[1], out_features=b_shape[0]))
-    return modules
 
 
 def _pad_rank(b: np.ndarray, a: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:

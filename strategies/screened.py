@@ -43,9 +43,11 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from wire.arrays import from_arrayrecord
 
+from .aggregation_error import aggregation_error
 from .base import LoraFedAvg
 from .clipping import UPDATE_NORM_ACTIONS
 from .flower_compat import FLOWER_STATE
+from .lora_pairs import LoraModule, lora_modules
 from .round_report import Aggregate, RoundReport, TooFewSites, metric_dict, site_update
 from .screening import (
     Rejection,
@@ -100,6 +102,7 @@ class ScreenedStrategy(Strategy):
         self.update_norm_action = "clip"
         self.proximal_mu = 0.0
         self.min_sites = 0  # usable replies a round needs (`strategy.min-sites`); 0 = no minimum
+        self.aggregation_error = True  # the report's `aggregation-error` (strategies/aggregation_error.py)
         self._global_arrays: ArrayRecord | None = None
         self._global_state: OrderedDict[str, np.ndarray] | None = None
         self._names_by_node: dict[int, str] = {}  # node id -> the site name it sent or registered
@@ -114,9 +117,11 @@ class ScreenedStrategy(Strategy):
         update_norm_action: str = "clip",
         proximal_mu: float = 0.0,
         min_sites: int = 0,
+        aggregation_error: bool = True,
     ) -> None:
-        """Set the update-norm bound, the FedProx coefficient sent to sites, and the number
-        of usable replies a round needs (`strategy.min-sites`; 0 = no minimum)."""
+        """Set the update-norm bound, the FedProx coefficient sent to sites, the number of
+        usable replies a round needs (`strategy.min-sites`; 0 = no minimum), and whether each
+        round measures its aggregation error (`strategy.aggregation-error`)."""
         if isinstance(min_sites, bool) or not isinstance(min_sites, int) or min_sites < 0:
             raise ValueError(f"strategy.min-sites: expected an integer >= 0, got {min_sites!r}")
         if isinstance(max_update_norm, bool) or not (math.isfinite(max_update_norm) and max_update_norm >= 0):
@@ -131,6 +136,7 @@ class ScreenedStrategy(Strategy):
         self.update_norm_action = update_norm_action
         self.proximal_mu = float(proximal_mu)
         self.min_sites = min_sites
+        self.aggregation_error = bool(aggregation_error)
 
     def set_expected(self, shapes: Mapping[str, Sequence[int]]) -> None:
         """Set the keys and shapes every update must have, here and in a `LoraFedAvg` core."""
@@ -305,6 +311,8 @@ class ScreenedStrategy(Strategy):
             arrays, metrics = aggregate.arrays, aggregate.metrics
             report.updates = [site_update(c, w) for c, w in aggregate.weights]
             report.extra.update(aggregate.extra)
+            if self.aggregation_error and arrays is not None and aggregate.weights:
+                report.extra["aggregation-error"] = self._aggregation_error(aggregate.weights, arrays)
             self._reject(server_round, aggregate.rejected)
         report.rejected.sort()  # independent of arrival order
         self._require_min_sites(server_round, [u.site for u in report.updates])
@@ -319,6 +327,25 @@ class ScreenedStrategy(Strategy):
         if arrays is not None and self.dp_mode != "none":
             self._warn_unequal_weights(server_round, [u.weight for u in report.updates])
         return arrays, metrics
+
+    def personal_adapters(self, global_state: Mapping[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+        """Each site's own adapter by name, from a personalising core (FedSA-LoRA); else none."""
+        personal = getattr(self.core, "personal_adapters", None)
+        return personal(global_state) if callable(personal) else {}
+
+    def _aggregation_error(self, weights: list[tuple[SiteCandidate, float]], arrays: ArrayRecord) -> dict[str, float]:
+        """||sum_k p_k B_k A_k - B A||_F / ||sum_k p_k B_k A_k||_F of the round (strategies/aggregation_error.py),
+        B A being the adapter the core returned (for a personalised strategy, the one for a
+        new site) and p_k the weights it used."""
+        assert self.expected_shapes is not None
+        core = self.core if isinstance(self.core, LoraFedAvg) else None
+        modules = lora_modules(self.expected_shapes)
+        returned = {key: arrays[key].numpy() for key in arrays.keys()}
+
+        def scale(i: int, module: LoraModule) -> float:
+            return core.product_scale(weights[i][0], module) if core is not None else 1.0
+
+        return aggregation_error(modules, [(c.state, w) for c, w in weights], returned, scale)
 
     def _check_reply(self, msg: Message, site: str) -> SiteCandidate:
         """A `LoraFedAvg` core's check (ExactLoRA accepts other ranks), else the shared one."""

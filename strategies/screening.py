@@ -58,6 +58,29 @@ class ReplyState(Mapping[str, np.ndarray]):
         return len(self._keys)
 
 
+class FilledState(Mapping[str, np.ndarray]):
+    """A reply's tensors, and for the keys it did not send (a factor the round's rule kept
+    at the sites) the adapter the round's instructions carried; in `keys` order."""
+
+    def __init__(self, sent: Mapping[str, np.ndarray], round_adapter: ArrayRecord, keys: Sequence[str]) -> None:
+        self._sent = sent
+        self._round_adapter = round_adapter
+        self._keys = tuple(keys)
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if key in self._sent:
+            return self._sent[key]
+        if key not in self._keys:
+            raise KeyError(key)
+        return self._round_adapter[key].numpy()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
 @dataclass
 class SiteCandidate:
     """A reply that passed the checks; what `LoraFedAvg.aggregation_weights` weighs.

@@ -141,6 +141,55 @@ def test_three_site_simulation_produces_a_loadable_changed_adapter(strategy, ext
     assert any(not np.allclose(trained[k], initial[k]) for k in initial)
 
 
+@pytest.mark.parametrize("strategy", ["ffa-lora", "rolora", "fedsvd", "fedsa-lora"])
+def test_factor_strategies_run_end_to_end_and_frozen_factors_stay_bit_identical(strategy, tmp_path, tiny_llama,
+                                                                                 tiny_corpus):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from modeling.adapter_io import get_adapter_state, load_peft_folder
+    from modeling.base import load_base_model
+    from modeling.lora import LoraSettings, attach_lora
+    from wire.transport import adapter_nbytes
+
+    code, run_dir, log = _run(tmp_path, tiny_llama, tiny_corpus, **{"strategy.name": strategy})
+    assert code == 0, log[-3000:]
+    rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][1:]
+    model, _ = load_base_model(str(tiny_llama), "none", "float32")
+    initial = get_adapter_state(attach_lora(model, LoraSettings(r=4, alpha=8), seed=0))
+    adapters = [initial, load_peft_folder(run_dir / "round-1"), load_peft_folder(run_dir / "round-2")]
+    a_keys = [k for k in initial if ".lora_A." in k]
+    b_keys = [k for k in initial if ".lora_B." in k]
+    whole = adapter_nbytes(initial, "float32")
+    for record, before, after in zip(rounds, adapters, adapters[1:], strict=True):
+        trained = {"ffa-lora": "B", "fedsvd": "B", "fedsa-lora": "AB"}.get(strategy, "B" if record["round"] == 1 else "A")
+        sites = record["sites"]
+        assert sorted(s["site"] for s in sites) == ["site-a", "site-b", "site-c"]
+        # Each site checked its frozen factor after the round: bit-identical to what it was sent.
+        assert all(s["train"]["frozen-unchanged"] == 1 for s in sites)
+        frozen = {s["train"]["frozen-parameters"] for s in sites}
+        assert frozen == ({0} if trained == "AB" else {sum(initial[k].size for k in (a_keys if trained == "B" else b_keys))})
+        if trained != "AB":  # one factor up: about half the adapter
+            assert all(s["bytes-up"] < 0.6 * whole for s in sites)
+        error = record["strategy"]["aggregation-error"]
+        assert error["modules"] > 0 and np.isfinite(error["overall"]) and error["overall"] >= 0
+        if strategy != "fedsa-lora":  # one factor shared by every site: averaging is exact
+            assert error["overall"] < 1e-5
+        kept = b_keys if trained == "A" else a_keys if trained == "B" else []
+        if strategy != "fedsvd":  # FedSVD hands out a new A every round
+            assert all(np.array_equal(after[k], before[k]) for k in kept)
+        changed = a_keys if trained == "A" else b_keys
+        assert any(not np.array_equal(after[k], before[k]) for k in changed)
+    if strategy == "fedsa-lora":
+        final = load_peft_folder(run_dir / "final")
+        for site in ("site-a", "site-b", "site-c"):
+            folder = run_dir / "final" / "sites" / site
+            own = load_peft_folder(folder)
+            assert all(np.array_equal(own[k], final[k]) for k in a_keys)
+            assert any(not np.array_equal(own[k], final[k]) for k in b_keys)
+            PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), folder)
+
+
 def test_bad_config_value_stops_the_run_before_training(tmp_path, tiny_llama, tiny_corpus):
     code, run_dir, log = _run(tmp_path, tiny_llama, tiny_corpus, **{"strategy.name": "fedfoo"})
     assert code != 0 or not (run_dir / "round-1").exists()

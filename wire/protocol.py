@@ -32,7 +32,7 @@ SITE = "site"
 
 # Metric keys every site returns, identical everywhere (FedAvg requires it).
 TRAIN_METRIC_KEYS = ("num-examples", "train-loss", "train-tokens", "train-seconds", "train-steps", "train-end-time",
-                     "optimizer-restored")
+                     "optimizer-restored", "frozen-parameters", "frozen-unchanged")
 
 # Site-side scoring (Fed-MedLoRA+ with strategy.validation = "sites"): the coordinator sends
 # the round's K candidate adapters as ArrayRecords `candidate-0` .. `candidate-{K-1}` with the
@@ -46,6 +46,41 @@ CANDIDATE_PREFIX = "candidate-"
 SCORE_LOSSES = "candidate-loss"
 SCORE_INSTANCES = "num-examples"
 SCORE_TOKENS = "num-tokens"
+
+
+# Which LoRA factors a site trains and which it sends back this round (a strategy's
+# `factor_rule`): "AB" (both, the default when the keys are absent), "A" or "B". A factor
+# not trained stays bit-identical to the one the coordinator sent; a factor not sent is not
+# in the reply, and the coordinator fills it in from the adapter it sent. Tensors that are
+# neither a LoRA A nor a B are always trained and sent.
+TRAIN_FACTORS = "train-factors"
+SEND_FACTORS = "send-factors"
+FACTORS = ("AB", "A", "B")
+
+
+def factor_of(key: str) -> str | None:
+    """"A" or "B" for a LoRA factor's state-dict key or parameter name, else None."""
+    if ".lora_A." in key:
+        return "A"
+    if ".lora_B." in key:
+        return "B"
+    return None
+
+
+def factor_rule(config: Mapping[str, Any]) -> tuple[str, str]:
+    """(train, send) factors of a train instruction; raises MalformedMessage on another value."""
+    rule = []
+    for key in (TRAIN_FACTORS, SEND_FACTORS):
+        value = config.get(key, "AB")
+        if value not in FACTORS:
+            raise MalformedMessage(f"train instruction: config[{key!r}] must be one of {FACTORS}, got {value!r}")
+        rule.append(str(value))
+    return rule[0], rule[1]
+
+
+def selected_factors(state: Mapping[str, Any], factors: str) -> dict[str, Any]:
+    """The entries of an adapter state that belong to `factors` (and every non-factor tensor)."""
+    return {k: v for k, v in state.items() if factor_of(k) in (None, *factors)}
 
 
 def candidate_name(index: int) -> str:

@@ -17,13 +17,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp.strategy import Strategy
 
 from server_app.strategy_factory import build_strategy
 from settings.config import validate
 from strategies import available_strategies
-from support.messages import error_reply, reply
+from support.messages import error_reply, instruction, reply
+from wire import protocol
 
 PLUGIN = "examples.my_strategy:LossInverse"
 
@@ -120,23 +121,48 @@ def good_replies(states: list[dict[str, np.ndarray]] | None = None) -> list[Mess
             for i, s in enumerate(states)]
 
 
+def sent_factors(strategy: Strategy, server_round: int = 1) -> str:
+    """The factors the strategy's sites send in `server_round` ("AB" unless it has a factor rule)."""
+    core = getattr(strategy, "core", strategy)
+    return core.factor_rule(server_round)[1] if hasattr(core, "factor_rule") else "AB"
+
+
+def as_sent(strategy: Strategy, replies: list[Message], server_round: int = 1) -> list[Message]:
+    """The replies as sites following the strategy's factor rule send them: a whole adapter
+    cut to the factors the round sends (FFA-LoRA: B only). Error replies and malformed
+    adapters (other keys) go as they are."""
+    send = sent_factors(strategy, server_round)
+    if send == "AB":
+        return replies
+    out = []
+    for message in replies:
+        if message.has_error() or set(message.content["arrays"].keys()) != set(SHAPES):
+            out.append(message)
+            continue
+        record = message.content["arrays"]
+        sent = ArrayRecord({k: record[k] for k in protocol.selected_factors(dict.fromkeys(record.keys()), send)})
+        content = RecordDict({name: sent if name == "arrays" else value for name, value in message.content.items()})
+        out.append(Message(content=content, reply_to=instruction(message.metadata.src_node_id)))
+    return out
+
+
 def aggregate(strategy: Strategy, replies: list[Message]) -> tuple[dict[str, np.ndarray] | None, Any]:
     np.random.seed(0)  # Flower's DP noise draws from numpy's global generator
-    arrays, _ = strategy.aggregate_train(1, replies)
+    arrays, _ = strategy.aggregate_train(1, as_sent(strategy, replies))
     out = None if arrays is None else {k: arrays[k].numpy() for k in arrays.keys()}
     return out, strategy.round_report()
 
 
 def _nan(states: list[dict[str, np.ndarray]]) -> Message:
     state = {k: v.copy() for k, v in states[0].items()}
-    state[PAIRS[0][0]][0, 0] = np.nan
+    state[PAIRS[0][1]][0, 0] = np.nan  # a B tensor: every strategy receives B
     return reply(99, state, 10, "bad")
 
 
 MALFORMED = {
     "nan": _nan,
     "inf": lambda s: reply(99, {**s[0], PAIRS[1][1]: np.full((6, 2), np.inf, np.float32)}, 10, "bad"),
-    "wrong shape": lambda s: reply(99, {**s[0], PAIRS[0][0]: np.zeros((3, 6), np.float32)}, 10, "bad"),
+    "wrong shape": lambda s: reply(99, {**s[0], PAIRS[0][1]: np.zeros((3, 2), np.float32)}, 10, "bad"),
     "missing key": lambda s: reply(99, {k: v for k, v in s[0].items() if k != PAIRS[1][0]}, 10, "bad"),
     "error reply": lambda s: error_reply(99),
 }
