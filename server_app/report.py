@@ -88,6 +88,10 @@ class RoundReporter:
             up = max(t["bytes-up"] for t in extra_traffic.values())
             lines.append(f"  strategy messages ({len(extra_traffic)} site(s), in the table above): "
                          f"{down / 1e6:.2f} MB down and {up} B up per site")
+        error = train.extra.get("aggregation-error")
+        if error and error["modules"]:
+            lines.append(f"  aggregation error ||sum p_k B_k A_k - B A|| / ||sum p_k B_k A_k||: {error['overall']:.3g} "
+                         f"overall, max {error['max']:.3g} over {error['modules']} module(s)")
         secure = train.extra.get("secure-aggregation")
         if secure:
             lines.append(f"  secure aggregation (SecAgg+): the coordinator saw only the weighted sum of "
