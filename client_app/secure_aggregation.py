@@ -22,18 +22,43 @@ def is_secure_aggregation(msg: Message) -> bool:
     return msg.has_content() and RECORD_KEY_CONFIGS in msg.content.config_records
 
 
+REQUIRE_NODE_KEY = "require-secure-aggregation"  # node config: this site trains only under SecAgg+
+
+
+def requires_secure_aggregation(context: Context) -> bool:
+    """The site's own node config says it sends adapters only masked (the run config is the
+    coordinator's, so only the site can insist)."""
+    return str(context.node_config.get(REQUIRE_NODE_KEY, "false")).strip().lower() in ("true", "1", "yes")
+
+
 def secure_aggregation_mod(msg: Message, context: Context, call_next) -> Message:
-    """Flower's SecAgg+ mod around the train handler; other train messages pass through."""
+    """Flower's SecAgg+ mod around the train handler; other train messages pass through,
+    unless this site requires secure aggregation: then it refuses them before training."""
     if not is_secure_aggregation(msg):
+        if requires_secure_aggregation(context):
+            from .app import SiteFailure
+
+            raise SiteFailure(f"this site requires secure aggregation (node config {REQUIRE_NODE_KEY} = true) "
+                              "and refuses a plain training round; set strategy.secure-aggregation = true")
         return call_next(msg, context)
     from flwr.client.mod import secaggplus_mod
 
-    keys = list(msg.content[protocol.ARRAYS].keys()) if protocol.ARRAYS in msg.content.array_records else []
+    keys = sent_keys(msg.content)
 
     def train_as_fitres(inner: Message, ctx: Context) -> Message:
         return Message(as_fitres(call_next(inner, ctx).content, keys, ctx.run_config), reply_to=inner)
 
     return secaggplus_mod(msg, context, train_as_fitres)
+
+
+def sent_keys(content: RecordDict) -> list[str]:
+    """The tensors a train reply holds, in the order the coordinator names the sum's tensors:
+    the global adapter's keys, cut to the factors the round's rule sends (FFA-LoRA: B)."""
+    if protocol.ARRAYS not in content.array_records:
+        return []
+    config = content.config_records.get(protocol.CONFIG, {})
+    _, send = protocol.factor_rule(config)
+    return list(protocol.selected_factors(dict.fromkeys(content[protocol.ARRAYS].keys()), send))
 
 
 def as_fitres(content: RecordDict, keys: list[str], run_config) -> RecordDict:
@@ -57,8 +82,14 @@ def as_fitres(content: RecordDict, keys: list[str], run_config) -> RecordDict:
         raise SiteFailure(f"secure aggregation: this site has {count} training instances, more than "
                           f"strategy.secagg-max-weight = {max_weight}; raise it at the coordinator")
     tensors = [arrays[k].numpy() for k in keys]
+    # Before quantization: Flower's quantize turns NaN into -2^31, which wraps modulo 2^32 and
+    # becomes a finite, wrong sum that no check at the coordinator can tell apart.
+    bad = [k for k, t in zip(keys, tensors, strict=True) if not np.isfinite(t).all()]
+    if bad:
+        raise SiteFailure(f"secure aggregation: the trained adapter has non-finite values in {len(bad)} tensor(s); "
+                          "it is not sent")
     largest = max(float(np.abs(t).max()) for t in tensors) * count / max_weight
-    if largest > clipping:  # Flower's quantization would clip these values silently
+    if not largest <= clipping:  # Flower's quantization would clip these values silently
         raise SiteFailure(f"secure aggregation: adapter values scaled by this site's weight reach {largest:.3g}, "
                           f"outside strategy.secagg-clipping-range = {clipping:g}; raise it at the coordinator")
     fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(tensors), count, {})

@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from logging import INFO, WARNING
 from typing import Any
 
+import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, RecordDict
 from flwr.common.logger import log
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
@@ -75,7 +76,9 @@ class SecureAggregationGrid:
         started = time.perf_counter()
         by_node = {m.metadata.dst_node_id: m for m in messages}
         server_round = int(messages[0].content[protocol.CONFIG]["server-round"])
-        keys = list(messages[0].content[protocol.ARRAYS].keys())
+        # The sum holds the factors the round's rule sends (FFA-LoRA: B only), in the adapter's order.
+        _, send = protocol.factor_rule(messages[0].content[protocol.CONFIG])
+        keys = list(protocol.selected_factors(dict.fromkeys(messages[0].content[protocol.ARRAYS].keys()), send))
         recorder = _StageRecorder(self._grid)
         workflow = SecAggPlusWorkflow(SHARES, THRESHOLD, max_weight=float(self.max_weight),
                                       clipping_range=self.clipping_range, quantization_range=QUANTIZATION_RANGE,
@@ -102,6 +105,17 @@ class SecureAggregationGrid:
             halted = [Message(error=Error(code=0, reason=reason), metadata=copy.copy(r.metadata))
                       for n, r in recorder.masked.items() if n not in recorder.errors]
             return [*recorder.errors.values(), *halted]
+        bound = self._sum_bound(recorder)
+        largest = max((float(np.abs(v).max()) for v in total), default=0.0)
+        if not largest <= bound:
+            # Every site checks its input before quantization; a value past what in-range
+            # inputs can give means one did not (or the sum wrapped): nothing of it is used.
+            reason = (f"secure aggregation: the unmasked mean reaches {largest:.4g}, more than the {bound:.4g} that "
+                      "inputs inside strategy.secagg-clipping-range can give; a site sent an out-of-range or "
+                      "non-finite adapter, so the round's sum is discarded")
+            log(WARNING, "round %d: %s", server_round, reason)
+            return [*recorder.errors.values(), *[Message(error=Error(code=0, reason=reason), metadata=copy.copy(r.metadata))
+                                                 for n, r in recorder.masked.items() if n not in recorder.errors]]
         arrays = ArrayRecord({k: Array(v.astype("float32")) for k, v in zip(keys, total, strict=True)})
         replies = list(recorder.errors.values())
         for node, reply in recorder.masked.items():
@@ -115,6 +129,17 @@ class SecureAggregationGrid:
             content[SECURE_AGGREGATION] = ConfigRecord({**self.last_round, **recorder.traffic(node)})
             replies.append(Message(content=content, metadata=copy.copy(reply.metadata)))
         return replies
+
+
+    def _sum_bound(self, recorder: _StageRecorder) -> float:
+        """The largest |value| the size-weighted mean can hold when every site's input is in
+        range: each site sends v_k * n_k / max_weight within +-clipping, so
+        |sum_k n_k v_k| <= K * max_weight * clipping, divided by sum_k n_k."""
+        counts = [float(r.content[protocol.METRICS]["num-examples"]) for r in recorder.masked.values()
+                  if protocol.METRICS in r.content.metric_records]
+        if not counts or sum(counts) <= 0:
+            return float("inf")
+        return len(counts) * self.max_weight * self.clipping_range / sum(counts)
 
 
 class _StageRecorder:

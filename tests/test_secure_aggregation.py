@@ -60,14 +60,15 @@ def secure_setup(tiny_llama, tmp_path_factory):
     return cfg, config, get_adapter_state(runtime.model)
 
 
-def _instructions(secure_setup, nodes=SITES):
+def _instructions(secure_setup, nodes=SITES, **extra):
     from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
     from wire import protocol
     from wire.arrays import to_arrayrecord
 
     _, config, initial = secure_setup
-    return [Message(content=RecordDict({protocol.ARRAYS: to_arrayrecord(initial), protocol.CONFIG: ConfigRecord(config)}),
+    config = ConfigRecord({**config, **extra})
+    return [Message(content=RecordDict({protocol.ARRAYS: to_arrayrecord(initial), protocol.CONFIG: config}),
                     dst_node_id=node, message_type=MessageType.TRAIN, group_id="1") for node in nodes]
 
 
@@ -80,13 +81,13 @@ def _grid(secure_setup):
     return local, transport_grid(local, "float32")
 
 
-def _plain_updates(secure_setup) -> dict[int, tuple[dict[str, np.ndarray], int]]:
+def _plain_updates(secure_setup, **extra) -> dict[int, tuple[dict[str, np.ndarray], int]]:
     """Each site's own adapter and count for round 1, trained without secure aggregation."""
     from wire import protocol
     from wire.arrays import from_arrayrecord
 
     _, grid = _grid(secure_setup)
-    replies = grid.send_and_receive(_instructions(secure_setup), timeout=5)
+    replies = grid.send_and_receive(_instructions(secure_setup, **extra), timeout=5)
     return {r.metadata.src_node_id: (from_arrayrecord(r.content[protocol.ARRAYS]),
                                      int(r.content[protocol.METRICS]["num-examples"])) for r in replies}
 
@@ -107,14 +108,14 @@ def _tolerance(cfg, updates, nodes) -> float:
     return len(nodes) * step / weights + 1e-6
 
 
-def _secure(secure_setup, silent=()):
+def _secure(secure_setup, silent=(), **extra):
     from strategies.secure_aggregation import SecureAggregationGrid
 
     cfg = secure_setup[0]
     local, grid = _grid(secure_setup)
     local.silent.update(silent)
     secure = SecureAggregationGrid(grid, cfg["strategy.secagg-clipping-range"], cfg["strategy.secagg-max-weight"])
-    replies = secure.send_and_receive(_instructions(secure_setup), timeout=2)
+    replies = secure.send_and_receive(_instructions(secure_setup, **extra), timeout=2)
     return local, secure, list(replies)
 
 
@@ -148,6 +149,24 @@ def test_the_secure_sum_equals_the_plain_size_weighted_mean(secure_setup, plain)
     print(f"secure aggregation, 3 sites of {[plain[n][1] for n in SITES]} instances: {secure.last_round}; "
           f"largest error {worst:.3g}, bound {tolerance:.3g} (quantization part "
           f"{tolerance - 1e-6:.3g})")
+
+
+def test_a_round_that_sends_one_factor_sums_that_factor_only(secure_setup):
+    """FFA-LoRA under SecAgg+: the sites mask and send B alone, and the sum is B's mean."""
+    from wire import protocol
+    from wire.arrays import from_arrayrecord
+
+    rule = {protocol.TRAIN_FACTORS: "B", protocol.SEND_FACTORS: "B"}
+    plain_b = _plain_updates(secure_setup, **rule)
+    assert all(all(".lora_B." in k for k in state) for state, _ in plain_b.values())
+    _, _, replies = _secure(secure_setup, **rule)
+    assert not any(r.has_error() for r in replies), [r.error.reason for r in replies if r.has_error()]
+    expected = _mean(plain_b, SITES)
+    for reply in replies:
+        got = from_arrayrecord(reply.content[protocol.ARRAYS])
+        assert sorted(got) == sorted(expected)
+        assert max(float(np.abs(got[k] - expected[k]).max()) for k in expected) <= _tolerance(
+            secure_setup[0], plain_b, SITES)
 
 
 def test_no_message_the_coordinator_receives_holds_a_sites_adapter(secure_setup, plain):
@@ -212,6 +231,72 @@ def test_a_site_whose_count_exceeds_the_max_weight_says_which_key_to_raise(secur
     cfg, config, initial = secure_setup
     with pytest.raises(SiteFailure, match=r"more than strategy.secagg-max-weight = 10; raise it"):
         _secure(({**cfg, "strategy.secagg-max-weight": 10}, config, initial))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_non_finite_adapter_value_is_refused_at_the_site_before_quantization(secure_setup, bad):
+    from flwr.app import MetricRecord, RecordDict
+
+    from client_app.app import SiteFailure
+    from client_app.secure_aggregation import as_fitres
+    from wire import protocol
+    from wire.arrays import to_arrayrecord
+
+    cfg, _, initial = secure_setup
+    state = {k: v.copy() for k, v in initial.items()}
+    state[next(iter(state))].flat[0] = bad
+    content = RecordDict({protocol.ARRAYS: to_arrayrecord(state), protocol.METRICS: MetricRecord({"num-examples": 10})})
+    with pytest.raises(SiteFailure, match="non-finite values in 1 tensor"):
+        as_fitres(content, list(state), cfg)
+
+
+def test_a_site_that_skips_its_check_cannot_slip_a_wrapped_value_into_the_global(secure_setup, monkeypatch):
+    """A site that sends a NaN anyway (Flower quantizes it to -2^31, which wraps): the
+    unmasked mean is out of what in-range inputs give, and the round's sum is discarded."""
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+    from flwr.compat.common import recorddict_compat as compat
+
+    from wire import protocol
+
+    sent = []
+
+    def unchecked(content, keys, run_config):
+        del run_config
+        tensors = [content[protocol.ARRAYS][k].numpy().copy() for k in keys]
+        if not sent:
+            tensors[0].flat[0] = np.nan  # the first site to answer
+        sent.append(True)
+        fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(tensors),
+                        int(content[protocol.METRICS]["num-examples"]), {})
+        reply = compat.fitres_to_recorddict(fitres, keep_input=False)
+        for name, record in content.items():
+            if name != protocol.ARRAYS:
+                reply[name] = record
+        return reply
+
+    monkeypatch.setattr("client_app.secure_aggregation.as_fitres", unchecked)
+    _, _, replies = _secure(secure_setup)
+    assert len(sent) == len(SITES) and replies and all(r.has_error() for r in replies)
+    assert all("the round's sum is discarded" in r.error.reason for r in replies)
+
+
+@pytest.mark.parametrize("required", ["true", True])
+def test_a_site_that_requires_secure_aggregation_refuses_a_plain_round_before_training(secure_setup, required):
+    from flwr.app import Context, RecordDict
+
+    from client_app.app import SiteFailure
+    from client_app.secure_aggregation import secure_aggregation_mod
+
+    trained = []
+    plain = _instructions(secure_setup, nodes=SITES[:1])[0]
+    context = Context(run_id=1, node_id=SITES[0], node_config={"require-secure-aggregation": required},
+                      state=RecordDict(), run_config=secure_setup[0])
+    with pytest.raises(SiteFailure, match="requires secure aggregation"):
+        secure_aggregation_mod(plain, context, lambda msg, ctx: trained.append(msg))
+    assert trained == []  # nothing trained, nothing sent
+    context = Context(run_id=1, node_id=SITES[0], node_config={}, state=RecordDict(), run_config=secure_setup[0])
+    secure_aggregation_mod(plain, context, lambda msg, ctx: trained.append(msg))
+    assert trained == [plain]  # a site that does not require it trains as before
 
 
 # --------------------------------------------------------------------------- end to end
