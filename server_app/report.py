@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from strategies.dp_budget import DpBudget
+from strategies.dp_budget import DpBudget, effective_multiplier
 from strategies.screened import ScreenedStrategy
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,7 @@ class RoundReporter:
         self.extra_bytes_up = 0  # part of bytes_up / bytes_down: the strategy's own messages
         self.extra_bytes_down = 0
         self.site_rounds = 0
+        self.dp_multipliers: list[float] = []  # per round: the noise multiplier its weights give
 
     def round_record(self, server_round: int, server_metrics: dict[str, float]) -> dict[str, Any]:
         record: dict[str, Any] = {"round": server_round, "coordinator": server_metrics}
@@ -98,10 +99,15 @@ class RoundReporter:
                          f"{secure['sites']} site(s); {secure['seconds']:.1f} s, {secure['bytes-sent'] / 1e6:.2f} MB "
                          f"sent and {secure['bytes-received'] / 1e6:.2f} MB received")
         if self.dp is not None:
+            weights = [u.weight for u in train.updates]
+            self.dp_multipliers = [*self.dp_multipliers[:server_round - 1],
+                                   effective_multiplier(self.dp.noise_multiplier, self.dp.sampled_sites, weights)]
             record["dp"] = self.dp_spent(server_round)
             lines.append(f"  differential privacy: epsilon {record['dp']['epsilon']:.3f} spent after "
-                         f"{server_round} round(s) (delta {self.dp.delta:g}, noise multiplier "
-                         f"{self.dp.noise_multiplier:g}; one round alone {record['dp']['epsilon-round']:.3f})")
+                         f"{server_round} round(s) (delta {self.dp.delta:g}; noise multiplier "
+                         f"{self.dp.noise_multiplier:g} configured, {record['dp']['noise-multiplier-effective']:.3g} "
+                         f"towards the largest of this round's weights {max(weights, default=0):.3f}; one round "
+                         f"alone {record['dp']['epsilon-round']:.3f})")
         log.info("\n".join(lines))
         record["sites"] = sites
         record["rejected"] = [{"site": s, "reason": r} for s, r in train.rejected]
@@ -110,21 +116,28 @@ class RoundReporter:
         return record
 
     def dp_spent(self, rounds: int) -> dict[str, float]:
-        """epsilon after `rounds` rounds (composed by the accountant, not summed) and that of one
-        round alone (strategies/dp_budget.py)."""
+        """epsilon after `rounds` rounds (composed by the accountant, not summed), each round at
+        the noise multiplier its weights gave (strategies/dp_budget.py `effective_multiplier`;
+        the configured one for a round without a record), and that of the last round alone."""
         assert self.dp is not None
-        return {"epsilon": self.dp.epsilon(rounds), "epsilon-round": self.dp.epsilon(1), "delta": self.dp.delta,
-                "noise-multiplier": self.dp.noise_multiplier, "rounds": rounds}
+        multipliers = [*self.dp_multipliers[:rounds],
+                       *[self.dp.noise_multiplier] * max(rounds - len(self.dp_multipliers), 0)]
+        last = multipliers[-1] if multipliers else self.dp.noise_multiplier
+        return {"epsilon": self.dp.epsilon_of(multipliers), "epsilon-round": self.dp.epsilon_of([last]),
+                "delta": self.dp.delta, "noise-multiplier": self.dp.noise_multiplier,
+                "noise-multiplier-effective": last, "rounds": rounds}
 
     # Running totals: what a checkpoint keeps so a continued run's totals cover every round.
     _STATE = ("bytes_up", "bytes_down", "extra_bytes_up", "extra_bytes_down", "site_rounds")
 
-    def state_dict(self) -> dict[str, int]:
-        return {name.replace("_", "-"): int(getattr(self, name)) for name in self._STATE}
+    def state_dict(self) -> dict[str, Any]:
+        return {**{name.replace("_", "-"): int(getattr(self, name)) for name in self._STATE},
+                "dp-multipliers": list(self.dp_multipliers)}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         for name in self._STATE:
             setattr(self, name, int(state[name.replace("_", "-")]))
+        self.dp_multipliers = [float(z) for z in state.get("dp-multipliers", [])]
 
     def totals(self) -> dict[str, Any]:
         per_site_round = self.adapter_bytes

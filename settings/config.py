@@ -274,6 +274,7 @@ def validate(run_config: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"data.tasks: {values['data.tasks']!r}: expected 'ner', 're' or 'ner,re'")
     _check_strategy_name(values["strategy.name"])
     _check_factor_strategies(values)
+    _check_dp_strategy(values)
     # Constructing the settings objects runs their own range checks.
     lora_settings(values)
     train_settings(values)
@@ -283,6 +284,13 @@ def validate(run_config: Mapping[str, Any]) -> dict[str, Any]:
 def _check_dp_noise(values: Mapping[str, Any]) -> None:
     noise = values["strategy.dp-noise-multiplier"]
     sampled = values["strategy.dp-num-sampled-sites"] or values["strategy.min-sites"]
+    if values["strategy.dp"] != "none" and sampled > values["strategy.min-sites"]:
+        # Flower divides the noise by `sampled`; a round may aggregate only min-sites of them,
+        # whose mean then carries less noise per site than the configured multiplier says.
+        raise ConfigError(
+            f"strategy.dp-num-sampled-sites: {sampled} is more than strategy.min-sites = "
+            f"{values['strategy.min-sites']}, the sites a round is sure to aggregate; the noise would "
+            "be divided among sites that may not be there. Set it to at most strategy.min-sites")
     # Flower's adaptive clipping spends part of the noise on the clipped count, whose std
     # defaults to sampled / 20; it cannot reach a noise multiplier of twice that.
     if values["strategy.dp"].endswith("-adaptive") and noise >= 2 * sampled / 20:
@@ -300,7 +308,8 @@ def dp_budget(values: Mapping[str, Any]):
 
     if values["strategy.dp"] == "none":
         return None
-    return DpBudget(float(values["strategy.dp-noise-multiplier"]), float(values["strategy.dp-delta"]))
+    sampled = int(values["strategy.dp-num-sampled-sites"] or values["strategy.min-sites"])
+    return DpBudget(float(values["strategy.dp-noise-multiplier"]), float(values["strategy.dp-delta"]), sampled)
 
 
 def _check_dp_budget(values: Mapping[str, Any]) -> None:
@@ -338,6 +347,20 @@ def _check_secure_aggregation(values: Mapping[str, Any]) -> None:
     for key, (refused, why) in refusals.items():
         if refused:
             raise ConfigError(f"strategy.secure-aggregation = true cannot be combined with {key}: {why}")
+
+
+def _check_dp_strategy(values: Mapping[str, Any]) -> None:
+    """Flower's DP noise is calibrated for a weighted mean of clipped updates; anything else
+    (validation weights, robust selection, server optimisers, exact products) is refused."""
+    from strategies.flower import averages_updates
+    from strategies.registry import strategy_class
+
+    if values["strategy.dp"] != "none" and not averages_updates(strategy_class(values["strategy.name"])):
+        raise ConfigError(
+            f"strategy.dp = {values['strategy.dp']!r} cannot be combined with strategy.name = "
+            f"{values['strategy.name']!r}: Flower's DP noise bounds one site's effect on a weighted mean of "
+            "clipped updates, which this strategy does not compute; use fedmedlora, fedmedlora-equal, "
+            "fedprox, ffa-lora or rolora")
 
 
 def _check_factor_strategies(values: Mapping[str, Any]) -> None:

@@ -292,18 +292,27 @@ def with_dp(
     screened.dp_mode = dp.mode
     screened.invariants = ()
     if not plain_fedavg(screened.core):
-        log(WARNING, "strategy.dp = %s wraps %s, which does not aggregate by plain FedAvg: Flower's DP noise "
-            "and accounting assume equal-weight FedAvg, so the privacy guarantee does not hold as stated",
-            dp.mode, type(screened.core).__name__)
+        raise ValueError(f"strategy.dp = {dp.mode!r} cannot wrap {type(screened.core).__name__}: Flower's DP noise "
+                         "bounds one site's effect on a weighted mean of clipped updates, which it does not compute")
     return screened
 
 
 def plain_fedavg(strategy: Strategy) -> bool:
     """Whether `strategy` aggregates by FedAvg's weighted average (what Flower's DP assumes)."""
-    if isinstance(strategy, LoraFedAvg):
-        cls = type(strategy)
-        return (
-            cls.aggregation_weights is LoraFedAvg.aggregation_weights
-            and cls.weighted_average is LoraFedAvg.weighted_average
-        )
-    return isinstance(strategy, FedAvg) and type(strategy).aggregate_train is FedAvg.aggregate_train
+    return averages_updates(type(strategy))
+
+
+def averages_updates(cls: type) -> bool:
+    """Whether a strategy class returns a weighted mean of the updates with weights that do
+    not depend on the updates: Fed-MedLoRA's size shares, equal weights, or Flower's FedAvg
+    (FedProx). What Flower's DP noise is calibrated for."""
+    from .fedmedlora_equal import FedMedLoRAEqual
+
+    if not isinstance(cls, type):
+        return False
+    if issubclass(cls, LoraFedAvg):
+        return (cls.aggregation_weights in (LoraFedAvg.aggregation_weights, FedMedLoRAEqual.aggregation_weights)
+                and cls.weighted_average is LoraFedAvg.weighted_average)
+    if issubclass(cls, FlowerLoRA):  # a registered Flower class behind the screening
+        cls = cls.flower_class
+    return issubclass(cls, FedAvg) and cls.aggregate_train is FedAvg.aggregate_train

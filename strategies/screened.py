@@ -441,8 +441,9 @@ class ScreenedStrategy(Strategy):
     def _warn_unequal_weights(self, server_round: int, weights: list[float]) -> None:
         if weights and max(weights) - min(weights) > 1e-9:
             log(WARNING, "round %d: strategy.dp: Flower's noise is calibrated for equal site weights "
-                "(1/%d); this round's weights range %.3g..%.3g, so the privacy guarantee is weaker than "
-                "strategy.dp-noise-multiplier suggests", server_round, len(weights), min(weights), max(weights))
+                "(1/%d); this round's weights range %.3g..%.3g, so its noise multiplier towards the largest "
+                "site is lower than strategy.dp-noise-multiplier: the epsilon reported is computed at that lower "
+                "one (fedmedlora-equal avoids the loss)", server_round, len(weights), min(weights), max(weights))
 
     def _reject(self, server_round: int, rejected: Sequence[Rejection]) -> None:
         """Log the rejections and add them to the round's report."""

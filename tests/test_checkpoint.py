@@ -538,16 +538,30 @@ def test_the_server_app_continues_a_killed_run_as_if_never_stopped(tmp_path, tin
 @pytest.mark.usefixtures("restore_logging")
 def test_a_dp_run_reports_the_epsilon_it_spent_and_refuses_one_past_its_limit(
         tmp_path, tiny_llama, coordinator_corpus) -> None:
+    import dp_accounting
+    from dp_accounting.rdp import RdpAccountant
+
     from strategies.dp_budget import DpBudget
 
     dp = {"strategy.name": "fedmedlora", "strategy.dp": "server-fixed", "strategy.dp-noise-multiplier": 1.5}
     _main(tmp_path, tiny_llama, coordinator_corpus, SiteGrid(), **{"run-name": "dp", **dp})
-    budget = DpBudget(1.5, 1e-5)
-    spent = [r["dp"] for r in _rounds(tmp_path / "dp")[1:]]
-    assert [s["epsilon"] for s in spent] == pytest.approx([budget.epsilon(r) for r in (1, 2, 3)])
-    assert all(s["epsilon-round"] == pytest.approx(budget.epsilon(1)) and s["delta"] == 1e-5 for s in spent)
+    rounds = _rounds(tmp_path / "dp")[1:]
+    spent = [r["dp"] for r in rounds]
+    # Sites of 4, 8 and 12 instances: Fed-MedLoRA gives the largest half the weight, so one
+    # site moves the mean by C / 2, not C / 3, and the noise z C / 3 is 1.0 of that, not 1.5.
+    assert [max(s["weight"] for s in r["sites"]) for r in rounds] == pytest.approx([0.5] * 3)
+
+    def independent(rounds_done: int) -> float:  # the accountant at z = 1.5 / (3 x 0.5), by hand
+        accountant = RdpAccountant()
+        accountant.compose(dp_accounting.GaussianDpEvent(1.0), rounds_done)
+        return accountant.get_epsilon(1e-5)
+
+    assert [s["epsilon"] for s in spent] == pytest.approx([independent(r) for r in (1, 2, 3)])
+    assert all(s["noise-multiplier-effective"] == pytest.approx(1.0) and s["noise-multiplier"] == 1.5 for s in spent)
+    assert all(s["epsilon-round"] == pytest.approx(independent(1)) and s["delta"] == 1e-5 for s in spent)
+    assert spent[-1]["epsilon"] > DpBudget(1.5, 1e-5).epsilon(3) * 1.3  # what equal weights would have claimed
     summary = json.loads((tmp_path / "dp" / "summary.json").read_text())
-    assert summary["dp"]["epsilon"] == pytest.approx(budget.epsilon(3)) and summary["dp"]["rounds"] == 3
+    assert summary["dp"]["epsilon"] == pytest.approx(independent(3)) and summary["dp"]["rounds"] == 3
 
     grid = SiteGrid()
     with pytest.raises(ConfigError, match="strategy.dp-max-epsilon"):

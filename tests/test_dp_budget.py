@@ -43,3 +43,27 @@ def test_a_run_past_the_epsilon_limit_is_refused_at_start():
     assert validate({"strategy.dp": "none", "strategy.dp-max-epsilon": 0.5})  # no DP, nothing to spend
     with pytest.raises(ConfigError, match="strategy.dp-delta"):
         validate({**config, "strategy.dp-delta": 1.0})
+
+
+def test_unequal_sites_are_charged_at_the_multiplier_their_weights_give():
+    """Flower's noise z C / n assumes weights 1/n; with Fed-MedLoRA's size weights one site
+    moves the mean by max(w) C, so the multiplier towards it is z / (n max(w))."""
+    import dp_accounting
+    from dp_accounting.rdp import RdpAccountant
+
+    from strategies.dp_budget import effective_multiplier
+
+    counts = [212, 148, 154]
+    weights = [c / sum(counts) for c in counts]
+    budget = DpBudget(1.105, 1e-5, sampled_sites=3)
+    assert budget.epsilon(3) == pytest.approx(8.0, abs=0.01)  # what equal weights would claim
+    z = effective_multiplier(1.105, 3, weights)
+    assert z == pytest.approx(1.105 * sum(counts) / (3 * 212))
+    accountant = RdpAccountant()  # the same accountant, driven by hand
+    accountant.compose(dp_accounting.GaussianDpEvent(1.105 * sum(counts) / (3 * 212)), 3)
+    true = budget.epsilon_of([z] * 3)
+    assert true == pytest.approx(accountant.get_epsilon(1e-5)) and true == pytest.approx(10.3, abs=0.05)
+    assert budget.epsilon_of([effective_multiplier(1.105, 3, [0.62, 0.19, 0.19])] * 3) == pytest.approx(17.2, abs=0.1)
+    # Noise divided among 30 "sampled" sites when 3 were aggregated: a tenth of the multiplier.
+    assert DpBudget(1.105, 1e-5, 30).epsilon_of([effective_multiplier(1.105, 30, [1 / 3] * 3)] * 3) > 150
+    assert effective_multiplier(1.105, 3, [1 / 3] * 3) == pytest.approx(1.105)  # equal weights: as configured

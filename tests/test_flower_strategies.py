@@ -33,6 +33,7 @@ from flwr.serverapp.strategy import (
 from server_app.strategy_factory import build_strategy
 from settings.config import ConfigError, validate
 from strategies import FedMedLoRA, FedMedLoRAPlus, ScreenedStrategy, dp_clipping_mod
+from strategies.flower import DPSettings, with_dp
 from support.messages import error_reply, instruction, reply
 from support.strategy_harness import (
     GLOBAL,
@@ -259,7 +260,7 @@ def test_under_dp_each_reply_is_screened_once(caplog: pytest.LogCaptureFixture,
 
 
 @pytest.mark.parametrize("mode", list(DP))
-@pytest.mark.parametrize("name", ["fedmedlora", "fedadam"])
+@pytest.mark.parametrize("name", ["fedmedlora", "fedprox"])
 def test_dp_wrappers_build_and_aggregate(name: str, mode: str) -> None:
     strategy = build(name, **{"strategy.dp": mode, **DP_SETTINGS})
     assert isinstance(strategy, ScreenedStrategy) and isinstance(strategy.inner, DP[mode])
@@ -300,30 +301,28 @@ def test_dp_noise_is_seeded_and_scaled() -> None:
     assert np.std(noise) == pytest.approx(1.0 * 0.4 / 4, rel=0.3)  # noise * clip / sampled sites
 
 
-def test_dp_warns_when_it_wraps_another_weighting(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="flwr"):
-        build("fedmedlora", **{"strategy.dp": "server-fixed"})
-    assert "does not aggregate by plain FedAvg" not in caplog.text
-    for name in ("fedmedlora-plus", "krum", "fedadam", "exact"):
-        caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="flwr"):
+def test_dp_refuses_a_strategy_that_is_not_a_weighted_mean_of_the_updates(caplog: pytest.LogCaptureFixture) -> None:
+    """Flower's noise bounds one site's effect on a weighted mean of clipped updates; a
+    strategy that weighs by validation loss, selects, steps an optimiser or forms exact
+    products is refused at start, not warned about."""
+    build("fedmedlora", **{"strategy.dp": "server-fixed"})
+    build("fedmedlora-equal", **{"strategy.dp": "server-fixed"})
+    for name in ("fedmedlora-plus", "krum", "fedadam", "exact", "fedsvd"):
+        with pytest.raises(ConfigError, match=f"cannot be combined with strategy.name = '{name}'"):
             build(name, **{"strategy.dp": "server-fixed"})
-        assert "does not aggregate by plain FedAvg" in caplog.text, name
-    # Unequal num-examples weights: said at aggregation.
-    caplog.clear()
+    with pytest.raises(ValueError, match="cannot wrap FedMedLoRAPlus"):  # a plugin built outside the config
+        with_dp(FedMedLoRAPlus(score_fn=lambda state: 1.0, expected_shapes=SHAPES),
+                DPSettings("server-fixed", 1.0, 1.0, 4))
+    # Unequal num-examples weights are accounted for (server_app/report.py), still said at aggregation.
     with caplog.at_level(logging.WARNING, logger="flwr"):
         aggregate(build("fedmedlora", **{"strategy.dp": "server-fixed"}), good_replies())
     assert "calibrated for equal site weights" in caplog.text
 
 
-def test_dp_around_fedmedlora_plus_keeps_its_weights_and_report() -> None:
-    strategy = build("fedmedlora-plus", **{"strategy.dp": "client-fixed", "strategy.dp-noise-multiplier": 0.0})
-    assert isinstance(strategy.core, FedMedLoRAPlus)
-    _, report = aggregate(strategy, good_replies())
-    plain = build("fedmedlora-plus")
-    _, expected = aggregate(plain, good_replies())
-    assert [u.weight for u in report.updates] == pytest.approx([u.weight for u in expected.updates])
-    assert report.extra["validation-loss"] == pytest.approx(expected.extra["validation-loss"])
+def test_dp_refuses_more_sampled_sites_than_a_round_is_sure_to_aggregate() -> None:
+    with pytest.raises(ConfigError, match="strategy.dp-num-sampled-sites: 30 is more than strategy.min-sites = 3"):
+        validate({"strategy.dp": "server-fixed", "strategy.dp-num-sampled-sites": 30, "strategy.min-sites": 3})
+    validate({"strategy.dp": "server-fixed", "strategy.dp-num-sampled-sites": 3, "strategy.min-sites": 3})
 
 
 # --- client side -------------------------------------------------------------------------

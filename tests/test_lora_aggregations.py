@@ -262,7 +262,8 @@ def test_exact_with_the_randomized_solver_runs_as_a_strategy():
 def test_client_side_dp_is_refused_for_strategies_that_send_one_factor(name):
     with pytest.raises(ConfigError, match="client-side clipping pairs the reply's tensors"):
         validate({**BASE_CONFIG, "strategy.name": name, "strategy.dp": "client-fixed"})
-    validate({**BASE_CONFIG, "strategy.name": name, "strategy.dp": "server-fixed"})  # server side works
+    if name != "fedsvd":  # server side works (FedSVD's refactorisation is not a weighted mean: refused)
+        validate({**BASE_CONFIG, "strategy.name": name, "strategy.dp": "server-fixed"})
     validate({**BASE_CONFIG, "strategy.name": name, "strategy.secure-aggregation": True})  # a sum is enough
 
 

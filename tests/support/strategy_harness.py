@@ -44,10 +44,10 @@ NUM_SITES = 4
 DP_VARIANTS = {
     "fedmedlora[dp=server-fixed]": {"strategy.name": "fedmedlora", "strategy.dp": "server-fixed",
                                     "strategy.dp-noise-multiplier": 0.5, "strategy.dp-clipping-norm": 2.0},
-    "fedmedlora-plus[dp=client-fixed]": {"strategy.name": "fedmedlora-plus", "strategy.dp": "client-fixed",
-                                         "strategy.dp-noise-multiplier": 0.5},
-    "krum[dp=server-adaptive]": {"strategy.name": "krum", "strategy.dp": "server-adaptive",
-                                 "strategy.dp-noise-multiplier": 0.1, "strategy.dp-num-sampled-sites": 4},
+    "fedmedlora-equal[dp=client-fixed]": {"strategy.name": "fedmedlora-equal", "strategy.dp": "client-fixed",
+                                          "strategy.dp-noise-multiplier": 0.5},
+    "fedprox[dp=server-adaptive]": {"strategy.name": "fedprox", "strategy.dp": "server-adaptive",
+                                    "strategy.dp-noise-multiplier": 0.1, "strategy.dp-num-sampled-sites": 4},
 }
 # More `module:Class` strategies to check, from the environment.
 EXTRA = [s.strip() for s in os.environ.get("CONFORMANCE_STRATEGIES", "").split(",") if s.strip()]
