@@ -138,7 +138,7 @@ class StrategySection:
                                          check=_at_least(0), expected="a number >= 0")
     dp_clipping_norm: float = setting(1.0, "DP: clipping norm of the A/B update (adaptive: the initial one)",
                                       check=lambda v: v > 0, expected="a number > 0")
-    dp_num_sampled_sites: int = setting(0, "DP: sites sampled per round; 0 = strategy.min-sites",
+    dp_num_sampled_sites: int = setting(0, "DP: sites the noise is divided among, at most strategy.min-sites; 0 = strategy.min-sites",
                                         check=_at_least(0), expected="an integer >= 0 (0 = strategy.min-sites)")
     dp_delta: float = setting(1e-5, "DP: the delta of the (epsilon, delta) a run reports",
                               check=lambda v: 0 < v < 1, expected="a number in (0, 1)")

@@ -178,6 +178,15 @@ class LoraFedAvg(FedAvg):
         keys = list(self._require_expected())
         return dataclasses.replace(candidate, state=FilledState(candidate.state, self._round_arrays, keys))
 
+    def _read_whole(self, msg: Message, site: str) -> SiteCandidate:
+        """A screened reply as a whole-adapter candidate: cut to the round's factors and filled
+        in, or already whole (a DP wrapper hands on the screening's whole candidates)."""
+        records = msg.content.array_records
+        expected = self._require_expected()
+        if self._round_rule[1] != "AB" and len(records) == 1 and set(next(iter(records.values())).keys()) == set(expected):
+            return read_reply(msg, expected, self.weighted_by_key, site)
+        return self._whole(read_reply(msg, self.reply_shapes(msg), self.weighted_by_key, site))
+
     # --- aggregation -------------------------------------------------------------------
 
     def aggregate_train(
@@ -194,7 +203,7 @@ class LoraFedAvg(FedAvg):
             if msg.has_error():
                 raise ValueError(f"{type(self).__name__}: error reply from site {site}: {msg.error.reason}")
             try:
-                candidates.append(self._whole(read_reply(msg, self.reply_shapes(msg), self.weighted_by_key, site)))
+                candidates.append(self._read_whole(msg, site))
             except UpdateRejected as err:
                 raise ValueError(f"{type(self).__name__}: reply from site {site}: {err}") from err
         aggregate = self.aggregate_candidates(server_round, canonical_order(candidates))

@@ -390,7 +390,8 @@ class ScreenedStrategy(Strategy):
             original = next(iter(candidate.message.content.array_records.values()))
             arrays = {}
             for key in candidate.state:
-                if candidate.clip_factor is not None:  # moved toward the global by the bound
+                if candidate.clip_factor is not None or key not in original:
+                    # moved toward the global by the bound, or a factor the site kept (filled in)
                     arrays[key] = Array(np.asarray(candidate.state[key], np.float32))
                 elif np.dtype(original[key].dtype) == np.float32:
                     arrays[key] = original[key]

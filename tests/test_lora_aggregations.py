@@ -128,6 +128,17 @@ def test_ffa_lora_sites_train_and_send_only_b_and_a_stays_the_shared_start():
     assert 0.45 < ratio < 0.6
 
 
+def test_ffa_lora_under_server_side_dp_sees_whole_adapters_through_flowers_wrapper():
+    states = site_states(seed=4, spread=0.3)
+    strategy = build("ffa-lora", **{"strategy.dp": "server-fixed", "strategy.dp-noise-multiplier": 0.0,
+                                    "strategy.dp-clipping-norm": 100.0})
+    out, report = aggregate(strategy, good_replies(states))
+    plain, _ = aggregate(build("ffa-lora"), good_replies(states))
+    assert report.rejected == [] and len(report.updates) == 4
+    for key in SHAPES:  # no noise, nothing clipped: the plain FFA-LoRA aggregate
+        np.testing.assert_allclose(out[key], plain[key], rtol=1e-5, atol=1e-7)
+
+
 def test_a_reply_with_the_factor_it_should_have_kept_is_rejected():
     strategy = build("ffa-lora")
     states = site_states(seed=4)
