@@ -923,6 +923,34 @@ def report_only(out: Path, sites: dict[str, Path], profile: Profile, name: str, 
     return write_report(results, out, target, results.get("plots", []))
 
 
+def claims_so_far(path: Path, profile: str) -> str:
+    """The claims decided by the arms of `profile` recorded in `path`, and each arm's NER
+    strict F1 per test set: a profile's state while it runs or between its invocations."""
+    import claims
+
+    if not path.is_file():
+        raise SystemExit(f"--claims-so-far: {path} does not exist")
+    entry = json.loads(path.read_text())["profiles"].get(profile)
+    if not entry or not entry.get("arms"):
+        raise SystemExit(f"--claims-so-far: {path} has no recorded arm of the {profile} profile")
+    scores = {arm: value for arm, value in entry["arms"].items() if not arm.startswith(("run/", "new-site/"))}
+    tests = (*TRAINING_SITES, EXTERNAL)
+    lines = [f"{profile} profile, {len(scores)} arm(s) recorded in {path} ({entry.get('seconds', 0) / 60:.0f} min "
+             f"over {len(entry.get('invocations', []))} invocation(s)); NER strict F1:",
+             "| arm | " + " | ".join(tests) + " |", "|---|" + "---:|" * len(tests)]
+    for arm, per_test in scores.items():
+        cells = []
+        for test in tests:
+            measured = per_test.get(test, {}).get("scores", {})
+            key = next((k for k in ("ner-strict-f1", "ner-strict-recall") if k in measured), None)
+            cells.append("-" if key is None else f"{measured[key]['value']:.3f}" + (" (recall)" if "recall" in key else ""))
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    decided = claims.evaluate_claims(scores, TRAINING_SITES, profile)
+    lines += ["", f"Claims whose arms are recorded ({len(decided)} of {len(claims.CLAIMS)}):"]
+    lines += [f"{claims.sentence(c)} [budget: {c['budget']}]" for c in decided]
+    return "\n".join(lines)
+
+
 # --- main ---------------------------------------------------------------------------------------
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -950,7 +978,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "e.g. older training defaults) and start it afresh; other profiles are kept")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="change a profile field (e.g. steps=2); for smoke tests")
+    parser.add_argument("--claims-so-far", action="store_true",
+                        help="with --results: print the claims the arms recorded there decide so far (a profile "
+                             "still running, or stopped to continue later) and each arm's NER strict F1; "
+                             "nothing is trained or written")
     args = parser.parse_args(argv)
+    if args.claims_so_far:
+        if args.results is None:
+            parser.error("--claims-so-far needs --results (the results.json beside it holds the arms)")
+        print(claims_so_far(args.results.parent / "results.json", args.profile))
+        return 0
     # SIGTERM unwinds like Ctrl-C, so a running `flwr run` and its SuperLink are stopped.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

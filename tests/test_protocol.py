@@ -346,6 +346,29 @@ def test_claims_state_their_budget_and_the_external_claim_pairs_recall() -> None
     assert all("budget" in c for c in found.values())
 
 
+def test_claims_so_far_come_from_the_arms_recorded_while_a_profile_runs(tmp_path) -> None:
+    tests = protocol.TRAINING_SITES
+    docs = [(4, 1, 4), (2, 2, 6), (6, 0, 2)] * 10
+    better = [(tp + 2, fp, fn - 2) for tp, fp, fn in docs]
+    arms = {
+        "single-chia": {**{t: _arm(docs) for t in tests}, "ade": _recall_arm(docs)},
+        "fedmedlora": {**{t: _arm(better) for t in tests}, "ade": _recall_arm(better)},
+        "run/fedmedlora": {"curve": []},  # a federated run's own record: not an arm's scores
+    }
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"profiles": {"standard": {"arms": arms, "seconds": 600.0,
+                                                          "invocations": [{"seconds": 600.0}]}}}))
+    text = protocol.claims_so_far(path, "standard")
+    assert "2 arm(s) recorded" in text and "10 min over 1 invocation(s)" in text
+    assert f"| fedmedlora | {_arm(better)['scores']['ner-strict-f1']['value']:.3f} |" in text
+    assert "(recall)" in text
+    # Centralized is not recorded yet: only the claims against the best single site are decided.
+    assert "*fedmedlora beats the best single site (single-chia)*" in text and "centralized" not in text
+    assert "confirmed" in text and "[budget: equal-local-steps]" in text
+    with pytest.raises(SystemExit, match="no recorded arm of the quick profile"):
+        protocol.claims_so_far(path, "quick")
+
+
 def test_claims_need_per_document_counts() -> None:
     entry = _arm([(1, 0, 0)])
     del entry["document-counts"]
