@@ -923,9 +923,10 @@ def report_only(out: Path, sites: dict[str, Path], profile: Profile, name: str, 
     return write_report(results, out, target, results.get("plots", []))
 
 
-def claims_so_far(path: Path, profile: str) -> str:
+def claims_so_far(path: Path, profile: str) -> tuple[str, dict[str, Any]]:
     """The claims decided by the arms of `profile` recorded in `path`, and each arm's NER
-    strict F1 per test set: a profile's state while it runs or between its invocations."""
+    strict F1 per test set: a profile's state while it runs or between its invocations.
+    Returns the report's text and the same as a JSON-ready record."""
     import claims
 
     if not path.is_file():
@@ -948,7 +949,9 @@ def claims_so_far(path: Path, profile: str) -> str:
     decided = claims.evaluate_claims(scores, TRAINING_SITES, profile)
     lines += ["", f"Claims whose arms are recorded ({len(decided)} of {len(claims.CLAIMS)}):"]
     lines += [f"{claims.sentence(c)} [budget: {c['budget']}]" for c in decided]
-    return "\n".join(lines)
+    record = {"profile": profile, "source": repo_relative(path), "arms": sorted(scores),
+              "minutes": round(entry.get("seconds", 0) / 60, 1), "claims": decided}
+    return "\n".join(lines), record
 
 
 # --- main ---------------------------------------------------------------------------------------
@@ -978,15 +981,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "e.g. older training defaults) and start it afresh; other profiles are kept")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="change a profile field (e.g. steps=2); for smoke tests")
-    parser.add_argument("--claims-so-far", action="store_true",
+    parser.add_argument("--claims-so-far", type=Path, nargs="?", const=Path("-"), metavar="JSON",
                         help="with --results: print the claims the arms recorded there decide so far (a profile "
-                             "still running, or stopped to continue later) and each arm's NER strict F1; "
-                             "nothing is trained or written")
+                             "still running, or stopped to continue later) and each arm's NER strict F1, and write "
+                             "them to JSON if given; nothing is trained")
     args = parser.parse_args(argv)
     if args.claims_so_far:
         if args.results is None:
             parser.error("--claims-so-far needs --results (the results.json beside it holds the arms)")
-        print(claims_so_far(args.results.parent / "results.json", args.profile))
+        text, record = claims_so_far(args.results.parent / "results.json", args.profile)
+        print(text)
+        if args.claims_so_far != Path("-"):
+            record["command"] = "python benchmarks/protocol.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+            args.claims_so_far.write_text(compact_json(record) + "\n")
         return 0
     # SIGTERM unwinds like Ctrl-C, so a running `flwr run` and its SuperLink are stopped.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))

@@ -358,7 +358,8 @@ def test_claims_so_far_come_from_the_arms_recorded_while_a_profile_runs(tmp_path
     path = tmp_path / "results.json"
     path.write_text(json.dumps({"profiles": {"standard": {"arms": arms, "seconds": 600.0,
                                                           "invocations": [{"seconds": 600.0}]}}}))
-    text = protocol.claims_so_far(path, "standard")
+    text, record = protocol.claims_so_far(path, "standard")
+    assert record["arms"] == ["fedmedlora", "single-chia"] and [c["b"] for c in record["claims"]] == ["single-chia"] * 2
     assert "2 arm(s) recorded" in text and "10 min over 1 invocation(s)" in text
     assert f"| fedmedlora | {_arm(better)['scores']['ner-strict-f1']['value']:.3f} |" in text
     assert "(recall)" in text
