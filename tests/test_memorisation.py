@@ -120,7 +120,8 @@ def test_a_memorised_canary_is_ranked_first_and_extracted_and_the_base_model_is_
         trained_on = training_pairs([canaries[0].instance(TYPES)]) + [pair]
         examples, _ = encode_all(runtime.tokenizer, trained_on * 2, 512, PREFIX_END)
         train_round(runtime.model, examples, TrainSettings(learning_rate=5e-3, local_epochs=20.0, batch_size=2,
-                                                           warmup_ratio=0.0, lr_scheduler="constant"),
+                                                           warmup_ratio=0.0, lr_scheduler="constant",
+                                                           loraplus_lr_ratio=0.0),  # one rate: this recipe's
                     runtime.tokenizer.pad_token_id, server_round=1, num_rounds=1)
         after = score_canaries(runtime.model, runtime.tokenizer, canaries, TYPES, cfg, alternatives=15, seed=0)
     finally:

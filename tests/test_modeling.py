@@ -165,7 +165,7 @@ def test_training_lowers_the_loss(tiny_llama):
                 for i in range(8)]
     before = mean_answer_loss(peft_model, examples, tokenizer.pad_token_id)
     train_round(peft_model, examples, TrainSettings(batch_size=4, local_epochs=10, learning_rate=1e-2,
-                                                    warmup_ratio=0.0, lr_scheduler="constant"),
+                                                    warmup_ratio=0.0, lr_scheduler="constant", loraplus_lr_ratio=0.0),
                 tokenizer.pad_token_id, server_round=1, num_rounds=1)
     assert mean_answer_loss(peft_model, examples, tokenizer.pad_token_id) < 0.7 * before
 
