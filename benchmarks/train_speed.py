@@ -499,8 +499,9 @@ def measure(model_name: str, examples: Sequence[Encoded], *, quantization: str =
     model = attach_lora(model, lora, seed=0)
     pad_id = tokenizer.pad_token_id
 
+    # One rate for A and B: the PEFT and TRL loops take one, and the arms must train alike.
     base_settings = TrainSettings(batch_size=batch_size, learning_rate=learning_rate, max_grad_norm=max_grad_norm,
-                                  seed=seed)
+                                  seed=seed, loraplus_lr_ratio=0.0)
     count = max(steps, warmup)
     found = full_batch_seed(examples, base_settings, count)
     if found is None and "trl" in arms:
