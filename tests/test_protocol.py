@@ -475,3 +475,18 @@ def test_committed_results_name_no_folder_of_the_machine_they_ran_on() -> None:
     offenders = {str(f.relative_to(protocol.REPO)): absolute.findall(f.read_text()) for f in files}
     assert {f: n for f, n in offenders.items() if n} == {}
     assert protocol.repo_relative(protocol.REPO / "data") == "data"
+
+
+def test_unaligned_counts_only_strings_that_are_not_in_the_sentence() -> None:
+    """A relation repeated past its arguments' occurrences is dropped by scoring (a false
+    positive) but its strings are in the sentence: not unaligned."""
+    from types import SimpleNamespace
+
+    ner = SimpleNamespace(text="Chest pain and fever.", task="ner", entity_types=("problem",),
+                          relation_types=(), given_entities=False)
+    rel = SimpleNamespace(text="Coronary angiography was normal.", task="re", entity_types=(),
+                          relation_types=("bodyloc",), given_entities=False)
+    outputs = ['{"problem": ["chest pain", "headache", "fever"]}',
+               '{"bodyloc": [["angiography", "Coronary"], ["angiography", "Coronary"], ["angiography", "heart"]]}']
+    assert protocol.not_in_sentence([ner, rel], outputs) == 2  # "headache", "heart"
+    assert protocol.not_in_sentence([ner], ['{"problem": ["CHEST PAIN"]}']) == 0  # case aside, it is there
