@@ -71,6 +71,8 @@ from clinical_ie.evaluate import (  # noqa: E402
     stable_subset,
     training_pairs,
 )
+from clinical_ie.instances import RE  # noqa: E402
+from clinical_ie.parsing import parse_entities, parse_relations  # noqa: E402
 from clinical_ie.prompt import PREFIX_END  # noqa: E402
 from data_loaders.sites import load_site  # noqa: E402
 from data_loaders.splits import split_of  # noqa: E402
@@ -523,12 +525,61 @@ def scored(instances: Sequence, outputs: Sequence[str], score_by: str | None) ->
     entities, relations = score_outputs(instances, outputs, score_by)
     return {"instances": len(instances), "documents": int(counts.shape[0]),
             "scores": {k: v.to_dict() for k, v in intervals.items()}, "document-counts": counts.tolist(),
-            # predicted entity strings (and relation arguments) not found in their sentence
-            "unaligned": entities.unaligned + relations.unaligned,
-            "unaligned-entities": entities.unaligned, "unaligned-relations": relations.unaligned,
+            # predicted entity strings and relation arguments that are not in their sentence
+            "unaligned": not_in_sentence(instances, outputs),
+            # predictions scoring could not place: those, and copies past the sentence's
+            # occurrences (a relation repeated more often than its arguments' pairs)
+            "dropped": entities.unaligned + relations.unaligned,
+            "dropped-entities": entities.unaligned, "dropped-relations": relations.unaligned,
             "malformed": entities.malformed + relations.malformed,
             # NER strict (tp, fp, fn) per entity type: where an arm wins or loses
             "per-type": {t: [strict.tp, strict.fp, strict.fn] for t, (strict, _) in entities.per_type.items()}}
+
+
+def not_in_sentence(instances: Sequence, outputs: Sequence[str]) -> int:
+    """Predicted entity strings and relation arguments found nowhere in their sentence, even
+    ignoring case (what constrained decoding rules out)."""
+    count = 0
+    for instance, output in zip(instances, outputs, strict=True):
+        text = instance.text.lower()
+        if instance.task == RE and not instance.given_entities:
+            strings = [arg for _, *args in parse_relations(output, instance.relation_types).relations for arg in args]
+        elif instance.task == RE:
+            continue  # numbers of listed entities, not strings
+        else:
+            strings = [mention for _, mention in parse_entities(output, instance.entity_types).entities]
+        count += sum(1 for string in strings if string.strip() and string.strip().lower() not in text)
+    return count
+
+
+def refresh_counts(path: Path, profile: str, out: Path, sites: dict[str, Path], limit: Callable[[str], int]) -> list[str]:
+    """Recompute each recorded arm's derived counts (`unaligned`, `dropped`, `malformed`,
+    per type) from its cached outputs under `out`, after their definitions changed; an arm
+    whose cached outputs are missing or no longer give its recorded scores is left as it is.
+    Returns the arms refreshed."""
+    data = json.loads(path.read_text())
+    arms = data["profiles"][profile]["arms"]
+    refreshed = []
+    for arm, per_test in arms.items():
+        if arm.startswith("run/"):
+            continue
+        name = arm.split("/", 1)[1] if arm.startswith("new-site/") else arm
+        entries = {NEW_SITE: per_test} if arm.startswith("new-site/") else per_test
+        fresh_all = {}
+        for test, entry in entries.items():
+            cache = out / "outputs" / name / f"{test}.json"
+            if not cache.is_file():
+                break
+            instances, score_by = test_instances(sites[test], test, limit(test))
+            fresh = scored(instances, json.loads(cache.read_text())["outputs"], score_by)
+            if fresh["scores"] != entry["scores"]:
+                break
+            fresh_all[test] = fresh
+        else:
+            arms[arm] = fresh_all[NEW_SITE] if arm.startswith("new-site/") else fresh_all
+            refreshed.append(arm)
+    path.write_text(compact_json(data) + "\n")
+    return refreshed
 
 
 def add_claims(results: dict[str, Any], profile: str) -> None:
@@ -692,17 +743,20 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [
         "## In-domain and external test sets",
         "",
-        "Unaligned: predicted entity strings and relation arguments that are not in their sentence.",
+        "Unaligned: predicted entity strings and relation arguments that are not in their sentence. "
+        "Dropped: predictions scoring could not place, those and copies past the sentence's occurrences "
+        "(a relation repeated more often than its arguments can pair); each is a false positive.",
         "",
-        "| arm | test set | instances | NER strict F1 | NER lenient F1 | RE strict F1 | RE lenient F1 | unaligned |",
-        "|---|---|---:|---|---|---|---|---:|",
+        "| arm | test set | instances | NER strict F1 | NER lenient F1 | RE strict F1 | RE lenient F1 | unaligned "
+        "| dropped |",
+        "|---|---|---:|---|---|---|---|---:|---:|",
     ]
     for arm, per_test in results["scores"].items():
         for test, s in per_test.items():
             sc = s["scores"]
             lines.append(f"| {arm} | {test} | {s['instances']} | {_cell(sc, 'ner-strict')} | "
                          f"{_cell(sc, 'ner-lenient')} | {_cell(sc, 're-strict')} | {_cell(sc, 're-lenient')} | "
-                         f"{s.get('unaligned', '-')} |")
+                         f"{s.get('unaligned', '-')} | {s.get('dropped', '-')} |")
     lines += per_type_gap_rows(results["scores"])
     gap = results.get("gap")
     if gap:
@@ -923,6 +977,37 @@ def report_only(out: Path, sites: dict[str, Path], profile: Profile, name: str, 
     return write_report(results, out, target, results.get("plots", []))
 
 
+def claims_so_far(path: Path, profile: str) -> tuple[str, dict[str, Any]]:
+    """The claims decided by the arms of `profile` recorded in `path`, and each arm's NER
+    strict F1 per test set: a profile's state while it runs or between its invocations.
+    Returns the report's text and the same as a JSON-ready record."""
+    import claims
+
+    if not path.is_file():
+        raise SystemExit(f"--claims-so-far: {path} does not exist")
+    entry = json.loads(path.read_text())["profiles"].get(profile)
+    if not entry or not entry.get("arms"):
+        raise SystemExit(f"--claims-so-far: {path} has no recorded arm of the {profile} profile")
+    scores = {arm: value for arm, value in entry["arms"].items() if not arm.startswith(("run/", "new-site/"))}
+    tests = (*TRAINING_SITES, EXTERNAL)
+    lines = [f"{profile} profile, {len(scores)} arm(s) recorded in {path} ({entry.get('seconds', 0) / 60:.0f} min "
+             f"over {len(entry.get('invocations', []))} invocation(s)); NER strict F1:",
+             "| arm | " + " | ".join(tests) + " |", "|---|" + "---:|" * len(tests)]
+    for arm, per_test in scores.items():
+        cells = []
+        for test in tests:
+            measured = per_test.get(test, {}).get("scores", {})
+            key = next((k for k in ("ner-strict-f1", "ner-strict-recall") if k in measured), None)
+            cells.append("-" if key is None else f"{measured[key]['value']:.3f}" + (" (recall)" if "recall" in key else ""))
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    decided = claims.evaluate_claims(scores, TRAINING_SITES, profile)
+    lines += ["", f"Claims whose arms are recorded ({len(decided)} of {len(claims.CLAIMS)}):"]
+    lines += [f"{claims.sentence(c)} [budget: {c['budget']}]" for c in decided]
+    record = {"profile": profile, "source": repo_relative(path), "arms": sorted(scores),
+              "minutes": round(entry.get("seconds", 0) / 60, 1), "claims": decided}
+    return "\n".join(lines), record
+
+
 # --- main ---------------------------------------------------------------------------------------
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -950,7 +1035,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "e.g. older training defaults) and start it afresh; other profiles are kept")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="change a profile field (e.g. steps=2); for smoke tests")
+    parser.add_argument("--refresh-counts", action="store_true",
+                        help="with --results: recompute the recorded arms' derived counts (unaligned, dropped, "
+                             "malformed, per type) from --out's cached outputs, nothing trained; while the "
+                             "profile is not running")
+    parser.add_argument("--claims-so-far", type=Path, nargs="?", const=Path("-"), metavar="JSON",
+                        help="with --results: print the claims the arms recorded there decide so far (a profile "
+                             "still running, or stopped to continue later) and each arm's NER strict F1, and write "
+                             "them to JSON if given; nothing is trained")
     args = parser.parse_args(argv)
+    if args.claims_so_far:
+        if args.results is None:
+            parser.error("--claims-so-far needs --results (the results.json beside it holds the arms)")
+        text, record = claims_so_far(args.results.parent / "results.json", args.profile)
+        print(text)
+        if args.claims_so_far != Path("-"):
+            record["command"] = "python benchmarks/protocol.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+            args.claims_so_far.write_text(compact_json(record) + "\n")
+        return 0
     # SIGTERM unwinds like Ctrl-C, so a running `flwr run` and its SuperLink are stopped.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -993,6 +1095,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
 
     sites = prepare_sites(args.data.resolve(), out, profile.new_site_documents)
+    if args.refresh_counts:
+        if args.results is None:
+            parser.error("--refresh-counts needs --results (the results.json beside it holds the arms)")
+        done = refresh_counts(args.results.parent / "results.json", args.profile, out, sites, profile.test_limit)
+        print(f"refreshed the counts of {len(done)} arm(s): {', '.join(done)}")
+        return 0
     if args.report_only and args.only != "overhead":
         return report_only(out, sites, profile, args.profile, args.results, settings)
     if args.before_runs and (args.only != "overhead" or not all(

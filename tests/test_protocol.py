@@ -346,6 +346,30 @@ def test_claims_state_their_budget_and_the_external_claim_pairs_recall() -> None
     assert all("budget" in c for c in found.values())
 
 
+def test_claims_so_far_come_from_the_arms_recorded_while_a_profile_runs(tmp_path) -> None:
+    tests = protocol.TRAINING_SITES
+    docs = [(4, 1, 4), (2, 2, 6), (6, 0, 2)] * 10
+    better = [(tp + 2, fp, fn - 2) for tp, fp, fn in docs]
+    arms = {
+        "single-chia": {**{t: _arm(docs) for t in tests}, "ade": _recall_arm(docs)},
+        "fedmedlora": {**{t: _arm(better) for t in tests}, "ade": _recall_arm(better)},
+        "run/fedmedlora": {"curve": []},  # a federated run's own record: not an arm's scores
+    }
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"profiles": {"standard": {"arms": arms, "seconds": 600.0,
+                                                          "invocations": [{"seconds": 600.0}]}}}))
+    text, record = protocol.claims_so_far(path, "standard")
+    assert record["arms"] == ["fedmedlora", "single-chia"] and [c["b"] for c in record["claims"]] == ["single-chia"] * 2
+    assert "2 arm(s) recorded" in text and "10 min over 1 invocation(s)" in text
+    assert f"| fedmedlora | {_arm(better)['scores']['ner-strict-f1']['value']:.3f} |" in text
+    assert "(recall)" in text
+    # Centralized is not recorded yet: only the claims against the best single site are decided.
+    assert "*fedmedlora beats the best single site (single-chia)*" in text and "centralized" not in text
+    assert "confirmed" in text and "[budget: equal-local-steps]" in text
+    with pytest.raises(SystemExit, match="no recorded arm of the quick profile"):
+        protocol.claims_so_far(path, "quick")
+
+
 def test_claims_need_per_document_counts() -> None:
     entry = _arm([(1, 0, 0)])
     del entry["document-counts"]
@@ -451,3 +475,18 @@ def test_committed_results_name_no_folder_of_the_machine_they_ran_on() -> None:
     offenders = {str(f.relative_to(protocol.REPO)): absolute.findall(f.read_text()) for f in files}
     assert {f: n for f, n in offenders.items() if n} == {}
     assert protocol.repo_relative(protocol.REPO / "data") == "data"
+
+
+def test_unaligned_counts_only_strings_that_are_not_in_the_sentence() -> None:
+    """A relation repeated past its arguments' occurrences is dropped by scoring (a false
+    positive) but its strings are in the sentence: not unaligned."""
+    from types import SimpleNamespace
+
+    ner = SimpleNamespace(text="Chest pain and fever.", task="ner", entity_types=("problem",),
+                          relation_types=(), given_entities=False)
+    rel = SimpleNamespace(text="Coronary angiography was normal.", task="re", entity_types=(),
+                          relation_types=("bodyloc",), given_entities=False)
+    outputs = ['{"problem": ["chest pain", "headache", "fever"]}',
+               '{"bodyloc": [["angiography", "Coronary"], ["angiography", "Coronary"], ["angiography", "heart"]]}']
+    assert protocol.not_in_sentence([ner, rel], outputs) == 2  # "headache", "heart"
+    assert protocol.not_in_sentence([ner], ['{"problem": ["CHEST PAIN"]}']) == 0  # case aside, it is there
