@@ -8,7 +8,8 @@ copies each; the federation trains as configured, once per variant:
   secure aggregation, is trained again from the previous global adapter with the ClientApp's
   own data and training code);
 - `dp`: the same with `strategy.dp = "server-fixed"` at `--dp-epsilon` (noise multiplier
-  from dp-accounting, clipping norm the plain run's first-round global update norm);
+  from dp-accounting for the plain run's largest site weight, clipping norm the plain run's
+  first-round global update norm);
 - `secure-aggregation`: the same with `strategy.secure-aggregation = true`.
 
 Every adapter, and the base model as the control, is then asked about every canary
@@ -151,6 +152,15 @@ def first_update_norm(run: Path, initial: Mapping[str, Any]) -> float:
     return float(np.sqrt(sum(float(np.sum((after[k].astype(np.float64) - initial[k]) ** 2)) for k in after)))
 
 
+def largest_weight(run: Path) -> float:
+    """The largest site weight of a finished run's first round (its `metrics.jsonl`)."""
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record["round"] == 1:
+            return max(site["weight"] for site in record["sites"])
+    raise RuntimeError(f"{run / 'metrics.jsonl'} has no record of round 1")
+
+
 def noise_for(epsilon: float, rounds: int, delta: float) -> float:
     """The smallest noise multiplier (rounded up to 1e-3) whose `rounds` rounds spend at most epsilon."""
     from strategies.dp_budget import DpBudget
@@ -236,8 +246,12 @@ def run_audit(app: Path, overrides: Mapping[str, Any], out: Path, settings: Audi
     dp_keys: dict[str, Any] = {}
     if "dp" in settings.variants:
         rounds = cfg["num-server-rounds"]
+        # Fed-MedLoRA weighs by size: the noise that spends --dp-epsilon towards the largest
+        # site is the equal-weight one times sites x its weight (strategies/dp_budget.py).
+        scale = len(names) * largest_weight(plain)
+        noise = math.ceil(noise_for(settings.dp_epsilon, rounds, cfg["strategy.dp-delta"]) * scale * 1000) / 1000
         dp_keys = {"strategy.dp": "server-fixed",
-                   "strategy.dp-noise-multiplier": noise_for(settings.dp_epsilon, rounds, cfg["strategy.dp-delta"]),
+                   "strategy.dp-noise-multiplier": noise,
                    "strategy.dp-clipping-norm": round(first_update_norm(plain, initial), 4),
                    "strategy.dp-num-sampled-sites": len(names)}
         adapters["global adapter, DP"] = load_peft_folder(run("dp", dp_keys))

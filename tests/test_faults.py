@@ -34,6 +34,7 @@ from support.deployment import _overrides, _processes_of, _sites
 from support.messages import error_reply, reply
 from support.paths import REPO
 from support.strategy_harness import (
+    as_sent,
     build,
     good_replies,
     pytest_generate_tests,  # noqa: F401 - parametrises `name`
@@ -196,10 +197,11 @@ def test_every_strategy_stops_below_min_sites(name: str) -> None:
     """`strategy.min-sites` from the run config, for every registered strategy, the plugin
     and the DP-wrapped variants (test_conformance.py's `name` parametrisation, from
     tests/support/strategy_harness.py)."""
-    replies = [*good_replies()[:3], error_reply(99)]
+    strategy = build(name, **{"strategy.min-sites": 4})
+    replies = as_sent(strategy, [*good_replies()[:3], error_reply(99)])  # FFA-LoRA's sites send B only
     with pytest.raises(TooFewSites, match=r"round 1: 3 site\(s\) replied usably \(h1, h2, h3\), fewer than "
                                           r"strategy.min-sites = 4.*Failed site\(s\): node 99: error reply"):
-        build(name, **{"strategy.min-sites": 4}).aggregate_train(1, replies)
+        strategy.aggregate_train(1, replies)
     arrays, _ = build(name, **{"strategy.min-sites": 3}).aggregate_train(1, replies)
     assert arrays is not None
 

@@ -161,7 +161,7 @@ def test_factor_strategies_run_end_to_end_and_frozen_factors_stay_bit_identical(
     a_keys = [k for k in initial if ".lora_A." in k]
     b_keys = [k for k in initial if ".lora_B." in k]
     whole = adapter_nbytes(initial, "float32")
-    for record, before, after in zip(rounds, adapters, adapters[1:], strict=True):
+    for record, before, after in zip(rounds, adapters[:-1], adapters[1:], strict=True):
         trained = {"ffa-lora": "B", "fedsvd": "B", "fedsa-lora": "AB"}.get(strategy, "B" if record["round"] == 1 else "A")
         sites = record["sites"]
         assert sorted(s["site"] for s in sites) == ["site-a", "site-b", "site-c"]
@@ -177,9 +177,15 @@ def test_factor_strategies_run_end_to_end_and_frozen_factors_stay_bit_identical(
             assert error["overall"] < 1e-5
         kept = b_keys if trained == "A" else a_keys if trained == "B" else []
         if strategy != "fedsvd":  # FedSVD hands out a new A every round
-            assert all(np.array_equal(after[k], before[k]) for k in kept)
+            if record["round"] == 1:  # `initial` is rebuilt here in float32; the run's may be bf16-rounded
+                assert all(np.allclose(after[k], before[k], rtol=1e-2, atol=1e-3) for k in kept)
+            else:  # both from the run: the kept factor is the very one sent
+                assert all(np.array_equal(after[k], before[k]) for k in kept)
         changed = a_keys if trained == "A" else b_keys
-        assert any(not np.array_equal(after[k], before[k]) for k in changed)
+        if record["round"] == 1:
+            assert any(not np.allclose(after[k], before[k], rtol=1e-2, atol=1e-3) for k in changed)
+        else:
+            assert any(not np.array_equal(after[k], before[k]) for k in changed)
     if strategy == "fedsa-lora":
         final = load_peft_folder(run_dir / "final")
         for site in ("site-a", "site-b", "site-c"):
