@@ -274,8 +274,7 @@ def randomized_error(shapes: dict, replies: list[Message], layers: int, alpha: f
         optimal, _ = module_error(sites, scales, (best.b, best.a))
         residual, _ = module_error(sites, scales, (fast.b, fast.a))
         ratios.append(math.sqrt(residual / optimal) if optimal > 0 else 1.0)
-        apart, norm = module_error([(fast.b, fast.a)], [1.0], (best.b, best.a))
-        del norm
+        apart, _ = module_error([(fast.b, fast.a)], [1.0], (best.b, best.a))
         _, best_norm = module_error([(best.b, best.a)], [1.0], (best.b, best.a))
         differences.append(math.sqrt(apart / best_norm) if best_norm > 0 else 0.0)
     return {"modules": len(modules), "residual-ratio-median": statistics.median(ratios),

@@ -288,3 +288,12 @@ class LoraFedAvg(FedAvg):
                 "expected_shapes or call set_expected() before aggregating"
             )
         return self.expected_shapes
+
+
+def with_arrays(message: Message, arrays: ArrayRecord) -> Message:
+    """The instruction `message` with `arrays` in place of its adapter: a site served its own
+    (ExactLoRA: its rank; FedSA-LoRA: its own B)."""
+    content = RecordDict({name: arrays if isinstance(record, ArrayRecord) else record
+                          for name, record in message.content.items()})
+    return Message(content=content, message_type=message.metadata.message_type,
+                   dst_node_id=message.metadata.dst_node_id)

@@ -17,12 +17,12 @@ from logging import INFO, WARNING
 from typing import Any, Literal
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from threadpoolctl import threadpool_limits
 
-from .base import LoraFedAvg
+from .base import LoraFedAvg, with_arrays
 from .lora_pairs import LoraModule, lora_modules
 from .registry import register
 from .screening import SiteCandidate, UpdateRejected
@@ -241,12 +241,7 @@ class ExactLoRA(LoraFedAvg):
                 out.append(message)
                 continue
             site_arrays = self.site_adapter(arrays, shape)
-            content = RecordDict({
-                name: site_arrays if isinstance(record, ArrayRecord) else record
-                for name, record in message.content.items()
-            })
-            out.append(Message(content=content, message_type=message.metadata.message_type,
-                               dst_node_id=message.metadata.dst_node_id))
+            out.append(with_arrays(message, site_arrays))
         return out
 
     def site_adapter(self, arrays: ArrayRecord, shape: SiteShape) -> ArrayRecord:

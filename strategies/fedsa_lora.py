@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 
-from .base import LoraFedAvg
+from .base import LoraFedAvg, with_arrays
 from .lora_pairs import lora_modules
 from .registry import register
 from .screening import SiteCandidate
@@ -73,10 +73,7 @@ class FedSALoRA(LoraFedAvg):
                 out.append(message)
                 continue
             record = ArrayRecord({key: Array(own.b[key]) if key in own.b else arrays[key] for key in arrays.keys()})
-            content = RecordDict({name: record if isinstance(value, ArrayRecord) else value
-                                  for name, value in message.content.items()})
-            out.append(Message(content=content, message_type=message.metadata.message_type,
-                               dst_node_id=message.metadata.dst_node_id))
+            out.append(with_arrays(message, record))
         return out
 
     def weighted_average(self, accepted: list[SiteCandidate], weights: list[float]) -> ArrayRecord:
