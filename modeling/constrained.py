@@ -13,10 +13,14 @@ transformers `LogitsProcessor`, rules those strings out during greedy generation
   whitespace. Of JSON's escapes only the simple ones (``\\"``, ``\\\\``, ``\\/``,
   ``\\n``, ``\\t``, ``\\r``, ``\\b``, ``\\f``) can be written, none by ``\\u``.
 - Keys of the answer object can be held to the types asked (`Constraint.keys`).
+- Scoring places the k-th copy of a string at its k-th occurrence, and the k-th copy of a
+  relation pair at its k-th pair of occurrences: a copy with none left is not closed.
 - Outside strings, inside the answer's object or array, only JSON punctuation (braces,
   brackets, commas, colons) and whitespace: no bare word, which a JSON repair would read
-  as a string. Given entities (`Constraint.numbers` = N), numbers 1..N too, and no string
-  but the keys. Before the answer opens and after it closes the model is free, but for
+  as a string. The punctuation follows JSON's grammar: after a key only a colon, after a
+  value only a comma or the container's closer, after a comma a key or a value (no
+  ``"a", "[]"``, which a repair would turn into strings the sentence does not hold).
+  Given entities (`Constraint.numbers` = N), numbers 1..N too, and no string but the keys. Before the answer opens and after it closes the model is free, but for
   the strings it quotes there (held as entity texts are); the end-of-sequence token is
   never allowed inside a string.
 
@@ -91,7 +95,7 @@ class Vocabulary:
         # "plain" tokens: text without a quote or a backslash, so inside a string they only
         # append their bytes; these are looked up by text.
         self.by_text: dict[bytes, list[int]] = {}
-        structured, quotes, openers, textless, punctuation, to_check, to_check_numbers = [], [], [], [], [], [], []
+        structured, quotes, openers, textless, spaces, to_check, to_check_numbers = [], [], [], [], [], [], []
         for i, t in enumerate(self.texts):
             if not t:
                 textless.append(i)
@@ -100,14 +104,15 @@ class Vocabulary:
                 structured.append(i)
             else:
                 self.by_text.setdefault(t, []).append(i)
-            quoted, numeric = b'"' in t, any(48 <= c <= 57 for c in t)
-            if quoted:
+            if b'"' in t:
                 quotes.append(i)
             if b"{" in t or b"[" in t:
                 openers.append(i)
-            if set(t) <= _PUNCTUATION:
-                (to_check if quoted else punctuation).append(i)
-            if set(t) <= _NUMBERS and (quoted or numeric):
+            if set(t) <= _SPACES:
+                spaces.append(i)
+            elif set(t) <= _PUNCTUATION:
+                to_check.append(i)
+            if set(t) <= _NUMBERS and not set(t) <= _SPACES:
                 to_check_numbers.append(i)
         self.max_len = max((len(t) for t in self.by_text), default=0)
         self.structured = _ids(structured)  # checked one by one inside strings
@@ -116,9 +121,10 @@ class Vocabulary:
                                  for t in [self.texts[i]] for j in [_plain_end(t)]]
         self.quotes = _ids(quotes)  # may open or close a string
         self.openers = _ids(openers)  # may open the answer
-        # Inside the answer, outside strings: special tokens and JSON punctuation are allowed,
-        # punctuation with a quote (given entities: or a digit) is checked, the rest refused.
-        self.free_inside = _ids(sorted(textless + punctuation))
+        # Inside the answer, outside strings: special tokens and whitespace are allowed, JSON
+        # punctuation (given entities: and digits) is checked against the grammar, the rest
+        # refused.
+        self.free_inside = _ids(sorted(textless + spaces))
         self.to_check, self.to_check_numbers = _ids(to_check), _ids(to_check_numbers)
 
     @classmethod
@@ -183,24 +189,33 @@ _QUOTE, _BACKSLASH, _OPEN_OBJECT, _OPEN_ARRAY = 34, 92, 123, 91
 _CLOSE_OBJECT, _CLOSE_ARRAY = 125, 93
 _COMMA, _COLON = 44, 58
 # What an answer may hold inside its object or array, outside strings (given entities: and digits).
-_PUNCTUATION = frozenset(b' \t\r\n[]{},:"')
+_SPACES = frozenset(b" \t\r\n")
+_PUNCTUATION = _SPACES | frozenset(b'[]{},:"')
 _NUMBERS = _PUNCTUATION | frozenset(b"0123456789")
 _ESCAPES = {34: b'"', 92: b"\\", 47: b"/", 110: b"\n", 116: b"\t", 114: b"\r", 98: b"\b", 102: b"\f"}
 # Character -> the letter escaping it, for the escapes a plain token can end ("\\" then "n").
 _ESCAPED_BY = {char[0]: bytes((letter,)) for letter, char in _ESCAPES.items() if letter not in (34, 92)}
 
 
+# What JSON's grammar lets come next outside strings, inside the answer (_ANY: not held,
+# before the answer opens and after it closes).
+_ANY, _VALUE, _VALUE_OR_CLOSE, _KEY_NEXT, _KEY_OR_CLOSE, _COLON_NEXT, _COMMA_OR_CLOSE = range(7)
+_OPENS_VALUE = (_ANY, _VALUE, _VALUE_OR_CLOSE)
+_OPENS_STRING = (_ANY, _VALUE, _VALUE_OR_CLOSE, _KEY_NEXT, _KEY_OR_CLOSE)
+
+
 @dataclass(frozen=True)
 class _State:
-    """Where one answer is: the open containers, the string being written (its kind and
-    its decoded content) with a pending backslash, and the digits of the number being
-    written (given entities)."""
+    """Where one answer is: the open containers, what may come next outside strings, the
+    string being written (its kind and its decoded content) with a pending backslash, and
+    the digits of the number being written (given entities)."""
 
     stack: tuple[int, ...] = ()
     kind: int = _OUTSIDE
     content: bytes = b""
     escape: bool = False
     digits: bytes = b""
+    expect: int = _ANY
 
 
 class _Rules:
@@ -220,6 +235,7 @@ class _Rules:
     # A transition over one token's bytes; None when `check` and a rule is broken.
     def advance(self, state: _State, data: bytes, check: bool) -> _State | None:
         stack, kind, content, escape, digits = state.stack, state.kind, state.content, state.escape, state.digits
+        expect = state.expect
         sentence, keys, numbers = self.sentence, self.keys, self.numbers
         for byte in data:
             if kind != _OUTSIDE:
@@ -243,9 +259,11 @@ class _Rules:
                             return None
                         if kind == _TEXT and not content.strip():
                             return None
-                    if kind == _KEY and stack and stack[-1] == _OBJECT_KEY:
-                        stack = (*stack[:-1], _OBJECT_VALUE)
                     kind, content = _OUTSIDE, b""
+                    if stack and stack[-1] == _OBJECT_KEY:  # a key closed
+                        stack, expect = (*stack[:-1], _OBJECT_VALUE), _COLON_NEXT
+                    elif stack:
+                        expect = _COMMA_OR_CLOSE
                 else:
                     content += bytes((byte,))
                     if check:
@@ -260,12 +278,17 @@ class _Rules:
                     if check:
                         return None
                 else:
+                    if check and not digits and expect not in _OPENS_VALUE:
+                        return None
                     digits += bytes((byte,))
                     if check and (digits[0] == 48 or int(digits) > numbers):
                         return None
+                    expect = _COMMA_OR_CLOSE if expect != _ANY else _ANY
                 continue
             digits = b""
-            if check and stack and byte not in _PUNCTUATION:
+            if byte in _SPACES:
+                continue
+            if check and stack and not self._fits(byte, stack, expect):
                 return None
             if byte == _QUOTE:
                 if len(stack) == 1 and stack[-1] == _OBJECT_KEY:
@@ -275,21 +298,50 @@ class _Rules:
                         return None
                     kind = _TEXT
                 content = b""
+                if expect != _ANY:
+                    expect = _VALUE  # set again when the string closes
             elif byte == _OPEN_OBJECT:
-                stack = (*stack, _OBJECT_KEY)
+                stack, expect = (*stack, _OBJECT_KEY), _KEY_OR_CLOSE
             elif byte == _OPEN_ARRAY:
-                stack = (*stack, _ARRAY)
+                stack, expect = (*stack, _ARRAY), _VALUE_OR_CLOSE
             elif byte == _CLOSE_ARRAY:
                 if stack and stack[-1] == _ARRAY:
                     stack = stack[:-1]
+                    expect = _COMMA_OR_CLOSE if stack else _ANY
             elif byte == _CLOSE_OBJECT:
                 if stack and stack[-1] != _ARRAY:
                     stack = stack[:-1]
-            elif stack and stack[-1] != _ARRAY and byte in (_COMMA, _COLON):
-                stack = (*stack[:-1], _OBJECT_KEY if byte == _COMMA else _OBJECT_VALUE)
+                    expect = _COMMA_OR_CLOSE if stack else _ANY
+            elif stack and byte == _COMMA:
+                if stack[-1] == _ARRAY:
+                    expect = _VALUE
+                else:
+                    stack, expect = (*stack[:-1], _OBJECT_KEY), _KEY_NEXT
+            elif stack and stack[-1] != _ARRAY and byte == _COLON:
+                stack, expect = (*stack[:-1], _OBJECT_VALUE), _VALUE
         if check and escape and not any(sentence.find(content + char) >= 0 for char in _ESCAPES.values()):
             return None  # a backslash that no escape can follow
-        return _State(stack, kind, content, escape, digits)
+        return _State(stack, kind, content, escape, digits, expect)
+
+    @staticmethod
+    def _fits(byte: int, stack: tuple[int, ...], expect: int) -> bool:
+        """Whether JSON's grammar allows ``byte`` (not a space or a digit) next, inside the
+        answer, outside strings."""
+        if byte not in _PUNCTUATION:
+            return False
+        if expect == _ANY:
+            return True
+        if byte == _QUOTE:
+            return expect in _OPENS_STRING
+        if byte in (_OPEN_OBJECT, _OPEN_ARRAY):
+            return expect in _OPENS_VALUE
+        if byte == _CLOSE_ARRAY:
+            return stack[-1] == _ARRAY and expect in (_VALUE_OR_CLOSE, _COMMA_OR_CLOSE)
+        if byte == _CLOSE_OBJECT:
+            return stack[-1] != _ARRAY and expect in (_KEY_OR_CLOSE, _COMMA_OR_CLOSE)
+        if byte == _COMMA:
+            return expect == _COMMA_OR_CLOSE
+        return expect == _COLON_NEXT  # the colon
 
     def allowed(self, state: _State) -> tuple[bool, np.ndarray]:
         """(only, ids): with ``only`` the ids allowed, else the ids refused."""
@@ -430,11 +482,15 @@ class SentenceConstraint(LogitsProcessor):
         eos = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
         self.eos = {eos} if isinstance(eos, int) else set(eos or ())
         self.done = [False] * len(constraints)
-        # Entity answers: the key being written and the strings already closed under each
-        # key. Scoring maps the k-th copy of a string (same type) to its k-th occurrence, so
-        # a copy past the sentence's occurrences would be unaligned: it is not closed.
+        # The key being written, the strings already closed under each key (entity answers)
+        # and the pairs already closed (relation answers), with the pair being written.
+        # Scoring maps the k-th copy of a string (same type) to its k-th occurrence, and the
+        # k-th copy of a pair to its k-th pair of occurrences, so a copy past those would be
+        # unaligned: it is not closed.
         self.key = [b""] * len(constraints)
         self.closed: list[Counter[tuple[bytes, bytes]]] = [Counter() for _ in constraints]
+        self.pairs: list[Counter[tuple[bytes, bytes, bytes]]] = [Counter() for _ in constraints]
+        self.pair: list[list[bytes]] = [[] for _ in constraints]
         self._closing: dict[int, bytes] | None = None  # token id -> its text before its first quote
         self.seen: int | None = None
         self.seconds = 0.0
@@ -464,8 +520,9 @@ class SentenceConstraint(LogitsProcessor):
             if self.done[row]:
                 continue
             only, ids = rules.allowed(state)
-            if only and state.kind == _TEXT and len(state.stack) == 2 and self.closed[row]:
-                ids = self._without_spent_copies(row, rules, state, ids)
+            spent = self._spent(row, rules, state) if only and state.kind == _TEXT else None
+            if spent is not None:
+                ids = self._without_spent_copies(state, ids, spent)
             if len(ids) and ids[-1] >= scores.shape[1]:  # ids are sorted; a model with fewer logits
                 ids = ids[ids < scores.shape[1]]
             if not only and not len(ids):
@@ -485,9 +542,9 @@ class SentenceConstraint(LogitsProcessor):
 
 
     def _advance(self, row: int, rules: _Rules, state: _State, text: bytes) -> _State:
-        """`rules.advance` byte by byte, noting each key and each entity string that closes
-        (an entity answer's strings sit in a flat array: stack depth 2; relation arguments,
-        deeper, may repeat)."""
+        """`rules.advance` byte by byte, noting each key, each entity string that closes (an
+        entity answer's strings sit in a flat array: stack depth 2) and each relation pair
+        (two strings in an array at depth 3)."""
         for byte in text:
             after = rules.advance(state, bytes((byte,)), check=False)
             if state.kind != _OUTSIDE and after.kind == _OUTSIDE and not state.escape:
@@ -495,25 +552,37 @@ class SentenceConstraint(LogitsProcessor):
                     self.key[row] = state.content
                 elif len(state.stack) == 2:
                     self.closed[row][(self.key[row], state.content.strip())] += 1
+                elif len(state.stack) == 3:
+                    self.pair[row].append(state.content.strip())
+                    if len(self.pair[row]) == 2:
+                        self.pairs[row][(self.key[row], *self.pair[row])] += 1
+            elif len(after.stack) == 3 and len(state.stack) == 2:  # a pair opens
+                self.pair[row] = []
             state = after
         return state
 
-    def _without_spent_copies(self, row: int, rules: _Rules, state: _State, ids: np.ndarray) -> np.ndarray:
-        """`ids` less the tokens that would close the string as a copy the sentence has no
-        occurrence left for; unchanged where that would leave nothing (a dead end)."""
+    def _spent(self, row: int, rules: _Rules, state: _State):
+        """A test of whether closing the string being written with a given content would
+        write a copy that scoring has no occurrence left for; None when none can be."""
+        key, sentence = self.key[row], rules.sentence
+        if len(state.stack) == 2 and self.closed[row]:
+            closed = self.closed[row]
+            return lambda content: closed[(key, content)] >= _count(sentence, content)
+        if len(state.stack) == 3 and len(self.pair[row]) == 1 and self.pairs[row]:
+            pairs, first = self.pairs[row], self.pair[row][0]
+            return lambda second: pairs[(key, first, second)] >= _count(sentence, first) * _count(sentence, second)
+        return None
+
+    def _without_spent_copies(self, state: _State, ids: np.ndarray, spent) -> np.ndarray:
+        """`ids` less the tokens that would close the string as a `spent` copy; unchanged
+        where that would leave nothing (a dead end)."""
         if self._closing is None:
             self._closing = {i: lead for i, lead, rest in self.vocab.structured_parts if rest[:1] == b'"'}
-        spent = []
-        for i in ids.tolist():
-            lead = self._closing.get(i)
-            if lead is None:
-                continue
-            content = (state.content + lead).strip()
-            if self.closed[row][(self.key[row], content)] >= _count(rules.sentence, content):
-                spent.append(i)
-        if not spent or len(spent) == len(ids):
+        refused = [i for i in ids.tolist()
+                   if (lead := self._closing.get(i)) is not None and spent((state.content + lead).strip())]
+        if not refused or len(refused) == len(ids):
             return ids
-        return np.setdiff1d(ids, np.array(spent, dtype=np.int64), assume_unique=True)
+        return np.setdiff1d(ids, np.array(refused, dtype=np.int64), assume_unique=True)
 
 
 def _count(text: bytes, part: bytes) -> int:

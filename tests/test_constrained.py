@@ -83,7 +83,8 @@ def test_an_out_of_sentence_string_is_produced_without_the_constraint_and_refuse
 def test_an_entity_copied_more_often_than_the_sentence_holds_it_is_not_closed(tokenizer):
     """Scoring maps the k-th copy of a string to its k-th occurrence: a model looping on one
     mention wrote copies with no occurrence left, unaligned although each is a substring.
-    A string the sentence holds once closes once per type; a relation argument may repeat."""
+    A string the sentence holds once closes once per type; an argument may take part in
+    several relations."""
     from clinical_ie.align import align_predictions
 
     looping = _ids(tokenizer, '{"problem": ["chest pain", "chest pain", "chest pain"], "drug": ["aspirin"]}')
@@ -97,9 +98,55 @@ def test_an_entity_copied_more_often_than_the_sentence_holds_it_is_not_closed(to
     script = _ids(tokenizer, '{"problem": ["pain", "pain"]}')
     assert parse_entities(_greedy(tokenizer, [script], [Constraint(twice, TYPES)])[0], TYPES).entities == [
         ("problem", "pain"), ("problem", "pain")]
-    relation = _ids(tokenizer, '{"dosage": [["aspirin", "81 mg"], ["aspirin", "81 mg"]]}')
+    relation = _ids(tokenizer, '{"dosage": [["aspirin", "81 mg"], ["aspirin", "90"]]}')
     held = _greedy(tokenizer, [relation], [Constraint(SENTENCE, ("dosage",))])[0]
     assert held == tokenizer.decode(relation)
+
+
+def test_a_relation_pair_copied_more_often_than_the_sentence_can_place_it_is_not_closed(tokenizer):
+    """The k-th copy of a pair takes the k-th pair of its arguments' occurrences: a model
+    looping on one pair wrote copies scoring dropped (hundreds per arm). A pair of strings
+    that occur once each closes once; with two occurrences of one, twice."""
+    from clinical_ie.align import align_relations
+
+    looping = _ids(tokenizer, '{"dosage": [["aspirin", "81 mg"], ["aspirin", "81 mg"], ["aspirin", "81 mg"]]}')
+    free = _greedy(tokenizer, [looping], None)[0]
+    assert parse_relations(free, ["dosage"]).relations.count(("dosage", "aspirin", "81 mg")) == 3
+    held = _greedy(tokenizer, [looping], [Constraint(SENTENCE, ("dosage",))])[0]
+    relations = parse_relations(held, ["dosage"]).relations
+    assert relations.count(("dosage", "aspirin", "81 mg")) == 1, held
+    assert align_relations(relations, SENTENCE)[1] == 0, held  # nothing dropped
+    twice = "Aspirin 81 mg, then aspirin again at 81 mg."
+    relations = parse_relations(_greedy(tokenizer, [looping], [Constraint(twice, ("dosage",))])[0],
+                                ["dosage"]).relations
+    assert relations.count(("dosage", "aspirin", "81 mg")) == 2, relations
+    assert align_relations(relations, twice)[1] == 0
+
+
+@pytest.mark.parametrize(("prefix", "stray", "valid"), [
+    ('{"drug": ["droperidol"', "[", ","),  # a closed string, then a bracket: no comma
+    ('{"drug"', ' "', ":"),  # a key without its colon
+    ('{"drug": ["aspirin"', ' "', ","),  # two values without a comma
+    ('{"drug": ["aspirin",', "]", ' "'),  # a trailing comma
+    ('{"drug": [', "}", "]"),  # a closer of another container
+])
+def test_punctuation_follows_json_grammar_so_no_repair_invents_a_string(tokenizer, prefix, stray, valid):
+    """Without the grammar, stray punctuation reached the parser's repair, which read
+    strings the sentence does not hold out of it ('["droperidol"["aspirin"]' gave
+    'droperidol"["aspirin'). With it, the stray token is masked where it would come, and
+    JSON's next token is not."""
+    sentence = "He got droperidol, then aspirin 81 mg for chest pain."
+    if stray == "[":  # the hole as scoring met it: the repaired answer holds non-sentence strings
+        free = parse_entities('{"drug": ["droperidol"["aspirin"]]}', ("drug",)).entities
+        assert any(text not in sentence for _, text in free), free
+    stray_id, valid_id = _ids(tokenizer, stray), _ids(tokenizer, valid)
+    assert len(stray_id) == len(valid_id) == 1
+    processor = SentenceConstraint(tokenizer, [Constraint(sentence, ("drug", "problem"))], tokenizer.eos_token_id)
+    ids = torch.tensor([[tokenizer.pad_token_id] * 3])
+    processor(ids, torch.zeros(1, len(tokenizer)))  # the prompt
+    scores = processor(torch.cat([ids, torch.tensor([_ids(tokenizer, prefix)])], dim=1), torch.zeros(1, len(tokenizer)))
+    assert scores[0, stray_id[0]] == float("-inf"), (prefix, stray)
+    assert scores[0, valid_id[0]] == 0.0, (prefix, valid)
 
 
 @pytest.mark.parametrize("split", ["alone", "characters", "in-word"])
