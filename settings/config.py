@@ -347,6 +347,12 @@ def _check_secure_aggregation(values: Mapping[str, Any]) -> None:
     for key, (refused, why) in refusals.items():
         if refused:
             raise ConfigError(f"strategy.secure-aggregation = true cannot be combined with {key}: {why}")
+    from strategies.secure_aggregation import MAX_SITES
+
+    if values["strategy.min-sites"] > MAX_SITES:
+        raise ConfigError(f"strategy.min-sites = {values['strategy.min-sites']} with strategy.secure-aggregation: "
+                          f"the sum of more than {MAX_SITES} sites' quantized adapters passes SecAgg+'s modulus "
+                          "2^32 and wraps")
 
 
 def _check_dp_strategy(values: Mapping[str, Any]) -> None:

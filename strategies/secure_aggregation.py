@@ -34,7 +34,11 @@ from wire import protocol
 from wire.transport import TRANSPORT
 
 SECURE_AGGREGATION = "secure-aggregation"  # the config record of the replies it returns
-QUANTIZATION_RANGE = 1 << 24  # with Flower's modulus 2^32: sums of up to 255 sites do not overflow
+QUANTIZATION_RANGE = 1 << 24
+MODULUS = 1 << 32  # SecAggPlusWorkflow's modulus_range (its default; masks and sums wrap at it)
+# Each site adds at most QUANTIZATION_RANGE to every summed value (its weight, at most 1, is
+# applied before quantization), so the sum of more sites than this could wrap.
+MAX_SITES = MODULUS // QUANTIZATION_RANGE - 1
 SHARES = 1.0  # every site holds a share of every other's secrets (Flower: a share of all sampled sites)
 THRESHOLD = 0.5  # shares needed to remove a site's masks: half, rounded, at least 2
 
@@ -75,6 +79,11 @@ class SecureAggregationGrid:
 
         started = time.perf_counter()
         by_node = {m.metadata.dst_node_id: m for m in messages}
+        if len(by_node) > MAX_SITES:
+            reason = (f"secure aggregation: {len(by_node)} sites x quantization range 2^24 would pass the "
+                      f"modulus 2^32 and the sum would wrap; at most {MAX_SITES} sites can be summed")
+            log(WARNING, "%s; no message was sent", reason)
+            return [Message(error=Error(code=0, reason=reason), reply_to=m) for m in messages]
         server_round = int(messages[0].content[protocol.CONFIG]["server-round"])
         # The sum holds the factors the round's rule sends (FFA-LoRA: B only), in the adapter's order.
         _, send = protocol.factor_rule(messages[0].content[protocol.CONFIG])

@@ -23,6 +23,14 @@ def test_combinations_that_need_each_sites_adapter_are_refused_at_start(key, val
     assert validate({"strategy.secure-aggregation": False, key: value})
 
 
+def test_more_sites_than_the_modulus_can_sum_are_refused_at_start():
+    from strategies.secure_aggregation import MAX_SITES
+
+    with pytest.raises(ConfigError, match=r"strategy.min-sites = 256 with strategy.secure-aggregation.*wraps"):
+        validate({"strategy.secure-aggregation": True, "strategy.min-sites": MAX_SITES + 1})
+    assert validate({"strategy.secure-aggregation": True, "strategy.min-sites": MAX_SITES})
+
+
 def test_fedmedlora_and_fedprox_are_accepted():
     for name in ("fedmedlora", "fedprox"):
         assert validate({"strategy.secure-aggregation": True, "strategy.name": name})["strategy.secure-aggregation"]
@@ -231,6 +239,28 @@ def test_a_site_whose_count_exceeds_the_max_weight_says_which_key_to_raise(secur
     cfg, config, initial = secure_setup
     with pytest.raises(SiteFailure, match=r"more than strategy.secagg-max-weight = 10; raise it"):
         _secure(({**cfg, "strategy.secagg-max-weight": 10}, config, initial))
+
+
+def test_a_round_with_more_sites_than_the_modulus_can_sum_sends_nothing(secure_setup):
+    """256 sites x 2^24 per value reaches Flower's modulus 2^32: their sum could wrap into a
+    finite, wrong global. The round is refused before any key is exchanged."""
+    from strategies.secure_aggregation import MAX_SITES, SecureAggregationGrid
+
+    class Recording:
+        sent: list = []
+
+        def send_and_receive(self, messages, *, timeout=None):
+            self.sent.extend(messages)
+            return []
+
+    cfg = secure_setup[0]
+    grid = Recording()
+    nodes = range(1, MAX_SITES + 2)
+    replies = list(SecureAggregationGrid(grid, cfg["strategy.secagg-clipping-range"], cfg["strategy.secagg-max-weight"])
+                   .send_and_receive(_instructions(secure_setup, nodes=nodes), timeout=1))
+    assert grid.sent == []
+    assert sorted(r.metadata.src_node_id for r in replies) == list(nodes)
+    assert all(r.has_error() and "modulus 2^32" in r.error.reason for r in replies)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
