@@ -6,7 +6,6 @@ from pathlib import Path
 
 from .pki import TlsFiles
 
-
 # The command line of every component, built in one place: the loopback deployment below
 # runs them (with absolute executable paths; subprocess isolation unless asked), and
 # docker-compose.yml / docker-compose.tls.yml spell out the same lines for containers

@@ -10,7 +10,6 @@ from .flwr_config import write_flwr_config
 from .pki import TlsFiles, write_node_keys, write_tls_files
 from .sites import Site
 
-
 SUPERLINK_SERVICE = "superlink"
 SUPERLINK_PORT = 9092                 # Fleet, Control and Runtime APIs, published on the host
 CONTAINER_DATA_DIR = "/data/site"     # each site's data folder, in its ClientApp executor only

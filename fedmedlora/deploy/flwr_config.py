@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-
 CONNECTION = "deploy"  # the connection name in the private FLWR_HOME/config.toml
 
 def flwr_config_text(address: str, root_certificates: str | None, connection: str = CONNECTION) -> str:

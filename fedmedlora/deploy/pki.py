@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-
 HOSTS = ("127.0.0.1", "localhost", "::1")
 
 @dataclass(frozen=True)

@@ -14,8 +14,9 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Callable, Sequence
+from typing import IO
 
 COMPLETED = "finished:completed"
 _STARTED = re.compile(r"Successfully started run (\d+)")
