@@ -1,8 +1,9 @@
 """ClientApp: one hospital's local LoRA training and validation.
 
 Only adapter arrays, scalar metrics and the site's name leave the site. Errors sent to
-the coordinator say what failed and where, never the note text behind it; the full
-detail stays in this site's log.
+the coordinator say what kind of thing failed and give a site error id, never a path, a
+document id or note text; the full detail stays in this site's log under that id
+(`failure_reason`).
 
 This module stays light (Flower's imports only): in a deployment Flower imports it in a
 fresh process for every message, and with `site-worker` in the node config that process
@@ -12,6 +13,8 @@ and their model stack (client_app/handlers.py) are imported where the work runs.
 
 from __future__ import annotations
 
+import logging
+import secrets
 import time
 
 from flwr.app import Context, Message
@@ -28,6 +31,18 @@ class SiteFailure(RuntimeError):
     """An error whose message is safe to send to the coordinator."""
 
 
+def failure_reason(category: str, detail: str) -> str:
+    """What the coordinator is told of a failure: `category` and a fresh site error id.
+    `detail` names paths, lines and document ids (file names often hold MRNs or patient
+    names), so it goes to this site's log only, under the same id, for the site's staff."""
+    from settings.logs import setup_logging
+
+    setup_logging()  # idempotent; a ClientApp that only forwards to the site worker has none yet
+    error_id = secrets.token_hex(4)
+    logging.getLogger(__name__).error("site error %s: %s", error_id, detail)
+    return f"{category} (site error {error_id}; details in the site's log)"
+
+
 def site_worker_mod(msg: Message, context: Context, call_next) -> Message:
     """With `site-worker` in the node config, run the message in the site's warm worker."""
     own = timings.begin_message(_IMPORT_STARTED, _IMPORTED)
@@ -42,12 +57,13 @@ def site_worker_mod(msg: Message, context: Context, call_next) -> Message:
         started = time.perf_counter()
         reply, worker_ready = forward(Path(str(folder)).expanduser(), msg, context)
     except RemoteHandlerError as err:
-        # The handler's own safe message (_report_safely); anything else is named by type only.
-        raise SiteFailure(str(err) if err.type_name == SiteFailure.__name__ else
-                          f"{err.type_name} in the site worker (details in its log)") from None
+        if err.type_name == SiteFailure.__name__:  # the handler's own safe message (_report_safely)
+            raise SiteFailure(str(err)) from None
+        raise SiteFailure(failure_reason(f"{err.type_name} in the site worker", str(err))) from None
     except WorkerError as err:  # the coordinator may not know this site's name yet (round 1): say it
         name = context.node_config.get("site-name")
-        raise SiteFailure(f"site {name}: {err}" if name else str(err)) from None
+        reason = failure_reason(err.category, str(err))  # the folder, its owner and mode stay here
+        raise SiteFailure(f"site {name}: {reason}" if name else reason) from None
     if worker_ready is not None:  # the wait for a fresh worker to answer
         own.process_start += worker_ready - started
     timings.add_to_reply(reply, own)

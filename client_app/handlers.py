@@ -2,8 +2,8 @@
 (registered on the ClientApp in client_app/app.py, which imports this module on first use).
 
 Only adapter arrays, scalar metrics and the site's name leave the site. Errors sent to
-the coordinator say what failed and where, never the note text behind it; the full
-detail stays in this site's log.
+the coordinator say what kind of thing failed and give a site error id, never a path, a
+document id or note text; the full detail stays in this site's log under that id.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import traceback
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
+from data_loaders.brat import AnnotationError
 from data_loaders.sites import SiteFolderError
 from modeling.adapter_io import get_adapter_state, set_adapter_state
 from modeling.base import model_dtype
@@ -25,16 +26,29 @@ from wire import protocol
 from wire.arrays import from_arrayrecord, to_arrayrecord
 
 from . import optimizer_state, timings
-from .app import SiteFailure
+from .app import SiteFailure, failure_reason
 from .factors import trained_factors
 from .runtime import SiteDataError, model_runtime, site_runtime
 
 log = logging.getLogger(__name__)
 
-# Our own errors name file, line or key and a reason, and no note text.
-# OSError: a path and the system's reason (unreadable file, a folder where a file belongs).
-_SAFE_TO_REPORT = (ConfigError, OSError, SiteDataError, SiteFolderError, protocol.BaseModelMismatch,
-                   protocol.MalformedMessage)
+# Errors about what the coordinator sent (its run config, its message, its base model) name
+# only keys and values it sent: they go back in full. Our errors about the site's own data
+# and files name paths, lines and document ids: they go back as a category.
+_ABOUT_THE_COORDINATOR = (ConfigError, protocol.BaseModelMismatch, protocol.MalformedMessage)
+_SITE_DATA = (AnnotationError, SiteDataError, SiteFolderError)
+
+
+def _category(err: Exception) -> str:
+    """What the coordinator is told failed (client_app/app.py, `failure_reason`)."""
+    if isinstance(err, _ABOUT_THE_COORDINATOR):
+        return f"{type(err).__name__}: {err}"
+    if isinstance(err, _SITE_DATA):
+        return f"malformed site data: {type(err).__name__}"
+    if isinstance(err, OSError):  # an unreadable file, a folder where a file belongs
+        return f"unreadable site file: {type(err).__name__}"
+    frame = traceback.extract_tb(err.__traceback__)[-1]  # a line of code, not of data
+    return f"{type(err).__name__} at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}"
 
 
 def _report_safely(handler):
@@ -43,14 +57,8 @@ def _report_safely(handler):
         try:
             return handler(msg, context)
         except Exception as err:  # noqa: BLE001 - every failure becomes a safe report
-            log.error("site failed in %s:\n%s", handler.__name__, traceback.format_exc())
-            if isinstance(err, _SAFE_TO_REPORT) or type(err).__name__ == "AnnotationError":
-                reason = f"{type(err).__name__}: {err}"
-            else:
-                frame = traceback.extract_tb(err.__traceback__)[-1]
-                reason = (f"{type(err).__name__} at {frame.filename.rsplit('/', 1)[-1]}:{frame.lineno} "
-                          "(details in the site's log)")
-            raise SiteFailure(reason) from None
+            detail = f"{handler.__name__} failed:\n{traceback.format_exc()}"
+            raise SiteFailure(failure_reason(_category(err), detail)) from None
 
     return wrapper
 

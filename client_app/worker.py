@@ -7,11 +7,15 @@ over a Unix socket in the folder and returns the worker's reply; the worker runs
 ClientApp handlers in its own process, where `client_app.runtime` caches persist. The
 design (channel, access control, recovery) is in docs/architecture.md, "Warm sites".
 
-Access: the folder is created 0700 and the socket 0600, so only the site's own user can
-connect; the peer's uid is checked again with SO_PEERCRED; and every request carries the
-token the worker wrote (0600) into the folder when it started, compared in constant time.
-One folder serves one SuperNode: another SuperNode's ClientApp, with another folder, holds
-another token and is refused.
+Access: the folder is created 0700 (an existing one must be the user's own, with no group or
+other bits) and the socket 0600, so only the site's own user can connect; the worker checks
+the caller's uid with SO_PEERCRED; and every request carries the token the worker wrote
+(0600) into the folder when it started, compared in constant time. Before it sends the
+token, the ClientApp checks the same of the folder and the worker's uid, so a socket planted
+by another user is never handed the token or a message. Until a caller has shown the token,
+the worker reads one small frame with a timeout: a caller that sends a huge length or
+nothing is dropped and cannot hold the worker. One folder serves one SuperNode: another
+SuperNode's ClientApp, with another folder, holds another token and is refused.
 
 Lifetime: the first message starts the worker when none answers (started detached, so it
 outlives the ClientApp process), and so does the next message after a worker died; the
@@ -28,6 +32,7 @@ import json
 import os
 import secrets
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -42,14 +47,33 @@ NODE_CONFIG_KEY = "site-worker"  # --node-config key naming the worker's folder
 APP_DIR = Path(__file__).resolve().parents[1]  # the app version this process runs
 _HEADER = struct.Struct("!Q")
 START_TIMEOUT = 60.0  # seconds for a fresh worker to open its socket
+AUTH_TIMEOUT = 5.0  # seconds a caller has to send its token; the worker serves one caller at a time
+MAX_TOKEN_FRAME = 4096  # the token is 64 hex characters: nothing larger is read before it is checked
+MAX_FRAME = 2**31 - 1  # after the token: a serialized protobuf (Flower's Message, Context) is below 2 GiB
 
 
 class WorkerError(RuntimeError):
     """The worker could not be reached, refused the request, or stopped mid-message."""
 
+    category = "site worker unavailable"  # what the coordinator is told; the message stays in the site's log
+
+
+class WorkerStopped(WorkerError):
+    """The worker exited before it replied."""
+
+    category = "site worker stopped before replying"
+
 
 class WorkerRefused(WorkerError):
     """The worker rejected the caller (wrong token or uid)."""
+
+    category = "site worker refused this ClientApp"
+
+
+class WorkerUntrusted(WorkerError):
+    """The folder or the process behind the socket is not this user's own: nothing was sent."""
+
+    category = "site worker folder or process failed the access checks"
 
 
 @dataclass(frozen=True)
@@ -76,12 +100,39 @@ class WorkerFolder:
 
     def prepare(self) -> None:
         """Create the folder 0700, or check that an existing one is ours and private."""
-        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        info = self.path.stat()
-        if info.st_uid != os.getuid():
-            raise WorkerError(f"{self.path}: site-worker folder belongs to uid {info.st_uid}, not to this "
-                              f"user (uid {os.getuid()}); give each site's user a folder of its own")
-        os.chmod(self.path, 0o700)
+        try:
+            self.path.mkdir(mode=0o700, parents=True)
+        except FileExistsError:
+            pass  # never loosened or taken over: checked below as found
+        else:
+            os.chmod(self.path, 0o700)  # mkdir's mode is narrowed by the umask
+        check_private_folder(self.path)
+
+
+def check_private_folder(path: Path, uid: int | None = None) -> None:
+    """Raise WorkerUntrusted unless `path` belongs to `uid` (default: this process's) and has
+    no group or other permission bits: only then is a socket or token in it the worker's."""
+    uid = os.getuid() if uid is None else uid
+    info = path.stat()
+    mode = stat.S_IMODE(info.st_mode)
+    problems = []
+    if info.st_uid != uid:
+        problems.append(f"owner uid {info.st_uid}, not this user's uid {uid}")
+    if mode & 0o077:
+        problems.append(f"mode {mode:#o}, not 0o700 (no group or other bits)")
+    if problems:
+        raise WorkerUntrusted(f"{path}: site-worker folder has {' and '.join(problems)}; refused: give "
+                              f"each site's user a folder of its own, created 0700")
+
+
+def check_peer(sock: socket.socket, path: Path, uid: int | None = None) -> None:
+    """Raise WorkerUntrusted unless the process at the other end of `sock` runs as `uid`
+    (default: this process's), as the kernel recorded it (SO_PEERCRED)."""
+    uid = os.getuid() if uid is None else uid
+    peer = _peer_uid(sock)
+    if peer != uid:
+        raise WorkerUntrusted(f"{path}: the process listening runs as uid {peer}, not as this user "
+                              f"(uid {uid}); refused: nothing was sent to it")
 
 
 # -- framing: each part is an 8-byte length and the bytes
@@ -101,8 +152,10 @@ def _recv_exact(sock: socket.socket, size: int) -> bytes:
     return b"".join(chunks)
 
 
-def _recv(sock: socket.socket) -> bytes:
+def _recv(sock: socket.socket, limit: int = MAX_FRAME) -> bytes:
     (size,) = _HEADER.unpack(_recv_exact(sock, _HEADER.size))
+    if size > limit:  # refused before a byte of it is read or allocated
+        raise ValueError(f"a frame of {size} bytes, over the limit of {limit}")
     return _recv_exact(sock, size)
 
 
@@ -153,7 +206,10 @@ def _exchange(where: WorkerFolder, payload: tuple[bytes, bytes, bytes], context:
 
     sock, ready = _connect(where, owner_pid=owner_pid)
     with sock:
-        _send(sock, where.token.read_bytes(), *payload)
+        try:
+            _send(sock, where.token.read_bytes(), *payload)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # a worker that refuses the token closes without reading the rest: its answer is read below
         try:
             status = json.loads(_recv(sock))
             if status["status"] != "ok":
@@ -162,8 +218,8 @@ def _exchange(where: WorkerFolder, payload: tuple[bytes, bytes, bytes], context:
             context.state = context_from_proto(_parse("Context", _recv(sock))).state
             return status, reply, ready
         except (EOFError, ConnectionError) as err:
-            raise WorkerError(f"site worker in {where.path} stopped before replying ({err}); a fresh worker "
-                              f"starts with the next message; its log: {where.log}") from None
+            raise WorkerStopped(f"site worker in {where.path} stopped before replying ({err}); a fresh worker "
+                                f"starts with the next message; its log: {where.log}") from None
 
 
 class RemoteHandlerError(RuntimeError):
@@ -196,22 +252,30 @@ def _connect(where: WorkerFolder, owner_pid: int) -> tuple[socket.socket, float 
         if sock is not None:
             return sock, time.perf_counter()
         if not _alive(pid):  # died starting, or killed before this process could connect
-            raise WorkerError(f"site worker in {where.path} stopped before replying (it exited while "
-                              f"starting); a fresh worker starts with the next message; its log: {where.log}")
+            raise WorkerStopped(f"site worker in {where.path} stopped before replying (it exited while "
+                                f"starting); a fresh worker starts with the next message; its log: {where.log}")
         time.sleep(0.05)
     raise WorkerError(f"site worker in {where.path} did not open {where.socket.name} within "
                       f"{START_TIMEOUT:.0f} s; its log: {where.log}")
 
 
 def _try_connect(where: WorkerFolder) -> socket.socket | None:
+    """A connection to the worker's socket, checked to be this user's own; None if none answers."""
+    if not where.path.exists():
+        return None  # the first message: start_worker creates the folder
+    check_private_folder(where.path)  # else the socket and the token may be another user's plant
     if not where.socket.exists() or not where.token.exists():
         return None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(str(where.socket))
+        check_peer(sock, where.socket)
     except (ConnectionRefusedError, FileNotFoundError):  # a dead worker's socket file
         sock.close()
         return None
+    except WorkerUntrusted:
+        sock.close()
+        raise
     return sock
 
 
@@ -309,9 +373,14 @@ def serve(folder: Path, owner_pid: int) -> int:
             except TimeoutError:
                 continue
             with conn:
-                conn.settimeout(None)
-                if _handle(conn, token, app, message_from_proto, message_to_proto, context_from_proto,
-                           context_to_proto) == "stale":
+                conn.settimeout(AUTH_TIMEOUT)  # until the caller has shown the token (_handle)
+                try:
+                    outcome = _handle(conn, token, app, message_from_proto, message_to_proto, context_from_proto,
+                                      context_to_proto)
+                except OSError as err:  # the caller went away mid-exchange: serve the next one
+                    print(f"lost a caller: {err}", flush=True)
+                    continue
+                if outcome == "stale":
                     break
     finally:
         server.close()
@@ -321,21 +390,40 @@ def serve(folder: Path, owner_pid: int) -> int:
     return 0
 
 
+def _refuse(conn: socket.socket, reason: str) -> str:
+    print(f"refused a caller: {reason}", flush=True)
+    _send(conn, json.dumps({"status": "refused", "reason": reason}).encode())
+    return "refused"
+
+
+def _authenticate(conn: socket.socket, token: bytes) -> str | None:
+    """Check the caller's uid, then read and check its token: one bounded frame, under the
+    connection's timeout. None when the caller may go on, else what happened to it."""
+    uid = _peer_uid(conn)
+    if uid != os.getuid():
+        return _refuse(conn, f"uid {uid} is not uid {os.getuid()}")
+    try:
+        offered = _recv(conn, MAX_TOKEN_FRAME)
+    except (EOFError, OSError, ValueError) as err:  # OSError: TimeoutError, a reset connection
+        print(f"dropped a caller before it showed the token: {err or type(err).__name__}", flush=True)
+        return "dropped"
+    if not hmac.compare_digest(offered, token):
+        return _refuse(conn, "wrong token")
+    return None
+
+
 def _handle(conn, token, app, message_from_proto, message_to_proto, context_from_proto, context_to_proto) -> str:
     """One request: check the caller, run the ClientApp handler, send the reply."""
+    turned_away = _authenticate(conn, token)
+    if turned_away is not None:
+        return turned_away
+    conn.settimeout(None)  # the site's own ClientApp: its message may be large, its reply waits on training
     try:
-        offered = _recv(conn)
         request = json.loads(_recv(conn))
         message_bytes, context_bytes = _recv(conn), _recv(conn)
     except (EOFError, ConnectionError, ValueError) as err:
         print(f"dropped a malformed request: {err}", flush=True)
         return "dropped"
-    uid = _peer_uid(conn)
-    if uid != os.getuid() or not hmac.compare_digest(offered, token):
-        reason = f"uid {uid} is not uid {os.getuid()}" if uid != os.getuid() else "wrong token"
-        print(f"refused a caller: {reason}", flush=True)
-        _send(conn, json.dumps({"status": "refused", "reason": reason}).encode())
-        return "refused"
     if request.get("app-dir") != str(APP_DIR):
         # The SuperNode installed another version of the app: stop, and let the ClientApp start one
         # that imports it (code is never reloaded in place).

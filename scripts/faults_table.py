@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import tempfile
 import warnings
@@ -38,7 +39,7 @@ def cell(text: str) -> str:
 def reported(error: BaseException) -> str:
     """What the site's ClientApp sends the coordinator for `error` (client_app/handlers.py's
     `_report_safely`; in an error reply, Flower wraps it as
-    `<class 'client_app.app.SiteFailure'>:<'...'>`)."""
+    `<class 'client_app.app.SiteFailure'>:<'...'>`), its site error id as `<id>`."""
     try:
         from client_app.handlers import _report_safely
     except ImportError as err:  # pragma: no cover - the other end changed
@@ -50,8 +51,13 @@ def reported(error: BaseException) -> str:
     try:
         _report_safely(handler)(None, None)
     except Exception as failure:  # noqa: BLE001
-        return str(failure)
+        return without_error_id(str(failure))
     return "(nothing raised)"
+
+
+def without_error_id(reason: str) -> str:
+    """`reason` with its site error id, new on every run, as `<id>`."""
+    return re.sub(r"site error [0-9a-f]{8}", "site error <id>", reason)
 
 
 def bad_input_rows() -> list[str]:
@@ -64,6 +70,7 @@ def bad_input_rows() -> list[str]:
             root = Path(tmp)
             if case.needs_non_root and running_as_root():
                 message, at_coordinator = unreadable_as_nobody(sys.executable, REPO)
+                at_coordinator = without_error_id(at_coordinator)
                 error_type, _, local = message.replace("{root}/", "").partition(": ")
                 note = " (read as uid 65534: root reads any file)"
             else:
@@ -174,15 +181,15 @@ PROCESS_ROWS = [
     ("site fails", "a site's data is broken (here: an annotation line with note text after a relation's arguments); "
      "the site raises in every round",
      "round 1: update from site node <id> rejected: error reply (code 2): <class 'client_app.app.SiteFailure'>:"
-     "<'AnnotationError: <data-dir>/c-0001.ann:37: R999: expected 'TYPE Arg1:ID Arg2:ID', got 11 space-separated "
-     "field(s)'>",
-     "the round goes on with the other sites (if at least `strategy.min-sites` replied usably); the reason names file "
-     "and line and holds no note text",
+     "<'malformed site data: AnnotationError (site error <id>; details in the site's log)'>",
+     "the round goes on with the other sites (if at least `strategy.min-sites` replied usably); the reason names "
+     "neither file nor document id and holds no note text; the site's log has file, line and message under the id",
      "`test_privacy.py::test_simulation_messages_hold_no_note_text`<br>"
-     "`test_privacy.py::test_deployment_wire_holds_no_note_text`"),
+     "`test_privacy.py::test_deployment_wire_holds_no_note_text`<br>"
+     "`test_error_reports.py::test_an_error_reply_names_no_file_path_or_document_id_and_the_site_log_does`"),
     ("site fails", "a site's ClientApp raises an error that is not one of the project's (e.g. out of memory)",
      "round 4: update from site h11 rejected: error reply (code 2): <class 'client_app.app.SiteFailure'>:"
-     "<'MemoryError at training.py:88 (details in the site's log)'>",
+     "<'MemoryError at training.py:88 (site error <id>; details in the site's log)'>",
      "the round goes on without it; the full traceback stays in the site's log",
      "`test_faults.py::test_sites_that_fail_or_do_not_answer_are_named_and_the_round_goes_on`"),
     ("site silent", "a site sends nothing within `strategy.round-timeout`",
@@ -231,9 +238,10 @@ def document() -> str:
         "What the project was given that it should refuse, and what it said. The messages in the first two",
         "tables were produced by running each case (`scripts/faults_table.py`; temporary folders left out);",
         "the tests in the last column check them. Design rules they follow (docs/architecture.md): errors name the",
-        "file and line, or the key, and what was expected; nothing sent to the coordinator quotes note text",
-        "(`tests/test_privacy.py` records every message of a simulation and of a loopback deployment and",
-        "checks it); bad input never crashes a federation silently and never loses finished rounds.",
+        "file and line, or the key, and what was expected, at the site; nothing sent to the coordinator quotes note",
+        "text or names a site's file or document id (`tests/test_privacy.py` records every message of a simulation",
+        "and of a loopback deployment and checks it); bad input never crashes a federation silently and never",
+        "loses finished rounds.",
         "",
         "## Bad inputs at a site, and bad configuration",
         "",
@@ -241,9 +249,10 @@ def document() -> str:
         "same way before any run and prints the same errors. The run config is validated before any training",
         "(`fedmedlora simulate` and `deploy` before starting Flower, the ServerApp before round 1). The",
         "coordinator column is the reason in the site's error reply (Flower wraps it as",
-        "`<class 'client_app.app.SiteFailure'>:<'...'>`); where it is `... (details in the site's log)`, the",
-        "error type is not one the ClientApp passes on (client_app/handlers.py, `_SAFE_TO_REPORT`) and only the",
-        "site's log names the file.",
+        "`<class 'client_app.app.SiteFailure'>:<'...'>`): a category and a site error id, since file names and",
+        "document ids may hold MRNs or patient names; the site's log holds the message of the middle column under",
+        "that id (`site error <id>: ...`). Errors about what the coordinator sent (its run config, its message, its",
+        "base model) go back in full (client_app/handlers.py, `_category`).",
         "",
         "| kind | bad input | error at the site | what the coordinator gets | tested by |",
         "|---|---|---|---|---|",

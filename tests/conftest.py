@@ -35,3 +35,18 @@ def pytest_itemcollected(item: pytest.Item) -> None:
     selects."""
     if item.get_closest_marker("e2e") is None and item.get_closest_marker("compose") is None:
         item.add_marker(pytest.mark.unit)
+
+
+@pytest.fixture()
+def site_log():
+    """What the site's own loggers (client_app.*) write during the test: the site's local
+    log (a ClientApp process's output, a site worker's worker.log). `.getvalue()` reads it."""
+    import io
+    import logging
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger = logging.getLogger("client_app")
+    logger.addHandler(handler)
+    yield stream
+    logger.removeHandler(handler)

@@ -49,7 +49,8 @@ NODES = (11, 12, 13)  # sites h11, h12, h13
 TIMEOUT = 7.0
 NODE_UNAVAILABLE = ("Error: Node Unavailable — The destination node failed to report a heartbeat "
                     "within 2 × its expected interval.")
-CLIENT_ERROR = "<class 'client_app.app.SiteFailure'>:<'MemoryError at training.py:88 (details in the site's log)'>"
+CLIENT_ERROR = ("<class 'client_app.app.SiteFailure'>:<'MemoryError at training.py:88 "
+                "(site error 5e1f0c2a; details in the site's log)'>")
 
 
 # --- unit level: the screening on a fake grid --------------------------------------------

@@ -15,6 +15,7 @@ import pytest
 from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
 from flwr.common import MessageType
 
+from support.capture import logged_under, site_error_id
 from wire import protocol
 
 pytestmark = pytest.mark.unit
@@ -180,7 +181,8 @@ def test_a_message_from_another_app_version_stops_the_worker(site, worker_folder
     assert worker.worker_pid(worker_folder) not in (None, pid)
 
 
-def test_a_worker_killed_mid_message_fails_that_message_by_site_and_the_next_starts_fresh(site, worker_folder):
+def test_a_worker_killed_mid_message_fails_that_message_by_site_and_the_next_starts_fresh(site, worker_folder,
+                                                                                          site_log):
     from client_app.app import SiteFailure
     from client_app.worker import worker_pid
 
@@ -202,13 +204,16 @@ def test_a_worker_killed_mid_message_fails_that_message_by_site_and_the_next_sta
     thread.join(timeout=60)
     assert not thread.is_alive()
     assert len(errors) == 1 and isinstance(errors[0], SiteFailure)
-    assert "stopped before replying" in str(errors[0]) and str(worker_folder) in str(errors[0])
+    # The reason names what failed; the folder and the worker's log, in the site's log under its id
+    reason = str(errors[0])
+    assert "site worker stopped before replying" in reason and str(worker_folder) not in reason
+    assert str(worker_folder) in logged_under(site_log.getvalue(), site_error_id(reason))
     reply = _train(site, node_config)
     assert reply.content[protocol.METRICS]["train-steps"] == 2
     assert worker_pid(worker_folder) not in (None, pid)
 
 
-def test_a_worker_that_dies_while_starting_fails_the_message_at_once(site, worker_folder, monkeypatch):
+def test_a_worker_that_dies_while_starting_fails_the_message_at_once(site, worker_folder, monkeypatch, site_log):
     """A fresh worker killed before the ClientApp connects (or one that cannot start) is
     reported as stopped when it dies, not after the whole start-up timeout."""
     from client_app import worker
@@ -219,7 +224,8 @@ def test_a_worker_that_dies_while_starting_fails_the_message_at_once(site, worke
     with pytest.raises(SiteFailure, match="stopped before replying") as caught:
         _train(site, {"partition-id": 0, "site-worker": str(worker_folder)})
     assert time.monotonic() - started < worker.START_TIMEOUT / 2
-    assert str(worker_folder) in str(caught.value)
+    assert str(worker_folder) not in str(caught.value)
+    assert str(worker_folder) in logged_under(site_log.getvalue(), site_error_id(str(caught.value)))
 
 
 def test_a_handler_error_in_the_worker_reaches_the_coordinator_as_the_same_safe_report(site, worker_folder):

@@ -30,6 +30,7 @@ import http.server
 import io
 import json
 import os
+import re
 import threading
 import time
 import zlib
@@ -137,6 +138,20 @@ def flower_error_reason(err: BaseException) -> str:
     """The reason Flower puts in the error reply of a ClientApp that raised `err`
     (flwr/supernode/runtime/run_clientapp.py)."""
     return str(type(err)) + ":<'" + str(err) + "'>"
+
+
+def site_error_id(reason: str) -> str:
+    """The site error id a failure reason gives (client_app/app.py, `failure_reason`)."""
+    found = re.findall(r"\(site error ([0-9a-f]{8}); details in the site's log\)", reason)
+    assert len(found) == 1, f"no single site error id in {reason!r}"
+    return found[0]
+
+
+def logged_under(log_text: str, error_id: str) -> str:
+    """What a site's log holds under `error_id`: its line and the traceback after it."""
+    marker = f"site error {error_id}: "
+    assert marker in log_text, f"site error {error_id} is not in the site's log"
+    return log_text.split(marker, 1)[1].split("site error ", 1)[0]
 
 
 # --------------------------------------------------------------------------- the site: a mod
@@ -540,5 +555,6 @@ def adapter_problems(record: Mapping[str, Any], expected: Mapping[str, tuple[int
 __all__ = [
     "CAPTURE_ENV", "capture_dir", "capture_mod", "RecordingGrid", "WireRecorder", "Exchange", "WireMessage",
     "decode_wire", "message_record", "record_of", "append_record", "load_records", "flower_error_reason",
+    "site_error_id", "logged_under",
     "NoteTextFinder", "Finding", "note_strings", "adapter_problems", "unpacked",
 ]
