@@ -291,7 +291,9 @@ def start_worker(folder: Path, owner_pid: int) -> int:
     where.prepare()
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(APP_DIR), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    command = [sys.executable, "-m", "client_app.worker", "--folder", str(folder), "--owner-pid", str(owner_pid)]
+    # Absolute: the worker runs in APP_DIR, and `worker_pid` matches its command line.
+    command = [sys.executable, "-m", "client_app.worker", "--folder", str(Path(folder).resolve()),
+               "--owner-pid", str(owner_pid)]
     with open(where.log, "a") as log:
         process = subprocess.Popen(command, cwd=APP_DIR, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
@@ -299,12 +301,23 @@ def start_worker(folder: Path, owner_pid: int) -> int:
 
 
 def worker_pid(folder: Path) -> int | None:
-    """The pid of the folder's running worker, if any."""
+    """The pid of the folder's running worker, if any. The pid file is only believed for a
+    process that is this folder's worker (its command line says so): a pid planted there
+    must not get another process signalled by `stop_worker`."""
     try:
         pid = int(WorkerFolder(folder).pid.read_text())
     except (FileNotFoundError, ValueError):
         return None
-    return pid if _alive(pid) else None
+    return pid if _alive(pid) and _is_worker_of(pid, folder) else None
+
+
+def _is_worker_of(pid: int, folder: Path) -> bool:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return False
+    named = argv[argv.index(b"--folder") + 1] if b"--folder" in argv[:-1] else None
+    return b"client_app.worker" in argv and named == os.fsencode(str(Path(folder).resolve()))
 
 
 def stop_worker(folder: Path, grace: float = 10.0) -> int | None:

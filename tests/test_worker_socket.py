@@ -284,3 +284,23 @@ def test_a_silent_caller_times_out_and_the_next_caller_is_served(running_worker)
     assert answer == {"status": "stale"}
     assert waited < worker.AUTH_TIMEOUT + 20
     assert "dropped a caller before it showed the token: timed out" in where.log.read_text()
+
+
+def test_a_pid_planted_in_the_worker_folder_gets_no_other_process_signalled(tmp_path):
+    """`stop_worker` signals the pid its folder's pid file names; a pid written there by
+    someone else (here: of an unrelated process) is not believed."""
+    import subprocess
+
+    from client_app.worker import WorkerFolder, stop_worker, worker_pid
+
+    where = WorkerFolder(tmp_path / "worker")
+    where.prepare()
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        where.pid.write_text(str(bystander.pid))
+        assert worker_pid(where.path) is None
+        assert stop_worker(where.path, grace=1) is None
+        assert bystander.poll() is None  # still running
+    finally:
+        bystander.kill()
+        bystander.wait()
