@@ -73,6 +73,7 @@ def site_worker_mod(msg: Message, context: Context, call_next) -> Message:
 def transport_mod(msg: Message, context: Context, call_next) -> Message:
     """Adapters travel packed and in `transport.encoding` (wire/transport.py): the handlers and
     client-side DP clipping see float32 tensors, and the reply's arrays leave packed."""
+    from wire.audit import AuditError
     from wire.transport import EncodingError, check_encoding, decode_content, encode_content
 
     from .audit_log import site_audit
@@ -84,10 +85,18 @@ def transport_mod(msg: Message, context: Context, call_next) -> Message:
             decode_content(msg.content)
     except (EncodingError, ValueError) as err:
         raise SiteFailure(f"the coordinator's message cannot be read: {err}") from None
-    audit = site_audit(context)
+    try:
+        audit = site_audit(context)
+    except AuditError as err:
+        raise SiteFailure(f"this site's audit trail: {err}") from None
     if audit is not None:
         audit.received(msg)
-    reply = call_next(msg, context)
+    try:
+        reply = call_next(msg, context)
+    except Exception as err:
+        if audit is not None:  # the error goes back instead of a reply: the trail says so, sealed
+            audit.failed(msg, str(err) if isinstance(err, SiteFailure) else type(err).__name__)
+        raise
     if reply.has_content():
         encode_content(reply.content, encoding)
     if audit is not None:

@@ -276,15 +276,16 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     from wire.audit import AuditError
 
     try:
-        problems = verify(Path(args.coordinator), [Path(p) for p in args.site])
-    except AuditError as err:
+        problems = verify(Path(args.coordinator), [Path(p) for p in args.site], [Path(k) for k in args.key])
+    except (AuditError, OSError) as err:
         print(f"tampered or damaged: {err}", file=sys.stderr)
         return 1
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
         return 1
-    print(f"ok: {args.coordinator} and {len(args.site)} site trail(s) are intact and agree")
+    print(f"ok: {args.coordinator} and {len(args.site)} site trail(s) are intact, sealed under the keys given "
+          "and agree")
     return 0
 
 
@@ -436,11 +437,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="also searched for the CPU build of torch ('' = pip's configured sources only)")
     bundle.set_defaults(func=cmd_bundle)
 
-    audit = sub.add_parser("audit-verify", help="check the hash chains of a run's audit.jsonl and of sites' "
-                                                "audit logs, and that every adapter a site sent was recorded")
+    audit = sub.add_parser("audit-verify", help="check the hash chains and keyed end lines of a run's audit.jsonl "
+                                                "and of sites' audit logs, and that both sides recorded the same "
+                                                "exchanges")
     audit.add_argument("coordinator", help="the run folder's audit.jsonl")
     audit.add_argument("--site", action="append", default=[], metavar="FILE",
                        help="a site's audit log (node config audit-log; repeatable)")
+    audit.add_argument("--key", action="append", default=[], metavar="FILE",
+                       help="a key that sealed one of the trails: the coordinator's (run config audit-key, default "
+                            "output-dir/audit.key) or a site's (node config audit-key); repeatable, each keyed "
+                            "line names the key it needs by id")
     audit.set_defaults(func=cmd_audit_verify)
 
     mem = sub.add_parser("audit", help="memorisation audit: canary sentences in one site's training notes, the "

@@ -31,7 +31,7 @@ from wire import protocol
 from wire.arrays import from_arrayrecord, to_arrayrecord
 from wire.transport import adapter_nbytes, adapter_sha256, transport_grid
 
-from .audit_trail import CoordinatorAudit
+from .audit_trail import CoordinatorAudit, coordinator_key
 from .checkpoint import Checkpoint, checkpoint_path, existing_round, resume_checkpoint, save_checkpoint
 from .outputs import RunRecorder, run_folder, safe_name
 from .report import RoundReporter
@@ -51,15 +51,13 @@ def _validation_folder(cfg: dict[str, Any]) -> Path:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = validate(context.run_config)  # stops here, before any training, on a bad config
-    grid = transport_grid(grid, cfg["transport.encoding"])  # strategies see float32 either way
-    if cfg["strategy.secure-aggregation"]:  # train rounds run as Flower's SecAgg+
-        grid = SecureAggregationGrid(grid, cfg["strategy.secagg-clipping-range"], cfg["strategy.secagg-max-weight"])
     folder = run_folder(cfg["output-dir"], cfg["run-name"], create=not cfg["resume"])
     # Also before any training: the checkpoint a continued run needs, or a new run's refusal
-    # to write over the rounds of another run.
+    # to write over the rounds of another run, and the key that seals the audit trail.
     checkpoint = resume_checkpoint(folder, cfg) if cfg["resume"] else None
     if checkpoint is None:
         _refuse_finished_rounds(folder, cfg)
+    audit_key = coordinator_key(cfg, folder)
     setup_logging(folder / "coordinator.log")
     log.info("run folder: %s", folder)
     torch.set_num_threads(max(1, len(__import__("os").sched_getaffinity(0))))
@@ -103,9 +101,13 @@ def main(grid: Grid, context: Context) -> None:
         "dtype": model_dtype(model), "run-config": cfg,
     }, elapsed_before=checkpoint.elapsed_seconds if checkpoint is not None else 0.0)
     adapter_bytes = adapter_nbytes(initial, cfg["transport.encoding"])
-    audit = CoordinatorAudit(folder, context.run_id, identity.name, identity.sha256, cfg)
+    audit = CoordinatorAudit(folder, context.run_id, identity.name, identity.sha256, cfg, audit_key)
     if checkpoint is None:
         audit.initial(adapter_sha256(initial, cfg["transport.encoding"]))
+    # Strategies see float32 either way; every message leaves with the audit trail's head.
+    grid = transport_grid(grid, cfg["transport.encoding"], stamp=audit.stamp)
+    if cfg["strategy.secure-aggregation"]:  # train rounds run as Flower's SecAgg+
+        grid = SecureAggregationGrid(grid, cfg["strategy.secagg-clipping-range"], cfg["strategy.secagg-max-weight"])
     reporter = RoundReporter(strategy, adapter_bytes, full_model_bytes, cfg["num-server-rounds"], dp=dp_budget(cfg))
     if checkpoint is not None:
         recorder.keep_rounds_up_to(done)
@@ -153,6 +155,7 @@ def main(grid: Grid, context: Context) -> None:
             )
         except TooFewSites as err:
             _log_stopped(err, folder)
+            audit.end()  # a stop, not a crash: the trail is complete up to here
             raise
     else:
         log.info("%s already finished all %d rounds; writing its final adapter and summary", folder, done)
@@ -168,6 +171,7 @@ def main(grid: Grid, context: Context) -> None:
     for site, site_state in strategy.personal_adapters(load_peft_folder(final)).items():
         log.info("site %s's own adapter: %s", site, recorder.save_adapter(f"final/sites/{safe_name(site)}", site_state, last))
     reporter.log_totals()
+    audit.end()
     log.info("global adapter: %s (load it with peft.PeftModel.from_pretrained)", final)
     log.info("metrics per round: %s", recorder.metrics_path)
 

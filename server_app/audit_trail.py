@@ -6,7 +6,10 @@ package versions; again after a resume), `join` (the first time a site's adapter
 its node id, the base model and package versions it reported), `round` (the sites asked
 and the sites that replied, the SHA-256, example count and weight of every adapter
 received, what was rejected and why, the SHA-256 of the global adapter the round made, as
-it will travel), and `global` for round 0 (the initial adapter).
+it will travel), `global` for round 0 (the initial adapter), and `run-end` when the run
+ends: the line count and head, with an HMAC under the coordinator's key (run config
+`audit-key`, default `output-dir/audit.key`, created 0600 if absent). Every message the
+coordinator sends carries the trail's head (`stamp`), which each site records.
 """
 
 from __future__ import annotations
@@ -16,18 +19,33 @@ import json
 from pathlib import Path
 from typing import Any
 
+from flwr.app import ConfigRecord
+
+from settings.config import ConfigError
 from wire import protocol
-from wire.audit import AuditLog, read_chain
+from wire.audit import AuditError, AuditLog, ensure_key, read_chain
 
 FILE_NAME = "audit.jsonl"
+KEY_FILE_NAME = "audit.key"  # in output-dir, outside every run folder, unless audit-key names a file
 NO_REPLY = "no reply"  # how strategies/screened.py words a site that did not answer
 
 
+def coordinator_key(cfg: dict[str, Any], folder: Path) -> bytes:
+    """The key that seals the run folder's trail (created if absent); ConfigError naming
+    `audit-key` and the file if it cannot be used."""
+    path = Path(cfg["audit-key"] or Path(cfg["output-dir"]) / KEY_FILE_NAME)
+    try:
+        return ensure_key(path, Path(folder) / FILE_NAME)
+    except AuditError as err:
+        raise ConfigError(f"audit-key: {err}") from None
+
+
 class CoordinatorAudit:
-    def __init__(self, folder: Path, run_id: int, base_model: str, base_sha256: str, cfg: dict[str, Any]) -> None:
+    def __init__(self, folder: Path, run_id: int, base_model: str, base_sha256: str, cfg: dict[str, Any],
+                 key: bytes) -> None:
         path = Path(folder) / FILE_NAME
         self.joined = {e["site"] for e in read_chain(path) if e.get("event") == "join"} if path.exists() else set()
-        self.log = AuditLog(path)
+        self.log = AuditLog(path, key)
         config_sha = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()
         versions = protocol.package_versions()
         self.log.append("run-start", **{"run-id": int(run_id), "base-model": base_model, "base-sha256": base_sha256,
@@ -59,3 +77,10 @@ class CoordinatorAudit:
                         # Under SecAgg+ no site's adapter reached the coordinator: no per-site hash.
                         **({"secure-aggregation": True} if "secure-aggregation" in record.get("strategy", {}) else {}))
 
+    def stamp(self, content) -> None:
+        """Put the trail's head into an outgoing message (protocol.AUDIT), for the site to record."""
+        content[protocol.AUDIT] = ConfigRecord({protocol.AUDIT_LINES: self.log.seq, protocol.AUDIT_HEAD: self.log.prev})
+
+    def end(self) -> None:
+        """The keyed `run-end` line: nothing can be cut off or rebuilt before it unseen."""
+        self.log.seal("run-end")

@@ -44,6 +44,8 @@ class RunSection:
 
     num_server_rounds: int = setting(3, "federated rounds", check=_at_least(1), expected="an integer >= 1")
     output_dir: str = setting("outputs", "folder for run outputs (resolved to an absolute path)")
+    audit_key: str = setting("", "HMAC-SHA256 key file sealing the run's audit.jsonl, outside the run folder, "
+                                 "created (mode 0600) if absent; empty = output-dir/audit.key")
     run_name: str = setting("", "name of this run's folder under output-dir; empty = date and time")
     resume: bool = setting(False, "continue the run in output-dir/run-name from its last finished round "
                                   "(its checkpoint.npz); needs run-name")

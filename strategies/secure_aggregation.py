@@ -88,7 +88,7 @@ class SecureAggregationGrid:
         # The sum holds the factors the round's rule sends (FFA-LoRA: B only), in the adapter's order.
         _, send = protocol.factor_rule(messages[0].content[protocol.CONFIG])
         keys = list(protocol.selected_factors(dict.fromkeys(messages[0].content[protocol.ARRAYS].keys()), send))
-        recorder = _StageRecorder(self._grid)
+        recorder = _StageRecorder(self._grid, server_round)
         workflow = SecAggPlusWorkflow(SHARES, THRESHOLD, max_weight=float(self.max_weight),
                                       clipping_range=self.clipping_range, quantization_range=QUANTIZATION_RANGE,
                                       timeout=timeout)
@@ -153,10 +153,13 @@ class SecureAggregationGrid:
 
 class _StageRecorder:
     """The Grid the workflow's stages use: keeps each node's last error reply and its
-    masked-adapter reply (the one with its metrics), and the bytes to and from each node."""
+    masked-adapter reply (the one with its metrics), and the bytes to and from each node.
+    Flower's key and share messages get the round number (a CONFIG record with
+    `server-round`), so a site's audit trail places every stage in its round."""
 
-    def __init__(self, grid) -> None:
+    def __init__(self, grid, server_round: int) -> None:
         self._grid = grid
+        self.server_round = server_round
         self.errors: dict[int, Message] = {}
         self.masked: dict[int, Message] = {}
         self.down: dict[int, int] = {}  # bytes sent to a node, all stages
@@ -173,6 +176,9 @@ class _StageRecorder:
         from flwr.common.secure_aggregation.secaggplus_constants import Key
 
         messages = list(messages)
+        for msg in messages:
+            if protocol.CONFIG not in msg.content.config_records:
+                msg.content[protocol.CONFIG] = ConfigRecord({"server-round": self.server_round})
         replies = list(self._grid.send_and_receive(messages, timeout=timeout))
         for msg in messages:  # encoded in place by the transport Grid below: their size on the wire
             node, size = msg.metadata.dst_node_id, _nbytes(msg)

@@ -516,11 +516,13 @@ def test_the_server_app_continues_a_killed_run_as_if_never_stopped(tmp_path, tin
     assert untimed(summary["zero-shot-metrics"]) == untimed(full_summary["zero-shot-metrics"])
     assert untimed(summary["final-metrics"]) == untimed(full_summary["final-metrics"])
     assert [r["after-round"] for r in summary["resumed"]] == [2] and "resumed" not in full_summary
-    # The audit trail goes on across the resume, one chain: rounds 1, 2, then (resumed) 3.
+    # The audit trail goes on across the resume, one chain: rounds 1, 2, then (resumed) 3; the
+    # killed run wrote no run-end, the resumed one seals the whole chain.
     from wire.audit import read_chain
 
     trail = [(e["event"], e.get("round")) for e in read_chain(killed / "audit.jsonl") if e["event"] != "join"]
-    assert trail == [("run-start", None), ("global", 0), ("round", 1), ("round", 2), ("run-start", None), ("round", 3)]
+    assert trail == [("run-start", None), ("global", 0), ("round", 1), ("round", 2), ("run-start", None), ("round", 3),
+                     ("run-end", None)]
     assert existing_round(killed) == 3
     # FedAdam's moments came back: round 3's adapter is the uninterrupted run's, bit for bit.
     for name in ("round-1", "round-2", "round-3", "final"):

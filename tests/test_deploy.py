@@ -67,28 +67,33 @@ def _deploy(tmp_path, tiny_llama, tiny_corpus, tls: bool, rounds: int, rogue: bo
             assert (deployment.worker_folder(site.name) / "worker.log").read_text().count("serving") == 1
     assert deployment.processes.pids() == [] and _processes_of(workdir) == []
     _check_run(tmp_path / "outputs" / "deploy", log, rounds)
-    _check_audit(tmp_path / "outputs" / "deploy", [deployment.audit_log(s.name) for s in deployment.sites], rounds)
+    _check_audit(tmp_path / "outputs" / "deploy", [deployment.audit_log(s.name) for s in deployment.sites], rounds,
+                 [tmp_path / "outputs" / "audit.key", *[deployment.audit_key(s.name) for s in deployment.sites]])
 
 
-def _check_audit(run_dir: Path, site_logs: list[Path], rounds: int) -> None:
-    """The coordinator's and the sites' audit trails agree (fedmedlora audit-verify)."""
+def _check_audit(run_dir: Path, site_logs: list[Path], rounds: int, keys: list[Path]) -> None:
+    """The coordinator's and the sites' audit trails agree and are sealed (fedmedlora audit-verify)."""
     from fedmedlora.audit_check import verify
+    from wire import protocol
     from wire.audit import read_chain
 
     entries = read_chain(run_dir / "audit.jsonl")
-    assert [e["event"] for e in entries if e["event"] != "join"] == ["run-start", "global"] + ["round"] * rounds
+    assert [e["event"] for e in entries if e["event"] != "join"] == ["run-start", "global"] + ["round"] * rounds + [
+        "run-end"]
     assert sorted(e["site"] for e in entries if e["event"] == "join") == ["hospital-a", "hospital-b", "hospital-c"]
     joins = [e for e in entries if e["event"] == "join"]
     assert all(e["versions"]["flwr"].startswith("1.42") and len(e["base-sha256"]) == 64 for e in joins), joins
-    last = entries[-1]
+    last = entries[-2]
     assert last["asked"] == last["replied"] == ["hospital-a", "hospital-b", "hospital-c"]
     assert all(len(r["sha256"]) == 64 and r["weight"] > 0 for r in last["received"]), last
     for path in site_logs:
-        sent = [e for e in read_chain(path) if e["event"] == "sent" and e["message-type"] == "train"]
-        assert len(sent) == rounds, path
-    assert verify(run_dir / "audit.jsonl", site_logs) == []
+        site = read_chain(path)
+        sent = [e for e in site if e["event"] == "sent" and e["message-type"] == "train"]
+        assert len(sent) == rounds and site[-1]["event"] == "seal", path
+        assert all(protocol.AUDIT_HEAD in e for e in site if e["event"] == "received"), path
+    assert verify(run_dir / "audit.jsonl", site_logs, keys) == []
     command = [sys.executable, "-m", "fedmedlora.cli", "audit-verify", str(run_dir / "audit.jsonl"),
-               *[f"--site={p}" for p in site_logs]]
+               *[f"--site={p}" for p in site_logs], *[f"--key={k}" for k in keys]]
     assert subprocess.run(command, capture_output=True, text=True, timeout=120).returncode == 0
 
 
@@ -188,6 +193,10 @@ def test_site_node_config_is_what_the_client_app_reads(tmp_path):
     warm = parse_config_args([Site("hospital-a", folder).node_config(tmp_path / "worker", threads=2)])
     assert warm == {"data-dir": str(folder), "site-name": "hospital-a", "site-worker": str(tmp_path / "worker"),
                     "threads": 2}
+    audited = parse_config_args([Site("hospital-a", folder).node_config(audit_log=tmp_path / "trail" / "audit.jsonl",
+                                                                         audit_key=tmp_path / "keys" / "a.key")])
+    assert audited["audit-log"] == str(tmp_path / "trail" / "audit.jsonl")
+    assert audited["audit-key"] == str(tmp_path / "keys" / "a.key")
 
 
 def test_process_set_stops_orphaned_descendants(tmp_path):

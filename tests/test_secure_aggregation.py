@@ -204,6 +204,51 @@ def test_no_message_the_coordinator_receives_holds_a_sites_adapter(secure_setup,
                        for b in r.content.config_records[RECORD_KEY_CONFIGS].get(Key.MASKED_PARAMETERS, []))
 
 
+def test_a_secure_round_leaves_site_trails_that_match_the_coordinators_in_both_directions(secure_setup, tmp_path):
+    """The real ClientApp under SecAgg+, each site keeping its audit trail: every stage's
+    reply is recorded in round 1 with the coordinator's head, and `audit-verify` matches the
+    sites' SecAgg+ lines with the coordinator's round (tests/test_audit_tamper.py attacks them)."""
+    from fedmedlora.audit_check import verify
+    from fedmedlora.local_grid import LocalGrid
+    from server_app.audit_trail import CoordinatorAudit, coordinator_key
+    from strategies.screening import site_label
+    from strategies.secure_aggregation import SecureAggregationGrid
+    from wire import protocol
+    from wire.audit import read_chain
+    from wire.transport import adapter_sha256, payload_digest, transport_grid
+
+    cfg, _, initial = secure_setup
+    run = {**cfg, "output-dir": str(tmp_path / "outputs")}
+    folder = tmp_path / "outputs" / "run"
+    coordinator = CoordinatorAudit(folder, 1, "base", "b" * 64, run, coordinator_key(run, folder))
+    coordinator.initial(adapter_sha256(initial, "float32"))
+    names = ("site-a", "site-b", "site-c")
+    trails = {name: tmp_path / "sites" / name / "audit.jsonl" for name in names}
+    keys = [tmp_path / "outputs" / "audit.key", *[tmp_path / "keys" / f"{name}.key" for name in names]]
+    local = LocalGrid(cfg, {node: {"partition-id": i, "site-name": names[i], "audit-log": str(trails[names[i]]),
+                                   "audit-key": str(keys[i + 1])} for i, node in enumerate(SITES)})
+    grid = SecureAggregationGrid(transport_grid(local, "float32", stamp=coordinator.stamp),
+                                 cfg["strategy.secagg-clipping-range"], cfg["strategy.secagg-max-weight"])
+    replies = grid.send_and_receive(_instructions(secure_setup), timeout=2)
+    rows = [{"site": site_label(r), "node-id": r.metadata.src_node_id, "sha256": payload_digest(r.content) or "",
+             "num-examples": int(r.content[protocol.METRICS]["num-examples"]), "weight": 1 / 3} for r in replies]
+    coordinator.round({"round": 1, "sites": rows, "rejected": [], "strategy": {"secure-aggregation": {}}}, "f" * 64)
+    coordinator.end()
+    assert sorted(r["site"] for r in rows) == list(names) and all(r["sha256"] == "" for r in rows)
+    for name, path in trails.items():
+        sent = [e for e in read_chain(path) if e["event"] == "sent"]
+        assert len(sent) == 4 and all(e["round"] == 1 and e["secure-aggregation"] for e in sent), (name, sent)
+        heads = [e[protocol.AUDIT_LINES] for e in read_chain(path) if e["event"] == "received"]
+        assert heads == [2] * 4  # run-start and the initial global: nothing is written during the round
+    assert verify(folder / "audit.jsonl", list(trails.values()), keys) == []
+    # The other direction: a SecAgg+ round the coordinator says site-a took part in, that site-a never saw.
+    coordinator = CoordinatorAudit(folder, 1, "base", "b" * 64, run, coordinator_key(run, folder))
+    coordinator.round({"round": 2, "sites": rows, "rejected": [], "strategy": {"secure-aggregation": {}}}, "e" * 64)
+    coordinator.end()
+    problems = verify(folder / "audit.jsonl", [trails["site-a"]], keys)
+    assert len(problems) == 1 and "a reply from site-a in round 2 of run 1;" in problems[0], problems
+
+
 def test_a_site_lost_after_sending_its_masked_adapter_is_still_in_the_sum(secure_setup, plain):
     from flwr.common.secure_aggregation.secaggplus_constants import Stage
 

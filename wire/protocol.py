@@ -30,6 +30,14 @@ CONFIG = "config"
 METRICS = "metrics"
 SITE = "site"
 
+# Every coordinator message carries the head of the coordinator's audit trail when it was
+# sent (a ConfigRecord AUDIT: its line count and the hash of its last line), and a site
+# records both in its own trail, so the site's file shows what the coordinator's chain was
+# at each message (server_app/audit_trail.py, client_app/audit_log.py).
+AUDIT = "audit"
+AUDIT_LINES = "coordinator-lines"
+AUDIT_HEAD = "coordinator-head"
+
 # Metric keys every site returns, identical everywhere (FedAvg requires it).
 TRAIN_METRIC_KEYS = ("num-examples", "train-loss", "train-tokens", "train-seconds", "train-steps", "train-end-time",
                      "optimizer-restored", "frozen-parameters", "frozen-unchanged")

@@ -26,7 +26,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -223,11 +223,13 @@ def sent_nbytes(content) -> int | None:
     return int(content.config_records[TRANSPORT][ENCODED_BYTES])
 
 
-def transport_grid(inner, encoding: str):
+def transport_grid(inner, encoding: str, stamp: Callable[[Any], None] | None = None):
     """The coordinator's Grid with outgoing messages encoded and packed and replies decoded,
-    so strategies never see encoded tensors. It also waits for replies by pulling every
-    `REPLY_POLL_SECONDS`: Flower's deployment Grid sleeps 3 s between pulls, which a round
-    pays once per message phase (docs/architecture.md, "Warm sites")."""
+    so strategies never see encoded tensors. `stamp`, when given, is called on every outgoing
+    message's content as it leaves (the audit trail's head, server_app/audit_trail.py). It
+    also waits for replies by pulling every `REPLY_POLL_SECONDS`: Flower's deployment Grid
+    sleeps 3 s between pulls, which a round pays once per message phase
+    (docs/architecture.md, "Warm sites")."""
     from flwr.serverapp import Grid
 
     check_encoding(encoding)
@@ -238,6 +240,8 @@ def transport_grid(inner, encoding: str):
             for msg in messages:
                 if not msg.has_error():
                     encode_content(msg.content, encoding)
+                    if stamp is not None:
+                        stamp(msg.content)
             return messages
 
         def _decode(self, replies):

@@ -169,7 +169,7 @@ class LoopbackDeployment:
         if self.isolation == "process" and self.tls_files:
             runtime_tls = write_tls_files(self.workdir / "runtime" / site.name)
         node_config = site.node_config(self.worker_folder(site.name) if self.site_workers else None, self.threads,
-                                       audit_log=self.audit_log(site.name))
+                                       audit_log=self.audit_log(site.name), audit_key=self.audit_key(site.name))
         command = supernode_command(self.address, node_config, "127.0.0.1", runtime_port,
                                     root_certificates=self.tls_files.ca_cert if self.tls_files else None,
                                     private_key=private_key, isolation=self.isolation, runtime_tls=runtime_tls,
@@ -189,6 +189,10 @@ class LoopbackDeployment:
     def audit_log(self, site_name: str) -> Path:
         """The site's own audit trail (client_app/audit_log.py), beside its SuperNode's files."""
         return (self.workdir / "sites" / site_name / "audit.jsonl").resolve()
+
+    def audit_key(self, site_name: str) -> Path:
+        """The key that seals the site's trail, outside the trail's folder (created by the site)."""
+        return (self.workdir / "audit-keys" / f"{site_name}.key").resolve()
 
     def worker_folder(self, site_name: str) -> Path:
         """The folder of the site's warm worker (its socket, token, pid and log)."""

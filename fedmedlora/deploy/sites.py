@@ -13,15 +13,19 @@ class Site:
     name: str
     data_dir: Path
 
-    def node_config(self, site_worker: Path | None = None, threads: int = 0, audit_log: Path | None = None) -> str:
+    def node_config(self, site_worker: Path | None = None, threads: int = 0, audit_log: Path | None = None,
+                    audit_key: Path | None = None) -> str:
         """The SuperNode's `--node-config`: `data-dir`, `site-name` (client_app/runtime.py),
-        `site-worker` (the warm worker's folder, client_app/app.py), `audit-log` (the site's
-        audit trail, client_app/audit_log.py) and `threads` (torch threads, client_app/handlers.py)."""
+        `site-worker` (the warm worker's folder, client_app/app.py), `audit-log` and
+        `audit-key` (the site's audit trail and the key that seals it, client_app/audit_log.py)
+        and `threads` (torch threads, client_app/handlers.py)."""
         values = [("data-dir", str(self.data_dir)), ("site-name", self.name)]
         if site_worker is not None:
             values.append(("site-worker", str(site_worker)))
         if audit_log is not None:
             values.append(("audit-log", str(audit_log)))
+        if audit_key is not None:
+            values.append(("audit-key", str(audit_key)))
         for key, value in values:
             if "'" in value:
                 raise ValueError(f"site {self.name}: {key} {value!r} may not contain a single quote")
