@@ -12,6 +12,7 @@ and their model stack (client_app/handlers.py) are imported where the work runs.
 
 from __future__ import annotations
 
+import os
 import time
 
 from flwr.app import Context, Message
@@ -26,6 +27,19 @@ _IMPORT_STARTED = time.time()
 
 class SiteFailure(RuntimeError):
     """An error whose message is safe to send to the coordinator."""
+
+
+def approved_app_mod(msg: Message, context: Context, call_next) -> Message:
+    """A site whose node config lists `approved-apps` starts its ClientApps with `fedmedlora
+    site-exec`, which checks the app's digest before any of its code runs and says so in
+    FEDMEDLORA_APPROVED_APP (fedmedlora/app_pin.py). Without that (Flower's own executor,
+    or subprocess isolation) the pin would silently check nothing: refuse instead. This
+    catches a misconfigured site running this app; the check itself is site-exec's."""
+    if "approved-apps" in context.node_config and not os.environ.get("FEDMEDLORA_APPROVED_APP"):
+        raise SiteFailure("this site's node config lists approved-apps, but its ClientApps are not started by "
+                          "`fedmedlora site-exec`, so no app digest was checked; run the SuperNode with "
+                          "--isolation process and `fedmedlora site-exec` beside it")
+    return call_next(msg, context)
 
 
 def site_worker_mod(msg: Message, context: Context, call_next) -> Message:
@@ -99,7 +113,8 @@ def _handlers():
     return handlers
 
 
-app = ClientApp(mods=[site_worker_mod, transport_mod])  # in this order: the worker decodes and encodes
+# In this order: the pin's check first; the worker decodes and encodes.
+app = ClientApp(mods=[approved_app_mod, site_worker_mod, transport_mod])
 
 
 @app.train(mods=[_secure_aggregation, _dp_clipping])

@@ -6,7 +6,6 @@ from pathlib import Path
 
 from .pki import TlsFiles
 
-
 # The command line of every component, built in one place: the loopback deployment below
 # runs them (with absolute executable paths; subprocess isolation unless asked), and
 # docker-compose.yml / docker-compose.tls.yml spell out the same lines for containers
@@ -78,6 +77,14 @@ def superexec_command(runtime_api_address: str, root_certificates: Path | str | 
     command = [executable, "--runtime-api-address", runtime_api_address]
     command += ["--root-certificates", str(root_certificates)] if root_certificates is not None else ["--insecure"]
     return command
+
+
+def site_exec_command(runtime_api_address: str, root_certificates: Path | str | None = None,
+                      executable: str = "fedmedlora") -> list[str]:
+    """`fedmedlora site-exec`: the ClientApp executor of a hospital that pins its apps, with
+    `flower-superexec`'s options (:func:`superexec_command`); it starts a ClientApp only when
+    the node config's `approved-apps` lists the digest of its FAB (fedmedlora/site_exec.py)."""
+    return [executable, "site-exec", *superexec_command(runtime_api_address, root_certificates)[1:]]
 
 
 def register_command(public_key: Path | str, connection: str, name: str, executable: str = "flwr") -> list[str]:
