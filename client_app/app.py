@@ -14,6 +14,7 @@ and their model stack (client_app/handlers.py) are imported where the work runs.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import time
 
@@ -41,6 +42,19 @@ def failure_reason(category: str, detail: str) -> str:
     error_id = secrets.token_hex(4)
     logging.getLogger(__name__).error("site error %s: %s", error_id, detail)
     return f"{category} (site error {error_id}; details in the site's log)"
+
+
+def approved_app_mod(msg: Message, context: Context, call_next) -> Message:
+    """A site whose node config lists `approved-apps` starts its ClientApps with `fedmedlora
+    site-exec`, which checks the app's digest before any of its code runs and says so in
+    FEDMEDLORA_APPROVED_APP (fedmedlora/app_pin.py). Without that (Flower's own executor,
+    or subprocess isolation) the pin would silently check nothing: refuse instead. This
+    catches a misconfigured site running this app; the check itself is site-exec's."""
+    if "approved-apps" in context.node_config and not os.environ.get("FEDMEDLORA_APPROVED_APP"):
+        raise SiteFailure("this site's node config lists approved-apps, but its ClientApps are not started by "
+                          "`fedmedlora site-exec`, so no app digest was checked; run the SuperNode with "
+                          "--isolation process and `fedmedlora site-exec` beside it")
+    return call_next(msg, context)
 
 
 def site_worker_mod(msg: Message, context: Context, call_next) -> Message:
@@ -124,7 +138,8 @@ def _handlers():
     return handlers
 
 
-app = ClientApp(mods=[site_worker_mod, transport_mod])  # in this order: the worker decodes and encodes
+# In this order: the pin's check first; the worker decodes and encodes.
+app = ClientApp(mods=[approved_app_mod, site_worker_mod, transport_mod])
 
 
 @app.train(mods=[_secure_aggregation, _dp_clipping])

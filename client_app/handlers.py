@@ -28,7 +28,7 @@ from wire.arrays import from_arrayrecord, to_arrayrecord
 from . import optimizer_state, timings
 from .app import SiteFailure, failure_reason
 from .factors import trained_factors
-from .runtime import SiteDataError, model_runtime, site_runtime
+from .runtime import SiteDataError, check_base_model, model_runtime, site_runtime
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +64,11 @@ def _report_safely(handler):
 
 
 def _setup(msg: Message, context: Context):
-    """Config, cached model and site data; refuses a coordinator with another base model."""
+    """Config, cached model and site data; refuses a coordinator with another base model
+    (first the site's pinned `base-model`, before loading; then the weights' hash)."""
     setup_logging()
     cfg = validate(context.run_config)
+    check_base_model(context.node_config, cfg)
     runtime = model_runtime(cfg, threads=int(context.node_config.get("threads", 0)))
     config = msg.content[protocol.CONFIG]
     protocol.check_base(config, runtime.identity, lora_settings(cfg))

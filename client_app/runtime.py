@@ -24,6 +24,7 @@ from modeling.base import ModelIdentity, load_base_model, model_identity, resolv
 from modeling.lora import attach_lora
 from modeling.training import Encoded, encode_all
 from settings.config import ConfigError, lora_settings, re_mode, site_names, tasks
+from wire.protocol import BaseModelMismatch
 
 from . import timings
 
@@ -88,6 +89,24 @@ def model_runtime(cfg: Mapping[str, Any], threads: int = 0) -> ModelRuntime:
         _models[key] = ModelRuntime(peft_model, tokenizer, model_identity(cfg["model.name"]))
         timings.current().model_load += time.perf_counter() - started
     return _models[key]
+
+
+def check_base_model(node_config: Mapping[str, Any], cfg: Mapping[str, Any]) -> None:
+    """A site that pins its base model (node config `base-model`, a name or a path) refuses a
+    run whose model.name is another, before anything the run names is loaded: the run config
+    is the coordinator's, and a checkpoint or Hub id it names would otherwise be read here."""
+    pinned = node_config.get("base-model")
+    if pinned is None:
+        return
+    named = str(cfg["model.name"])
+    if _model_key(str(pinned)) != _model_key(named):
+        raise BaseModelMismatch(f"this site's node config pins base-model {str(pinned)!r}; the run names "
+                                f"model.name {named!r}, refused before loading it")
+
+
+def _model_key(name: str) -> str:
+    """A path-like model name as an absolute path (two spellings of one folder are one model)."""
+    return str(Path(name).expanduser().resolve()) if name.startswith((".", "/", "~")) else name
 
 
 def site_dir(node_config: Mapping[str, Any], cfg: Mapping[str, Any]) -> Path:

@@ -243,6 +243,22 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         return 130
 
 
+def cmd_site_exec(args: argparse.Namespace) -> int:
+    """A hospital's ClientApp executor that runs only approved apps (fedmedlora/site_exec.py)."""
+    from fedmedlora.site_exec import superexec_main
+
+    superexec_main(args.superexec_args)
+    return 0
+
+
+def cmd_app_digest(args: argparse.Namespace) -> int:
+    """The digest a hospital lists in its node config's approved-apps (fedmedlora/app_pin.py)."""
+    from fedmedlora.app_pin import app_digest
+
+    print(app_digest(Path(args.app)))
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """`flwr run <app> <connection> --stream`, failing unless the run finished as completed."""
     from fedmedlora.deploy.run_status import run_and_check
@@ -403,8 +419,10 @@ def main(argv: list[str] | None = None) -> int:
                      help="TLS with a generated CA and server certificate, and SuperNode authentication")
     dep.add_argument("--no-node-auth", action="store_true", help="with --tls: skip SuperNode authentication")
     dep.add_argument("--isolation", choices=("subprocess", "process"), default="subprocess",
-                     help="process: a separate flower-superexec beside the SuperLink and each SuperNode, as in "
-                          "docker-compose.yml (with --tls, each SuperNode's Runtime API uses TLS too)")
+                     help="the SuperLink's: process runs a separate flower-superexec beside it, as in "
+                          "docker-compose.yml. Every site pins this app's digest and model.name, so its "
+                          "SuperNode always runs with process isolation and `fedmedlora site-exec` beside it "
+                          "(with --tls, each SuperNode's Runtime API uses TLS too)")
     dep.add_argument("--no-site-workers", action="store_true",
                      help="load the model in every ClientApp process, as Flower alone does, instead of keeping "
                           "each site's model warm in a site worker (docs/howto/hospitals.md, 'A warm site')")
@@ -466,6 +484,17 @@ def main(argv: list[str] | None = None) -> int:
                      help="override a run-config key (repeatable), as for simulate")
     mem.set_defaults(func=cmd_audit)
 
+    site_exec = sub.add_parser("site-exec", add_help=False,
+                               help="a hospital's ClientApp executor: Flower's flower-superexec (same options, "
+                                    "next to a SuperNode with --isolation process) that runs only the apps "
+                                    "listed in the node config's approved-apps (docs/howto/hospitals.md)")
+    site_exec.set_defaults(func=cmd_site_exec)  # its options are flower-superexec's, passed on as given
+
+    digest = sub.add_parser("app-digest", help="the SHA-256 a hospital lists in approved-apps: of the FAB `flwr "
+                                               "run` builds from an app folder, or of a .fab file")
+    digest.add_argument("app", nargs="?", default=".", help="an app folder (default: .) or a .fab file")
+    digest.set_defaults(func=cmd_app_digest)
+
     keys = sub.add_parser("deploy-keys", help="certificates and SuperNode keys for the TLS compose deployment "
                                               "(docker-compose.tls.yml)")
     keys.add_argument("--out", default="deploy/certificates", help="folder to write (the overlay reads "
@@ -481,8 +510,13 @@ def main(argv: list[str] | None = None) -> int:
     keys.add_argument("--days", type=int, default=365, help="validity of the certificates")
     keys.set_defaults(func=cmd_deploy_keys)
 
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "site-exec":
+        args.superexec_args = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command != "site-exec":  # it logs as flower-superexec does (no line per poll of the Runtime API)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # SIGTERM (kill, a job scheduler) unwinds like Ctrl-C, so the `finally` of a command that
     # started a SuperLink, SuperNodes or a simulation stops them instead of leaving them running.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))

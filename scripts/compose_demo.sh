@@ -9,7 +9,8 @@
 # Needs a running Docker engine and Docker Compose v2.23 or later (`docker compose`, or a
 # v2 `docker-compose`; COMPOSE names another command). Exits non-zero unless the run
 # finished as completed. Environment: APP_UID (the uid the services run as; default yours),
-# BASE_IMAGE, TORCH_BUILD (Dockerfile), SITE_THREADS (docker-compose.yml).
+# BASE_IMAGE, TORCH_BUILD (Dockerfile), SITE_THREADS, FEDMEDLORA_APPROVED_APPS (docker-compose.yml;
+# default the digest of this folder's app, the one the run sends).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +32,8 @@ fi
 
 # The services run as this uid: it owns deploy/outputs and the keys, root included.
 export APP_UID=${APP_UID:-$(id -u)}
+# The hospitals run only this app: the digest of the FAB `fedmedlora run` below sends from here.
+export FEDMEDLORA_APPROVED_APPS=${FEDMEDLORA_APPROVED_APPS:-$(.venv/bin/fedmedlora app-digest .)}
 files=(-f docker-compose.yml)
 mkdir -p deploy/outputs
 [[ -d deploy/demo-data/coordinator ]] || .venv/bin/fedmedlora demo-corpus deploy/demo-data

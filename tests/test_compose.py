@@ -26,6 +26,8 @@ import yaml
 from flwr.common.config import parse_config_args
 
 from fedmedlora.deploy import (
+    APPROVED_APPS_VARIABLE,
+    COMPOSE_BASE_MODEL,
     COMPOSE_CONNECTION,
     COMPOSE_SITE_THREADS,
     COMPOSE_SITES,
@@ -38,6 +40,7 @@ from fedmedlora.deploy import (
     flwr_config_text,
     register_command,
     secret_path,
+    site_exec_command,
     superexec_command,
     superlink_command,
     supernode_command,
@@ -252,6 +255,8 @@ def test_command_functions_build_the_loopback_lines():
         "data-dir='/data/site-a' site-name='hospital-a'", "--host", "127.0.0.1", "--port", "9094", "--insecure"]
     assert superexec_command("superlink:9092", "/ca.crt") == [
         "flower-superexec", "--runtime-api-address", "superlink:9092", "--root-certificates", "/ca.crt"]
+    assert site_exec_command("supernode-hospital-a:9094") == [
+        "fedmedlora", "site-exec", "--runtime-api-address", "supernode-hospital-a:9094", "--insecure"]
     assert register_command("a.pub", "deploy", "hospital-a", "/bin/flwr") == [
         "/bin/flwr", "supernode", "register", "a.pub", "deploy", "--name", "hospital-a"]
     with pytest.raises(ValueError, match="needs TLS"):
@@ -267,14 +272,22 @@ def test_every_site_has_a_supernode_and_an_executor_that_alone_mounts_its_data(b
     services = _services(tls if with_tls else base)
     raw = (tls if with_tls else base)["services"]
     assert set(DATA_VARIABLES) == set(COMPOSE_SITES)
+    from modeling.base import EMBEDDED_DEFAULT
+
+    assert COMPOSE_BASE_MODEL == EMBEDDED_DEFAULT  # the model the image embeds
     sources = {}
     for site in COMPOSE_SITES:
         supernode, executor = services[f"supernode-{site}"], services[f"superexec-clientapp-{site}"]
         # the SuperNode names the folder the ClientApp reads (client_app/runtime.py: data-dir, site-name)
+        # and what the site pins: the apps it reviewed (empty unless set) and the image's model
         assert parse_config_args([_option(supernode["command"], "--node-config")]) == {
             "data-dir": CONTAINER_DATA_DIR, "site-name": site, "site-worker": CONTAINER_WORKER_DIR,
-            "threads": COMPOSE_SITE_THREADS}
-        assert "threads=${SITE_THREADS:-" in _option(raw[f"supernode-{site}"]["command"], "--node-config")
+            "approved-apps": "", "base-model": COMPOSE_BASE_MODEL, "threads": COMPOSE_SITE_THREADS}
+        raw_config = _option(raw[f"supernode-{site}"]["command"], "--node-config")
+        assert "threads=${SITE_THREADS:-" in raw_config
+        assert f"approved-apps='${{{APPROVED_APPS_VARIABLE}:-}}'" in raw_config
+        # the executor checks each app's digest before it runs (fedmedlora/site_exec.py)
+        assert executor["command"][:2] == ["fedmedlora", "site-exec"]
         assert _option(supernode["command"], "--isolation") == "process"
         assert not any(target.startswith("/data") for _, target in _mounts(supernode)), "data goes to the executor"
         data = [(source, target) for source, target in _mounts(executor) if target.startswith("/data")]

@@ -18,6 +18,7 @@ from fedmedlora.deploy import (
     LoopbackDeployment,
     ProcessSet,
     Site,
+    pin_sites,
     write_flwr_config,
     write_node_keys,
     write_tls_files,
@@ -47,7 +48,10 @@ def _deploy(tmp_path, tiny_llama, tiny_corpus, tls: bool, rounds: int, rogue: bo
             isolation: str = "subprocess") -> None:
     workdir = tmp_path / "deploy"
     t0 = time.monotonic()
-    with LoopbackDeployment(REPO, _sites(tiny_corpus), workdir, tls=tls, isolation=isolation) as deployment:
+    overrides = _overrides(tiny_llama, tiny_corpus, tmp_path / "outputs", rounds)
+    # as in docker-compose.yml, process isolation pins each site's app and base model (site-exec)
+    sites = pin_sites(_sites(tiny_corpus), REPO, overrides) if isolation == "process" else _sites(tiny_corpus)
+    with LoopbackDeployment(REPO, sites, workdir, tls=tls, isolation=isolation) as deployment:
         deployment.start()
         assert len(deployment.online_nodes()) == 3
         if rogue:  # a SuperNode whose key was never registered is refused and exits
@@ -58,7 +62,7 @@ def _deploy(tmp_path, tiny_llama, tiny_corpus, tls: bool, rounds: int, rogue: bo
             del deployment.supernodes["rogue"]  # its exit is expected, not a failure of the run
             assert len(deployment.online_nodes()) == 3
         started = time.monotonic()
-        code = deployment.run(_overrides(tiny_llama, tiny_corpus, tmp_path / "outputs", rounds), timeout=900)
+        code = deployment.run(overrides, timeout=900)
         log = (deployment.processes.log_dir / "flwr-run.log").read_text()
         print(f"deployment (tls={tls}, isolation={isolation}): start {started - t0:.1f} s, run {time.monotonic() - started:.1f} s")
         assert code == 0, log[-3000:]
@@ -112,14 +116,16 @@ def test_tls_deployment_authenticates_supernodes_and_refuses_an_unregistered_one
 
 def test_process_isolation_as_in_docker_compose(tmp_path, tiny_llama, tiny_corpus):
     """The layout of docker-compose.yml + docker-compose.tls.yml, as processes: a separate
-    flower-superexec beside the SuperLink and each SuperNode, TLS on every Runtime API too."""
+    flower-superexec beside the SuperLink and a `fedmedlora site-exec` beside each SuperNode
+    (which pins its app and base model), TLS on every Runtime API too."""
     _deploy(tmp_path, tiny_llama, tiny_corpus, tls=True, rounds=1, isolation="process")
     logs = tmp_path / "deploy" / "logs"
     assert "--isolation process" in (logs / "superlink.log").read_text().splitlines()[0]
     supernode = (logs / "supernode-hospital-a.log").read_text().splitlines()[0]
     assert "--isolation process" in supernode and "--ssl-certfile" in supernode
     executor = (logs / "superexec-clientapp-hospital-a.log").read_text().splitlines()[0]
-    assert "flower-superexec" in executor and "--root-certificates" in executor
+    assert "fedmedlora site-exec" in executor and "--root-certificates" in executor
+    assert "approved-apps=" in supernode and "base-model=" in supernode
     assert "flower-superexec" in (logs / "superexec-serverapp.log").read_text().splitlines()[0]
 
 

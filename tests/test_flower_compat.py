@@ -35,3 +35,24 @@ def test_fedavg_reply_check_keeps_content_replies_and_drops_errors() -> None:
     assert len(selected) == 1
     averaged = flower_compat.aggregate_arrayrecords([content, content], "num-examples")
     assert np.allclose(averaged["a"].numpy(), 1.0)
+
+
+def test_the_site_executor_wraps_what_it_expects() -> None:
+    """fedmedlora/site_exec.py: Flower's ClientApp process pulls the FAB, installs it, then
+    loads the app, so a check wrapped around the install runs before any of the app's code."""
+    import inspect
+
+    from flwr.supercore.constant import TASK_TYPE_TO_COMMAND, TaskType
+    from flwr.supercore.superexec.plugin.base_exec_plugin import AutoExecPlugin
+    from flwr.supernode.runtime import run_clientapp
+
+    from fedmedlora import site_exec
+
+    assert flwr.__version__.startswith(site_exec.SUPPORTED_FLWR + "."), (
+        f"flwr {flwr.__version__}: fedmedlora/site_exec.py was written for {site_exec.SUPPORTED_FLWR}")
+    assert TASK_TYPE_TO_COMMAND[TaskType.CLIENT_APP] == "flwr-clientapp"
+    assert TaskType.CLIENT_APP in AutoExecPlugin.supported_task_types
+    source = inspect.getsource(run_clientapp.run_clientapp)
+    order = [source.index(step) for step in ("= pull_task_input(client)", "install_from_fab(fab.content",
+                                             "= load_client_app_fn(")]
+    assert order == sorted(order), order

@@ -23,7 +23,6 @@ Same tiny model and synthetic corpus as tests/test_simulation.py and tests/test_
 from __future__ import annotations
 
 import io
-import shutil
 import time
 from pathlib import Path
 
@@ -44,7 +43,7 @@ from support.capture import (
     site_error_id,
     unpacked,
 )
-from support.paths import REPO
+from support.deployment import copy_app
 
 pytestmark = pytest.mark.e2e  # real Flower runs: the slow tier
 
@@ -142,10 +141,7 @@ def _overrides(tiny_llama: Path, corpus: Path, out: Path) -> dict:
 def _capture_app(tmp_path: Path) -> Path:
     """A copy of the project whose components are tests/support/capture_apps.py's (the
     project's apps, recording); what `flwr run` packs, nothing else changed."""
-    app = tmp_path / "app"
-    shutil.copytree(REPO, app, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "outputs", "data", ".flwr", ".deploy", "deploy", "__pycache__", ".pytest_cache",
-        "*.log", ".cache", ".ci"))
+    app = copy_app(tmp_path / "app")
     pyproject = app / "pyproject.toml"
     text = pyproject.read_text(encoding="utf-8")
     changed = text.replace('serverapp = "server_app.app:app"', 'serverapp = "tests.support.capture_apps:serverapp"') \

@@ -23,6 +23,11 @@ them to the container layout of docker-compose.yml and docker-compose.tls.yml (p
 isolation: a `flower-superexec` per SuperLink and SuperNode), and
 `write_compose_credentials` writes the certificates and keys that overlay mounts.
 
+`fedmedlora deploy` has every site pin the app it runs and its base model (`approved-apps`,
+`base-model` in the node config, `pin_sites`); a pinned site runs its SuperNode with process
+isolation and `fedmedlora site-exec` (`site_exec_command`), which checks the app's digest
+before any of its code runs (fedmedlora/app_pin.py, fedmedlora/site_exec.py).
+
 Every process we start gets its own session and a marker in its environment, which its
 children (SuperExec, `flwr-serverapp`, `flwr-clientapp`) inherit; stopping a deployment
 signals the process trees of what we started plus every live process carrying the marker,
@@ -35,8 +40,17 @@ Modules: `sites`, `pki` (certificates and keys), `flwr_config` (connections, por
 
 from __future__ import annotations
 
-from .commands import ISOLATION_MODES, register_command, superexec_command, superlink_command, supernode_command
+from .commands import (
+    ISOLATION_MODES,
+    register_command,
+    site_exec_command,
+    superexec_command,
+    superlink_command,
+    supernode_command,
+)
 from .compose import (
+    APPROVED_APPS_VARIABLE,
+    COMPOSE_BASE_MODEL,
     COMPOSE_CONNECTION,
     COMPOSE_SITE_THREADS,
     COMPOSE_SITES,
@@ -51,12 +65,14 @@ from .compose import (
     write_compose_credentials,
 )
 from .flwr_config import CONNECTION, flwr_config_text, free_ports, write_flwr_config
-from .loopback import DeploymentError, LoopbackDeployment, deploy
+from .loopback import DeploymentError, LoopbackDeployment, deploy, pin_sites
 from .pki import HOSTS, TlsFiles, write_node_keys, write_tls_files
 from .sites import Site, demo_sites, parse_site
 from .supervision import MARKER_VARIABLE, ProcessSet, Started
 
 __all__ = [
+    "APPROVED_APPS_VARIABLE",
+    "COMPOSE_BASE_MODEL",
     "COMPOSE_CONNECTION",
     "COMPOSE_SITE_THREADS",
     "COMPOSE_SITES",
@@ -82,8 +98,10 @@ __all__ = [
     "flwr_config_text",
     "free_ports",
     "parse_site",
+    "pin_sites",
     "register_command",
     "secret_path",
+    "site_exec_command",
     "superexec_command",
     "superlink_command",
     "supernode_command",

@@ -79,6 +79,14 @@ def superexec_command(runtime_api_address: str, root_certificates: Path | str | 
     return command
 
 
+def site_exec_command(runtime_api_address: str, root_certificates: Path | str | None = None,
+                      executable: str = "fedmedlora") -> list[str]:
+    """`fedmedlora site-exec`: the ClientApp executor of a hospital that pins its apps, with
+    `flower-superexec`'s options (:func:`superexec_command`); it starts a ClientApp only when
+    the node config's `approved-apps` lists the digest of its FAB (fedmedlora/site_exec.py)."""
+    return [executable, "site-exec", *superexec_command(runtime_api_address, root_certificates)[1:]]
+
+
 def register_command(public_key: Path | str, connection: str, name: str, executable: str = "flwr") -> list[str]:
     """`flwr supernode register`: tell the SuperLink of `connection` the public key of the
     SuperNode called `name` (run by the coordinator, before that SuperNode starts)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .commands import register_command, superexec_command, superlink_command, supernode_command
+from .commands import register_command, site_exec_command, superexec_command, superlink_command, supernode_command
 from .flwr_config import write_flwr_config
 from .pki import TlsFiles, write_node_keys, write_tls_files
 from .sites import Site
@@ -20,6 +20,12 @@ COMPOSE_SITES = {"hospital-a": 9094, "hospital-b": 9095, "hospital-c": 9096}  # 
 # Torch threads per site ($SITE_THREADS): the sites of the demo share one host's cores, and
 # each taking all of them oversubscribes the CPU (the 1-round demo took 12 min on 2 cores).
 COMPOSE_SITE_THREADS = 1
+# What each hospital pins (docs/howto/hospitals.md, "Which app a hospital runs"): the embedded
+# default model of the image (modeling.base.EMBEDDED_DEFAULT), and the app digests in
+# $FEDMEDLORA_APPROVED_APPS, which scripts/compose_demo.sh sets to `fedmedlora app-digest .`
+# of the tree it runs; unset, it is empty and every site refuses every run.
+COMPOSE_BASE_MODEL = "embedded:smollm2-135m-instruct"
+APPROVED_APPS_VARIABLE = "FEDMEDLORA_APPROVED_APPS"
 
 
 def secret_path(name: str) -> str:
@@ -40,7 +46,8 @@ def container_commands(sites: Mapping[str, int] | None = None, tls: bool = False
     :data:`COMPOSE_SITES`). Services: `superlink`, `superexec-serverapp`, and per site
     `supernode-<site>` and `superexec-clientapp-<site>`; with `tls`, also
     `register-<site>` (its public key, registered before its SuperNode starts), and the
-    SuperLink authenticates SuperNodes."""
+    SuperLink authenticates SuperNodes. Each site pins its apps and base model; its
+    `approved-apps` here is empty, the default of $FEDMEDLORA_APPROVED_APPS in the files."""
     sites = COMPOSE_SITES if sites is None else sites
     superlink_address = f"{SUPERLINK_SERVICE}:{SUPERLINK_PORT}"
     ca = secret_path("superlink-ca") if tls else None
@@ -50,13 +57,13 @@ def container_commands(sites: Mapping[str, int] | None = None, tls: bool = False
         "superexec-serverapp": superexec_command(superlink_address, ca),
     }
     for name, port in sites.items():
-        node_config = Site(name, Path(CONTAINER_DATA_DIR)).node_config(Path(CONTAINER_WORKER_DIR),
-                                                                        COMPOSE_SITE_THREADS)
+        site = Site(name, Path(CONTAINER_DATA_DIR), approved_apps=(), base_model=COMPOSE_BASE_MODEL)
+        node_config = site.node_config(Path(CONTAINER_WORKER_DIR), COMPOSE_SITE_THREADS)
         commands[f"supernode-{name}"] = supernode_command(
             superlink_address, node_config, "0.0.0.0", port, root_certificates=ca,
             private_key=secret_path(f"{name}-node-key") if tls else None, isolation="process",
             runtime_tls=container_tls(f"{name}-runtime") if tls else None)
-        commands[f"superexec-clientapp-{name}"] = superexec_command(
+        commands[f"superexec-clientapp-{name}"] = site_exec_command(
             f"supernode-{name}:{port}", secret_path(f"{name}-runtime-ca") if tls else None)
         if tls:
             commands[f"register-{name}"] = register_command(secret_path(f"{name}-node-pub"), COMPOSE_CONNECTION, name)

@@ -12,14 +12,24 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import IO
 
+from fedmedlora.app_pin import app_digest
 from fedmedlora.local_run import run_config_arg
 from fedmedlora.processes import process_tree, stop_processes
 
-from .commands import _check_isolation, register_command, superexec_command, superlink_command, supernode_command
+from .commands import (
+    _check_isolation,
+    register_command,
+    site_exec_command,
+    superexec_command,
+    superlink_command,
+    supernode_command,
+)
 from .flwr_config import CONNECTION, free_ports, write_flwr_config
 from .pki import TlsFiles, write_node_keys, write_tls_files
 from .run_status import RunNotCompleted, check_completed, run_id_in
@@ -49,6 +59,10 @@ class LoopbackDeployment:
     Each site keeps its model warm in a site worker (``sites/<site>/worker``, see
     client_app/worker.py) unless ``site_workers=False``, and with ``share_cores`` the sites
     split this machine's cores (the node config's `threads`) instead of each using all of them.
+
+    A site that pins its apps (``Site.approved_apps``) runs its SuperNode with process
+    isolation whatever ``isolation`` says, and `fedmedlora site-exec` as its executor: in
+    subprocess isolation its SuperNode would start Flower's own, which checks nothing.
     """
 
     def __init__(self, app_dir: Path, sites: Sequence[Site], workdir: Path, tls: bool = False,
@@ -165,25 +179,28 @@ class LoopbackDeployment:
         (runtime_port,) = free_ports(1)
         home = self.workdir / "sites" / site.name
         home.mkdir(parents=True, exist_ok=True)
+        pinned = site.approved_apps is not None
+        isolation = "process" if pinned else self.isolation
         runtime_tls = None
-        if self.isolation == "process" and self.tls_files:
+        if isolation == "process" and self.tls_files:
             runtime_tls = write_tls_files(self.workdir / "runtime" / site.name)
         node_config = site.node_config(self.worker_folder(site.name) if self.site_workers else None, self.threads,
                                        audit_log=self.audit_log(site.name), audit_key=self.audit_key(site.name))
         command = supernode_command(self.address, node_config, "127.0.0.1", runtime_port,
                                     root_certificates=self.tls_files.ca_cert if self.tls_files else None,
-                                    private_key=private_key, isolation=self.isolation, runtime_tls=runtime_tls,
+                                    private_key=private_key, isolation=isolation, runtime_tls=runtime_tls,
                                     executable=str(self.bin / "flower-supernode"))
         # Each site keeps its own FLWR_HOME (installed app bundles), as on its own machine.
         started = self.processes.start(f"supernode-{site.name}", command, cwd=home,
                                        env={"FLWR_HOME": str(home / "flwr-home")})
         self.supernodes[site.name] = started
-        if self.isolation == "process":  # the site's ClientApp executor, with its own FLWR_HOME
+        if isolation == "process":  # the site's ClientApp executor, with its own FLWR_HOME
+            address, ca = f"127.0.0.1:{runtime_port}", runtime_tls.ca_cert if runtime_tls else None
+            executor = (site_exec_command(address, ca, executable=str(self.bin / "fedmedlora")) if pinned else
+                        superexec_command(address, ca, executable=str(self.bin / "flower-superexec")))
             self.executors[site.name] = self.processes.start(
-                f"superexec-clientapp-{site.name}",
-                superexec_command(f"127.0.0.1:{runtime_port}", runtime_tls.ca_cert if runtime_tls else None,
-                                  executable=str(self.bin / "flower-superexec")),
-                cwd=home, env={"FLWR_HOME": str(home / "superexec-home")})
+                f"superexec-clientapp-{site.name}", executor, cwd=home,
+                env={"FLWR_HOME": str(home / "superexec-home")})
         return started
 
     def audit_log(self, site_name: str) -> Path:
@@ -286,15 +303,17 @@ class LoopbackDeployment:
         self.wait_for_supernodes(len(self.sites))
 
     def run(self, overrides: dict | None = None, timeout: float | None = None,
-            stdout: IO[str] | None = None) -> int:
+            stdout: IO[str] | None = None, app_dir: Path | None = None) -> int:
         """`flwr run <app> deploy --stream --run-config ...`; returns flwr's exit code.
 
-        flwr's output goes to logs/flwr-run.log and, if given, to `stdout`. Stops early
-        (code 1) if the SuperLink or a SuperNode exits during the run."""
-        command = [self._flwr(), "run", str(self.app_dir), CONNECTION, "--stream"]
+        `app_dir` submits another app folder than the deployment's. flwr's output goes to
+        logs/flwr-run.log and, if given, to `stdout`. Stops early (code 1) if the SuperLink
+        or a SuperNode exits during the run."""
+        app = Path(app_dir).resolve() if app_dir is not None else self.app_dir
+        command = [self._flwr(), "run", str(app), CONNECTION, "--stream"]
         if overrides:
             command += ["--run-config", run_config_arg(overrides)]
-        started = self.processes.start("flwr-run", command, cwd=self.app_dir, stdout=subprocess.PIPE)
+        started = self.processes.start("flwr-run", command, cwd=app, stdout=subprocess.PIPE)
         copier = threading.Thread(target=_copy_lines, args=(started.process.stdout, started.log_file, stdout),
                                   daemon=True)
         copier.start()
@@ -379,6 +398,19 @@ def _copy_lines(source: IO[bytes], log_file: Path, sink: IO[str] | None) -> None
                 sink.flush()
 
 
+def pin_sites(sites: Sequence[Site], app_dir: Path, overrides: dict) -> list[Site]:
+    """`sites`, each pinning the digest of `app_dir`'s app and the run's model.name (the
+    override, else the app's default) unless it pins one already: the loopback deployment
+    plays every hospital, and a hospital pins what it reviewed (docs/howto/hospitals.md)."""
+    digest = app_digest(app_dir)
+    model = overrides.get("model.name")
+    if model is None:
+        config = tomllib.loads((app_dir / "pyproject.toml").read_text(encoding="utf-8"))
+        model = config["tool"]["flwr"]["app"]["config"]["model"]["name"]
+    return [replace(site, approved_apps=(digest,) if site.approved_apps is None else site.approved_apps,
+                    base_model=str(model) if site.base_model is None else site.base_model) for site in sites]
+
+
 def _raise_on_sigterm(signum, frame):  # pragma: no cover - signal handler
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -389,10 +421,12 @@ def deploy(app_dir: Path, sites: Sequence[Site], overrides: dict | None = None, 
            share_cores: bool = True) -> int:
     """Start a loopback deployment, run the app once, stop every process; flwr's exit code.
 
-    `strategy.min-sites` defaults to the number of sites (the run waits for that many)."""
+    `strategy.min-sites` defaults to the number of sites (the run waits for that many). A
+    site that pins nothing pins what this run uses: the app's digest and its model.name."""
     app_dir = Path(app_dir).resolve()
     overrides = dict(overrides or {})
     overrides.setdefault("strategy.min-sites", len(sites))
+    sites = pin_sites(sites, app_dir, overrides)
     workdir = Path(workdir) if workdir else app_dir / ".deploy" / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     previous = None
     if threading.current_thread() is threading.main_thread():

@@ -1,24 +1,36 @@
-"""Site specifications: a site's name and data folder, as `--site NAME=FOLDER` gives them."""
+"""Site specifications: a site's name and data folder, as `--site NAME=FOLDER` gives them, and what it pins."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedmedlora.app_pin import APPROVED_APPS_KEY, parse_digests
+
 
 @dataclass(frozen=True)
 class Site:
-    """One hospital: its name and its data folder (a site folder, see data_loaders.sites)."""
+    """One hospital: its name and its data folder (a site folder, see data_loaders.sites),
+    and what it pins: `approved_apps`, the digests of the app versions it runs (None: any
+    app; an empty tuple: none, every run is refused), and `base_model`, the one model.name
+    it loads (None: whichever the run names)."""
 
     name: str
     data_dir: Path
+    approved_apps: tuple[str, ...] | None = None
+    base_model: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.approved_apps is not None:
+            parse_digests(",".join(self.approved_apps))  # ValueError naming approved-apps
 
     def node_config(self, site_worker: Path | None = None, threads: int = 0, audit_log: Path | None = None,
                     audit_key: Path | None = None) -> str:
         """The SuperNode's `--node-config`: `data-dir`, `site-name` (client_app/runtime.py),
         `site-worker` (the warm worker's folder, client_app/app.py), `audit-log` and
-        `audit-key` (the site's audit trail and the key that seals it, client_app/audit_log.py)
-        and `threads` (torch threads, client_app/handlers.py)."""
+        `audit-key` (the site's audit trail and the key that seals it, client_app/audit_log.py),
+        `approved-apps` (fedmedlora/app_pin.py), `base-model` (client_app/runtime.py) and
+        `threads` (torch threads, client_app/handlers.py)."""
         values = [("data-dir", str(self.data_dir)), ("site-name", self.name)]
         if site_worker is not None:
             values.append(("site-worker", str(site_worker)))
@@ -26,6 +38,10 @@ class Site:
             values.append(("audit-log", str(audit_log)))
         if audit_key is not None:
             values.append(("audit-key", str(audit_key)))
+        if self.approved_apps is not None:
+            values.append((APPROVED_APPS_KEY, ",".join(self.approved_apps)))
+        if self.base_model is not None:
+            values.append(("base-model", self.base_model))
         for key, value in values:
             if "'" in value:
                 raise ValueError(f"site {self.name}: {key} {value!r} may not contain a single quote")

@@ -1,15 +1,17 @@
 """A loopback deployment's inputs and leftovers: the tiny synthetic corpus, its three sites
-(hospital-a, -b, -c), the run-config overrides of a short run, and the processes a deployment
-left behind."""
+(hospital-a, -b, -c), the run-config overrides of a short run, a copy of the app, and the
+processes a deployment left behind."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 from fedmedlora.deploy import Site
+from support.paths import REPO
 
 
 def _processes_of(workdir: Path) -> list[int]:
@@ -37,6 +39,14 @@ def tiny_corpus(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("corpus")
     generate_corpus(root, seed=3, docs_per_site=24, coordinator_docs=4)
     return root
+
+
+def copy_app(dest: Path) -> Path:
+    """A copy of the project at `dest`: what `flwr run` packs (and more), none of what it ignores."""
+    shutil.copytree(REPO, dest, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "outputs", "data", ".flwr", ".deploy", "deploy", "__pycache__", ".pytest_cache",
+        "*.log", ".cache", ".ci"))
+    return dest
 
 
 def _overrides(tiny_llama: Path, corpus: Path, out: Path, rounds: int) -> dict:

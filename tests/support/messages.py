@@ -21,7 +21,7 @@ from flwr.app import (
 )
 
 
-def instruction(node_id: int, message_type: str = MessageType.TRAIN) -> Message:
+def instruction(node_id: int, message_type: str = MessageType.TRAIN, content: RecordDict | None = None) -> Message:
     """What a SuperNode receives (instruction messages need the SuperLink's metadata)."""
     metadata = Metadata(
         run_id=1,
@@ -34,7 +34,7 @@ def instruction(node_id: int, message_type: str = MessageType.TRAIN) -> Message:
         ttl=3600.0,
         message_type=message_type,
     )
-    return Message(content=RecordDict(), metadata=metadata)
+    return Message(content=RecordDict() if content is None else content, metadata=metadata)
 
 
 def reply(
