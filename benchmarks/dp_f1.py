@@ -7,9 +7,12 @@ differing only in `strategy.dp`:
 - `no-dp`: plain Fed-MedLoRA;
 - `dp-eps8`, `dp-eps1`: Flower's server-side fixed clipping (`strategy.dp = "server-fixed"`),
   every site sampled every round, the noise multiplier that spends epsilon 8 (resp. 1) at
-  delta 1e-5 in 3 rounds (strategies/dp_budget.py: z = 1.104, 7.007), and a clipping norm
-  equal to the L2 norm of the no-DP run's first-round global update (its adapter after
-  round 1 minus its initial adapter), so clipping alone leaves an average update untouched.
+  delta 1e-5 in 3 rounds towards the largest site: the equal-weight multiplier
+  (strategies/dp_budget.py: z = 1.105, 7.008) times sites x the no-DP run's largest site
+  weight, since Fed-MedLoRA weighs by size; and a clipping norm equal to the L2 norm of the
+  no-DP run's first-round global update (its adapter after round 1 minus its initial
+  adapter), so clipping alone leaves an average update untouched. Arms recorded with
+  another multiplier than this calibration gives are run again.
 
 Each final adapter is scored on the three in-domain test sets, `--test-instances` per set
 (60 by default, half the standard profile's 120: a stated smaller evaluation to keep the
@@ -26,6 +29,7 @@ import argparse
 import json
 import logging
 import math
+import shutil
 import sys
 import time
 from dataclasses import replace
@@ -36,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import protocol  # noqa: E402
 
-from fedmedlora.memorisation import first_update_norm, noise_for  # noqa: E402
+from fedmedlora.memorisation import first_update_norm, largest_weight, noise_for  # noqa: E402
 
 log = logging.getLogger("dp_f1")
 
@@ -92,14 +96,20 @@ def main() -> int:
     config = {**protocol.federated_config(profile, work / "sites", work / "runs"), "strategy.name": "fedmedlora"}
     bench = protocol.Workbench(profile)
     for arm in ("no-dp", *TARGETS):
-        if arm in results["arms"]:
-            continue
         keys: dict[str, Any] = {}
         if arm in TARGETS:
-            z = noise_for(TARGETS[arm], profile.rounds, DELTA)
+            # The weighted mean moves by max(w) x C for one site; Flower's noise is z x C / n.
+            scale = len(protocol.TRAINING_SITES) * results["largest-weight"]
+            z = math.ceil(noise_for(TARGETS[arm], profile.rounds, DELTA) * scale * 1000) / 1000
             keys = {"strategy.dp": "server-fixed", "strategy.dp-noise-multiplier": z,
                     "strategy.dp-clipping-norm": results["clipping-norm"],
                     "strategy.dp-num-sampled-sites": len(protocol.TRAINING_SITES), "strategy.dp-delta": DELTA}
+        recorded = results["arms"].get(arm)
+        if recorded is not None and recorded.get("settings") == keys and (arm != "no-dp" or "largest-weight" in results):
+            continue
+        if recorded is not None and recorded.get("settings") != keys and (work / "runs" / arm).exists():
+            log.info("%s: recorded with other DP settings; its run is made again", arm)
+            shutil.rmtree(work / "runs" / arm)
         start = time.perf_counter()
         run = protocol.run_federated(arm, {**config, **keys}, work / "runs")
         train_seconds = time.perf_counter() - start
@@ -111,6 +121,7 @@ def main() -> int:
                                 "seconds": round(time.perf_counter() - start, 1)}
         if arm == "no-dp":
             results["clipping-norm"] = round(first_update_norm(run, bench.initial), 4)
+            results["largest-weight"] = round(largest_weight(run), 4)
         save()
         log.info("%s done", arm)
     rows = []

@@ -313,8 +313,7 @@ class Workbench:
         """Generated answers of an adapter (None = the base model) for `instances`, cached."""
         from modeling.adapter_io import load_peft_folder, set_adapter_state
 
-        key = hashlib.sha256(json.dumps([[i.doc_id, i.offset, i.task] for i in instances]
-                                        + [self.profile.constrained]).encode()).hexdigest()[:16]
+        key = outputs_key(instances, self.profile.constrained, adapter)
         if cache.is_file():
             saved = json.loads(cache.read_text())
             if saved.get("instances") == key:
@@ -329,6 +328,15 @@ class Workbench:
         cache.write_text(json.dumps({"instances": key, "outputs": outputs,
                                      "seconds": time.perf_counter() - start}))
         return outputs
+
+
+def outputs_key(instances: Sequence, constrained: bool, adapter: Path | None) -> str:
+    """What cached answers were generated from: the instances, the decoding and the
+    adapter's weights, so a run made again (other settings, other code) is never scored with
+    the answers of the adapter it replaced."""
+    weights = hashlib.sha256((adapter / "adapter_model.safetensors").read_bytes()).hexdigest() if adapter else "base"
+    return hashlib.sha256(json.dumps([[i.doc_id, i.offset, i.task] for i in instances]
+                                     + [constrained, weights]).encode()).hexdigest()[:16]
 
 
 def single_site_steps(profile: Profile, site_steps: dict[str, int]) -> dict[str, int]:
@@ -1032,7 +1040,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "--out's finished runs")
     parser.add_argument("--restart-profile", action="store_true",
                         help="with --results: drop the profile's arms recorded there (made under other settings, "
-                             "e.g. older training defaults) and start it afresh; other profiles are kept")
+                             "e.g. older training defaults) and start it afresh in a new --out; other profiles are kept")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="change a profile field (e.g. steps=2); for smoke tests")
     parser.add_argument("--refresh-counts", action="store_true",
@@ -1079,6 +1087,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         profile = replace(profile, **{field: parsed})
     if profile.budget not in BUDGETS:
         parser.error(f"--set budget={profile.budget}: expected one of {list(BUDGETS)}")
+    trained = [*(args.out / "runs").glob("*/summary.json"), *(args.out / "arms").glob("*/adapter/adapter_model.safetensors")]
+    if args.restart_profile and trained:
+        # Finished runs and adapters in --out are reused by name: a restart there would score the old ones.
+        parser.error(f"--restart-profile: {args.out} holds trained arms that would be reused ({trained[0].parent}); "
+                     "pass a new --out (or remove that folder)")
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     # What is kept under --out is reused; it must have been made with the same settings.

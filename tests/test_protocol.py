@@ -490,3 +490,37 @@ def test_unaligned_counts_only_strings_that_are_not_in_the_sentence() -> None:
                '{"bodyloc": [["angiography", "Coronary"], ["angiography", "Coronary"], ["angiography", "heart"]]}']
     assert protocol.not_in_sentence([ner, rel], outputs) == 2  # "headache", "heart"
     assert protocol.not_in_sentence([ner], ['{"problem": ["CHEST PAIN"]}']) == 0  # case aside, it is there
+
+
+def test_cached_answers_belong_to_the_adapter_that_generated_them(tmp_path) -> None:
+    """A run made again replaces its adapter; the answers cached for the old one must not
+    be scored for the new one."""
+    from clinical_ie.instances import NER, Instance
+
+    instances = [Instance(doc_id="d1", offset=0, text="Fever.", entity_types=("problem",), entities=(), task=NER)]
+    adapters = []
+    for n, weights in enumerate((b"old weights", b"new weights", b"old weights")):
+        folder = tmp_path / f"adapter-{n}"
+        folder.mkdir()
+        (folder / "adapter_model.safetensors").write_bytes(weights)
+        adapters.append(folder)
+    keys = [protocol.outputs_key(instances, True, a) for a in adapters]
+    assert keys[0] != keys[1] and keys[0] == keys[2]
+    assert protocol.outputs_key(instances, True, None) != keys[0]
+    assert protocol.outputs_key(instances, False, adapters[0]) != keys[0]
+
+
+def test_a_restart_in_an_out_folder_holding_trained_arms_is_refused(tmp_path) -> None:
+    """Trained arms are reused by name, so a restart there would score the adapters it means
+    to replace."""
+    import subprocess
+
+    adapter = tmp_path / "out" / "arms" / "single-chia" / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_model.safetensors").write_bytes(b"")
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "protocol.py"), "--profile", "standard",
+                           "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
+                           "--results", str(tmp_path / "RESULTS.md"), "--restart-profile"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "holds trained arms that would be reused" in done.stderr, done.stderr
+    assert not (tmp_path / "results.json").exists()
