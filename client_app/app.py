@@ -3,7 +3,7 @@
 Only adapter arrays, scalar metrics and the site's name leave the site. Errors sent to
 the coordinator say what kind of thing failed and give a site error id, never a path, a
 document id or note text; the full detail stays in this site's log under that id
-(`failure_reason`).
+(`failure_reason`, client_app/failures.py).
 
 This module stays light (Flower's imports only): in a deployment Flower imports it in a
 fresh process for every message, and with `site-worker` in the node config that process
@@ -13,9 +13,7 @@ and their model stack (client_app/handlers.py) are imported where the work runs.
 
 from __future__ import annotations
 
-import logging
 import os
-import secrets
 import time
 
 from flwr.app import Context, Message
@@ -24,24 +22,9 @@ from flwr.clientapp import ClientApp
 from wire import protocol
 
 from . import timings
+from .failures import SiteFailure, failure_reason
 
 _IMPORT_STARTED = time.time()
-
-
-class SiteFailure(RuntimeError):
-    """An error whose message is safe to send to the coordinator."""
-
-
-def failure_reason(category: str, detail: str) -> str:
-    """What the coordinator is told of a failure: `category` and a fresh site error id.
-    `detail` names paths, lines and document ids (file names often hold MRNs or patient
-    names), so it goes to this site's log only, under the same id, for the site's staff."""
-    from settings.logs import setup_logging
-
-    setup_logging()  # idempotent; a ClientApp that only forwards to the site worker has none yet
-    error_id = secrets.token_hex(4)
-    logging.getLogger(__name__).error("site error %s: %s", error_id, detail)
-    return f"{category} (site error {error_id}; details in the site's log)"
 
 
 def approved_app_mod(msg: Message, context: Context, call_next) -> Message:

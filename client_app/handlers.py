@@ -26,8 +26,8 @@ from wire import protocol
 from wire.arrays import from_arrayrecord, to_arrayrecord
 
 from . import optimizer_state, timings
-from .app import SiteFailure, failure_reason
 from .factors import trained_factors
+from .failures import SiteFailure, failure_reason
 from .runtime import SiteDataError, check_base_model, model_runtime, site_runtime
 
 log = logging.getLogger(__name__)

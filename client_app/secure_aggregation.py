@@ -36,7 +36,7 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next) -> Message
     unless this site requires secure aggregation: then it refuses them before training."""
     if not is_secure_aggregation(msg):
         if requires_secure_aggregation(context):
-            from .app import SiteFailure
+            from .failures import SiteFailure
 
             raise SiteFailure(f"this site requires secure aggregation (node config {REQUIRE_NODE_KEY} = true) "
                               "and refuses a plain training round; set strategy.secure-aggregation = true")
@@ -70,7 +70,7 @@ def as_fitres(content: RecordDict, keys: list[str], run_config) -> RecordDict:
 
     from settings.config import validate
 
-    from .app import SiteFailure
+    from .failures import SiteFailure
 
     arrays = content.array_records.get(protocol.ARRAYS)
     if arrays is None or sorted(arrays.keys()) != sorted(keys):
