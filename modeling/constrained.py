@@ -14,7 +14,9 @@ transformers `LogitsProcessor`, rules those strings out during greedy generation
   ``\\n``, ``\\t``, ``\\r``, ``\\b``, ``\\f``) can be written, none by ``\\u``.
 - Keys of the answer object can be held to the types asked (`Constraint.keys`).
 - Scoring places the k-th copy of a string at its k-th occurrence, and the k-th copy of a
-  relation pair at its k-th pair of occurrences: a copy with none left is not closed.
+  relation pair at its k-th pair of occurrences: a copy with none left is not closed. Where
+  it must close (a string at the sentence's end cannot grow), the list under that key is
+  closed after it: greedy decoding that wrote one spent copy would write it again.
 - Outside strings, inside the answer's object or array, only JSON punctuation (braces,
   brackets, commas, colons) and whitespace: no bare word, which a JSON repair would read
   as a string. The punctuation follows JSON's grammar: after a key only a colon, after a
@@ -491,6 +493,10 @@ class SentenceConstraint(LogitsProcessor):
         self.closed: list[Counter[tuple[bytes, bytes]]] = [Counter() for _ in constraints]
         self.pairs: list[Counter[tuple[bytes, bytes, bytes]]] = [Counter() for _ in constraints]
         self.pair: list[list[bytes]] = [[] for _ in constraints]
+        # A string at the sentence's end cannot grow, so a spent copy of it must still close
+        # (a dead end). Greedy decoding that wrote one repeats it: after it, the row's list
+        # under that key may only close (no comma inside it), until the next key.
+        self.wasted = [False] * len(constraints)
         self._closing: dict[int, bytes] | None = None  # token id -> its text before its first quote
         self.seen: int | None = None
         self.seconds = 0.0
@@ -523,6 +529,8 @@ class SentenceConstraint(LogitsProcessor):
             spent = self._spent(row, rules, state) if only and state.kind == _TEXT else None
             if spent is not None:
                 ids = self._without_spent_copies(state, ids, spent)
+            elif only and self.wasted[row] and state.kind == _OUTSIDE and len(state.stack) >= 2:
+                ids = self._without_commas(ids, closing=False)
             if len(ids) and ids[-1] >= scores.shape[1]:  # ids are sorted; a model with fewer logits
                 ids = ids[ids < scores.shape[1]]
             if not only and not len(ids):
@@ -548,8 +556,11 @@ class SentenceConstraint(LogitsProcessor):
         for byte in text:
             after = rules.advance(state, bytes((byte,)), check=False)
             if state.kind != _OUTSIDE and after.kind == _OUTSIDE and not state.escape:
+                spent = self._spent(row, rules, state)
+                if spent is not None and spent(state.content.strip()):
+                    self.wasted[row] = True
                 if state.kind == _KEY:
-                    self.key[row] = state.content
+                    self.key[row], self.wasted[row] = state.content, False
                 elif len(state.stack) == 2:
                     self.closed[row][(self.key[row], state.content.strip())] += 1
                 elif len(state.stack) == 3:
@@ -580,9 +591,25 @@ class SentenceConstraint(LogitsProcessor):
             self._closing = {i: lead for i, lead, rest in self.vocab.structured_parts if rest[:1] == b'"'}
         refused = [i for i in ids.tolist()
                    if (lead := self._closing.get(i)) is not None and spent((state.content + lead).strip())]
-        if not refused or len(refused) == len(ids):
+        if not refused:
             return ids
+        if len(refused) == len(ids):  # a dead end: close, but end the list rather than go on
+            return self._without_commas(ids, closing=True)
         return np.setdiff1d(ids, np.array(refused, dtype=np.int64), assume_unique=True)
+
+    def _without_commas(self, ids: np.ndarray, closing: bool) -> np.ndarray:
+        """`ids` less the tokens that write a comma outside a string (`closing`: after the
+        quote that closes the string being written; else before the first quote), unless
+        none would remain."""
+        def comma(i: int) -> bool:
+            text = self.vocab.texts[i] or b""
+            quote = text.find(b'"')
+            if closing:
+                return quote >= 0 and b"," in text[quote + 1:]
+            return b"," in (text if quote < 0 else text[:quote])
+
+        kept = [i for i in ids.tolist() if not comma(i)]
+        return np.array(kept, dtype=np.int64) if kept else ids
 
 
 def _count(text: bytes, part: bytes) -> int:

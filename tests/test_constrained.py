@@ -123,6 +123,38 @@ def test_a_relation_pair_copied_more_often_than_the_sentence_can_place_it_is_not
     assert align_relations(relations, twice)[1] == 0
 
 
+def test_a_spent_copy_at_the_sentence_end_closes_the_list_instead_of_looping(tokenizer):
+    """A string at the end of the sentence cannot grow, so a spent copy of it still closes
+    (seen: ["English", "English"] 12 times for "do not speak English"). Greedy decoding that
+    wrote one would write it again: the list under that key is closed instead, and another
+    key may follow."""
+    sentence = "do not speak English"
+    pairs = ", ".join(['["English", "English"]'] * 6)
+    looping = _ids(tokenizer, '{"labvalue": [' + pairs + ']}')
+    free = _greedy(tokenizer, [looping], None, steps=120)[0]
+    assert parse_relations(free, ["labvalue"]).relations.count(("labvalue", "English", "English")) == 6
+    held = _greedy(tokenizer, [looping], [Constraint(sentence, ("labvalue", "problem"))], steps=120)[0]
+    relations = parse_relations(held, ["labvalue", "problem"]).relations
+    assert relations.count(("labvalue", "English", "English")) <= 2, held  # the copy, and at most one spent
+    entities = _ids(tokenizer, '{"problem": [' + ", ".join(['"English"'] * 6) + ']}')
+    held = _greedy(tokenizer, [entities], [Constraint(sentence, ("problem", "drug"))], steps=120)[0]
+    assert parse_entities(held, ("problem", "drug")).entities.count(("problem", "English")) <= 2, held
+
+    def allowed(prefix: str, token: str) -> bool:
+        processor = SentenceConstraint(tokenizer, [Constraint(sentence, ("labvalue", "problem"))],
+                                       tokenizer.eos_token_id)
+        ids = torch.tensor([[tokenizer.pad_token_id] * 3])
+        processor(ids, torch.zeros(1, len(tokenizer)))
+        scores = processor(torch.cat([ids, torch.tensor([_ids(tokenizer, prefix)])], dim=1),
+                           torch.zeros(1, len(tokenizer)))
+        return bool(scores[0, _ids(tokenizer, token)[0]] == 0.0)
+
+    spent = '{"labvalue": [["English", "English"], ["English", "English"]'
+    assert allowed('{"labvalue": [["English", "English"]', ",")  # before any spent copy
+    assert not allowed(spent, ",") and allowed(spent, "]")  # after one: the list closes
+    assert allowed(spent + "]", ",")  # and another key may follow
+
+
 @pytest.mark.parametrize(("prefix", "stray", "valid"), [
     ('{"drug": ["droperidol"', "[", ","),  # a closed string, then a bracket: no comma
     ('{"drug"', ' "', ":"),  # a key without its colon
