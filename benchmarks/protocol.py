@@ -881,10 +881,9 @@ def plot_curves(curve_data: dict[str, list[dict[str, Any]]], folder: Path) -> li
 
 
 def repo_relative(path: Path) -> str:
-    """`path` relative to the repository where it lies inside it (committed results name no
-    folder of the machine they ran on), else as given."""
-    resolved = path.resolve()
-    return str(resolved.relative_to(REPO)) if resolved.is_relative_to(REPO) else str(path)
+    """`path` relative to the repository, `..` steps included where it lies outside it:
+    committed results name no folder of the machine they ran on."""
+    return os.path.relpath(path.resolve(), REPO)
 
 
 def hardware() -> str:

@@ -475,6 +475,7 @@ def test_committed_results_name_no_folder_of_the_machine_they_ran_on() -> None:
     offenders = {str(f.relative_to(protocol.REPO)): absolute.findall(f.read_text()) for f in files}
     assert {f: n for f, n in offenders.items() if n} == {}
     assert protocol.repo_relative(protocol.REPO / "data") == "data"
+    assert protocol.repo_relative(protocol.REPO.parent / "data") == "../data"  # a --data beside the checkout
 
 
 def test_unaligned_counts_only_strings_that_are_not_in_the_sentence() -> None:
