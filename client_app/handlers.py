@@ -40,7 +40,7 @@ _SITE_DATA = (AnnotationError, SiteDataError, SiteFolderError)
 
 
 def _category(err: Exception) -> str:
-    """What the coordinator is told failed (client_app/app.py, `failure_reason`)."""
+    """What the coordinator is told failed (client_app/failures.py, `failure_reason`)."""
     if isinstance(err, _ABOUT_THE_COORDINATOR):
         return f"{type(err).__name__}: {err}"
     if isinstance(err, _SITE_DATA):

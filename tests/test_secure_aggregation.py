@@ -292,7 +292,8 @@ def test_a_round_with_more_sites_than_the_modulus_can_sum_sends_nothing(secure_s
     from strategies.secure_aggregation import MAX_SITES, SecureAggregationGrid
 
     class Recording:
-        sent: list = []
+        def __init__(self):
+            self.sent = []
 
         def send_and_receive(self, messages, *, timeout=None):
             self.sent.extend(messages)

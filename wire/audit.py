@@ -194,16 +194,13 @@ def read_key(path: Path) -> bytes:
         raise AuditError(f"{path}: permissions {mode:04o}; an audit key must be readable by its owner only "
                          f"(chmod 600 {path})")
     try:
-        lines = path.read_bytes().decode("ascii").splitlines()
-    except UnicodeDecodeError:
-        lines = ["(not ASCII)"]
+        lines = path.read_bytes().decode("ascii", errors="replace").splitlines()
     except OSError as err:
         raise AuditError(f"{path}: the audit key cannot be read ({err.strerror})") from None
-    for number, line in enumerate(lines or [""], 1):
-        if number > 1:
-            raise AuditError(f"{path}:{number}: an audit key file holds one line")
-        if not re.fullmatch(f"[0-9a-f]{{{2 * KEY_BYTES}}}", line):
-            raise AuditError(f"{path}:{number}: expected {2 * KEY_BYTES} lowercase hex digits (a {KEY_BYTES}-byte key)")
+    if not lines or not re.fullmatch(f"[0-9a-f]{{{2 * KEY_BYTES}}}", lines[0]):
+        raise AuditError(f"{path}:1: expected {2 * KEY_BYTES} lowercase hex digits (a {KEY_BYTES}-byte key)")
+    if len(lines) > 1:
+        raise AuditError(f"{path}:2: an audit key file holds one line")
     return bytes.fromhex(lines[0])
 
 
