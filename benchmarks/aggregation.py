@@ -50,13 +50,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere in the checkout
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Metadata, MetricRecord, RecordDict  # noqa: E402
-from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 from server_app.strategy_factory import build_strategy  # noqa: E402
 from settings.config import validate  # noqa: E402
 from strategies import available_strategies  # noqa: E402
 from strategies.aggregation_error import module_error  # noqa: E402
 from strategies.exact import exact_factors, randomized_factors  # noqa: E402
+from strategies.flower_compat import act_as_server_app  # noqa: E402
 from strategies.lora_pairs import lora_modules  # noqa: E402
 from wire import protocol  # noqa: E402
 
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging_quiet()
     # configure_train builds Flower instruction messages, which take the ServerApp's identity.
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
+    act_as_server_app()
 
     shapes = adapter_shapes(args.layers, args.rank)
     numel = sum(a * b for a, b in shapes.values())

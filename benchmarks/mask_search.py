@@ -32,18 +32,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-from flwr.common.secure_aggregation.quantization import quantize
-from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from strategies.flower_compat import secaggplus_mask, secaggplus_quantize  # noqa: E402
 from strategies.secure_aggregation import MODULUS, QUANTIZATION_RANGE  # noqa: E402
 
 PROBE = 4  # mask values drawn per candidate before the test
 
 
 def folded_seed(key: bytes) -> int:
-    """The 32-bit seed `pseudo_rand_gen` derives from a mask key (its XOR fold)."""
+    """The 32-bit seed `pseudo_rand_gen` (`secaggplus_mask`) derives from a mask key (its XOR fold)."""
     seed = 0
     for i in range(0, len(key), 4):
         seed ^= int.from_bytes(key[i:i + 4], "little")
@@ -54,9 +53,9 @@ def masked_adapter(size: int, clipping: float, rng: np.random.Generator) -> tupl
     """A LoRA-sized update (values ~1e-3), quantized as a site quantizes it, plus one
     pairwise mask modulo the modulus: (quantized, masked, mask key)."""
     update = rng.normal(0.0, 1e-3, size).astype(np.float32)
-    quantized = quantize([update], clipping, QUANTIZATION_RANGE)[0].astype(np.int64)
+    quantized = secaggplus_quantize([update], clipping, QUANTIZATION_RANGE)[0].astype(np.int64)
     key = secrets.token_bytes(32)
-    mask = pseudo_rand_gen(key, MODULUS, [(size,)])[0].astype(np.int64)
+    mask = secaggplus_mask(key, MODULUS, [(size,)])[0].astype(np.int64)
     return quantized, (quantized + mask) % MODULUS, key
 
 

@@ -36,19 +36,18 @@ def main() -> None:
     args = parser.parse_args()
 
     from flwr.app import ConfigRecord, Message, MessageType, RecordDict
-    from flwr.common.serde import message_to_proto
-    from flwr.supercore.task_identity import TaskIdentity
 
     from client_app.runtime import model_runtime
     from fedmedlora.local_grid import LocalGrid
     from modeling.adapter_io import get_adapter_state
     from settings.config import lora_settings, validate
+    from strategies.flower_compat import act_as_server_app, message_nbytes
     from strategies.secure_aggregation import SecureAggregationGrid
     from wire import protocol
     from wire.arrays import to_arrayrecord
     from wire.transport import transport_grid
 
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    act_as_server_app(task_id=1)
     overrides = {"train.max-steps": args.max_steps, "strategy.secure-aggregation": True}
     if args.model:
         overrides["model.name"] = args.model
@@ -73,8 +72,8 @@ def main() -> None:
         seconds = time.perf_counter() - started
         assert len(replies) == len(SITES) and not any(r.has_error() for r in replies), replies
         return {"seconds": seconds,
-                "bytes-sent": sum(message_to_proto(m).ByteSize() for m in local.sent[sent:]),
-                "bytes-received": sum(message_to_proto(m).ByteSize() for m in local.received[received:]),
+                "bytes-sent": sum(message_nbytes(m) for m in local.sent[sent:]),
+                "bytes-received": sum(message_nbytes(m) for m in local.received[received:]),
                 "messages": len(local.sent) - sent}
 
     run(plain_grid)  # warm-up: the sites' model and data load once, in this process

@@ -11,14 +11,8 @@ from collections.abc import Iterable
 from uuid import uuid4
 
 from flwr.app import Context, Message, RecordDict
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 
-
-def _over_the_wire(msg: Message) -> Message:
-    """The message as the other side gets it: serialised and read back (no shared records)."""
-    from flwr.common.serde import message_from_proto, message_to_proto
-
-    return message_from_proto(message_to_proto(msg))
+from strategies.flower_compat import over_the_wire, secaggplus_stage
 
 
 class LocalGrid:
@@ -37,13 +31,12 @@ class LocalGrid:
         ids = []
         for msg in messages:
             msg.metadata.__dict__["_message_id"] = str(uuid4())  # as Flower's InMemoryGrid does
-            stage = (msg.content.config_records[RECORD_KEY_CONFIGS].get(Key.STAGE)
-                     if RECORD_KEY_CONFIGS in msg.content.config_records else None)
+            stage = secaggplus_stage(msg)
             self.sent.append(msg)
             ids.append(msg.metadata.message_id)
             if (msg.metadata.dst_node_id, stage) in self.silent:
                 continue
-            reply = _over_the_wire(self.app(_over_the_wire(msg), self.contexts[msg.metadata.dst_node_id]))
+            reply = over_the_wire(self.app(over_the_wire(msg), self.contexts[msg.metadata.dst_node_id]))
             self.received.append(reply)
             self._replies[msg.metadata.message_id] = reply
         return ids
