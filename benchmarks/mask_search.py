@@ -14,7 +14,7 @@ scans a window of `2^--window-bits` candidates that holds the true seed, checks 
 seed it finds unmasks the whole adapter, and extrapolates the time per candidate to all
 2^32 seeds on one core.
 
-    .venv/bin/python benchmarks/mask_search.py --json docs/benchmarks/mask_search.json
+    .venv/bin/python -m benchmarks.mask_search --json docs/benchmarks/mask_search.json
 
 With more sites a site's vector carries one pairwise mask per neighbour; the search then
 pairs seeds (a meet-in-the-middle over two 2^32 tables), which this script does not run.
@@ -24,19 +24,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import secrets
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from strategies.flower_compat import secaggplus_mask, secaggplus_quantize  # noqa: E402
-from strategies.secure_aggregation import MODULUS, QUANTIZATION_RANGE  # noqa: E402
+from benchmarks.provenance import command, machine
+from strategies.flower_compat import secaggplus_mask, secaggplus_quantize
+from strategies.secure_aggregation import MODULUS, QUANTIZATION_RANGE
 
 PROBE = 4  # mask values drawn per candidate before the test
 
@@ -93,9 +89,8 @@ def main() -> None:
                                   quantized)]
     per_candidate = seconds / span
     result = {
-        "command": "python benchmarks/mask_search.py " + " ".join(sys.argv[1:]),
-        "machine": f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} CPU(s), "
-                   f"Python {platform.python_version()}, NumPy {np.__version__}",
+        "command": command("benchmarks.mask_search"),
+        "machine": machine("numpy"),
         "candidates-scanned": span,
         "seeds-passing-the-probe": len(found),
         "true-seed-found-and-unmasks-the-adapter": unmasked == [true_seed],

@@ -1,9 +1,15 @@
-"""An in-process Grid that delivers each message, serialised as on the wire, to the
-project's real ClientApp, one Context per site (kept across messages, as a SuperNode keeps
-it), and keeps every message both ways. For tests and benchmarks of the message protocol
-without SuperLink and SuperNodes (tests/test_secure_aggregation.py,
-benchmarks/secure_aggregation.py). A site can be told not to answer a given
-SecAgg+ stage, to test what the protocol does when a site is lost there."""
+"""Stand-ins for Flower's Grid, for benchmarks and tests that run a strategy or the message
+protocol without SuperLink and SuperNodes. (The product's own Grid wrappers stay with what
+they wrap: wire/transport.py, strategies/secure_aggregation.py, strategies/screened.py.)
+
+- `NodesGrid`: only the connected nodes, what `configure_train` asks of a Grid
+  (benchmarks/aggregation.py).
+- `LocalGrid`: delivers each message, serialised as on the wire, to the project's real
+  ClientApp, one Context per site (kept across messages, as a SuperNode keeps it), and keeps
+  every message both ways (benchmarks/secure_aggregation.py, tests/test_secure_aggregation.py).
+  A site can be told not to answer a given SecAgg+ stage, to test what the protocol does
+  when a site is lost there.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,16 @@ from uuid import uuid4
 from flwr.app import Context, Message, RecordDict
 
 from strategies.flower_compat import over_the_wire, secaggplus_stage
+
+
+class NodesGrid:
+    """Enough of flwr's Grid for `configure_train`: the connected nodes, 1 to `sites`."""
+
+    def __init__(self, sites: int) -> None:
+        self.sites = sites
+
+    def get_node_ids(self) -> list[int]:
+        return list(range(1, self.sites + 1))
 
 
 class LocalGrid:
