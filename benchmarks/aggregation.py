@@ -21,9 +21,9 @@ is `exact` with `strategy.exact-solver = "randomized"`. For the latter, the repo
 compares its rank-r factors with the full SVD's on the first `--error-layers` layers: the
 residual ||M - B A||_F over the optimal one (Eckart-Young), and ||B A - B* A*||_F / ||B* A*||_F.
 
-    python benchmarks/aggregation.py --layers 4 --sites 20 --repeats 3
-    python benchmarks/aggregation.py --strategies fedmedlora,krum --set strategy.dp=server-fixed
-    python benchmarks/aggregation.py --strategies exact,exact-randomized --json docs/benchmarks/aggregation.json
+    python -m benchmarks.aggregation --layers 4 --sites 20 --repeats 3
+    python -m benchmarks.aggregation --strategies fedmedlora,krum --set strategy.dp=server-fixed
+    python -m benchmarks.aggregation --strategies exact,exact-randomized --json docs/benchmarks/aggregation.json
 """
 
 from __future__ import annotations
@@ -32,10 +32,7 @@ import argparse
 import gc
 import json
 import math
-import os
-import platform
 import resource
-import shlex
 import statistics
 import sys
 import time
@@ -46,19 +43,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Metadata, MetricRecord, RecordDict
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere in the checkout
-
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Metadata, MetricRecord, RecordDict  # noqa: E402
-from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
-
-from server_app.strategy_factory import build_strategy  # noqa: E402
-from settings.config import validate  # noqa: E402
-from strategies import available_strategies  # noqa: E402
-from strategies.aggregation_error import module_error  # noqa: E402
-from strategies.exact import exact_factors, randomized_factors  # noqa: E402
-from strategies.lora_pairs import lora_modules  # noqa: E402
-from wire import protocol  # noqa: E402
+from benchmarks.grids import NodesGrid
+from benchmarks.provenance import command, machine
+from server_app.strategy_factory import build_strategy
+from settings.config import validate
+from strategies import available_strategies
+from strategies.aggregation_error import module_error
+from strategies.exact import exact_factors, randomized_factors
+from strategies.flower_compat import act_as_server_app
+from strategies.lora_pairs import lora_modules
+from wire import protocol
 
 # Arms that are a registered strategy with some keys set.
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -112,16 +108,6 @@ def _instruction(node_id: int) -> Message:
     return Message(content=RecordDict(), metadata=metadata)
 
 
-class Grid:
-    """Enough of flwr's Grid for `configure_train`: the connected nodes."""
-
-    def __init__(self, sites: int) -> None:
-        self.sites = sites
-
-    def get_node_ids(self) -> list[int]:
-        return list(range(1, self.sites + 1))
-
-
 def as_sent(strategy, replies: list[Message]) -> list[Message]:
     """The replies cut to the factors the strategy's first round sends (FFA-LoRA: B only)."""
     core = getattr(strategy, "core", strategy)
@@ -143,7 +129,7 @@ def one_round(cfg: dict[str, Any], shapes: dict, global_arrays: ArrayRecord, rep
     replies = as_sent(strategy, replies)
     np.random.seed(0)  # DP noise
     start = time.perf_counter()
-    strategy.configure_train(1, global_arrays, ConfigRecord(), Grid(sites))
+    strategy.configure_train(1, global_arrays, ConfigRecord(), NodesGrid(sites))
     arrays, _ = strategy.aggregate_train(1, replies)
     seconds = time.perf_counter() - start
     if arrays is None or strategy.round_report().rejected:
@@ -207,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging_quiet()
     # configure_train builds Flower instruction messages, which take the ServerApp's identity.
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
+    act_as_server_app()
 
     shapes = adapter_shapes(args.layers, args.rank)
     numel = sum(a * b for a, b in shapes.values())
@@ -221,9 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name} ...", file=sys.stderr)
         rows.append((name, measure(name, args, overrides, shapes, global_arrays, replies)))
 
-    print(f"\nCommand: python benchmarks/aggregation.py {shlex.join(sys.argv[1:] if argv is None else argv)}")
-    print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU(s), "
-          f"Python {platform.python_version()}, numpy {np.__version__}")
+    print(f"\nCommand: {command('benchmarks.aggregation', argv)}")
+    print(f"Machine: {machine('numpy')}")
     print(f"Replies: {args.sites} sites x {numel / 1e6:.1f}M float32 parameters ({args.layers} layers, r={args.rank}), "
           f"{args.sites * numel * 4 / 2**20:.0f} MiB in all; run config {overrides or '{}'}\n")
     print(f"| strategy | s/round (median of {args.repeats}) | min s | peak MB per round (tracemalloc) |")
@@ -241,12 +226,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{error['residual-ratio-median']:.6f}, max {error['residual-ratio-max']:.6f}; "
               f"||B A - B* A*|| / ||B* A*||: median {error['difference-median']:.2e}, max {error['difference-max']:.2e}")
     if args.json is not None:
-        command = f"python benchmarks/aggregation.py {shlex.join(sys.argv[1:] if argv is None else argv)}"
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
-            "command": command,
-            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU(s), "
-                       f"Python {platform.python_version()}, numpy {np.__version__}",
+            "command": command("benchmarks.aggregation", argv),
+            "machine": machine("numpy"),
             "run-config": overrides,
             "strategies": {name: {"sites": args.sites, "layers": args.layers, "rank": args.rank,
                                   "seconds": r["median"], "seconds-min": r["min"], "repeats": args.repeats,

@@ -1,7 +1,7 @@
 """The paper's claims as paired comparisons, each with a verdict the numbers decide.
 
 Each claim compares two arms on the in-domain test sets (NER strict F1, the mean over the
-three sets) by `clinical_ie.bootstrap.paired_difference`: the same resampled documents score
+three sets) by `benchmarks.bootstrap.paired_difference`: the same resampled documents score
 both arms. A claim holds when the difference clears a threshold:
 
 - "within 2 points of centralized": federated - centralized >= -2 points;
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from clinical_ie.bootstrap import paired_difference
+from benchmarks.bootstrap import paired_difference
 
 MEASURE = "ner-strict"
 

@@ -1,7 +1,7 @@
 """What differential privacy costs in F1: Fed-MedLoRA without DP, at epsilon about 8 and about 1.
 
 Three `flwr run`s on Flower's simulation engine with the protocol's training sites and the
-standard profile's training budget (benchmarks/protocol.py: 3 rounds x 24 steps per site),
+standard profile's training budget (benchmarks/protocol/profiles.py: 3 rounds x 24 steps per site),
 differing only in `strategy.dp`:
 
 - `no-dp`: plain Fed-MedLoRA;
@@ -20,7 +20,7 @@ benchmark near 40 minutes on 2 cores), with paired document-level bootstrap diff
 no-DP. Every finished arm is written to `--out` at once and skipped when the command is run
 again. `--set rounds=1 --set steps=2` makes a smoke test.
 
-    .venv/bin/python benchmarks/dp_f1.py --data data --work outputs/dp-f1 --out docs/benchmarks/dp_f1.json
+    .venv/bin/python -m benchmarks.dp_f1 --data data --work outputs/dp-f1 --out docs/benchmarks/dp_f1.json
 """
 
 from __future__ import annotations
@@ -36,11 +36,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import protocol  # noqa: E402
-
-from fedmedlora.memorisation import first_update_norm, largest_weight, noise_for  # noqa: E402
+from benchmarks.bootstrap import paired_difference
+from benchmarks.protocol.arms import federated_config, run_federated
+from benchmarks.protocol.profiles import PROFILES, TRAINING_SITES
+from benchmarks.protocol.scoring import score
+from benchmarks.protocol.sites import prepare_sites
+from benchmarks.protocol.workbench import Workbench
+from benchmarks.provenance import REPO, command, machine, repo_relative
+from fedmedlora.memorisation import first_update_norm, largest_weight, noise_for
 
 log = logging.getLogger("dp_f1")
 
@@ -50,12 +53,10 @@ DELTA = 1e-5
 
 def paired(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
     """Mean over the test sets of NER strict F1, a minus b, in points, with the paired
-    document-level bootstrap interval (clinical_ie/bootstrap.py)."""
+    document-level bootstrap interval (benchmarks/bootstrap.py)."""
     import numpy as np
 
-    from clinical_ie.bootstrap import paired_difference
-
-    pairs = [(np.asarray(a[t]["document-counts"]), np.asarray(b[t]["document-counts"])) for t in protocol.TRAINING_SITES]
+    pairs = [(np.asarray(a[t]["document-counts"]), np.asarray(b[t]["document-counts"])) for t in TRAINING_SITES]
     diff = paired_difference(pairs, "ner-strict")
     return {"estimate": diff.value, "low": diff.low, "high": diff.high}
 
@@ -63,7 +64,7 @@ def paired(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="folder of the prepared site folders")
-    parser.add_argument("--work", type=Path, default=protocol.REPO / "outputs" / "dp-f1",
+    parser.add_argument("--work", type=Path, default=REPO / "outputs" / "dp-f1",
                         help="runs, adapters and generated outputs (reused when run again)")
     parser.add_argument("--out", type=Path, required=True, help="the results JSON, written after every arm")
     parser.add_argument("--test-instances", type=int, default=60)
@@ -72,7 +73,7 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    profile = replace(protocol.PROFILES["standard"], test_instances=args.test_instances)
+    profile = replace(PROFILES["standard"], test_instances=args.test_instances)
     for item in args.set:
         field, _, value = item.partition("=")
         if field not in ("rounds", "steps"):
@@ -80,30 +81,31 @@ def main() -> int:
         profile = replace(profile, **{field: int(value)})
     work = args.work.resolve()
     settings = {"rounds": profile.rounds, "steps": profile.steps, "test-instances": profile.test_instances,
-                "model": profile.model, "delta": DELTA, "data": protocol.repo_relative(args.data)}
+                "model": profile.model, "delta": DELTA, "data": repo_relative(args.data)}
     results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {}
     if results.get("settings") not in (None, settings):
         raise SystemExit(f"{args.out}: made with other settings ({results['settings']}); move it away to start again")
     results["settings"] = settings
     results.setdefault("arms", {})
-    results["command"] = "python benchmarks/dp_f1.py " + " ".join(sys.argv[1:])
+    results["command"] = command("benchmarks.dp_f1")
+    results["machine"] = machine()
 
     def save() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2) + "\n")
 
-    sites = protocol.prepare_sites(args.data.resolve(), work, profile.new_site_documents)
-    config = {**protocol.federated_config(profile, work / "sites", work / "runs"), "strategy.name": "fedmedlora"}
-    bench = protocol.Workbench(profile)
+    sites = prepare_sites(args.data.resolve(), work, profile.new_site_documents)
+    config = {**federated_config(profile, work / "sites", work / "runs"), "strategy.name": "fedmedlora"}
+    bench = Workbench(profile)
     for arm in ("no-dp", *TARGETS):
         keys: dict[str, Any] = {}
         if arm in TARGETS:
             # The weighted mean moves by max(w) x C for one site; Flower's noise is z x C / n.
-            scale = len(protocol.TRAINING_SITES) * results["largest-weight"]
+            scale = len(TRAINING_SITES) * results["largest-weight"]
             z = math.ceil(noise_for(TARGETS[arm], profile.rounds, DELTA) * scale * 1000) / 1000
             keys = {"strategy.dp": "server-fixed", "strategy.dp-noise-multiplier": z,
                     "strategy.dp-clipping-norm": results["clipping-norm"],
-                    "strategy.dp-num-sampled-sites": len(protocol.TRAINING_SITES), "strategy.dp-delta": DELTA}
+                    "strategy.dp-num-sampled-sites": len(TRAINING_SITES), "strategy.dp-delta": DELTA}
         recorded = results["arms"].get(arm)
         if recorded is not None and recorded.get("settings") == keys and (arm != "no-dp" or "largest-weight" in results):
             continue
@@ -111,11 +113,11 @@ def main() -> int:
             log.info("%s: recorded with other DP settings; its run is made again", arm)
             shutil.rmtree(work / "runs" / arm)
         start = time.perf_counter()
-        run = protocol.run_federated(arm, {**config, **keys}, work / "runs")
+        run = run_federated(arm, {**config, **keys}, work / "runs")
         train_seconds = time.perf_counter() - start
         summary = json.loads((run / "summary.json").read_text())
-        scores = {test: protocol.score(bench, arm, run / "final", test, sites[test], work)
-                  for test in protocol.TRAINING_SITES}
+        scores = {test: score(bench, arm, run / "final", test, sites[test], work)
+                  for test in TRAINING_SITES}
         results["arms"][arm] = {"settings": keys, "dp": summary.get("dp"), "scores": scores,
                                 "run-seconds": round(train_seconds, 1),
                                 "seconds": round(time.perf_counter() - start, 1)}
@@ -126,7 +128,7 @@ def main() -> int:
         log.info("%s done", arm)
     rows = []
     for arm, entry in results["arms"].items():
-        f1 = {t: entry["scores"][t]["scores"]["ner-strict-f1"]["value"] for t in protocol.TRAINING_SITES}
+        f1 = {t: entry["scores"][t]["scores"]["ner-strict-f1"]["value"] for t in TRAINING_SITES}
         entry["difference-to-no-dp"] = None if arm == "no-dp" else paired(entry["scores"], results["arms"]["no-dp"]["scores"])
         rows.append((arm, entry.get("dp"), f1, entry["difference-to-no-dp"]))
     save()
@@ -136,7 +138,7 @@ def main() -> int:
         change = "" if diff is None else f" diff={diff['estimate']:+.1f} [{diff['low']:+.1f}, {diff['high']:+.1f}]"
         noise = ""
         if dp:  # Gaussian noise per adapter value and over the whole adapter, against the clipping norm
-            std = dp["noise-multiplier"] * results["clipping-norm"] / len(protocol.TRAINING_SITES)
+            std = dp["noise-multiplier"] * results["clipping-norm"] / len(TRAINING_SITES)
             norm = std * math.sqrt(sum(v.size for v in bench.initial.values()))
             noise = f" noise-std={std:.2f} noise-norm={norm:.0f} ({norm / results['clipping-norm']:.0f}x the clipping norm)"
         print(f"{arm}: epsilon={eps} {cells}{change}{noise}")

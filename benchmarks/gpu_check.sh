@@ -39,7 +39,7 @@ prepare)
     -d .gpu/whl $versions
   model=$($PY -c 'from modeling.base import resolve_model_path; print(resolve_model_path("embedded:smollm2-135m-instruct"))')
   cp "$model"/{config.json,generation_config.json,tokenizer.json,tokenizer_config.json,chat_template.jinja} .gpu/smollm2/
-  $PY benchmarks/train_speed.py --data "${DATA:-data/maccrobat}" --write-encoded .gpu/train.json
+  $PY -m benchmarks.train_speed --data "${DATA:-data/maccrobat}" --write-encoded .gpu/train.json
   $PY -c 'import json; p=".gpu/train.json"; json.dump(json.load(open(p))[:1000], open(p, "w"))'
   du -sh .gpu
   ;;
@@ -58,7 +58,7 @@ run)
     local name=$1 limit=$2; shift 2
     [[ $stages == *" $name "* ]] || return 0
     echo "== $name"
-    timeout "$limit" python3 benchmarks/train_speed.py "${common[@]}" --json "$out/$name.json" "$@" 2>&1 \
+    timeout "$limit" python3 -m benchmarks.train_speed "${common[@]}" --json "$out/$name.json" "$@" 2>&1 \
       | grep -v -e Warning -e warnings.warn | tee "$out/$name.log" \
       | grep -v -e '^Loading' -e '^Writing' -e 'it/s]' -e "^{'"
     local rc=${PIPESTATUS[0]}

@@ -14,7 +14,7 @@ scans a window of `2^--window-bits` candidates that holds the true seed, checks 
 seed it finds unmasks the whole adapter, and extrapolates the time per candidate to all
 2^32 seeds on one core.
 
-    .venv/bin/python benchmarks/mask_search.py --json docs/benchmarks/mask_search.json
+    .venv/bin/python -m benchmarks.mask_search --json docs/benchmarks/mask_search.json
 
 With more sites a site's vector carries one pairwise mask per neighbour; the search then
 pairs seeds (a meet-in-the-middle over two 2^32 tables), which this script does not run.
@@ -24,26 +24,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import secrets
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from flwr.common.secure_aggregation.quantization import quantize
-from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from strategies.secure_aggregation import MODULUS, QUANTIZATION_RANGE  # noqa: E402
+from benchmarks.provenance import command, machine
+from strategies.flower_compat import secaggplus_mask, secaggplus_quantize
+from strategies.secure_aggregation import MODULUS, QUANTIZATION_RANGE
 
 PROBE = 4  # mask values drawn per candidate before the test
 
 
 def folded_seed(key: bytes) -> int:
-    """The 32-bit seed `pseudo_rand_gen` derives from a mask key (its XOR fold)."""
+    """The 32-bit seed `pseudo_rand_gen` (`secaggplus_mask`) derives from a mask key (its XOR fold)."""
     seed = 0
     for i in range(0, len(key), 4):
         seed ^= int.from_bytes(key[i:i + 4], "little")
@@ -54,9 +49,9 @@ def masked_adapter(size: int, clipping: float, rng: np.random.Generator) -> tupl
     """A LoRA-sized update (values ~1e-3), quantized as a site quantizes it, plus one
     pairwise mask modulo the modulus: (quantized, masked, mask key)."""
     update = rng.normal(0.0, 1e-3, size).astype(np.float32)
-    quantized = quantize([update], clipping, QUANTIZATION_RANGE)[0].astype(np.int64)
+    quantized = secaggplus_quantize([update], clipping, QUANTIZATION_RANGE)[0].astype(np.int64)
     key = secrets.token_bytes(32)
-    mask = pseudo_rand_gen(key, MODULUS, [(size,)])[0].astype(np.int64)
+    mask = secaggplus_mask(key, MODULUS, [(size,)])[0].astype(np.int64)
     return quantized, (quantized + mask) % MODULUS, key
 
 
@@ -94,9 +89,8 @@ def main() -> None:
                                   quantized)]
     per_candidate = seconds / span
     result = {
-        "command": "python benchmarks/mask_search.py " + " ".join(sys.argv[1:]),
-        "machine": f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} CPU(s), "
-                   f"Python {platform.python_version()}, NumPy {np.__version__}",
+        "command": command("benchmarks.mask_search"),
+        "machine": machine("numpy"),
         "candidates-scanned": span,
         "seeds-passing-the-probe": len(found),
         "true-seed-found-and-unmasks-the-adapter": unmasked == [true_seed],

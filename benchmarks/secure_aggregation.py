@@ -1,14 +1,14 @@
 """What secure aggregation costs per round: Flower's SecAgg+ against plain Fed-MedLoRA.
 
 Three sites train the same round-1 instruction with the project's real ClientApp, in this
-process (fedmedlora/local_grid.py: every message serialised as on the wire), once plainly
+process (benchmarks/grids.py's LocalGrid: every message serialised as on the wire), once plainly
 and once through `SecureAggregationGrid`, alternating, `--repeats` times each. Training is
 the same work both ways, so the difference of the medians is the protocol's cost: its
 four exchanges, the sites' key agreement, share encryption, quantization and masking, and
 the coordinator's unmasking. Bytes are Flower's serialised message sizes, both ways.
 
-    .venv/bin/python benchmarks/secure_aggregation.py            # embedded default, 3 repeats
-    .venv/bin/python benchmarks/secure_aggregation.py --out docs/benchmarks/secure_aggregation.json
+    .venv/bin/python -m benchmarks.secure_aggregation            # embedded default, 3 repeats
+    .venv/bin/python -m benchmarks.secure_aggregation --out docs/benchmarks/secure_aggregation.json
 
 Prints one line per run and a summary; `--out` writes the JSON the threat model quotes.
 """
@@ -18,11 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SITES = (1, 2, 3)
 
@@ -36,19 +33,19 @@ def main() -> None:
     args = parser.parse_args()
 
     from flwr.app import ConfigRecord, Message, MessageType, RecordDict
-    from flwr.common.serde import message_to_proto
-    from flwr.supercore.task_identity import TaskIdentity
 
+    from benchmarks.grids import LocalGrid
+    from benchmarks.provenance import machine
     from client_app.runtime import model_runtime
-    from fedmedlora.local_grid import LocalGrid
     from modeling.adapter_io import get_adapter_state
     from settings.config import lora_settings, validate
+    from strategies.flower_compat import act_as_server_app, message_nbytes
     from strategies.secure_aggregation import SecureAggregationGrid
     from wire import protocol
     from wire.arrays import to_arrayrecord
     from wire.transport import transport_grid
 
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    act_as_server_app(task_id=1)
     overrides = {"train.max-steps": args.max_steps, "strategy.secure-aggregation": True}
     if args.model:
         overrides["model.name"] = args.model
@@ -73,8 +70,8 @@ def main() -> None:
         seconds = time.perf_counter() - started
         assert len(replies) == len(SITES) and not any(r.has_error() for r in replies), replies
         return {"seconds": seconds,
-                "bytes-sent": sum(message_to_proto(m).ByteSize() for m in local.sent[sent:]),
-                "bytes-received": sum(message_to_proto(m).ByteSize() for m in local.received[received:]),
+                "bytes-sent": sum(message_nbytes(m) for m in local.sent[sent:]),
+                "bytes-received": sum(message_nbytes(m) for m in local.received[received:]),
                 "messages": len(local.sent) - sent}
 
     run(plain_grid)  # warm-up: the sites' model and data load once, in this process
@@ -91,7 +88,7 @@ def main() -> None:
 
     numel = sum(v.size for v in initial.values())
     summary = {
-        "model": cfg["model.name"], "adapter-parameters": int(numel), "sites": len(SITES),
+        "machine": machine(), "model": cfg["model.name"], "adapter-parameters": int(numel), "sites": len(SITES),
         "train-steps": args.max_steps, "repeats": args.repeats,
         **{f"{mode}-{key}": median(mode, key) for mode in results for key in ("seconds", "bytes-sent",
                                                                                "bytes-received", "messages")},

@@ -6,7 +6,7 @@ scores the adapter on the site's test split: entity strict/lenient F1 on `--test
 sentences, relation F1 with gold entities (the relation step alone) and end to end (entities
 predicted, then relations among them). The wall time of the whole run is reported.
 
-    .venv/bin/python benchmarks/single_site.py --data data/maccrobat --json docs/benchmarks/single_site.json
+    .venv/bin/python -m benchmarks.single_site --data data/maccrobat --json docs/benchmarks/single_site.json
 
 Writes `ner_strict_f1`, `ner_lenient_f1`, `re_strict_f1_gold_entities`,
 `re_strict_f1_end_to_end`, `test_instances`, `seconds` and `command` (and more) to `--json`.
@@ -16,24 +16,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import shlex
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from anywhere in the checkout
+import torch
 
-import torch  # noqa: E402
-
-from clinical_ie.evaluate import InstanceEvaluator, site_instances, stable_subset, training_pairs  # noqa: E402
-from clinical_ie.instances import DEFAULT_RE_MODE, NER, RE, RE_MODES  # noqa: E402
-from clinical_ie.prompt import PREFIX_END  # noqa: E402
-from data_loaders.sites import load_site  # noqa: E402
-from modeling.base import load_base_model, resolve_model_path  # noqa: E402
-from modeling.lora import LoraSettings, attach_lora  # noqa: E402
-from modeling.training import TrainSettings, encode_all, train_round  # noqa: E402
+from benchmarks.provenance import REPO, command, machine
+from clinical_ie.evaluate import InstanceEvaluator, site_instances, stable_subset, training_pairs
+from clinical_ie.instances import DEFAULT_RE_MODE, NER, RE, RE_MODES
+from clinical_ie.prompt import PREFIX_END
+from data_loaders.sites import load_site
+from modeling.base import load_base_model, resolve_model_path
+from modeling.lora import LoraSettings, attach_lora
+from modeling.training import TrainSettings, encode_all, train_round
 
 
 def test_instances(site, sentences: int, re_mode: str) -> list:
@@ -63,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    command = "python benchmarks/single_site.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command_line = command("benchmarks.single_site", argv)
 
     start = time.perf_counter()
     torch.manual_seed(args.seed)
@@ -110,9 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         "entity_types": list(site.entity_types),
         "relation_types": list(site.relation_types),
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                    "torch": torch.__version__},
-        "command": command,
+        "machine": machine(), "torch-threads": torch.get_num_threads(),
+        "command": command_line,
     }
     print(json.dumps({k: v for k, v in figures.items() if "f1" in k or k in ("seconds", "test_instances")}, indent=2))
     if args.json:

@@ -1,6 +1,6 @@
 """Strict/lenient NER and RE F1 of an adapter vs the base model (zero-shot) on every site's test split.
 
-    .venv/bin/python benchmarks/split_f1.py outputs/<run>/final [--data ~/.cache/fedmedlora/demo-corpus]
+    .venv/bin/python -m benchmarks.split_f1 outputs/<run>/final [--data ~/.cache/fedmedlora/demo-corpus]
 
 The base model is loaded once; each site is asked only for the types it annotates.
 Prints a markdown table and writes it, with the raw numbers, beside the adapter.

@@ -6,7 +6,7 @@ differ. After the runs the script reads each run's `metrics.jsonl` and prints, p
 and round, the F1 of the global adapter on the coordinator's validation instances and on
 every site's validation instances (mean over sites), for entities and relations.
 
-    .venv/bin/python benchmarks/strategies_f1.py --data data --sites maccrobat,chia,ddi \\
+    .venv/bin/python -m benchmarks.strategies_f1 --data data --sites maccrobat,chia,ddi \\
         --server-validation data/maccrobat
 
 A finished run is not run again (its `summary.json` exists): rerun the same command after
@@ -20,21 +20,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import shlex
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from anywhere in the checkout
-
-from fedmedlora.cli import _parse_value  # noqa: E402
-from fedmedlora.local_run import flwr_run  # noqa: E402
-from server_app.checkpoint import existing_round  # noqa: E402
-from settings.config import validate  # noqa: E402
+from benchmarks.provenance import REPO, command, machine
+from fedmedlora.cli import _parse_value
+from fedmedlora.local_run import flwr_run
+from server_app.checkpoint import existing_round
+from settings.config import validate
 
 # Arm name -> run-config keys. A default that would make an arm identical to plain FedAvg
 # is changed to the value its paper uses (FedProx mu 0.01); the server optimisers run at
@@ -156,11 +151,11 @@ def main() -> int:
         record(arm)
 
     results = {arm: recorded[arm]["result"] if arm in recorded else read_run(runs[arm]) for arm in arms}
-    command = "python benchmarks/strategies_f1.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    table = markdown(results, command, common)
+    command_line = command("benchmarks.strategies_f1")
+    table = markdown(results, command_line, common)
     (args.out / "strategies.md").write_text(table)
     (args.out / "strategies.json").write_text(json.dumps(
-        {"command": command, "run-config": common, "arms": {a: KNOWN_ARMS[a] for a in arms}, "wall-seconds": walls, "results": results},
+        {"command": command_line, "machine": machine(), "run-config": common, "arms": {a: KNOWN_ARMS[a] for a in arms}, "wall-seconds": walls, "results": results},
         indent=2, sort_keys=True))
     print(table)
     return 0 if all(r is not None for r in results.values()) else 1
@@ -241,12 +236,12 @@ def _cells(r: dict[str, Any]) -> dict[str, str]:
             "loss": f"{s['val-loss']:.3f}" if s else "-"}
 
 
-def markdown(results: dict[str, Any], command: str, common: dict[str, Any]) -> str:
+def markdown(results: dict[str, Any], command_line: str, common: dict[str, Any]) -> str:
     lines = [
         "# Strategies side by side",
         "",
-        f"Command: `{command}`",
-        f"Machine: {platform.machine()}, {len(__import__('os').sched_getaffinity(0))} CPU(s), Python {platform.python_version()}",
+        f"Command: `{command_line}`",
+        f"Machine: {machine()}",
         f"Budget per arm: {common['num-server-rounds']} rounds x {common['train.max-steps']} steps per site; "
         f"F1 on {common['eval.max-instances']} validation instances per site and at the coordinator each round.",
         "",

@@ -72,7 +72,7 @@ model loader's choice for the device (bfloat16 on CUDA; on a CPU bfloat16 only w
 measured bf16 matmul beats float32); every arm runs in it. On CUDA the peak GPU memory of
 each arm is reported.
 
-    .venv/bin/python benchmarks/train_speed.py --data data/maccrobat --batch-size 8 --steps 8 \\
+    .venv/bin/python -m benchmarks.train_speed --data data/maccrobat --batch-size 8 --steps 8 \\
         --warmup 1 --repeats 3 --json docs/benchmarks/train_speed.json
 
 `--random-init` trains the model's architecture with random weights (and its real
@@ -91,9 +91,7 @@ import contextlib
 import gc
 import json
 import logging
-import platform
 import random
-import shlex
 import statistics
 import sys
 import tempfile
@@ -102,14 +100,12 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from anywhere in the checkout
+import torch
 
-import torch  # noqa: E402
-
-from modeling.base import load_base_model, resolve_model_path  # noqa: E402
-from modeling.lora import LoraSettings, attach_lora  # noqa: E402
-from modeling.training import (  # noqa: E402
+from benchmarks.provenance import REPO, command, machine
+from modeling.base import load_base_model, resolve_model_path
+from modeling.lora import LoraSettings, attach_lora
+from modeling.training import (
     Encoded,
     TrainSettings,
     _batches,
@@ -461,18 +457,10 @@ def environment() -> dict:
         except metadata.PackageNotFoundError:
             return None
 
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
     return {
-        "torch": torch.__version__, "transformers": version("transformers"), "peft": version("peft"),
-        "trl": version("trl"), "datasets": version("datasets"), "python": platform.python_version(), "cpu": cpu,
-        "torch_threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "command": " ".join(shlex.quote(a) for a in sys.argv),
+        "machine": machine(), "transformers": version("transformers"), "peft": version("peft"),
+        "trl": version("trl"), "datasets": version("datasets"), "torch_threads": torch.get_num_threads(),
+        "command": command("benchmarks.train_speed"),
     }
 
 
@@ -609,7 +597,7 @@ def print_report(result: dict) -> None:
     setup = result["setup"]
     arms = setup["arms"]
     timed = setup["timed_batches"]
-    print(f"\n{setup['model']} on {setup['device']} ({setup['environment']['gpu'] or setup['environment']['cpu']}), "
+    print(f"\n{setup['model']} on {setup['device']} ({setup['environment']['machine']}), "
           f"dtype {setup['dtype']} (adapter {setup['adapter_dtype']}), quantization {setup['quantization']}, "
           f"{setup['trainable_parameters']:,} trainable parameters, batch {setup['batch_size']}, "
           f"{setup['steps']} timed steps ({timed['instances']} instances, {timed['tokens']:,} tokens, "

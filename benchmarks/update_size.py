@@ -5,7 +5,7 @@ absolute change per element, and the share of elements below Flower's FedAdam/Fe
 tau (1e-3). docs/strategies.md ("Server-optimizer defaults") uses these figures to explain
 the server step sizes:
 
-    .venv/bin/python benchmarks/update_size.py outputs/strategies/fedmedlora/round-1 \\
+    .venv/bin/python -m benchmarks.update_size outputs/strategies/fedmedlora/round-1 \\
         outputs/strategies/fedmedlora/round-2
 """
 

@@ -9,7 +9,7 @@ any subset's loss is read off the same pass), and compares, for growing subset s
 chosen as the server chooses them (`stable_subset`), the candidates' ranking and
 Fed-MedLoRA+ weights with those of the full set.
 
-    .venv/bin/python benchmarks/validation_subset.py --data data --sites maccrobat,chia,ddi \\
+    .venv/bin/python -m benchmarks.validation_subset --data data --sites maccrobat,chia,ddi \\
         --coordinator data/maccrobat --json docs/benchmarks/validation_subset.json
 
 The smallest size whose ranking equals the full set's in every round (and whose weights
@@ -21,24 +21,20 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from anywhere in the checkout
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from clinical_ie.evaluate import site_instances, stable_subset, training_pairs  # noqa: E402
-from clinical_ie.prompt import PREFIX_END  # noqa: E402
-from data_loaders.sites import load_site  # noqa: E402
-from modeling.adapter_io import get_adapter_state, set_adapter_state  # noqa: E402
-from modeling.base import load_base_model, resolve_model_path  # noqa: E402
-from modeling.lora import LoraSettings, attach_lora  # noqa: E402
-from modeling.training import TrainSettings, encode, encode_all, instance_answer_losses, train_round  # noqa: E402
+from benchmarks.provenance import REPO, command, machine
+from clinical_ie.evaluate import site_instances, stable_subset, training_pairs
+from clinical_ie.prompt import PREFIX_END
+from data_loaders.sites import load_site
+from modeling.adapter_io import get_adapter_state, set_adapter_state
+from modeling.base import load_base_model, resolve_model_path
+from modeling.lora import LoraSettings, attach_lora
+from modeling.training import TrainSettings, encode, encode_all, instance_answer_losses, train_round
 
 SIZES = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 
@@ -162,9 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": rounds,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "seconds": time.perf_counter() - start,
-        "machine": {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads()},
-        "command": "python benchmarks/validation_subset.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": machine(), "torch-threads": torch.get_num_threads(),
+        "command": command("benchmarks.validation_subset", argv),
     }
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

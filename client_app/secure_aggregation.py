@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import numpy as np
 from flwr.app import Context, Message, RecordDict
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
+from strategies.flower_compat import fitres_record, is_secaggplus, secaggplus_client_mod
 from wire import protocol
 
 
 def is_secure_aggregation(msg: Message) -> bool:
     """A SecAgg+ stage message (or reply): it carries Flower's `secaggplus` record."""
-    return msg.has_content() and RECORD_KEY_CONFIGS in msg.content.config_records
+    return is_secaggplus(msg)
 
 
 REQUIRE_NODE_KEY = "require-secure-aggregation"  # node config: this site trains only under SecAgg+
@@ -41,14 +41,12 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next) -> Message
             raise SiteFailure(f"this site requires secure aggregation (node config {REQUIRE_NODE_KEY} = true) "
                               "and refuses a plain training round; set strategy.secure-aggregation = true")
         return call_next(msg, context)
-    from flwr.client.mod import secaggplus_mod
-
     keys = sent_keys(msg.content)
 
     def train_as_fitres(inner: Message, ctx: Context) -> Message:
         return Message(as_fitres(call_next(inner, ctx).content, keys, ctx.run_config), reply_to=inner)
 
-    return secaggplus_mod(msg, context, train_as_fitres)
+    return secaggplus_client_mod(msg, context, train_as_fitres)
 
 
 def sent_keys(content: RecordDict) -> list[str]:
@@ -65,9 +63,6 @@ def as_fitres(content: RecordDict, keys: list[str], run_config) -> RecordDict:
     """Our train reply as the `fitres.*` records Flower's mod reads: the adapter's tensors in
     the order of the global adapter received (the coordinator names the sum's tensors by
     it), the count as `num_examples`; the metrics and the site's records stay as they are."""
-    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
-    from flwr.compat.common import recorddict_compat as compat
-
     from settings.config import validate
 
     from .failures import SiteFailure
@@ -92,8 +87,7 @@ def as_fitres(content: RecordDict, keys: list[str], run_config) -> RecordDict:
     if not largest <= clipping:  # Flower's quantization would clip these values silently
         raise SiteFailure(f"secure aggregation: adapter values scaled by this site's weight reach {largest:.3g}, "
                           f"outside strategy.secagg-clipping-range = {clipping:g}; raise it at the coordinator")
-    fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(tensors), count, {})
-    reply = compat.fitres_to_recorddict(fitres, keep_input=False)
+    reply = fitres_record(tensors, count)
     for name, record in content.items():
         if name != protocol.ARRAYS:
             reply[name] = record

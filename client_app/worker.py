@@ -177,12 +177,11 @@ def forward(folder: Path, message: Message, context: Context,
     Raises WorkerError (naming the folder and the worker's log) when the worker refuses
     the request or stops before replying; the handler's own errors come back as what they
     were (`RemoteHandlerError` with the handler's safe message)."""
-    from flwr.common.serde import context_to_proto, message_to_proto
+    from strategies.flower_compat import context_to_bytes, message_to_bytes
 
     where = WorkerFolder(folder)
     request = json.dumps({"app-dir": str(APP_DIR)}).encode()
-    payload = (request, message_to_proto(message).SerializeToString(),
-               context_to_proto(context).SerializeToString())
+    payload = (request, message_to_bytes(message), context_to_bytes(context))
     owner_pid = owner_pid or os.getppid()
     status, reply, fresh = _exchange(where, payload, context, owner_pid)
     if status["status"] == "stale":  # a worker of another app version stops itself: start a fresh one once
@@ -202,7 +201,7 @@ def _exchange(where: WorkerFolder, payload: tuple[bytes, bytes, bytes], context:
               owner_pid: int) -> tuple[dict, Message | None, float | None]:
     """One request to the worker (started if none answers): its status, its reply, and when a fresh
     worker answered (None if one was running). Updates `context.state` from an "ok" reply."""
-    from flwr.common.serde import context_from_proto, message_from_proto
+    from strategies.flower_compat import context_from_bytes, message_from_bytes
 
     sock, ready = _connect(where, owner_pid=owner_pid)
     with sock:
@@ -214,8 +213,8 @@ def _exchange(where: WorkerFolder, payload: tuple[bytes, bytes, bytes], context:
             status = json.loads(_recv(sock))
             if status["status"] != "ok":
                 return status, None, ready
-            reply = message_from_proto(_parse("Message", _recv(sock)))
-            context.state = context_from_proto(_parse("Context", _recv(sock))).state
+            reply = message_from_bytes(_recv(sock))
+            context.state = context_from_bytes(_recv(sock)).state
             return status, reply, ready
         except (EOFError, ConnectionError) as err:
             raise WorkerStopped(f"site worker in {where.path} stopped before replying ({err}); a fresh worker "
@@ -228,15 +227,6 @@ class RemoteHandlerError(RuntimeError):
     def __init__(self, type_name: str, reason: str) -> None:
         super().__init__(reason)
         self.type_name = type_name
-
-
-def _parse(kind: str, data: bytes):
-    """Flower's protobuf `Message` or `Context` from bytes."""
-    from flwr.proto import message_pb2  # pylint: disable=no-name-in-module
-
-    proto = getattr(message_pb2, kind)()
-    proto.ParseFromString(data)
-    return proto
 
 
 def _connect(where: WorkerFolder, owner_pid: int) -> tuple[socket.socket, float | None]:
@@ -354,8 +344,6 @@ def serve(folder: Path, owner_pid: int) -> int:
     """Serve the folder's socket until the owner process is gone; one request at a time."""
     where = WorkerFolder(folder)
     where.prepare()
-    from flwr.common.serde import context_from_proto, context_to_proto, message_from_proto, message_to_proto
-
     from . import timings
     from .app import app  # the handlers, with their heavy imports, load on the first message
 
@@ -388,8 +376,7 @@ def serve(folder: Path, owner_pid: int) -> int:
             with conn:
                 conn.settimeout(AUTH_TIMEOUT)  # until the caller has shown the token (_handle)
                 try:
-                    outcome = _handle(conn, token, app, message_from_proto, message_to_proto, context_from_proto,
-                                      context_to_proto)
+                    outcome = _handle(conn, token, app)
                 except OSError as err:  # the caller went away mid-exchange: serve the next one
                     print(f"lost a caller: {err}", flush=True)
                     continue
@@ -425,8 +412,10 @@ def _authenticate(conn: socket.socket, token: bytes) -> str | None:
     return None
 
 
-def _handle(conn, token, app, message_from_proto, message_to_proto, context_from_proto, context_to_proto) -> str:
+def _handle(conn, token, app) -> str:
     """One request: check the caller, run the ClientApp handler, send the reply."""
+    from strategies.flower_compat import context_from_bytes, context_to_bytes, message_from_bytes, message_to_bytes
+
     turned_away = _authenticate(conn, token)
     if turned_away is not None:
         return turned_away
@@ -443,8 +432,8 @@ def _handle(conn, token, app, message_from_proto, message_to_proto, context_from
         print(f"app {request.get('app-dir')} is not {APP_DIR}: stopping for a fresh worker", flush=True)
         _send(conn, json.dumps({"status": "stale"}).encode())
         return "stale"
-    message = message_from_proto(_parse("Message", message_bytes))
-    context = context_from_proto(_parse("Context", context_bytes))
+    message = message_from_bytes(message_bytes)
+    context = context_from_bytes(context_bytes)
     context.node_config = {k: v for k, v in context.node_config.items() if k != NODE_CONFIG_KEY}  # run here
     try:
         reply = app(message, context)
@@ -452,8 +441,7 @@ def _handle(conn, token, app, message_from_proto, message_to_proto, context_from
         traceback.print_exc()
         _send(conn, json.dumps({"status": "error", "type": type(err).__name__, "reason": str(err)}).encode())
         return "error"
-    _send(conn, json.dumps({"status": "ok"}).encode(), message_to_proto(reply).SerializeToString(),
-          context_to_proto(context).SerializeToString())
+    _send(conn, json.dumps({"status": "ok"}).encode(), message_to_bytes(reply), context_to_bytes(context))
     return "ok"
 
 

@@ -71,7 +71,7 @@ def app_digest(path: Path) -> str:
     (and `flwr build`) make of an app folder."""
     path = Path(path).expanduser()
     if path.is_dir():
-        from .site_exec import build_fab
+        from strategies.flower_compat import build_fab
 
         return fab_digest(build_fab(path.resolve()))
     if path.is_file():

@@ -123,11 +123,10 @@ def _logged(run) -> tuple[list[str], object]:
 def bad_update_rows() -> list[str]:
     """The conformance suite's malformed replies, fed to Fed-MedLoRA as the ServerApp builds
     it; the coordinator's log lines about them, as logged."""
-    from flwr.supercore.task_identity import TaskIdentity
-
+    from strategies.flower_compat import act_as_server_app
     from support import strategy_harness as conformance
 
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
+    act_as_server_app()
     cases = [(kind, f"one site's update with {desc}", make) for kind, desc, make in [
         ("nan", "a NaN in a LoRA tensor", conformance.MALFORMED["nan"]),
         ("inf", "an Inf in a LoRA tensor", conformance.MALFORMED["inf"]),

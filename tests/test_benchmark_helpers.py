@@ -7,12 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from support.paths import REPO
-
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-import single_site  # noqa: E402
-import validation_subset  # noqa: E402
+from benchmarks import single_site, strategies_f1, validation_subset
 
 
 def _round(cells: dict[int, tuple[bool, float]]) -> dict:
@@ -57,8 +52,6 @@ def _metrics_line(round_: int, coordinator_f1: float, site_losses: list[float] |
 
 
 def test_strategies_table_reads_runs_and_summarises_the_last_round(tmp_path):
-    import strategies_f1
-
     run = tmp_path / "fedadam-eta-0.01"
     run.mkdir()
     (run / "metrics.jsonl").write_text("\n".join([_metrics_line(0, 0.0, None), _metrics_line(1, 0.25, [0.8, 1.2])]))
@@ -76,8 +69,6 @@ def test_strategies_table_reads_runs_and_summarises_the_last_round(tmp_path):
 
 
 def test_every_sweep_arm_is_a_valid_config():
-    import strategies_f1
-
     from settings.config import validate
 
     assert not set(strategies_f1.SERVER_OPTIMIZER_SWEEP) & set(strategies_f1.ARMS)
@@ -87,8 +78,6 @@ def test_every_sweep_arm_is_a_valid_config():
 
 
 def test_a_strategy_at_its_default_reuses_the_sweep_run_with_the_same_values(tmp_path):
-    import strategies_f1
-
     from strategies.flower import DEFAULT_SERVER_LR
 
     common = {"num-server-rounds": 3, "train.max-steps": 8}
@@ -103,8 +92,6 @@ def test_a_strategy_at_its_default_reuses_the_sweep_run_with_the_same_values(tmp
 
 def test_finished_arms_are_recorded_and_a_later_checkout_does_not_run_them_again(tmp_path, monkeypatch, capsys):
     import shutil
-
-    import strategies_f1
 
     out, results = tmp_path / "out", tmp_path / "strategies.json"
     for arm in ("fedmedlora", "fedprox"):  # two finished runs, as a run leaves them

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clinical_ie.bootstrap import MEASURES, Interval, bootstrap, document_counts, paired_difference
+from benchmarks.bootstrap import MEASURES, Interval, bootstrap, document_counts, paired_difference
 from clinical_ie.evaluate import SCORE_BY_ENTITY_RECALL, score_outputs
 from clinical_ie.instances import GoldEntity, Instance
 from clinical_ie.prompt import target_text

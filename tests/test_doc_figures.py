@@ -245,7 +245,7 @@ def claim_row(c: dict) -> str:
 
 
 STANDARD = ("profiles", "standard", "settings", "profile")
-PROFILE = "The `standard` profile of `benchmarks/protocol.py`"
+PROFILE = "The `standard` profile of `benchmarks/protocol/`"
 DP_ROW = "| Fed-MedLoRA NER strict F1 with server-side DP"
 ONE_SITE = "One site trains the embedded default on its own training split"
 ROWS_ARE = "unless they say otherwise"
@@ -420,7 +420,7 @@ FIGURES: list[Figure] = [
     found_by_type("ade", "drug", "on ADE {found} of {total} drugs ({alone})"),
 
     # --- docs/benchmarks.md: federation overhead ----------------------------------------------
-    fig(BENCHMARKS, "`benchmarks/protocol.py --profile quick --only overhead` runs", OVERHEAD, ("settings",),
+    fig(BENCHMARKS, "`python -m benchmarks.protocol --profile quick --only overhead` runs", OVERHEAD, ("settings",),
         lambda s: f"({s['sites']} sites, {s['rounds']} rounds x {s['steps']} steps,"),
     overhead_row("wall", lambda d: f"{d['wall_seconds']:.1f} s"),
     overhead_row("overhead (share of wall)", lambda d: f"{d['overhead_fraction']:.0%}"),

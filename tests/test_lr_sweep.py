@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-import lr_sweep  # noqa: E402
+from benchmarks import constrained_decoding, lr_sweep
+from support.paths import REPO
 
 
 def test_the_docs_table_is_generated_from_the_committed_sweep(tmp_path):
@@ -20,7 +16,7 @@ def test_the_docs_table_is_generated_from_the_committed_sweep(tmp_path):
     shutil.copy(REPO / "docs" / "benchmarks.md", page)
     lr_sweep.write_markdown(page, json.loads(results.read_text()))
     assert page.read_text() == (REPO / "docs" / "benchmarks.md").read_text(), \
-        "run: python benchmarks/lr_sweep.py --json docs/benchmarks/lr_sweep.json --report-only"
+        "run: python -m benchmarks.lr_sweep --json docs/benchmarks/lr_sweep.json --report-only"
 
 
 def test_a_changed_figure_is_caught(tmp_path):
@@ -38,8 +34,6 @@ def test_arm_and_run_names():
 
 
 def test_the_constrained_decoding_table_is_the_committed_jsons(tmp_path, monkeypatch):
-    import constrained_decoding
-
     results = [json.loads(f.read_text()) for f in constrained_decoding.RESULTS]
     assert {r["site"] for r in results} == {"maccrobat", "chia", "ddi-drugbank"}
     assert all(r["arms"]["constrained"]["unaligned"] == 0 for r in results)  # what eval.constrained promises
@@ -47,4 +41,4 @@ def test_the_constrained_decoding_table_is_the_committed_jsons(tmp_path, monkeyp
     shutil.copy(REPO / "docs" / "benchmarks.md", page)
     constrained_decoding.write_markdown(page, results)
     assert page.read_text() == (REPO / "docs" / "benchmarks.md").read_text(), \
-        "run: python benchmarks/constrained_decoding.py --report"
+        "run: python -m benchmarks.constrained_decoding --report"

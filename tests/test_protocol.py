@@ -3,28 +3,24 @@ federation overhead, the federated-centralized gap, and the report and plots it 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from benchmarks import claims
+from benchmarks.protocol.arms import site_speed
+from benchmarks.protocol.overhead import COLD_DEPLOYMENT, overhead, overhead_file, write_overhead_section
+from benchmarks.protocol.profiles import EXTERNAL, PROFILES, TRAINING_SITES, single_site_steps
+from benchmarks.protocol.report import add_claims, claims_so_far, federated_gap, markdown, plot_curves
+from benchmarks.protocol.scoring import not_in_sentence
+from benchmarks.protocol.sites import SKEW_GROUPS, SKEW_SITES, prepare_label_skew_sites, prepare_sites
+from benchmarks.protocol.store import ArmStore, compact_json
+from benchmarks.protocol.workbench import outputs_key
+from benchmarks.provenance import REPO, repo_relative
 from data_loaders.sites import load_site
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _load(name: str):
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-protocol = _load("protocol")
 
 
 def write_site(folder: Path, name: str, ids: list[tuple[str, str | None]], score_by: str | None = None) -> None:
@@ -56,7 +52,7 @@ def data(tmp_path) -> Path:
 
 
 def test_sites_split_ddi_by_source_and_keep_a_few_new_site_documents(data, tmp_path) -> None:
-    sites = protocol.prepare_sites(data, tmp_path / "out", new_site_documents=4)
+    sites = prepare_sites(data, tmp_path / "out", new_site_documents=4)
     assert set(sites) == {"maccrobat", "chia", "ddi-drugbank", "ade", "ddi-medline"}
     drugbank = load_site(sites["ddi-drugbank"])
     assert drugbank.name == "ddi-drugbank"
@@ -68,13 +64,13 @@ def test_sites_split_ddi_by_source_and_keep_a_few_new_site_documents(data, tmp_p
     assert len(medline.splits["test"]) == 6 and all(d.doc_id.startswith("2") for d in medline.splits["test"])
     assert load_site(sites["ade"]).score_by == "relations-and-entity-recall"
     # Run again: the folders are reused as they are.
-    assert protocol.prepare_sites(data, tmp_path / "out", new_site_documents=4) == sites
+    assert prepare_sites(data, tmp_path / "out", new_site_documents=4) == sites
 
 
 def test_missing_prepared_folder_is_named(data, tmp_path) -> None:
     (data / "chia" / "site.json").unlink()
     with pytest.raises(FileNotFoundError, match=r"chia is not a prepared site folder.*--preset chia"):
-        protocol.prepare_sites(data, tmp_path / "out", 4)
+        prepare_sites(data, tmp_path / "out", 4)
 
 
 def _write_run(run: Path, rounds: list[dict], wall: float, start: float | None = None) -> Path:
@@ -101,7 +97,7 @@ def test_overhead_of_sites_working_one_after_another(tmp_path) -> None:
              "evaluate": _phase("eval", 1.0, 1041.0)},
         ]},
     ], wall=50.0, start=999.0)
-    o = protocol.overhead(run)
+    o = overhead(run)
     assert o["site-train-seconds"] == 30 and o["site-eval-seconds"] == 5 and o["coordinator-eval-seconds"] == 5
     assert o["busy-seconds"] == pytest.approx(40.0)
     assert o["overhead-seconds"] == pytest.approx(10.0) and o["overhead-share"] == pytest.approx(0.2)
@@ -110,7 +106,7 @@ def test_overhead_of_sites_working_one_after_another(tmp_path) -> None:
     # 1035-1036 before a's evaluation and 1041-1042 before the coordinator's, is between work.
     assert o["startup-seconds"] == pytest.approx(4.0) and o["shutdown-seconds"] == pytest.approx(4.0)
     assert o["between-work-seconds"] == pytest.approx(2.0) and o["between-work-seconds-per-round"] == pytest.approx(2.0)
-    assert protocol.site_speed(run) == {"a": 100.0, "b": 50.0}
+    assert site_speed(run) == {"a": 100.0, "b": 50.0}
 
 
 def _causes(start: float, imports: float, model: float, data: float) -> dict:
@@ -132,7 +128,7 @@ def test_between_work_is_split_by_the_causes_the_sites_report(tmp_path) -> None:
         {"round": 2, "coordinator": _phase("eval", 1.0, 1012.0 + 40), "sites": [
             site("a", 2, cold, warm), site("b", 2, warm, warm)]},
     ], wall=60.0, start=1000.0)
-    o = protocol.overhead(run)
+    o = overhead(run)
     split = o["between-work-split-per-round"]
     # Between work: a's round-1 evaluate and round-2 train (cold), over 2 sites and 2 rounds.
     assert split["process start"] == pytest.approx(2 * 3.0 / 2 / 2)
@@ -150,7 +146,7 @@ def test_overhead_counts_concurrent_sites_once(tmp_path) -> None:
             {"site": "b", "train": {**_phase("train", 20.0, 1020.0), "train-tokens": 1000}, "evaluate": {}},
         ]},
     ], wall=30.0)
-    o = protocol.overhead(run)
+    o = overhead(run)
     assert o["site-train-seconds"] == 30 and o["busy-seconds"] == pytest.approx(23.0)
     assert o["overhead-seconds"] == pytest.approx(7.0)
     assert "startup-seconds" not in o  # no start time recorded: no split
@@ -159,7 +155,7 @@ def test_overhead_counts_concurrent_sites_once(tmp_path) -> None:
 def test_overhead_of_a_run_without_end_times_is_refused(tmp_path) -> None:
     run = _write_run(tmp_path / "run", [{"round": 0, "coordinator": {"eval-seconds": 2.0}}], wall=5.0)
     with pytest.raises(KeyError, match=r"metrics.jsonl: eval-seconds without eval-end-time"):
-        protocol.overhead(run)
+        overhead(run)
 
 
 def test_the_overhead_section_shows_before_and_after_and_replaces_an_earlier_one(tmp_path) -> None:
@@ -170,16 +166,16 @@ def test_the_overhead_section_shows_before_and_after_and_replaces_an_earlier_one
          "between-work-split-per-round": {"process start": 1.0, "imports": 0.5, "model load": 2.0, "data load": 0.5,
                                           "polling and transfer": 1.0}}
     warm = {**o, "wall-seconds": 40.0, "overhead-share": 0.1}
-    figures = protocol.overhead_file({"simulation": o, "loopback deployment": warm, protocol.COLD_DEPLOYMENT: o},
-                                     None, "python benchmarks/protocol.py --only overhead",
-                                     vars(protocol.PROFILES["quick"]))
+    figures = overhead_file({"simulation": o, "loopback deployment": warm, COLD_DEPLOYMENT: o},
+                                     None, "python -m benchmarks.protocol --only overhead",
+                                     vars(PROFILES["quick"]))
     assert figures["simulation"]["before"] is None  # no earlier measurement given
     assert figures["deployment"]["before"]["wall_seconds"] == 50.0 and figures["deployment"]["after"]["wall_seconds"] == 40.0
     assert figures["deployment"]["after"]["between_work_seconds_per_round"] == 5.0
     results_md = tmp_path / "RESULTS.md"
     results_md.write_text("# Results\n\n## Federation overhead\n\nold\n\n## Later section\n\nkept\n")
     for _ in range(2):  # a second run replaces the section, it does not stack it
-        protocol.write_overhead_section(results_md, figures)
+        write_overhead_section(results_md, figures)
     text = results_md.read_text()
     assert "old" not in text and text.count("## Federation overhead") == 1 and text.endswith("## Later section\n\nkept\n")
     assert "| | simulation, after | deployment, before | deployment, after | deployment, no site workers |" in text
@@ -188,11 +184,11 @@ def test_the_overhead_section_shows_before_and_after_and_replaces_an_earlier_one
     assert "| - model load | 2.0 s | 2.0 s | 2.0 s | 2.0 s |" in text
     fresh = tmp_path / "fresh.md"
     fresh.write_text("# Results\n")
-    protocol.write_overhead_section(fresh, figures)
+    write_overhead_section(fresh, figures)
     assert fresh.read_text().startswith("# Results\n\n## Federation overhead\n")
     # A later measurement keeps the first one as `before`: changes are measured against where the work started.
-    later = protocol.overhead_file({"simulation": warm, "loopback deployment": warm, protocol.COLD_DEPLOYMENT: warm},
-                                   None, "again", vars(protocol.PROFILES["quick"]), previous=figures)
+    later = overhead_file({"simulation": warm, "loopback deployment": warm, COLD_DEPLOYMENT: warm},
+                                   None, "again", vars(PROFILES["quick"]), previous=figures)
     assert later["deployment"]["before"] == figures["deployment"]["before"]
     assert later["deployment"]["no_site_workers"]["wall_seconds"] == 40.0
 
@@ -204,23 +200,23 @@ def _scores(value: float) -> dict:
 
 
 def test_gap_report_and_plots(tmp_path) -> None:
-    tests = (*protocol.TRAINING_SITES, protocol.EXTERNAL)
+    tests = (*TRAINING_SITES, EXTERNAL)
     scores = {"centralized": {t: _scores(0.5) for t in tests}, "fedmedlora": {t: _scores(0.45) for t in tests}}
-    gap = protocol.federated_gap(scores)
+    gap = federated_gap(scores)
     assert gap == {"fedmedlora": pytest.approx({m: -5.0 for m in ("ner-strict", "ner-lenient", "re-strict", "re-lenient")})}
 
     rounds = [{"round": r, "coordinator": {"strict-f1": 0.1 * r, "lenient-f1": 0.2 * r, "re-strict-f1": 0.0,
                                            "re-lenient-f1": 0.0, "val-loss": 2 - r},
                "sites": None if r == 0 else {"strict-f1": 0.1, "lenient-f1": 0.2, "re-strict-f1": 0.0,
                                              "re-lenient-f1": 0.0, "val-loss": 1.0}} for r in range(3)]
-    plots = protocol.plot_curves({"fedmedlora": rounds}, tmp_path / "plots")
+    plots = plot_curves({"fedmedlora": rounds}, tmp_path / "plots")
     assert len(plots) == 4
     for plot in plots:
         assert Path(plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     results = {
-        "command": "python benchmarks/protocol.py --profile quick --data data", "hardware": "2 CPU cores",
-        "profile": vars(protocol.PROFILES["quick"]), "budget": {"steps-per-round": 18, "total-steps": 54},
+        "command": "python -m benchmarks.protocol --profile quick --data data", "hardware": "2 CPU cores",
+        "profile": vars(PROFILES["quick"]), "budget": {"steps-per-round": 18, "total-steps": 54},
         "scores": scores, "gap": gap, "new-site": {"zero-shot": _scores(0.0)},
         "curves": {"fedmedlora": rounds}, "plots": plots,
         "speed": {"loop": {"fedmedlora": 200.0, "peft-loop": 190.0, "ratio": 200 / 190}, "sites": {"a": 180.0}},
@@ -239,8 +235,8 @@ def test_gap_report_and_plots(tmp_path) -> None:
     results["claims"] = [{"claim": "fedmedlora is within 2 points of centralized", "profile": "quick",
                           "a": "fedmedlora", "b": "centralized", "threshold": -2.0, "estimate": -5.0,
                           "low": -9.0, "high": -1.0, "verdict": "undecided"}]
-    results["half_width"] = {t: 4.0 for t in protocol.TRAINING_SITES}
-    text = protocol.markdown(results)
+    results["half_width"] = {t: 4.0 for t in TRAINING_SITES}
+    text = markdown(results)
     assert "| fedmedlora | centralized | -5.0 | [-9.0, -1.0] | undecided |" in text
     assert "maccrobat ±4.0, chia ±4.0, ddi-drugbank ±4.0 points" in text
     assert "- *fedmedlora is within 2 points of centralized* (quick profile): -5.0 points" in text
@@ -252,8 +248,6 @@ def test_gap_report_and_plots(tmp_path) -> None:
     assert "| int8 | 4.90 MB | 1.82% | 0.280 (-2.0 points) | 0.100 (+0.0 points) |" in text
     assert "[rounds-strict-f1.png](plots/rounds-strict-f1.png)" in text
 
-
-claims = _load("claims")
 
 
 @pytest.mark.parametrize(("low", "high", "threshold", "at_least", "expected"), [
@@ -270,7 +264,7 @@ def test_verdicts_follow_the_interval(low, high, threshold, at_least, expected) 
 
 
 def _arm(per_doc: list[tuple[int, int, int]]) -> dict:
-    """One test set's entry as protocol.scored writes it, NER strict counts only."""
+    """One test set's entry as `scoring.scored` writes it, NER strict counts only."""
     counts = [[list(row), [0, 0, 0], [0, 0, 0], [0, 0, 0]] for row in per_doc]
     tp, fp, fn = (sum(r[i] for r in per_doc) for i in range(3))
     f1 = 2 * tp / (2 * tp + fp + fn)
@@ -279,7 +273,7 @@ def _arm(per_doc: list[tuple[int, int, int]]) -> dict:
 
 
 def test_claims_are_paired_comparisons_with_a_verdict_and_a_sentence() -> None:
-    tests = protocol.TRAINING_SITES
+    tests = TRAINING_SITES
     docs = [(8, 2, 2), (1, 3, 6), (5, 1, 4), (9, 0, 1)] * 10  # documents of very different difficulty
     better = [(tp + 1, fp, fn - 1) for tp, fp, fn in docs]
     scores = {
@@ -300,7 +294,7 @@ def test_claims_are_paired_comparisons_with_a_verdict_and_a_sentence() -> None:
     assert text.startswith("- *fedmedlora-plus beats fedmedlora* (quick profile): +") and "confirmed" in text
 
     results = {"scores": scores}
-    protocol.add_claims(results, "quick")
+    add_claims(results, "quick")
     assert results["half_width"] == {t: pytest.approx(10.0) for t in tests}
     assert [c["verdict"] for c in results["claims"]] == [c["verdict"] for c in found.values()]
 
@@ -327,7 +321,7 @@ def test_claims_state_their_budget_and_the_external_claim_pairs_recall() -> None
     """The paper's shape picks among `single-*` arms, the equal-instances claims among
     `equal-instances/single-*`; on ADE the difference is of recall, so predictions that the
     partial gold cannot judge (false positives) do not count against an arm."""
-    tests = protocol.TRAINING_SITES
+    tests = TRAINING_SITES
     docs = [(4, 1, 4), (2, 2, 6), (6, 0, 2)] * 10
     more_found = [(tp + 2, fp + 9, fn - 2) for tp, fp, fn in docs]  # higher recall, many more fps
     scores = {
@@ -347,7 +341,7 @@ def test_claims_state_their_budget_and_the_external_claim_pairs_recall() -> None
 
 
 def test_claims_so_far_come_from_the_arms_recorded_while_a_profile_runs(tmp_path) -> None:
-    tests = protocol.TRAINING_SITES
+    tests = TRAINING_SITES
     docs = [(4, 1, 4), (2, 2, 6), (6, 0, 2)] * 10
     better = [(tp + 2, fp, fn - 2) for tp, fp, fn in docs]
     arms = {
@@ -358,7 +352,7 @@ def test_claims_so_far_come_from_the_arms_recorded_while_a_profile_runs(tmp_path
     path = tmp_path / "results.json"
     path.write_text(json.dumps({"profiles": {"standard": {"arms": arms, "seconds": 600.0,
                                                           "invocations": [{"seconds": 600.0}]}}}))
-    text, record = protocol.claims_so_far(path, "standard")
+    text, record = claims_so_far(path, "standard")
     assert record["arms"] == ["fedmedlora", "single-chia"] and [c["b"] for c in record["claims"]] == ["single-chia"] * 2
     assert "2 arm(s) recorded" in text and "10 min over 1 invocation(s)" in text
     assert f"| fedmedlora | {_arm(better)['scores']['ner-strict-f1']['value']:.3f} |" in text
@@ -367,19 +361,19 @@ def test_claims_so_far_come_from_the_arms_recorded_while_a_profile_runs(tmp_path
     assert "*fedmedlora beats the best single site (single-chia)*" in text and "centralized" not in text
     assert "confirmed" in text and "[budget: equal-local-steps]" in text
     with pytest.raises(SystemExit, match="no recorded arm of the quick profile"):
-        protocol.claims_so_far(path, "quick")
+        claims_so_far(path, "quick")
 
 
 def test_claims_need_per_document_counts() -> None:
     entry = _arm([(1, 0, 0)])
     del entry["document-counts"]
-    scores = {arm: {t: entry for t in protocol.TRAINING_SITES} for arm in ("fedmedlora", "centralized")}
-    assert claims.evaluate_claims(scores, protocol.TRAINING_SITES, "quick") == []
+    scores = {arm: {t: entry for t in TRAINING_SITES} for arm in ("fedmedlora", "centralized")}
+    assert claims.evaluate_claims(scores, TRAINING_SITES, "quick") == []
 
 
 def test_results_json_keeps_number_lists_on_one_line() -> None:
     data = {"document-counts": [[[1, 0, 2], [0, 0, 0]]], "runs": [1.5, -2e-05], "name": "a, b", "empty": []}
-    text = protocol.compact_json(data)
+    text = compact_json(data)
     assert json.loads(text) == data
     assert "[1, 0, 2]" in text and "[1.5, -2e-05]" in text and len(text.splitlines()) < 12
 
@@ -387,7 +381,7 @@ def test_results_json_keeps_number_lists_on_one_line() -> None:
 def test_label_skew_sites_annotate_one_group_of_types_each(tmp_path) -> None:
     root = tmp_path / "data" / "maccrobat"
     root.mkdir(parents=True)
-    types = [t for group in protocol.SKEW_GROUPS for t in group]
+    types = [t for group in SKEW_GROUPS for t in group]
     (root / "site.json").write_text(json.dumps({"name": "maccrobat", "entity_types": types,
                                                 "relation_types": ["dosage", "causes", "bodyloc"]}))
     docs = []
@@ -403,10 +397,10 @@ def test_label_skew_sites_annotate_one_group_of_types_each(tmp_path) -> None:
                      "attributes": [{"id": "A1", "type": "NEG", "target": "T1", "value": "NEG"}],
                      "groups": [], "source_split": None})
     (root / "documents.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
-    folders = protocol.prepare_label_skew_sites(tmp_path / "data", tmp_path / "out")
-    assert list(folders) == list(protocol.SKEW_SITES)
+    folders = prepare_label_skew_sites(tmp_path / "data", tmp_path / "out")
+    assert list(folders) == list(SKEW_SITES)
     seen = []
-    for name, group in zip(protocol.SKEW_SITES, protocol.SKEW_GROUPS):
+    for name, group in zip(SKEW_SITES, SKEW_GROUPS):
         site = load_site(folders[name], name=name)
         assert list(site.entity_types) == list(group)
         documents = [d for split in site.splits.values() for d in split]
@@ -421,49 +415,49 @@ def test_label_skew_sites_annotate_one_group_of_types_each(tmp_path) -> None:
 def test_finished_arms_are_kept_in_the_results_file_and_reused(tmp_path) -> None:
     path = tmp_path / "docs" / "results.json"
     settings = {"profile": {"steps": 16, "federated_arms": ("fedmedlora",)}, "data": "/data"}
-    store = protocol.ArmStore(path, "standard", settings)
+    store = ArmStore(path, "standard", settings)
     assert store.scores("centralized") is None
     store.save("centralized", {"maccrobat": {"instances": 3}})
     # A later run (another --out) finds the arm in the committed file.
-    later = protocol.ArmStore(path, "standard", settings)
+    later = ArmStore(path, "standard", settings)
     assert later.scores("centralized") == {"maccrobat": {"instances": 3}}
     later.finish({"claims": [{"profile": "standard", "claim": "x"}]})
     data = json.loads(path.read_text())
     assert data["claims"] == [{"profile": "standard", "claim": "x"}]
     assert data["profiles"]["standard"]["arms"]["centralized"] == {"maccrobat": {"instances": 3}}
     with pytest.raises(SystemExit, match="standard profile's arms there were made with other settings"):
-        protocol.ArmStore(path, "standard", {**settings, "data": "/other"})
-    assert protocol.ArmStore(path, "quick", settings).scores("centralized") is None  # profiles apart
+        ArmStore(path, "standard", {**settings, "data": "/other"})
+    assert ArmStore(path, "quick", settings).scores("centralized") is None  # profiles apart
 
 
 def test_the_profile_wall_time_sums_the_invocations_that_trained_arms(tmp_path) -> None:
     path = tmp_path / "results.json"
     settings = {"profile": {}, "data": "/data"}
-    protocol.ArmStore(path, "standard", settings).save("zero-shot", {})
-    protocol.ArmStore(path, "standard", settings, timed=False).finish({})  # --report-only: not an invocation
-    second = protocol.ArmStore(path, "standard", settings)
+    ArmStore(path, "standard", settings).save("zero-shot", {})
+    ArmStore(path, "standard", settings, timed=False).finish({})  # --report-only: not an invocation
+    second = ArmStore(path, "standard", settings)
     second.save("centralized", {})
     timing = second.profile_time()
     assert [i["arms"] for i in timing["invocations"]] == [["zero-shot"], ["centralized"]]
     assert timing["seconds"] == pytest.approx(sum(i["seconds"] for i in timing["invocations"]), abs=0.11)
     assert json.loads(path.read_text())["profiles"]["standard"]["seconds"] == timing["seconds"]
-    assert protocol.ArmStore(tmp_path / "other.json", "quick", settings).profile_time() is None
+    assert ArmStore(tmp_path / "other.json", "quick", settings).profile_time() is None
 
 
 def test_a_results_file_of_one_profile_is_read_as_the_quick_profile(tmp_path) -> None:
     path = tmp_path / "results.json"
     path.write_text(json.dumps({"profile": {"rounds": 3}, "scores": {}}))
-    store = protocol.ArmStore(path, "quick", {"profile": {}, "data": "d"})
+    store = ArmStore(path, "quick", {"profile": {}, "data": "d"})
     assert store.data["profiles"]["quick"]["results"] == {"profile": {"rounds": 3}, "scores": {}}
 
 
 def test_the_paper_budget_shape_gives_a_single_site_its_federated_steps() -> None:
     site_steps = {"maccrobat": 24, "chia": 24, "ddi-drugbank": 10}  # a small site runs out of instances
-    standard = protocol.PROFILES["standard"]
+    standard = PROFILES["standard"]
     assert standard.budget == "equal-local-steps" and standard.equal_instances_arms
-    assert protocol.single_site_steps(standard, site_steps) == site_steps
-    equal = protocol.replace(standard, budget="equal-instances")
-    assert protocol.single_site_steps(equal, site_steps) == {n: 58 for n in site_steps}
+    assert single_site_steps(standard, site_steps) == site_steps
+    equal = replace(standard, budget="equal-instances")
+    assert single_site_steps(equal, site_steps) == {n: 58 for n in site_steps}
 
 
 def test_committed_results_name_no_folder_of_the_machine_they_ran_on() -> None:
@@ -471,11 +465,11 @@ def test_committed_results_name_no_folder_of_the_machine_they_ran_on() -> None:
     import re
 
     absolute = re.compile(r'"/(?:work|tmp|home|root|Users|mnt|opt|var)/')
-    files = [protocol.REPO / "docs" / "results.json", *sorted((protocol.REPO / "docs" / "benchmarks").glob("*.json"))]
-    offenders = {str(f.relative_to(protocol.REPO)): absolute.findall(f.read_text()) for f in files}
+    files = [REPO / "docs" / "results.json", *sorted((REPO / "docs" / "benchmarks").glob("*.json"))]
+    offenders = {str(f.relative_to(REPO)): absolute.findall(f.read_text()) for f in files}
     assert {f: n for f, n in offenders.items() if n} == {}
-    assert protocol.repo_relative(protocol.REPO / "data") == "data"
-    assert protocol.repo_relative(protocol.REPO.parent / "data") == "../data"  # a --data beside the checkout
+    assert repo_relative(REPO / "data") == "data"
+    assert repo_relative(REPO.parent / "data") == "../data"  # a --data beside the checkout
 
 
 def test_unaligned_counts_only_strings_that_are_not_in_the_sentence() -> None:
@@ -489,8 +483,8 @@ def test_unaligned_counts_only_strings_that_are_not_in_the_sentence() -> None:
                           relation_types=("bodyloc",), given_entities=False)
     outputs = ['{"problem": ["chest pain", "headache", "fever"]}',
                '{"bodyloc": [["angiography", "Coronary"], ["angiography", "Coronary"], ["angiography", "heart"]]}']
-    assert protocol.not_in_sentence([ner, rel], outputs) == 2  # "headache", "heart"
-    assert protocol.not_in_sentence([ner], ['{"problem": ["CHEST PAIN"]}']) == 0  # case aside, it is there
+    assert not_in_sentence([ner, rel], outputs) == 2  # "headache", "heart"
+    assert not_in_sentence([ner], ['{"problem": ["CHEST PAIN"]}']) == 0  # case aside, it is there
 
 
 def test_cached_answers_belong_to_the_adapter_that_generated_them(tmp_path) -> None:
@@ -505,10 +499,10 @@ def test_cached_answers_belong_to_the_adapter_that_generated_them(tmp_path) -> N
         folder.mkdir()
         (folder / "adapter_model.safetensors").write_bytes(weights)
         adapters.append(folder)
-    keys = [protocol.outputs_key(instances, True, a) for a in adapters]
+    keys = [outputs_key(instances, True, a) for a in adapters]
     assert keys[0] != keys[1] and keys[0] == keys[2]
-    assert protocol.outputs_key(instances, True, None) != keys[0]
-    assert protocol.outputs_key(instances, False, adapters[0]) != keys[0]
+    assert outputs_key(instances, True, None) != keys[0]
+    assert outputs_key(instances, False, adapters[0]) != keys[0]
 
 
 def test_a_restart_in_an_out_folder_holding_trained_arms_is_refused(tmp_path) -> None:
@@ -519,9 +513,9 @@ def test_a_restart_in_an_out_folder_holding_trained_arms_is_refused(tmp_path) ->
     adapter = tmp_path / "out" / "arms" / "single-chia" / "adapter"
     adapter.mkdir(parents=True)
     (adapter / "adapter_model.safetensors").write_bytes(b"")
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "protocol.py"), "--profile", "standard",
+    done = subprocess.run([sys.executable, "-m", "benchmarks.protocol", "--profile", "standard",
                            "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
                            "--results", str(tmp_path / "RESULTS.md"), "--restart-profile"],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode == 2 and "holds trained arms that would be reused" in done.stderr, done.stderr
     assert not (tmp_path / "results.json").exists()

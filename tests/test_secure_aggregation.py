@@ -81,7 +81,7 @@ def _instructions(secure_setup, nodes=SITES, **extra):
 
 
 def _grid(secure_setup):
-    from fedmedlora.local_grid import LocalGrid
+    from benchmarks.grids import LocalGrid
     from wire.transport import transport_grid
 
     cfg = secure_setup[0]
@@ -208,8 +208,8 @@ def test_a_secure_round_leaves_site_trails_that_match_the_coordinators_in_both_d
     """The real ClientApp under SecAgg+, each site keeping its audit trail: every stage's
     reply is recorded in round 1 with the coordinator's head, and `audit-verify` matches the
     sites' SecAgg+ lines with the coordinator's round (tests/test_audit_tamper.py attacks them)."""
+    from benchmarks.grids import LocalGrid
     from fedmedlora.audit_check import verify
-    from fedmedlora.local_grid import LocalGrid
     from server_app.audit_trail import CoordinatorAudit, coordinator_key
     from strategies.screening import site_label
     from strategies.secure_aggregation import SecureAggregationGrid

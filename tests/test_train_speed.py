@@ -4,29 +4,14 @@ end at the same loss."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from benchmarks import train_speed
 from modeling.training import Encoded, TrainSettings, _batches
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("train_speed", REPO / "benchmarks" / "train_speed.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["train_speed"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-train_speed = _load_benchmark()
 
 
 @pytest.fixture

@@ -1,9 +1,15 @@
-"""An in-process Grid that delivers each message, serialised as on the wire, to the
-project's real ClientApp, one Context per site (kept across messages, as a SuperNode keeps
-it), and keeps every message both ways. For tests and benchmarks of the message protocol
-without SuperLink and SuperNodes (tests/test_secure_aggregation.py,
-benchmarks/secure_aggregation.py). A site can be told not to answer a given
-SecAgg+ stage, to test what the protocol does when a site is lost there."""
+"""Stand-ins for Flower's Grid, for benchmarks and tests that run a strategy or the message
+protocol without SuperLink and SuperNodes. (The product's own Grid wrappers stay with what
+they wrap: wire/transport.py, strategies/secure_aggregation.py, strategies/screened.py.)
+
+- `NodesGrid`: only the connected nodes, what `configure_train` asks of a Grid
+  (benchmarks/aggregation.py).
+- `LocalGrid`: delivers each message, serialised as on the wire, to the project's real
+  ClientApp, one Context per site (kept across messages, as a SuperNode keeps it), and keeps
+  every message both ways (benchmarks/secure_aggregation.py, tests/test_secure_aggregation.py).
+  A site can be told not to answer a given SecAgg+ stage, to test what the protocol does
+  when a site is lost there.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +17,18 @@ from collections.abc import Iterable
 from uuid import uuid4
 
 from flwr.app import Context, Message, RecordDict
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
+
+from strategies.flower_compat import over_the_wire, secaggplus_stage
 
 
-def _over_the_wire(msg: Message) -> Message:
-    """The message as the other side gets it: serialised and read back (no shared records)."""
-    from flwr.common.serde import message_from_proto, message_to_proto
+class NodesGrid:
+    """Enough of flwr's Grid for `configure_train`: the connected nodes, 1 to `sites`."""
 
-    return message_from_proto(message_to_proto(msg))
+    def __init__(self, sites: int) -> None:
+        self.sites = sites
+
+    def get_node_ids(self) -> list[int]:
+        return list(range(1, self.sites + 1))
 
 
 class LocalGrid:
@@ -37,13 +47,12 @@ class LocalGrid:
         ids = []
         for msg in messages:
             msg.metadata.__dict__["_message_id"] = str(uuid4())  # as Flower's InMemoryGrid does
-            stage = (msg.content.config_records[RECORD_KEY_CONFIGS].get(Key.STAGE)
-                     if RECORD_KEY_CONFIGS in msg.content.config_records else None)
+            stage = secaggplus_stage(msg)
             self.sent.append(msg)
             ids.append(msg.metadata.message_id)
             if (msg.metadata.dst_node_id, stage) in self.silent:
                 continue
-            reply = _over_the_wire(self.app(_over_the_wire(msg), self.contexts[msg.metadata.dst_node_id]))
+            reply = over_the_wire(self.app(over_the_wire(msg), self.contexts[msg.metadata.dst_node_id]))
             self.received.append(reply)
             self._replies[msg.metadata.message_id] = reply
         return ids

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .evaluate import SCORE_BY_ENTITY_RECALL, score_outputs
-from .instances import RE, Instance
+from clinical_ie.evaluate import SCORE_BY_ENTITY_RECALL, score_outputs
+from clinical_ie.instances import RE, Instance
 
 # (task, matching) pairs, in the order of the count arrays.
 MEASURES: tuple[str, ...] = ("ner-strict", "ner-lenient", "re-strict", "re-lenient")
