@@ -56,8 +56,7 @@ from server_app.strategy_factory import build_strategy  # noqa: E402
 from settings.config import validate  # noqa: E402
 from strategies import available_strategies  # noqa: E402
 from strategies.aggregation_error import module_error  # noqa: E402
-from strategies.exact import exact_factors, randomized_factors  # noqa: E402
-from strategies.lora_pairs import lora_modules  # noqa: E402
+from strategies.lora_algebra import exact_factors, lora_modules, randomized_factors  # noqa: E402
 from wire import protocol  # noqa: E402
 
 # Arms that are a registered strategy with some keys set.

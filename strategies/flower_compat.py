@@ -35,3 +35,43 @@ def valid_train_replies(strategy: FedAvg, replies: Iterable[Message]) -> list[Me
 
 
 __all__ = ["FLOWER_STATE", "SUPPORTED_FLWR", "aggregate_arrayrecords", "select_multikrum", "valid_train_replies"]
+
+
+# --- secure aggregation: Flower's SecAgg+ workflow and its legacy context ------------------
+# strategies/secure_aggregation.py runs SecAggPlusWorkflow's stage methods one by one on a
+# LegacyContext, with a legacy FedAvg that keeps the unmasked sum, and counts each message's
+# bytes as Flower serialises it.
+
+from flwr.common import FitIns, parameters_to_ndarrays  # noqa: E402
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS  # noqa: E402
+from flwr.common.secure_aggregation.secaggplus_constants import Key as SecAggKey  # noqa: E402
+from flwr.common.serde import message_to_proto  # noqa: E402
+from flwr.server.compat.grid_client_proxy import GridClientProxy  # noqa: E402
+from flwr.server.compat.legacy_context import LegacyContext  # noqa: E402
+from flwr.server.strategy import FedAvg as LegacyFedAvg  # noqa: E402
+from flwr.server.workflow import SecAggPlusWorkflow  # noqa: E402
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD  # noqa: E402
+from flwr.server.workflow.constant import Key as WorkflowKey  # noqa: E402
+from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState  # noqa: E402
+
+
+def serialised_nbytes(msg: Message) -> int:
+    """The message's size as Flower serialises it (arrays and records)."""
+    return message_to_proto(msg).ByteSize()
+
+
+__all__ += [
+    "MAIN_CONFIGS_RECORD",
+    "MAIN_PARAMS_RECORD",
+    "RECORD_KEY_CONFIGS",
+    "FitIns",
+    "GridClientProxy",
+    "LegacyContext",
+    "LegacyFedAvg",
+    "SecAggKey",
+    "SecAggPlusWorkflow",
+    "WorkflowKey",
+    "WorkflowState",
+    "parameters_to_ndarrays",
+    "serialised_nbytes",
+]
