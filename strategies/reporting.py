@@ -72,6 +72,10 @@ class RoundReporting(StrategyWrapper):
         shared_metrics = not core_hooks.reads_site_metrics(core)
         arrays, metrics = self.strategy.aggregate_train(server_round, clean_messages(candidates, shared_metrics))
         aggregate = core_hooks.aggregate_report(core, server_round, candidates)
+        # The updates as they came here, by site: under a DP wrapper the strategy's own copies
+        # are clipped again, and the report measures the updates the round was given.
+        given = {(c.site, c.node_id): c for c in candidates}
+        aggregate.weights = [(given.get((c.site, c.node_id), c), w) for c, w in aggregate.weights]
         report = self.reports.current(server_round)
         report.updates = [self.reports.row(c, w) for c, w in aggregate.weights]
         report.extra.update(aggregate.extra)
@@ -94,7 +98,10 @@ class RoundReporting(StrategyWrapper):
         def site_scale(i: int, module: LoraModule) -> float:
             return scale(aggregate.weights[i][0], module)
 
-        modules = lora_modules({key: value.shape for key, value in returned.items()})
+        # The global adapter's modules (their rank is the one `product_scale` compares with),
+        # as the strategy knows them, else as returned.
+        shapes = core_hooks.expected_shapes(self.core) or {key: value.shape for key, value in returned.items()}
+        modules = lora_modules(shapes)
         return aggregation_error(modules, [(c.state, w) for c, w in aggregate.weights], returned, site_scale)
 
     def _checked_output(
