@@ -51,9 +51,8 @@ from server_app.strategy_factory import build_strategy
 from settings.config import validate
 from strategies import available_strategies
 from strategies.aggregation_error import module_error
-from strategies.exact import exact_factors, randomized_factors
 from strategies.flower_compat import act_as_server_app
-from strategies.lora_pairs import lora_modules
+from strategies.lora_algebra import exact_factors, lora_modules, randomized_factors
 from wire import protocol
 
 # Arms that are a registered strategy with some keys set.

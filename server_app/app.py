@@ -25,8 +25,7 @@ from modeling.lora import attach_lora
 from settings.config import ConfigError, dp_budget, lora_settings, re_mode, tasks, validate
 from settings.logs import setup_logging
 from strategies.round_report import TooFewSites
-from strategies.screened import ScreenedStrategy
-from strategies.secure_aggregation import SecureAggregationGrid
+from strategies.wrapper import StrategyWrapper
 from wire import protocol
 from wire.arrays import from_arrayrecord, to_arrayrecord
 from wire.transport import adapter_nbytes, adapter_sha256, transport_grid
@@ -105,9 +104,8 @@ def main(grid: Grid, context: Context) -> None:
     if checkpoint is None:
         audit.initial(adapter_sha256(initial, cfg["transport.encoding"]))
     # Strategies see float32 either way; every message leaves with the audit trail's head.
+    # (With strategy.secure-aggregation the strategy's own wrapper runs train rounds as SecAgg+.)
     grid = transport_grid(grid, cfg["transport.encoding"], stamp=audit.stamp)
-    if cfg["strategy.secure-aggregation"]:  # train rounds run as Flower's SecAgg+
-        grid = SecureAggregationGrid(grid, cfg["strategy.secagg-clipping-range"], cfg["strategy.secagg-max-weight"])
     reporter = RoundReporter(strategy, adapter_bytes, full_model_bytes, cfg["num-server-rounds"], dp=dp_budget(cfg))
     if checkpoint is not None:
         recorder.keep_rounds_up_to(done)
@@ -196,7 +194,7 @@ def _refuse_finished_rounds(folder: Path, cfg: dict[str, Any]) -> None:
         )
 
 
-def _restore(checkpoint: Checkpoint, strategy: ScreenedStrategy, initial, folder: Path, cfg: dict[str, Any]) -> None:
+def _restore(checkpoint: Checkpoint, strategy: StrategyWrapper, initial, folder: Path, cfg: dict[str, Any]) -> None:
     """Check the saved adapter against this run's and load the strategy's state; ConfigError if not."""
     saved = {k: tuple(v.shape) for k, v in checkpoint.global_state.items()}
     ours = {k: tuple(v.shape) for k, v in initial.items()}

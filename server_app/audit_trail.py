@@ -27,7 +27,7 @@ from wire.audit import AuditError, AuditLog, ensure_key, read_chain
 
 FILE_NAME = "audit.jsonl"
 KEY_FILE_NAME = "audit.key"  # in output-dir, outside every run folder, unless audit-key names a file
-NO_REPLY = "no reply"  # how strategies/screened.py words a site that did not answer
+NO_REPLY = "no reply"  # how strategies/roster.py words a site that did not answer
 
 
 def coordinator_key(cfg: dict[str, Any], folder: Path) -> bytes:

@@ -6,7 +6,7 @@ After every round (round 0, the zero-shot evaluation, included) the coordinator 
 - the global adapter after that round;
 - the strategy's state between rounds (`state_dict()` of the strategy object: FedAdam's and
   FedYogi's moments, FedAvgM's momentum, adaptive DP clipping's norm, `exact`'s per-site
-  ranks; see `LoraFedAvg.state_dict` and `strategies.screened.strategy_state`);
+  ranks; see `LoraFedAvg.state_dict` and `strategies.checkpoint_state.strategy_state`);
 - the round number, the coordinator's metrics of every round so far (round 0 included),
   the communication totals, the run time so far, and the run config it was written with.
 

@@ -12,13 +12,13 @@ import logging
 from typing import Any
 
 from strategies.dp_budget import DpBudget, effective_multiplier
-from strategies.screened import ScreenedStrategy
+from strategies.wrapper import StrategyWrapper
 
 log = logging.getLogger(__name__)
 
 
 class RoundReporter:
-    def __init__(self, strategy: ScreenedStrategy, adapter_bytes: int, full_model_bytes: int, num_rounds: int,
+    def __init__(self, strategy: StrategyWrapper, adapter_bytes: int, full_model_bytes: int, num_rounds: int,
                  dp: DpBudget | None = None) -> None:
         self.strategy = strategy
         self.dp = dp  # with strategy.dp: the (epsilon, delta) spent is in every round's record and table

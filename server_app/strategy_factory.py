@@ -1,4 +1,5 @@
-"""Run config -> strategy object: the named strategy, its screening, update bound and DP."""
+"""Run config -> strategy object: the named bare strategy inside the wrappers of
+strategies/compose.py (screening, update bound, DP, report, resume, secure aggregation)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from typing import Any
 import numpy as np
 
 from settings.config import KEYS, ConfigError
-from strategies.flower import DPSettings, with_dp
+from strategies.compose import WrapperSettings, compose
 from strategies.registry import STRATEGIES, strategy_class
-from strategies.screened import ScreenedStrategy
+from strategies.resume import Resume
 
 log = logging.getLogger(__name__)
 
@@ -33,17 +34,14 @@ def build_strategy(
     cfg: Mapping[str, Any],
     expected_shapes: Mapping[str, tuple[int, ...]],
     validation_loss: Callable[[dict[str, np.ndarray]], float] | None,
-) -> ScreenedStrategy:
+) -> Resume:
     """Instantiate `strategy.name` from a validated run config (settings.config.validate).
 
     A strategy class may define `from_run_config(cfg, expected_shapes, validation_loss,
     **sampling)` to read its own keys; otherwise it is built with FedAvg's keyword arguments.
-    Every strategy is put behind the one screening wrapper (`ScreenedStrategy`; the Flower
-    classes registered in strategies/flower.py are one already). `strategy.dp` puts Flower's
-    DP wrapper between the two, and the screening gets `strategy.max-update-norm`, `strategy.update-norm-action`,
-    `strategy.proximal-mu` and `strategy.min-sites` (the sites that must be connected before
-    a round starts are also the usable replies a round needs, else the run stops). A bad
-    value raises ConfigError naming the key.
+    `compose` then puts it inside the wrappers the run config asks for (`strategy.min-sites`,
+    the sites that must be connected before a round starts, is also the usable replies a
+    round needs, else the run stops). A bad value raises ConfigError naming the key.
     """
     name = cfg["strategy.name"]
     try:
@@ -63,20 +61,13 @@ def build_strategy(
             strategy = cls.from_run_config(cfg, expected_shapes, validation_loss, **sampling)
         else:
             strategy = cls(**sampling)
-        strategy = with_dp(strategy, DPSettings.from_run_config(cfg), expected_shapes)
-        strategy.configure_screening(
-            max_update_norm=cfg["strategy.max-update-norm"],
-            update_norm_action=cfg["strategy.update-norm-action"],
-            proximal_mu=cfg["strategy.proximal-mu"],
-            min_sites=min_sites,
-            aggregation_error=cfg["strategy.aggregation-error"],
-        )
+        composed = compose(strategy, WrapperSettings.from_run_config(cfg, expected_shapes))
     except ConfigError:
         raise
     except ValueError as err:  # our classes name the key; Flower's say what is wrong
         raise ConfigError(f"strategy.name = {name!r}: {err}") from err
     _warn_unused_keys(cfg, name)
-    return strategy
+    return composed
 
 
 def _warn_unused_keys(cfg: Mapping[str, Any], name: str) -> None:

@@ -21,9 +21,9 @@ from modeling.base import DTYPE_CHOICES, EMBEDDED_DEFAULT, QUANTIZATION_CHOICES
 from modeling.lora import PAPER_TARGET_MODULES, LoraSettings
 from modeling.training import SCHEDULER_CHOICES, TrainSettings
 from strategies.clipping import UPDATE_NORM_ACTIONS
+from strategies.dp import DP_MODES
 from strategies.exact import EXACT_SOLVERS
 from strategies.fedmedlora_plus import VALIDATION_MODES
-from strategies.flower import DP_MODES
 from wire.transport import ENCODINGS
 
 
@@ -360,7 +360,7 @@ def _check_secure_aggregation(values: Mapping[str, Any]) -> None:
 def _check_dp_strategy(values: Mapping[str, Any]) -> None:
     """Flower's DP noise is calibrated for a weighted mean of clipped updates; anything else
     (validation weights, robust selection, server optimisers, exact products) is refused."""
-    from strategies.flower import averages_updates
+    from strategies.dp import averages_updates
     from strategies.registry import strategy_class
 
     if values["strategy.dp"] != "none" and not averages_updates(strategy_class(values["strategy.name"])):

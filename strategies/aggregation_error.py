@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from .lora_pairs import LoraModule
+from .lora_algebra import LoraModule
 
 Factors = Mapping[str, np.ndarray]
 

@@ -7,10 +7,11 @@ Fed-MedLoRA) and `weighted_average` averages each tensor in float64. A strategy 
 changes how sites are weighted (Fed-MedLoRA+) overrides `aggregation_weights` and nothing
 else.
 
-It screens nothing: the ServerApp always runs it behind `strategies.screened.ScreenedStrategy`,
-which checks each reply on its own (strategies/screening.py), bounds the update norms and
-hands this class the accepted candidates (`aggregate_candidates`). Called without that
-wrapper, a malformed reply fails the round, as it does in Flower's FedAvg.
+It screens nothing: the ServerApp runs it behind the wrappers of strategies/compose.py,
+which check each reply on its own (strategies/screening.py), bound the update norms and
+hand this class the accepted replies. What they ask of it (its reply check, the weights of
+its last aggregate for the round's report) are the hooks of strategies/core_hooks.py.
+Called without them, a malformed reply fails the round, as it does in Flower's FedAvg.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from wire import protocol
 
-from .lora_pairs import LoraModule
+from .lora_algebra import LoraModule
 from .round_report import Aggregate
 from .screening import (
     FilledState,
@@ -53,7 +54,7 @@ class LoraFedAvg(FedAvg):
     ----------
     expected_shapes : Mapping[str, Sequence[int]] | None (default: None)
         Keys and shapes of the global adapter, in the order the aggregate is returned.
-        May be set later with `set_expected` (the wrapper sets it from the initial adapter).
+        May be set later with `set_expected` (the screening sets it from the initial adapter).
     **fedavg_kwargs
         Passed to FedAvg (`fraction_train`, `min_train_nodes`, `min_available_nodes`,
         `weighted_by_key`, ...); see `flwr.serverapp.strategy.FedAvg`.
@@ -66,14 +67,16 @@ class LoraFedAvg(FedAvg):
     sends_every_factor: bool = True
     # True when each site trains from its own copy of some tensors (FedSA-LoRA's B).
     personalised: bool = False
+    # Each site's own metrics reach `aggregation_weights` (the shared ones are averaged here).
+    reads_site_metrics: bool = True
 
     def __init__(self, expected_shapes: Mapping[str, Sequence[int]] | None = None, **fedavg_kwargs: Any) -> None:
         super().__init__(**fedavg_kwargs)
         self.expected_shapes: OrderedDict[str, tuple[int, ...]] | None = None
         if expected_shapes is not None:
             self.set_expected(expected_shapes)
-        self.last_aggregate: Aggregate | None = None  # read by the wrapper when a DP wrapper sits between
-        self._aggregate: Aggregate | None = None  # the round being aggregated (`reject`, `round_extra`)
+        self._aggregate: Aggregate | None = None  # the round being aggregated (`reject`, `current_aggregate`)
+        self._last: Aggregate | None = None  # the last round aggregated (`aggregate_report`)
         # The round's factor rule and the adapter its train instructions carried: a factor a
         # site does not send is filled in from that adapter (`check_reply`).
         self._round_rule: tuple[str, str] = ("AB", "AB")
@@ -180,7 +183,7 @@ class LoraFedAvg(FedAvg):
 
     def _read_whole(self, msg: Message, site: str) -> SiteCandidate:
         """A screened reply as a whole-adapter candidate: cut to the round's factors and filled
-        in, or already whole (a DP wrapper hands on the screening's whole candidates)."""
+        in, or already whole (the screening hands on whole adapters)."""
         records = msg.content.array_records
         expected = self._require_expected()
         if self._round_rule[1] != "AB" and len(records) == 1 and set(next(iter(records.values())).keys()) == set(expected):
@@ -194,8 +197,8 @@ class LoraFedAvg(FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Flower's hook: the replies as candidates, then `aggregate_candidates`.
 
-        Replies here are screened already (or come from a DP wrapper that screened ones
-        went through), so each is read without decoding; a malformed one raises ValueError.
+        Replies here are screened already (strategies/screened.py, perhaps through a DP
+        wrapper), so each is read without decoding; a malformed one raises ValueError.
         """
         candidates = []
         for msg in replies:
@@ -222,8 +225,18 @@ class LoraFedAvg(FedAvg):
                 aggregate.metrics = self._aggregate_train_metrics(used)
         finally:
             self._aggregate = None
-        self.last_aggregate = aggregate
+        self._last = aggregate
         return aggregate
+
+    def aggregate_report(self, server_round: int, candidates: list[SiteCandidate]) -> Aggregate:
+        """What round `server_round`'s aggregate did, for its report (strategies/core_hooks.py):
+        the weight of each update used, the rejections of `reject` and `current_aggregate.extra`.
+        `candidates` are the updates that were aggregated; LookupError if that round was not."""
+        del candidates  # the aggregate names its own
+        last = self._last
+        if last is None or last.server_round != server_round:
+            raise LookupError(f"{type(self).__name__}: round {server_round} has not been aggregated")
+        return dataclasses.replace(last, extra={**last.extra, "weights": type(self).__name__})
 
     def aggregation_weights(self, server_round: int, accepted: list[SiteCandidate]) -> list[float]:
         """One weight per candidate: non-negative, summing to one. Default: n_k / sum(n).

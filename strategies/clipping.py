@@ -22,7 +22,7 @@ compared after zero-padding both to the larger rank, which leaves every product 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,11 +30,11 @@ from flwr.app import Context, Message
 from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
 
+from .lora_algebra import lora_pairs, pad_rank
+
 # `strategy.update-norm-action`: what to do with an update whose norm exceeds the bound.
 UPDATE_NORM_ACTIONS = ("clip", "reject")
 
-# Partner names of a LoRA pair in PEFT state dicts (Linear and Embedding layers).
-_PAIR_NAMES = (("lora_A", "lora_B"), ("lora_embedding_A", "lora_embedding_B"))
 _BISECTION_STEPS = 60  # 2^-60: t exact to float64 precision
 
 
@@ -69,21 +69,6 @@ class UpdateTerms:
             else:
                 hi = mid
         return lo
-
-
-def lora_pairs(shapes: Mapping[str, Sequence[int]]) -> list[tuple[str, str]]:
-    """(A key, B key) of every LoRA pair: A is (r, in), B is (out, r), same r."""
-    pairs = []
-    for key, a_shape in shapes.items():
-        for a_name, b_name in _PAIR_NAMES:
-            marker = f".{a_name}."
-            if marker not in f"{key}.":
-                continue
-            b_key = f"{key}.".replace(marker, f".{b_name}.")[:-1]
-            b_shape = shapes.get(b_key)
-            if b_shape is not None and len(a_shape) == 2 and len(b_shape) == 2 and a_shape[0] == b_shape[1]:
-                pairs.append((key, b_key))
-    return pairs
 
 
 def update_terms(site: Mapping[str, np.ndarray], global_: Mapping[str, np.ndarray]) -> UpdateTerms:
@@ -134,18 +119,11 @@ def scale_toward(
 def _padded(
     a: np.ndarray, b: np.ndarray, a_k: np.ndarray, b_k: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Float64 factors zero-padded to one rank; zero rows of A / columns of B add nothing to B A."""
+    """Float64 factors zero-padded to one rank (`pad_rank`: B A unchanged)."""
     rank = max(a.shape[0], a_k.shape[0])
-
-    def pad_a(x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, np.float64)
-        return x if x.shape[0] == rank else np.pad(x, ((0, rank - x.shape[0]), (0, 0)))
-
-    def pad_b(x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, np.float64)
-        return x if x.shape[1] == rank else np.pad(x, ((0, 0), (0, rank - x.shape[1])))
-
-    return pad_a(a), pad_b(b), pad_a(a_k), pad_b(b_k)
+    b, a = pad_rank(np.asarray(b, np.float64), np.asarray(a, np.float64), rank)
+    b_k, a_k = pad_rank(np.asarray(b_k, np.float64), np.asarray(a_k, np.float64), rank)
+    return a, b, a_k, b_k
 
 
 def _gram(rows: np.ndarray) -> np.ndarray:

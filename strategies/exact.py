@@ -23,7 +23,7 @@ from flwr.serverapp import Grid
 from threadpoolctl import threadpool_limits
 
 from .base import LoraFedAvg, with_arrays
-from .lora_pairs import LoraModule, lora_modules
+from .lora_algebra import LoraModule, exact_factors, lora_modules, pad_rank, randomized_factors
 from .registry import register
 from .screening import SiteCandidate, UpdateRejected
 
@@ -35,26 +35,6 @@ Rank = int | Literal["full"] | None
 # "randomized": a range finder on the stacked factors (`randomized_factors`), O((out + in) R r)
 # per module; "svd": two QRs and the full core SVD (`exact_factors`), O((out + in) R^2).
 EXACT_SOLVERS = ("randomized", "svd")
-
-
-@dataclass(frozen=True)
-class ExactFactors:
-    """Result of `exact_factors`: B (out, k), A (k, in) in float64, and what truncation dropped.
-
-    The columns of B and rows of A are ordered by singular value, so their first j give the
-    best rank-j approximation; `singular_values` holds all of M's non-trivial ones.
-    """
-
-    b: np.ndarray
-    a: np.ndarray
-    dropped_energy: float  # share of sum(s^2) in the discarded singular values, in [0, 1]
-    singular_values: np.ndarray
-
-    def dropped_at(self, rank: int) -> float:
-        """Share of the energy a truncation to `rank` drops."""
-        s2 = self.singular_values**2
-        total = float(np.sum(s2))
-        return min(max(float(np.sum(s2[rank:])) / total, 0.0), 1.0) if total > 0 else 0.0
 
 
 @dataclass
@@ -107,6 +87,8 @@ class ExactLoRA(LoraFedAvg):
 
     # Weights still sum to one, but the tensors are not a weighted average of the replies.
     invariants: tuple[str, ...] = ("exact-product",)
+    # Rank "full" (or above the global rank) returns a wider adapter than the global one.
+    keeps_adapter_shapes = False
 
     def __init__(
         self,
@@ -253,7 +235,7 @@ class ExactLoRA(LoraFedAvg):
             if rank is None:
                 continue
             b_wide, a_wide = self._wide[module.prefix]
-            b, a = _pad_rank(b_wide[:, :rank], a_wide[:rank], rank)
+            b, a = pad_rank(b_wide[:, :rank], a_wide[:rank], rank)
             site_alpha = shape.alpha if shape.alpha is not None else self._default_alpha(module)
             out[module.b_key] = Array((b * (rank / site_alpha)).astype(np.float32))
             out[module.a_key] = Array(a.astype(np.float32))
@@ -354,27 +336,17 @@ class ExactLoRA(LoraFedAvg):
             if site_ranks:
                 self._wide[module.prefix] = (result.b / (module.rank / global_alpha), result.a)
             b, a = (result.b, result.a) if target == "full" else (result.b[:, :target], result.a[:target])
-            out[module.b_key], out[module.a_key] = _pad_rank(b, a, module.rank)
+            out[module.b_key], out[module.a_key] = pad_rank(b, a, module.rank)
             dropped.append(result.dropped_energy if target == "full" else result.dropped_at(target))
 
         aggregate = self._aggregate  # None when called outside `aggregate_candidates`
-        summary = {
-            "max": max(dropped, default=0.0),
-            "mean": math.fsum(dropped) / len(dropped) if dropped else 0.0,
-            "modules": len(dropped),
-        }
+        summary = {"max": max(dropped, default=0.0), "mean": math.fsum(dropped) / len(dropped) if dropped else 0.0,
+                   "modules": len(dropped)}
         if aggregate is not None:
             aggregate.extra["truncated-energy"] = summary
-        log(
-            INFO,
-            "round %d: exact LoRA aggregation to rank %s dropped max %.3g, mean %.3g of the energy "
-            "over %d module(s)",
-            aggregate.server_round if aggregate is not None else 0,
-            self.rank or "global",
-            summary["max"],
-            summary["mean"],
-            summary["modules"],
-        )
+        log(INFO, "round %d: exact LoRA aggregation to rank %s dropped max %.3g, mean %.3g of the energy over %d "
+            "module(s)", aggregate.server_round if aggregate is not None else 0, self.rank or "global",
+            summary["max"], summary["mean"], summary["modules"])
         # Keep the global key order (pairs were written after the plain keys).
         self._returned = ArrayRecord({key: Array(out[key].astype(np.float32)) for key in self.expected_shapes})
         return self._returned
@@ -393,100 +365,6 @@ class ExactLoRA(LoraFedAvg):
         return self._default_alpha(module)
 
 
-def exact_factors(
-    bs: Sequence[np.ndarray],
-    as_: Sequence[np.ndarray],
-    scales: Sequence[float],
-    rank: int | str,
-    out_scale: float = 1.0,
-) -> ExactFactors:
-    """Best rank-`rank` factors of M = sum_k scales[k] * bs[k] @ as_[k], without forming M.
-
-    With U = [sqrt(c_k) B_k ...] (out x R) and V = [sqrt(c_k) A_k ...] (R x in), M = U V.
-    QR gives U = Q_U R_U and V^T = Q_V R_V, so M = Q_U (R_U R_V^T) Q_V^T and the SVD of the
-    small core R_U R_V^T = u diag(s) v^T is M's SVD up to the orthonormal Q's. The result
-    is B = Q_U u_k diag(sqrt(s_k)) * out_scale, A = diag(sqrt(s_k)) v_k^T Q_V^T, so
-    B A / out_scale is the best rank-k approximation. `rank` = "full" keeps every
-    singular value (exact). Cost O((out + in) R^2), memory O((out + in) R).
-    """
-    if not (len(bs) == len(as_) == len(scales)) or not bs:
-        raise ValueError(
-            f"exact_factors: need one B, A and scale per site, got {len(bs)}, {len(as_)}, {len(scales)}"
-        )
-    if any(not math.isfinite(c) or c < 0 for c in scales):
-        raise ValueError(f"exact_factors: scales must be finite and >= 0, got {list(scales)}")
-    # sqrt on both sides keeps U and V equally conditioned.
-    roots = [math.sqrt(c) for c in scales]
-    # One (out or in) x R stack at a time: memory stays O((out + in) R), never out x in.
-    u_stack = np.concatenate([np.asarray(b, np.float64) * c for b, c in zip(bs, roots, strict=True)], axis=1)
-    q_u, r_u = np.linalg.qr(u_stack)
-    del u_stack
-    vt_stack = np.concatenate([np.asarray(a, np.float64).T * c for a, c in zip(as_, roots, strict=True)], axis=1)
-    q_v, r_v = np.linalg.qr(vt_stack)
-    del vt_stack
-    u, s, vt = np.linalg.svd(r_u @ r_v.T)  # small: at most R x R
-
-    keep = len(s) if rank == "full" else min(int(rank), len(s))
-    energy = float(np.sum(s * s))
-    dropped = float(np.sum(s[keep:] ** 2)) / energy if energy > 0 else 0.0
-    root_s = np.sqrt(s[:keep])
-    b = (q_u @ (u[:, :keep] * root_s)) * out_scale
-    a = (root_s[:, None] * vt[:keep]) @ q_v.T
-    return ExactFactors(b=b, a=a, dropped_energy=min(max(dropped, 0.0), 1.0), singular_values=s)
-
-
-def randomized_factors(
-    bs: Sequence[np.ndarray],
-    as_: Sequence[np.ndarray],
-    scales: Sequence[float],
-    rank: int,
-    out_scale: float = 1.0,
-    power_iterations: int = 1,
-    seed: int = 0,
-) -> ExactFactors:
-    """Rank-`rank` factors of M = sum_k scales[k] * bs[k] @ as_[k] from a randomized range
-    finder (Halko, Martinsson and Tropp 2011, algorithms 4.4 and 5.1), never forming M.
-
-    With U = [c_k B_k ...] (out x R) and V = [A_k; ...] (R x in), M = U V. A Gaussian sketch
-    of s = min(2 rank, R) columns, Y = U (V Omega), gives M's range; `power_iterations`
-    rounds of Y <- M (M^T Y), re-orthonormalised, sharpen it. With Q = orth(Y), M ~ Q (Q^T M)
-    and the SVD of the small s x in matrix Q^T M = (Q^T U) V gives the factors. Every product
-    has s columns: O((out + in) R s) per power iteration instead of the O((out + in) R^2) of
-    two QRs. The sketch is seeded (`seed`), so a round aggregates the same way every time.
-    Float32, as the replies travel: the truncation error dwarfs the rounding.
-
-    `dropped_energy` is the share of the sketch's energy outside the kept rank, a lower bound
-    on the true share (the sketch does not see all of M); `singular_values` are the sketch's.
-    """
-    if not (len(bs) == len(as_) == len(scales)) or not bs:
-        raise ValueError(
-            f"randomized_factors: need one B, A and scale per site, got {len(bs)}, {len(as_)}, {len(scales)}"
-        )
-    if any(not math.isfinite(c) or c < 0 for c in scales):
-        raise ValueError(f"randomized_factors: scales must be finite and >= 0, got {list(scales)}")
-    # One copy of each stack, scaled in place: at LLaMA-3-8B sizes, memory traffic is the cost.
-    u = np.concatenate([np.asarray(b, np.float32) for b in bs], axis=1)
-    u *= np.repeat(np.asarray(scales, np.float32), [np.shape(b)[1] for b in bs])
-    v = np.concatenate([np.asarray(a, np.float32) for a in as_], axis=0)
-    width = min(2 * int(rank), v.shape[0])
-    omega = np.random.default_rng(seed).standard_normal((v.shape[1], width), dtype=np.float32)
-    y = u @ (v @ omega)
-    for _ in range(power_iterations):
-        q, _ = np.linalg.qr(y)
-        z, _ = np.linalg.qr(v.T @ (u.T @ q))
-        y = u @ (v @ z)
-    q, _ = np.linalg.qr(y)
-    small = (q.T @ u) @ v  # s x in
-    uu, s, vt = np.linalg.svd(small.astype(np.float64), full_matrices=False)
-    keep = min(int(rank), len(s))
-    energy = float(np.sum(s * s))
-    dropped = float(np.sum(s[keep:] ** 2)) / energy if energy > 0 else 0.0
-    root_s = np.sqrt(s[:keep])
-    b = (q.astype(np.float64) @ (uu[:, :keep] * root_s)) * out_scale
-    a = root_s[:, None] * vt[:keep]
-    return ExactFactors(b=b, a=a, dropped_energy=min(max(dropped, 0.0), 1.0), singular_values=s)
-
-
 def arrays_digest(record: ArrayRecord) -> str:
     """A hash of an adapter's keys, dtypes, shapes and values."""
     h = hashlib.blake2b(digest_size=16)
@@ -495,18 +373,6 @@ def arrays_digest(record: ArrayRecord) -> str:
         h.update(f"{key}|{values.dtype.str}|{values.shape}|".encode())
         h.update(values.tobytes())
     return h.hexdigest()
-
-
-def _pad_rank(b: np.ndarray, a: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
-    """Zero-pad factors narrower than the global rank; zero rows/columns add nothing to B A."""
-    width = b.shape[1]
-    if width >= rank:
-        return b, a
-    b_full = np.zeros((b.shape[0], rank), dtype=b.dtype)
-    a_full = np.zeros((rank, a.shape[1]), dtype=a.dtype)
-    b_full[:, :width] = b
-    a_full[:width] = a
-    return b_full, a_full
 
 
 def _check_rank(rank: Any, key: str) -> Rank:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from logging import INFO, WARNING
 from typing import Any
 
@@ -22,11 +23,22 @@ from wire.transport import sent_nbytes
 
 from .base import LoraFedAvg
 from .registry import register
+from .round_report import Aggregate
 from .screening import SiteCandidate, UpdateRejected
 
 # Who computes L_k: the coordinator on a validation set it holds (the paper), or every
 # site on its own validation split (no data at the coordinator).
 VALIDATION_MODES = ("coordinator", "sites")
+
+
+@dataclass
+class Scores:
+    """A round's L_k, one per candidate (None: no site answered usably), what they are
+    ("validation loss" or "site-scored validation loss"), and the report's entries."""
+
+    losses: list[float] | None
+    where: str
+    extra: dict[str, Any]
 
 
 @register("fedmedlora-plus")
@@ -41,8 +53,9 @@ class FedMedLoRAPlus(LoraFedAvg):
 
     - "coordinator" (the paper): `score_fn` scores each candidate on a validation set the
       coordinator holds.
-    - "sites": no data at the coordinator. After screening the round's replies, the
-      coordinator sends every site whose update was accepted one message of type
+    - "sites": no data at the coordinator. Before weighing the round's screened updates
+      (`aggregate_candidates`), the coordinator sends every site whose update was accepted,
+      through the run's Grid (handed over by `start`: `use_grid`), one message of type
       `protocol.SCORE_MESSAGE_TYPE` carrying all K candidates (ArrayRecords `candidate-0`
       .. `candidate-{K-1}`) and the round's config record; each site returns K losses on its
       own validation split (client_app/handlers.py `score`). L_k is the plain mean of the K-th
@@ -104,9 +117,10 @@ class FedMedLoRAPlus(LoraFedAvg):
         self.size_weighted = bool(size_weighted)
         self.validation = validation
         self.timeout = float(timeout)
-        # "sites": the Grid and the round's config record, kept by `configure_train`.
+        # "sites": the run's Grid (`use_grid`) and the round's config record (`configure_train`).
         self._grid: Grid | None = None
         self._round_config: ConfigRecord | None = None
+        self._scores: Scores | None = None  # the round's L_k, between scoring and weighing
 
     @classmethod
     def from_run_config(
@@ -138,37 +152,53 @@ class FedMedLoRAPlus(LoraFedAvg):
         log(INFO, "\t└──> Validation weighting: temperature %g, size-weighted %s, scored by the %s",
             self.temperature, self.size_weighted, self.validation)
 
+    def use_grid(self, grid: Grid) -> None:
+        """The run's Grid, for the scoring messages of "sites" (strategies/core_hooks.py)."""
+        self._grid = grid
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """FedAvg's sampling; "sites" keeps the Grid and the round's config for the scoring."""
+        """FedAvg's sampling; the round's config is kept for the scoring messages."""
         messages = super().configure_train(server_round, arrays, config, grid)
-        self._grid = grid
         # A copy: it carries the base model, the LoRA config and `server-round` (set above).
         self._round_config = ConfigRecord(dict(config))
         return messages
 
+    def aggregate_candidates(self, server_round: int, candidates: list[SiteCandidate]) -> Aggregate:
+        """Score the candidates (L_k: at the coordinator, or a round trip to the sites), then
+        weigh and average them."""
+        self._scores = self.scores(server_round, candidates) if candidates else None
+        try:
+            return super().aggregate_candidates(server_round, candidates)
+        finally:
+            self._scores = None
+
+    def scores(self, server_round: int, accepted: list[SiteCandidate]) -> Scores:
+        """L_k for every candidate (None: no site answered usably) and the report's entries."""
+        extra: dict[str, Any] = {}
+        if self.validation == "sites":
+            return Scores(self.site_losses(server_round, accepted, extra), "site-scored validation loss", extra)
+        assert self.score_fn is not None
+        return Scores([float(self.score_fn(candidate.state)) for candidate in accepted], "validation loss", extra)
+
     def aggregation_weights(self, server_round: int, accepted: list[SiteCandidate]) -> list[float]:
         """w_k proportional to exp((1 - L_k) / T) [* n_k]; non-finite L_k rejects the candidate."""
+        scores = self._scores  # set by `aggregate_candidates`, the one caller
+        assert scores is not None
         extra = self.current_aggregate.extra
         extra["validation-mode"] = self.validation
         extra["temperature"] = self.temperature
         extra["size-weighted"] = self.size_weighted
-        if self.validation == "sites":
-            losses = self.site_losses(server_round, accepted, extra)
-            if losses is None:
-                for candidate in accepted:
-                    self.reject(candidate, "strategy.validation = 'sites': no site returned usable "
-                                           "validation losses for this round's candidates")
-                extra["validation-loss"] = {}
-                extra["validation-weight"] = {}
-                return [0.0] * len(accepted)
-            where = "site-scored validation loss"
-        else:
-            assert self.score_fn is not None
-            losses = [float(self.score_fn(candidate.state)) for candidate in accepted]
-            where = "validation loss"
-        return self._softmax_weights(server_round, accepted, losses, where, extra)
+        extra.update(scores.extra)
+        if scores.losses is None:
+            for candidate in accepted:
+                self.reject(candidate, "strategy.validation = 'sites': no site returned usable "
+                                       "validation losses for this round's candidates")
+            extra["validation-loss"] = {}
+            extra["validation-weight"] = {}
+            return [0.0] * len(accepted)
+        return self._softmax_weights(server_round, accepted, scores.losses, scores.where, extra)
 
     def _softmax_weights(
         self, server_round: int, accepted: list[SiteCandidate], raw: list[float], where: str,
@@ -229,8 +259,8 @@ class FedMedLoRAPlus(LoraFedAvg):
         """
         if self._grid is None or self._round_config is None:
             raise RuntimeError(
-                f"{type(self).__name__}: strategy.validation = 'sites' needs configure_train() to "
-                "run first (it keeps the Grid and the round's config for the scoring messages)"
+                f"{type(self).__name__}: strategy.validation = 'sites' needs the run's Grid (handed over by "
+                "start through use_grid()) and the round's config (configure_train() runs first)"
             )
         num = len(accepted)
         labels = _node_labels(accepted)

@@ -28,7 +28,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 
 from .base import LoraFedAvg, with_arrays
-from .lora_pairs import lora_modules
+from .lora_algebra import lora_modules
 from .registry import register
 from .screening import SiteCandidate
 

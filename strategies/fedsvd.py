@@ -13,7 +13,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord
 
 from .base import LoraFedAvg
-from .lora_pairs import lora_modules
+from .lora_algebra import lora_modules
 from .registry import register
 from .screening import SiteCandidate
 

@@ -1,46 +1,26 @@
-"""Flower's own strategies and DP wrappers behind the screening.
+"""Flower's own strategies, registered by name as bare subclasses built from `strategy.*` keys.
 
 The names registered here are Flower's FedProx, FedAvgM, FedAdam, FedYogi, FedTrimmedAvg,
-FedMedian and Krum, each a `ScreenedStrategy` (strategies/screened.py) around the Flower
-class, built from `strategy.*` keys. `with_dp` puts one of Flower's DP wrappers between the
-screening and the strategy, so DP sees only clean replies (Flower's wrappers skip the whole
-round when any reply is an error), and each reply is screened once.
+FedMedian and Krum. Each class is Flower's with `from_run_config` (its parameters from the
+run config) and, for Krum, the report's weights (`aggregate_report`); strategies/compose.py
+puts it behind the same screening, norm bound and report as every strategy.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from logging import WARNING
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.common.logger import log
-from flwr.serverapp.strategy import (
-    DifferentialPrivacyClientSideAdaptiveClipping,
-    DifferentialPrivacyClientSideFixedClipping,
-    DifferentialPrivacyServerSideAdaptiveClipping,
-    DifferentialPrivacyServerSideFixedClipping,
-    FedAdam,
-    FedAvg,
-    FedAvgM,
-    FedMedian,
-    FedProx,
-    FedTrimmedAvg,
-    FedYogi,
-    Krum,
-    Strategy,
-)
+from flwr.serverapp.strategy import FedAdam, FedAvgM, FedMedian, FedProx, FedTrimmedAvg, FedYogi, Krum
 
-from .base import LoraFedAvg
 from .flower_compat import aggregate_arrayrecords, select_multikrum, valid_train_replies
 from .registry import register
-from .screened import ScreenedStrategy
+from .round_report import Aggregate
 from .screening import SiteCandidate
-
-# `strategy.dp`: Flower's central-DP wrappers, clipping at the coordinator or at the sites.
-DP_MODES = ("none", "server-fixed", "server-adaptive", "client-fixed", "client-adaptive")
 
 # Server learning rates when `strategy.server-learning-rate` = 0, chosen by the sweep in
 # docs/strategies.md ("Server-optimizer defaults"). A round's averaged LoRA update is below
@@ -51,21 +31,10 @@ DP_MODES = ("none", "server-fixed", "server-adaptive", "client-fixed", "client-a
 # 1-3), so its eta is lower for about the same steps.
 DEFAULT_SERVER_LR = {"fedavgm": 1.0, "fedadam": 5e-3, "fedyogi": 3e-3}
 
-class FlowerLoRA(ScreenedStrategy):
-    """A Flower strategy class behind the screening; subclasses set `flower_class`.
 
-    Parameters
-    ----------
-    expected_shapes : Mapping[str, Sequence[int]] | None (default: None)
-        Keys and shapes of the global adapter.
-    **flower_kwargs
-        Passed to `flower_class` (sampling, record keys and its own parameters).
-    """
-
-    flower_class: ClassVar[type[FedAvg]] = FedAvg
-
-    def __init__(self, expected_shapes: Mapping[str, Sequence[int]] | None = None, **flower_kwargs: Any) -> None:
-        super().__init__(self.flower_class(**flower_kwargs), expected_shapes)
+class FromRunConfig:
+    """Mixin for a Flower class: built from the factory's sampling settings plus its own
+    parameters from the run config (`flower_kwargs`)."""
 
     @classmethod
     def flower_kwargs(cls, cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -80,10 +49,11 @@ class FlowerLoRA(ScreenedStrategy):
         expected_shapes: Mapping[str, Sequence[int]],
         validation_loss: Callable[[dict[str, np.ndarray]], float] | None = None,
         **fedavg_kwargs: Any,
-    ) -> FlowerLoRA:
-        """Build from the run config (`flower_kwargs`) and the factory's sampling settings."""
-        del validation_loss  # none of Flower's strategies scores adapters
-        return cls(expected_shapes, **fedavg_kwargs, **cls.flower_kwargs(cfg))
+    ) -> Any:
+        """Build from the run config and the factory's sampling settings (the screening keeps
+        the expected shapes; none of Flower's strategies scores adapters)."""
+        del expected_shapes, validation_loss
+        return cls(**fedavg_kwargs, **cls.flower_kwargs(cfg))
 
 
 def _server_lr(cfg: Mapping[str, Any], name: str) -> float:
@@ -91,14 +61,13 @@ def _server_lr(cfg: Mapping[str, Any], name: str) -> float:
 
 
 @register("fedprox")
-class LoraFedProx(FlowerLoRA):
+class LoraFedProx(FromRunConfig, FedProx):
     """Flower's FedProx: FedAvg at the coordinator; `proximal-mu` sent to every site.
 
     Sites add mu/2 ||w - w_global||^2 over the adapter to their loss (client_app passes the
     train config's `proximal-mu` to modeling/training.py). Key: `strategy.proximal-mu`.
     """
 
-    flower_class = FedProx
     invariants = ("weights-sum-to-one",)
 
     @classmethod
@@ -107,15 +76,13 @@ class LoraFedProx(FlowerLoRA):
 
 
 @register("fedavgm")
-class LoraFedAvgM(FlowerLoRA):
+class LoraFedAvgM(FromRunConfig, FedAvgM):
     """Flower's FedAvgM: server-side SGD with momentum on the averaged update (Hsu et al. 2019).
 
     Keys: `strategy.server-learning-rate` (0 = Flower's 1.0), `strategy.server-momentum`
     (default 0.5, from the sweep in docs/strategies.md; 0 makes it FedAvg, Hsu et al. use 0.9,
     which overshoots within three rounds here).
     """
-
-    flower_class = FedAvgM
 
     @classmethod
     def flower_kwargs(cls, cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -126,14 +93,12 @@ class LoraFedAvgM(FlowerLoRA):
 
 
 @register("fedadam")
-class LoraFedAdam(FlowerLoRA):
+class LoraFedAdam(FromRunConfig, FedAdam):
     """Flower's FedAdam: a server-side Adam step on the averaged update (Reddi et al. 2020).
 
     Key: `strategy.server-learning-rate` (eta; 0 = 5e-3, see DEFAULT_SERVER_LR). beta_1 0.9,
     beta_2 0.99, tau 1e-3 are Flower's.
     """
-
-    flower_class = FedAdam
 
     @classmethod
     def flower_kwargs(cls, cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -141,14 +106,12 @@ class LoraFedAdam(FlowerLoRA):
 
 
 @register("fedyogi")
-class LoraFedYogi(FlowerLoRA):
+class LoraFedYogi(FromRunConfig, FedYogi):
     """Flower's FedYogi: a server-side Yogi step on the averaged update (Reddi et al. 2020).
 
     Key: `strategy.server-learning-rate` (eta; 0 = 3e-3, see DEFAULT_SERVER_LR). beta_1, beta_2, tau
     are Flower's.
     """
-
-    flower_class = FedYogi
 
     @classmethod
     def flower_kwargs(cls, cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -156,10 +119,9 @@ class LoraFedYogi(FlowerLoRA):
 
 
 @register("fedtrimmedavg")
-class LoraFedTrimmedAvg(FlowerLoRA):
+class LoraFedTrimmedAvg(FromRunConfig, FedTrimmedAvg):
     """Flower's FedTrimmedAvg: per-coordinate mean after cutting `strategy.trim-beta` of each tail."""
 
-    flower_class = FedTrimmedAvg
 
     @classmethod
     def flower_kwargs(cls, cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -167,14 +129,17 @@ class LoraFedTrimmedAvg(FlowerLoRA):
 
 
 @register("fedmedian")
-class LoraFedMedian(FlowerLoRA):
+class LoraFedMedian(FromRunConfig, FedMedian):
     """Flower's FedMedian: the per-coordinate median of the site adapters."""
 
-    flower_class = FedMedian
 
+@register("krum")
+class LoraKrum(FromRunConfig, Krum):
+    """Flower's Krum: the one update closest to its n - f - 2 nearest neighbours.
 
-class _SelectingKrum(Krum):
-    """Flower's Krum, remembering which reply it selected (for the report's weights)."""
+    Key: `strategy.krum-byzantine` (f, the number of malicious sites tolerated; Krum's
+    guarantee needs more than 2f + 2 sites). Report weights: 1 for the selected site, 0 otherwise.
+    """
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -208,111 +173,12 @@ class _SelectingKrum(Krum):
             self.train_metrics_aggr_fn(chosen, self.weighted_by_key),
         )
 
-
-@register("krum")
-class LoraKrum(FlowerLoRA):
-    """Flower's Krum: the one update closest to its n - f - 2 nearest neighbours.
-
-    Key: `strategy.krum-byzantine` (f, the number of malicious sites tolerated; Krum's
-    guarantee needs more than 2f + 2 sites). Report weights: 1 for the selected site, 0 otherwise.
-    """
-
-    flower_class = _SelectingKrum
-
     @classmethod
     def flower_kwargs(cls, cfg: Mapping[str, Any]) -> dict[str, Any]:
         return {"num_malicious_nodes": int(cfg["strategy.krum-byzantine"])}
 
-    def site_weights(self, candidates: list[SiteCandidate]) -> tuple[str, list[float]]:
-        """1 for the update Krum selected, 0 for the others."""
-        assert isinstance(self.core, _SelectingKrum)
-        selected = set(self.core.selected)
-        return "krum selection", [1.0 if i in selected else 0.0 for i in range(len(candidates))]
-
-
-# --- differential privacy ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DPSettings:
-    """`strategy.dp*` keys: the mode, the Gaussian noise multiplier, the clipping norm (the
-    initial one for adaptive clipping) and the number of sites sampled per round."""
-
-    mode: str
-    noise_multiplier: float
-    clipping_norm: float
-    num_sampled_sites: int
-
-    @classmethod
-    def from_run_config(cls, cfg: Mapping[str, Any]) -> DPSettings:
-        """0 sampled sites means `strategy.min-sites` (the factory samples at least that many)."""
-        return cls(
-            mode=cfg["strategy.dp"],
-            noise_multiplier=float(cfg["strategy.dp-noise-multiplier"]),
-            clipping_norm=float(cfg["strategy.dp-clipping-norm"]),
-            num_sampled_sites=int(cfg["strategy.dp-num-sampled-sites"]) or int(cfg["strategy.min-sites"]),
-        )
-
-
-def dp_wrapper(strategy: Strategy, dp: DPSettings) -> Strategy:
-    """Flower's DP wrapper for `dp.mode` around `strategy`."""
-    if dp.mode == "server-fixed":
-        return DifferentialPrivacyServerSideFixedClipping(
-            strategy, dp.noise_multiplier, dp.clipping_norm, dp.num_sampled_sites
-        )
-    if dp.mode == "client-fixed":
-        return DifferentialPrivacyClientSideFixedClipping(
-            strategy, dp.noise_multiplier, dp.clipping_norm, dp.num_sampled_sites
-        )
-    if dp.mode == "server-adaptive":
-        return DifferentialPrivacyServerSideAdaptiveClipping(
-            strategy, dp.noise_multiplier, dp.num_sampled_sites, initial_clipping_norm=dp.clipping_norm
-        )
-    if dp.mode == "client-adaptive":
-        return DifferentialPrivacyClientSideAdaptiveClipping(
-            strategy, dp.noise_multiplier, dp.num_sampled_sites, initial_clipping_norm=dp.clipping_norm
-        )
-    raise ValueError(f"strategy.dp: {dp.mode!r} is not one of {list(DP_MODES)}")
-
-
-def with_dp(
-    strategy: Strategy, dp: DPSettings, expected_shapes: Mapping[str, Sequence[int]] | None = None
-) -> ScreenedStrategy:
-    """`strategy` behind the screening, with Flower's DP wrapper for `dp.mode` between the
-    screening and the aggregation (`strategy.dp = "none"`: none).
-
-    A `ScreenedStrategy` gets the DP wrapper around its inner strategy; any other strategy
-    is put behind a new `ScreenedStrategy` first. DP strategies keep none of the
-    weighted-average invariants.
-    """
-    screened = strategy if isinstance(strategy, ScreenedStrategy) else ScreenedStrategy(strategy, expected_shapes)
-    if dp.mode == "none":
-        return screened
-    screened.inner = dp_wrapper(screened.inner, dp)
-    screened.dp_mode = dp.mode
-    screened.invariants = ()
-    if not plain_fedavg(screened.core):
-        raise ValueError(f"strategy.dp = {dp.mode!r} cannot wrap {type(screened.core).__name__}: Flower's DP noise "
-                         "bounds one site's effect on a weighted mean of clipped updates, which it does not compute")
-    return screened
-
-
-def plain_fedavg(strategy: Strategy) -> bool:
-    """Whether `strategy` aggregates by FedAvg's weighted average (what Flower's DP assumes)."""
-    return averages_updates(type(strategy))
-
-
-def averages_updates(cls: type) -> bool:
-    """Whether a strategy class returns a weighted mean of the updates with weights that do
-    not depend on the updates: Fed-MedLoRA's size shares, equal weights, or Flower's FedAvg
-    (FedProx). What Flower's DP noise is calibrated for."""
-    from .fedmedlora_equal import FedMedLoRAEqual
-
-    if not isinstance(cls, type):
-        return False
-    if issubclass(cls, LoraFedAvg):
-        return (cls.aggregation_weights in (LoraFedAvg.aggregation_weights, FedMedLoRAEqual.aggregation_weights)
-                and cls.weighted_average is LoraFedAvg.weighted_average)
-    if issubclass(cls, FlowerLoRA):  # a registered Flower class behind the screening
-        cls = cls.flower_class
-    return issubclass(cls, FedAvg) and cls.aggregate_train is FedAvg.aggregate_train
+    def aggregate_report(self, server_round: int, candidates: list[SiteCandidate]) -> Aggregate:
+        """1 for the update Krum selected, 0 for the others (strategies/core_hooks.py)."""
+        selected = set(self.selected)
+        return Aggregate(server_round, weights=[(c, 1.0 if i in selected else 0.0) for i, c in enumerate(candidates)],
+                         extra={"weights": "krum selection"})

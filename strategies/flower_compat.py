@@ -192,3 +192,35 @@ def run_clientapp_checking_fab(check: Callable[[Any, dict], None]) -> None:
 
     runtime.pull_task_input, runtime.install_from_fab = pull_task_input, install_from_fab
     flwr_clientapp()
+
+
+# --- secure aggregation: Flower's SecAgg+ workflow and its legacy context ------------------
+# strategies/secure_aggregation.py runs SecAggPlusWorkflow's stage methods one by one on a
+# LegacyContext, with a legacy FedAvg that keeps the unmasked sum, and counts each message's
+# bytes as Flower serialises it (`message_nbytes`).
+
+from flwr.common import FitIns, parameters_to_ndarrays  # noqa: E402
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS  # noqa: E402
+from flwr.common.secure_aggregation.secaggplus_constants import Key as SecAggKey  # noqa: E402
+from flwr.server.compat.grid_client_proxy import GridClientProxy  # noqa: E402
+from flwr.server.compat.legacy_context import LegacyContext  # noqa: E402
+from flwr.server.strategy import FedAvg as LegacyFedAvg  # noqa: E402
+from flwr.server.workflow import SecAggPlusWorkflow  # noqa: E402
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD  # noqa: E402
+from flwr.server.workflow.constant import Key as WorkflowKey  # noqa: E402
+from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState  # noqa: E402
+
+__all__ += [
+    "MAIN_CONFIGS_RECORD",
+    "MAIN_PARAMS_RECORD",
+    "RECORD_KEY_CONFIGS",
+    "FitIns",
+    "GridClientProxy",
+    "LegacyContext",
+    "LegacyFedAvg",
+    "SecAggKey",
+    "SecAggPlusWorkflow",
+    "WorkflowKey",
+    "WorkflowState",
+    "parameters_to_ndarrays",
+]

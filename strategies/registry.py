@@ -1,7 +1,10 @@
 """Strategy names -> classes: the plugin point of `strategy.name`.
 
 A strategy module registers its class with `@register("name")`; a strategy outside
-this package is named as `package.module:Class` and imported on demand.
+this package is named as `package.module:Class` and imported on demand. Either is a bare
+strategy: a flwr `Strategy` subclass that holds no other. The wrappers (screening, norm
+bound, DP, report, resume, secure aggregation) are put around it by strategies/compose.py,
+never registered.
 """
 
 from __future__ import annotations
@@ -10,7 +13,24 @@ import importlib
 from collections.abc import Callable
 from typing import TypeVar
 
-from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideAdaptiveClipping,
+    DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideAdaptiveClipping,
+    DifferentialPrivacyServerSideFixedClipping,
+    Strategy,
+)
+
+from .wrapper import StrategyWrapper
+
+# Strategies that hold another: composed around a bare strategy, never named by `strategy.name`.
+WRAPPERS: tuple[type[Strategy], ...] = (
+    StrategyWrapper,
+    DifferentialPrivacyClientSideAdaptiveClipping,
+    DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideAdaptiveClipping,
+    DifferentialPrivacyServerSideFixedClipping,
+)
 
 STRATEGIES: dict[str, type[Strategy]] = {}
 
@@ -23,6 +43,9 @@ def register(name: str) -> Callable[[S], S]:
     def decorate(cls: S) -> S:
         if not (isinstance(cls, type) and issubclass(cls, Strategy)):
             raise TypeError(f"register({name!r}): {cls!r} is not a subclass of flwr's Strategy")
+        if issubclass(cls, WRAPPERS):
+            raise TypeError(f"register({name!r}): {cls.__qualname__} wraps another strategy; register the "
+                            "bare strategy (strategies/compose.py adds the wrappers)")
         if STRATEGIES.get(name, cls) is not cls:
             raise ValueError(f"register({name!r}): name already taken by {STRATEGIES[name].__qualname__}")
         STRATEGIES[name] = cls
@@ -52,9 +75,9 @@ def strategy_class(name: str) -> type[Strategy]:
             obj = getattr(obj, part)
     except (ImportError, AttributeError, ValueError) as err:
         raise ValueError(f"strategy.name: cannot import {name!r} ({type(err).__name__}: {err})") from err
-    if not (isinstance(obj, type) and issubclass(obj, Strategy)):
+    if not (isinstance(obj, type) and issubclass(obj, Strategy)) or issubclass(obj, WRAPPERS):
         raise ValueError(
-            f"strategy.name: {name!r} is not a strategy class (expected a subclass of "
-            "flwr.serverapp.strategy.Strategy)"
+            f"strategy.name: {name!r} is not a bare strategy class (expected a subclass of "
+            "flwr.serverapp.strategy.Strategy that wraps no other)"
         )
     return obj

@@ -1,17 +1,21 @@
 """What a round did, as typed values: the core's aggregate and the round's report.
 
-`LoraFedAvg.aggregate_candidates` returns an `Aggregate`; `ScreenedStrategy` builds one
-`RoundReport` per round from its screening and the core's aggregate and hands it to the
-ServerApp through `ScreenedStrategy.round_report` (server_app/report.py prints it).
+`LoraFedAvg.aggregate_candidates` returns an `Aggregate`. The wrappers that strategies/compose.py
+stacks around a strategy share one `RoundReports`: the screening starts each round's
+`RoundReport`, the norm bound and the round report wrapper (strategies/reporting.py) add to
+it, and the ServerApp takes it with `round_report` (server_app/report.py prints it).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from logging import WARNING
 from typing import Any
 
 from flwr.app import ArrayRecord, MetricRecord
+from flwr.common.logger import log
 
 from .screening import Rejection, SiteCandidate
 
@@ -34,7 +38,8 @@ class SiteUpdate:
 
 @dataclass
 class Aggregate:
-    """What a `LoraFedAvg` core made of the candidates it was given in one round."""
+    """What a strategy made of the candidates it was given in one round (`LoraFedAvg`'s
+    `aggregate_candidates`; its `aggregate_report`, strategies/core_hooks.py)."""
 
     server_round: int
     arrays: ArrayRecord | None = None
@@ -102,3 +107,49 @@ def site_update(candidate: SiteCandidate, weight: float) -> SiteUpdate:
         sha256=candidate.sha256,
         reported=dict(candidate.reported),
     )
+
+
+class RoundReports:
+    """The report of the latest round, shared by the wrappers of one stack (strategies/compose.py).
+
+    The screening starts a round's report (`begin`) with the rows of the updates it accepted
+    (`accept`); the round report wrapper turns the rows the strategy used into
+    `RoundReport.updates` with their weights (`row`); every layer adds its rejections (`reject`).
+    """
+
+    def __init__(self) -> None:
+        self._report: RoundReport | None = None
+        self._rows: dict[tuple[str, int], SiteUpdate] = {}  # accepted this round, by (site, node)
+
+    def begin(self, server_round: int) -> RoundReport:
+        self._report, self._rows = RoundReport(server_round=server_round), {}
+        return self._report
+
+    def current(self, server_round: int) -> RoundReport:
+        """This round's report, begun if no layer began it yet (evaluation, a wrapper used alone)."""
+        if self._report is None or self._report.server_round != server_round:
+            return self.begin(server_round)
+        return self._report
+
+    def get(self, server_round: int | None = None) -> RoundReport:
+        """The report of `server_round` (default: the latest round); LookupError if there is none."""
+        report = self._report
+        if report is None or (server_round is not None and report.server_round != server_round):
+            have = "no round yet" if report is None else f"round {report.server_round}"
+            raise LookupError(f"no report for round {server_round} ({have})")
+        return report
+
+    def accept(self, candidates: Iterable[SiteCandidate]) -> None:
+        self._rows = {(c.site, c.node_id): site_update(c, 0.0) for c in candidates}
+
+    def row(self, candidate: SiteCandidate, weight: float) -> SiteUpdate:
+        """The report's row for a used update: the one taken when it was accepted (its bytes as
+        it travelled), with its weight."""
+        row = self._rows.get((candidate.site, candidate.node_id))
+        return site_update(candidate, weight) if row is None else dataclasses.replace(row, weight=weight)
+
+    def reject(self, server_round: int, rejected: Sequence[Rejection]) -> None:
+        """Log the rejections and add them to the round's report."""
+        for site, reason in rejected:
+            log(WARNING, "round %d: update from site %s rejected: %s", server_round, site, reason)
+        self.current(server_round).rejected.extend(rejected)

@@ -4,12 +4,14 @@ Flower's FedAvg raises for the whole round when one reply is malformed. Here eac
 checked on its own: `screen_train_replies` returns the accepted replies (as
 `SiteCandidate`s, in a fixed order) and the rejected ones with their reasons, and
 `bound_update_norms` does the same for `strategy.max-update-norm`. Neither logs nor keeps
-anything; `strategies.screened.ScreenedStrategy` calls them, logs the verdicts and puts
-them in the round's report.
+anything; the wrappers (strategies/screened.py, strategies/norm_bound.py) call them, log the
+verdicts and put them in the round's report, and hand the layer below `clean_messages`, which
+the next layer reads back with `read_screened`.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import math
@@ -18,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from wire.arrays import arrayrecord_nbytes
 from wire.transport import payload_digest, sent_nbytes
@@ -230,6 +232,44 @@ def bound_update_norms(
             candidate, state=scale_toward(candidate.state, global_state, factor), clip_factor=factor
         ))
     return NormBound(kept, rejected, norms, clipped)
+
+
+def clean_messages(candidates: Sequence[SiteCandidate], shared_metrics: bool = False) -> list[Message]:
+    """Fresh replies for the layer below: float32 arrays of every key, the site's metrics (with
+    `shared_metrics`, only those every site reported: Flower's metric aggregation needs the
+    same keys everywhere), and the site's record named as the screening named it.
+
+    Unchanged float32 arrays are shared with the original reply (no copy); Flower's robust
+    strategies pop arrays from the records they get, so the records are new. A clipped
+    update, and a factor the round did not send (filled in), carry their decoded state.
+    """
+    common = common_metric_keys([c.metrics for c in candidates]) if shared_metrics and candidates else None
+    messages = []
+    for candidate in candidates:
+        assert candidate.message is not None
+        original = next(iter(candidate.message.content.array_records.values()))
+        arrays = {}
+        for key in candidate.state:
+            if candidate.clip_factor is not None or key not in original:
+                arrays[key] = Array(np.asarray(candidate.state[key], np.float32))
+            elif np.dtype(original[key].dtype) == np.float32:
+                arrays[key] = original[key]
+            else:
+                arrays[key] = Array(original[key].numpy().astype(np.float32))
+        records = dict(candidate.message.content.config_records)
+        records["site"] = ConfigRecord({**records.get("site", {}), "name": candidate.site})
+        metrics = MetricRecord({k: candidate.metrics[k] for k in (candidate.metrics if common is None else common)})
+        content = RecordDict({"arrays": ArrayRecord(arrays), "metrics": metrics, **records})
+        messages.append(Message(content=content, metadata=copy.copy(candidate.message.metadata)))
+    return messages
+
+
+def read_screened(msg: Message, weighted_by_key: str) -> SiteCandidate:
+    """A reply from `clean_messages` as a candidate again, without decoding a tensor: its keys
+    and shapes are its own (the screening checked them)."""
+    record = next(iter(msg.content.array_records.values()))
+    return read_reply(msg, {key: tuple(record[key].shape) for key in record.keys()}, weighted_by_key,
+                      site_label(msg))
 
 
 def check_weights(name: str, candidates: Sequence[SiteCandidate], weights: Sequence[float]) -> list[float]:

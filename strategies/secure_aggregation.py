@@ -1,6 +1,8 @@
 """The coordinator's side of secure aggregation (`strategy.secure-aggregation`): Flower's SecAgg+.
 
-`SecureAggregationGrid` sits between the strategy and the wire. A round's train
+The `SecureAggregation` wrapper (strategies/compose.py stacks it below the screening) runs
+its strategy's exchanges through a `SecureAggregationGrid`, which sits between the strategy
+and the wire. A round's train
 instructions become Flower's four SecAgg+ exchanges (`SecAggPlusWorkflow`'s own stage
 methods, run on a `LegacyContext` whose legacy strategy only hands over the instructions
 and takes back the unmasked sum): the sites send public keys, then encrypted key shares,
@@ -28,10 +30,29 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, RecordDict
 from flwr.common.logger import log
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
 
 from wire import protocol
 from wire.transport import TRANSPORT
+
+from .flower_compat import (
+    MAIN_CONFIGS_RECORD,
+    MAIN_PARAMS_RECORD,
+    RECORD_KEY_CONFIGS,
+    FitIns,
+    GridClientProxy,
+    LegacyContext,
+    LegacyFedAvg,
+    SecAggKey,
+    SecAggPlusWorkflow,
+    WorkflowKey,
+    WorkflowState,
+    message_nbytes,
+    parameters_to_ndarrays,
+)
+from .round_report import RoundReport
+from .wrapper import StrategyWrapper
 
 SECURE_AGGREGATION = "secure-aggregation"  # the config record of the replies it returns
 QUANTIZATION_RANGE = 1 << 24
@@ -41,6 +62,36 @@ MODULUS = 1 << 32  # SecAggPlusWorkflow's modulus_range (its default; masks and 
 MAX_SITES = MODULUS // QUANTIZATION_RANGE - 1
 SHARES = 1.0  # every site holds a share of every other's secrets (Flower: a share of all sampled sites)
 THRESHOLD = 0.5  # shares needed to remove a site's masks: half, rounded, at least 2
+
+
+class SecureAggregation(StrategyWrapper):
+    """The strategy it holds, its train exchanges run as SecAgg+ (`SecureAggregationGrid`).
+
+    Its one job is the Grid (`wrap_grid`): the strategy, the screening above and the report
+    run unchanged on the replies that Grid returns.
+    """
+
+    def __init__(self, strategy: Strategy, clipping_range: float, max_weight: int) -> None:
+        super().__init__(strategy)
+        self.clipping_range = float(clipping_range)
+        self.max_weight = int(max_weight)
+
+    def wrap_grid(self, grid: Grid) -> Grid:
+        return SecureAggregationGrid(super().wrap_grid(grid), self.clipping_range, self.max_weight)
+
+
+def note_secure_aggregation(report: RoundReport, labelled: list[tuple[str, Message]]) -> None:
+    """The round's SecAgg+ time and bytes in its report, and each site's protocol messages as
+    its extra traffic (what `SecureAggregationGrid` put in the replies)."""
+    traffic = {}
+    for site, msg in labelled:
+        if msg.has_content() and SECURE_AGGREGATION in msg.content.config_records:
+            record = msg.content[SECURE_AGGREGATION]
+            report.extra[SECURE_AGGREGATION] = {k: record[k] for k in ("seconds", "sites", "bytes-sent",
+                                                                       "bytes-received")}
+            traffic[site] = {"bytes-up": int(record["extra-bytes-up"]), "bytes-down": int(record["extra-bytes-down"])}
+    if traffic:
+        report.extra["extra-traffic"] = traffic
 
 
 class SecureAggregationGrid:
@@ -74,9 +125,6 @@ class SecureAggregationGrid:
         return self._secure_round(messages, timeout)
 
     def _secure_round(self, messages: list[Message], timeout: float | None) -> list[Message]:
-        from flwr.server.workflow import SecAggPlusWorkflow
-        from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
-
         started = time.perf_counter()
         by_node = {m.metadata.dst_node_id: m for m in messages}
         if len(by_node) > MAX_SITES:
@@ -173,15 +221,13 @@ class _StageRecorder:
         return getattr(self._grid, name)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
-        from flwr.common.secure_aggregation.secaggplus_constants import Key
-
         messages = list(messages)
         for msg in messages:
             if protocol.CONFIG not in msg.content.config_records:
                 msg.content[protocol.CONFIG] = ConfigRecord({"server-round": self.server_round})
         replies = list(self._grid.send_and_receive(messages, timeout=timeout))
         for msg in messages:  # encoded in place by the transport Grid below: their size on the wire
-            node, size = msg.metadata.dst_node_id, _nbytes(msg)
+            node, size = msg.metadata.dst_node_id, message_nbytes(msg)
             self.down[node] = self.down.get(node, 0) + size
             if protocol.ARRAYS in msg.content.array_records:
                 self.masked_down[node] = size
@@ -190,9 +236,9 @@ class _StageRecorder:
             if reply.has_error():
                 self.errors[node] = reply
                 continue
-            size = _nbytes(reply)
+            size = message_nbytes(reply)
             self.up[node] = self.up.get(node, 0) + size
-            if Key.MASKED_PARAMETERS in reply.content.config_records.get(RECORD_KEY_CONFIGS, {}):
+            if SecAggKey.MASKED_PARAMETERS in reply.content.config_records.get(RECORD_KEY_CONFIGS, {}):
                 self.masked[node], self.masked_up[node] = reply, size
         return replies
 
@@ -203,23 +249,10 @@ class _StageRecorder:
                 "extra-bytes-down": self.down.get(node, 0) - self.masked_down.get(node, 0)}
 
 
-def _nbytes(msg: Message) -> int:
-    """The message's size as Flower serialises it (arrays and records)."""
-    from flwr.common.serde import message_to_proto
-
-    return message_to_proto(msg).ByteSize()
-
-
 def _legacy_context(by_node: dict[int, Message], grid, server_round: int):
     """The LegacyContext the workflow's stages read: the round number, the sampled sites and
     a legacy strategy that hands over nothing else and keeps the unmasked sum."""
-    from flwr.common import FitIns
-    from flwr.server.compat.grid_client_proxy import GridClientProxy
-    from flwr.server.compat.legacy_context import LegacyContext
-    from flwr.server.strategy import FedAvg
-    from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
-
-    class SumKeeper(FedAvg):
+    class SumKeeper(LegacyFedAvg):
         """Hands the workflow the sampled sites; keeps the unmasked, weighted sum it returns."""
 
         aggregate = None
@@ -229,15 +262,13 @@ def _legacy_context(by_node: dict[int, Message], grid, server_round: int):
             return [(GridClientProxy(node, grid, 0), FitIns(parameters, {})) for node in by_node]
 
         def aggregate_fit(self, server_round, results, failures):
-            from flwr.common import parameters_to_ndarrays
-
             del server_round, failures
             if results:
                 self.aggregate = parameters_to_ndarrays(results[0][1].parameters)
                 return results[0][1].parameters, {}
             return None, {}
 
-    state = RecordDict({MAIN_CONFIGS_RECORD: ConfigRecord({Key.CURRENT_ROUND: server_round}),
+    state = RecordDict({MAIN_CONFIGS_RECORD: ConfigRecord({WorkflowKey.CURRENT_ROUND: server_round}),
                         MAIN_PARAMS_RECORD: ArrayRecord()})
     context = Context(run_id=0, node_id=0, node_config={}, state=state, run_config={})
     return LegacyContext(context, strategy=SumKeeper())

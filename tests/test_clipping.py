@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord
 
-from strategies import FedMedLoRA, ScreenedStrategy
+from strategies import FedMedLoRA, WrapperSettings, compose
 from strategies.clipping import lora_pairs, scale_toward, update_norm, update_terms
 from support.messages import reply
+from support.strategy_harness import FakeGrid, server_identity  # noqa: F401 - autouse fixture: instructions
 from wire.arrays import to_arrayrecord
 
 P = "base_model.model.model.layers.0.self_attn"
@@ -112,9 +113,9 @@ def test_8b_module_norm_never_forms_the_dense_matrix() -> None:
 
 
 def _strategy(action: str, bound: float = 1.0) -> FedMedLoRA:
-    strategy = ScreenedStrategy(FedMedLoRA(expected_shapes={k: v.shape for k, v in GLOBAL.items()}))
-    strategy.configure_screening(max_update_norm=bound, update_norm_action=action)
-    strategy.set_global(GLOBAL)
+    strategy = compose(FedMedLoRA(expected_shapes={k: v.shape for k, v in GLOBAL.items()}),
+                       WrapperSettings(max_update_norm=bound, update_norm_action=action))
+    strategy.configure_train(2, to_arrayrecord(GLOBAL), ConfigRecord(), FakeGrid())  # the round's global adapter
     return strategy
 
 
@@ -149,20 +150,19 @@ def test_clip_scales_the_update_to_the_bound_and_logs_it(caplog: pytest.LogCaptu
 
 
 def test_bound_needs_the_global_adapter() -> None:
-    strategy = ScreenedStrategy(FedMedLoRA(expected_shapes={k: v.shape for k, v in GLOBAL.items()}))
-    strategy.configure_screening(max_update_norm=1.0)
+    strategy = compose(FedMedLoRA(expected_shapes={k: v.shape for k, v in GLOBAL.items()}),
+                       WrapperSettings(max_update_norm=1.0))
     with pytest.raises(RuntimeError, match="configure_train"):
         strategy.aggregate_train(1, [reply(1, NEAR, 10, "near")])
 
 
-def test_configure_screening_names_bad_keys() -> None:
-    strategy = ScreenedStrategy(FedMedLoRA())
+def test_wrapper_settings_name_bad_keys() -> None:
     with pytest.raises(ValueError, match="strategy.max-update-norm"):
-        strategy.configure_screening(max_update_norm=-1.0)
+        WrapperSettings(max_update_norm=-1.0)
     with pytest.raises(ValueError, match=r"strategy.update-norm-action.*'clip', 'reject'"):
-        strategy.configure_screening(update_norm_action="drop")
+        WrapperSettings(update_norm_action="drop")
     with pytest.raises(ValueError, match="strategy.proximal-mu"):
-        strategy.configure_screening(proximal_mu=float("nan"))
+        WrapperSettings(proximal_mu=float("nan"))
 
 
 def test_proximal_mu_goes_into_the_train_config() -> None:
@@ -171,9 +171,9 @@ def test_proximal_mu_goes_into_the_train_config() -> None:
             self.config = config
             return []
 
-    strategy = ScreenedStrategy(Spy())
+    strategy = compose(Spy())
     strategy.configure_train(1, to_arrayrecord(GLOBAL), ConfigRecord(), grid=None)
     assert "proximal-mu" not in strategy.core.config
-    strategy.configure_screening(proximal_mu=0.01)
+    strategy = compose(Spy(), WrapperSettings(proximal_mu=0.01))
     strategy.configure_train(1, to_arrayrecord(GLOBAL), ConfigRecord(), grid=None)
     assert strategy.core.config["proximal-mu"] == 0.01

@@ -17,7 +17,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from threadpoolctl import threadpool_limits
 
 from settings.config import validate
-from strategies import ScreenedStrategy
+from strategies import compose
 from strategies.exact import ExactLoRA, exact_factors, lora_modules
 from strategies.registry import available_strategies, strategy_class
 from support.messages import instruction
@@ -110,7 +110,7 @@ def test_truncation_is_the_best_rank_r_approximation(states) -> None:
 
 
 def test_full_rank_strategy_is_exact_up_to_float32(states) -> None:
-    strategy = ScreenedStrategy(ExactLoRA(rank="full", alpha=ALPHA, expected_shapes=SHAPES))
+    strategy = compose(ExactLoRA(rank="full", alpha=ALPHA, expected_shapes=SHAPES))
     arrays, _ = strategy.aggregate_train(1, replies_of(states))
     assert arrays[A_KEY].numpy().shape == (3 * R, IN) and arrays[A_KEY].numpy().dtype == np.float32
     m = dense(states, WEIGHTS, [ALPHA] * 3)
@@ -120,7 +120,7 @@ def test_full_rank_strategy_is_exact_up_to_float32(states) -> None:
 
 
 def test_default_rank_gives_global_shapes_and_logs_dropped_energy(states, caplog) -> None:
-    strategy = ScreenedStrategy(ExactLoRA(alpha=ALPHA, expected_shapes=SHAPES))
+    strategy = compose(ExactLoRA(alpha=ALPHA, expected_shapes=SHAPES))
     with caplog.at_level(logging.INFO, logger="flwr"):
         arrays, metrics = strategy.aggregate_train(3, replies_of(states))
     assert {k: arrays[k].numpy().shape for k in arrays.keys()} == SHAPES
@@ -136,8 +136,8 @@ def test_default_rank_gives_global_shapes_and_logs_dropped_energy(states, caplog
 
 
 def test_alpha_cancels_when_sites_share_rank_and_alpha(states) -> None:
-    a = ScreenedStrategy(ExactLoRA(alpha=ALPHA, expected_shapes=SHAPES)).aggregate_train(1, replies_of(states))[0]
-    b = ScreenedStrategy(ExactLoRA(expected_shapes=SHAPES)).aggregate_train(1, replies_of(states))[0]
+    a = compose(ExactLoRA(alpha=ALPHA, expected_shapes=SHAPES)).aggregate_train(1, replies_of(states))[0]
+    b = compose(ExactLoRA(expected_shapes=SHAPES)).aggregate_train(1, replies_of(states))[0]
     # Same raw product B A: the strategy's alpha only matters when sites differ in rank or alpha.
     np.testing.assert_allclose(product(a, 1.0, 1), product(b, 1.0, 1), rtol=1e-5, atol=1e-5)
 
@@ -150,14 +150,14 @@ def test_sites_with_different_ranks_and_alphas() -> None:
         reply(i + 1, s, n, f"h{i + 1}", **({"lora-alpha": a} if a is not None else {}))
         for i, (s, n, a) in enumerate(zip(states, NUMS, alphas, strict=True))
     ]
-    strategy = ScreenedStrategy(ExactLoRA(alpha=ALPHA, expected_shapes=SHAPES))
+    strategy = compose(ExactLoRA(alpha=ALPHA, expected_shapes=SHAPES))
     arrays, _ = strategy.aggregate_train(1, replies)
     assert strategy.round_report().rejected == []
     assert {k: arrays[k].numpy().shape for k in arrays.keys()} == SHAPES
     m = dense(states, WEIGHTS, [4.0, ALPHA, 16.0])
     assert np.linalg.norm(m - product(arrays)) == pytest.approx(np.linalg.norm(m - best_rank(m, R)), rel=1e-5)
 
-    full, _ = ScreenedStrategy(ExactLoRA(rank="full", alpha=ALPHA, expected_shapes=SHAPES)).aggregate_train(1, replies)
+    full, _ = compose(ExactLoRA(rank="full", alpha=ALPHA, expected_shapes=SHAPES)).aggregate_train(1, replies)
     assert full[A_KEY].numpy().shape == (sum(ranks), IN)
     np.testing.assert_allclose(product(full), m, atol=1e-5 * np.abs(m).max())
 
@@ -189,7 +189,7 @@ def test_each_site_is_sent_its_own_rank(configure: str) -> None:
         reply(i + 1, s, n, f"h{i + 1}", **{"lora-alpha": a})
         for i, (s, n, a) in enumerate(zip(states, NUMS, alphas, strict=True))
     ]
-    strategy = ScreenedStrategy(ExactLoRA(alpha=ALPHA, expected_shapes=SHAPES))
+    strategy = compose(ExactLoRA(alpha=ALPHA, expected_shapes=SHAPES))
     arrays, _ = strategy.aggregate_train(1, replies)
     m = dense(states, WEIGHTS, alphas)
 
@@ -213,7 +213,7 @@ def test_a_changed_global_adapter_is_sent_to_every_site_as_it_is(caplog) -> None
     rng = np.random.default_rng(12)
     states = [site_state(rng, rank) for rank in (2, 3, 5)]
     replies = [reply(i + 1, s, n, f"h{i + 1}") for i, (s, n) in enumerate(zip(states, NUMS, strict=True))]
-    strategy = ScreenedStrategy(ExactLoRA(alpha=ALPHA, expected_shapes=SHAPES))
+    strategy = compose(ExactLoRA(alpha=ALPHA, expected_shapes=SHAPES))
     arrays, _ = strategy.aggregate_train(1, replies)
     noised = ArrayRecord({k: Array(arrays[k].numpy() + 1e-3) for k in arrays.keys()})  # e.g. DP noise
     with caplog.at_level(logging.WARNING):
@@ -225,7 +225,7 @@ def test_a_changed_global_adapter_is_sent_to_every_site_as_it_is(caplog) -> None
 def test_all_zero_updates_give_a_zero_adapter(states) -> None:
     for state in states:
         state[B_KEY][:] = 0  # B starts at zero in LoRA: M = 0
-    strategy = ScreenedStrategy(ExactLoRA(alpha=ALPHA, expected_shapes=SHAPES))
+    strategy = compose(ExactLoRA(alpha=ALPHA, expected_shapes=SHAPES))
     arrays, _ = strategy.aggregate_train(1, replies_of(states))
     for key in SHAPES:
         assert not arrays[key].numpy().any()
@@ -233,7 +233,7 @@ def test_all_zero_updates_give_a_zero_adapter(states) -> None:
 
 
 def test_rank_below_global_is_zero_padded(states) -> None:
-    arrays, _ = ScreenedStrategy(ExactLoRA(rank=1, alpha=ALPHA, expected_shapes=SHAPES)).aggregate_train(1, replies_of(states))
+    arrays, _ = compose(ExactLoRA(rank=1, alpha=ALPHA, expected_shapes=SHAPES)).aggregate_train(1, replies_of(states))
     a, b = arrays[A_KEY].numpy(), arrays[B_KEY].numpy()
     assert a.shape == (R, IN) and b.shape == (OUT, R)
     assert not a[1:].any() and not b[:, 1:].any()
@@ -245,7 +245,7 @@ def test_non_lora_keys_are_averaged_plainly(states) -> None:
     shapes = {**SHAPES, "head.bias": (4,)}
     for i, s in enumerate(states):
         s["head.bias"] = np.full(4, float(i + 1), np.float32)
-    arrays, _ = ScreenedStrategy(ExactLoRA(alpha=ALPHA, expected_shapes=shapes)).aggregate_train(1, replies_of(states))
+    arrays, _ = compose(ExactLoRA(alpha=ALPHA, expected_shapes=shapes)).aggregate_train(1, replies_of(states))
     assert list(arrays.keys()) == list(shapes)
     np.testing.assert_allclose(arrays["head.bias"].numpy(), sum(p * (i + 1) for i, p in enumerate(WEIGHTS)))
 
@@ -254,7 +254,7 @@ def test_result_independent_of_reply_order(states) -> None:
     replies = replies_of(states)
 
     def run(order):
-        strategy = ScreenedStrategy(ExactLoRA(alpha=ALPHA, expected_shapes=SHAPES))
+        strategy = compose(ExactLoRA(alpha=ALPHA, expected_shapes=SHAPES))
         arrays, _ = strategy.aggregate_train(1, list(order))
         return {k: arrays[k].numpy() for k in arrays.keys()}, strategy.round_report()
 
@@ -286,14 +286,14 @@ def _with(**shapes: tuple[int, ...]):
     ids=["wrong in", "wrong out", "rank and in", "ranks disagree", "3-D", "missing A", "bad alpha"],
 )
 def test_malformed_reply_is_rejected_and_the_rest_aggregated(states, make, metrics, reason) -> None:
-    strategy = ScreenedStrategy(ExactLoRA(alpha=ALPHA, expected_shapes=SHAPES))
+    strategy = compose(ExactLoRA(alpha=ALPHA, expected_shapes=SHAPES))
     good = replies_of(states)
     arrays, _ = strategy.aggregate_train(1, [*good, reply(99, make(dict(states[0])), 4, "bad", **metrics)])
     assert strategy.round_report().rejected == [("bad", reason)]
-    expected, _ = ScreenedStrategy(ExactLoRA(alpha=ALPHA, expected_shapes=SHAPES)).aggregate_train(1, good)
+    expected, _ = compose(ExactLoRA(alpha=ALPHA, expected_shapes=SHAPES)).aggregate_train(1, good)
     for key in SHAPES:
         np.testing.assert_array_equal(arrays[key].numpy(), expected[key].numpy())
-    assert strategy.expected_shapes == SHAPES  # the per-site swap is undone
+    assert strategy.core.expected_shapes == SHAPES  # the per-site swap is undone
 
 
 # --- construction and registry -------------------------------------------------------
@@ -362,7 +362,7 @@ def test_8b_shapes_aggregate_in_seconds() -> None:
         shapes[f"layers.{i}.self_attn.q_proj.lora_B.weight"] = (DIM, RANK_8B)
     states = [{key: rng.standard_normal(s, dtype=np.float32) for key, s in shapes.items()} for _ in range(SITES_8B)]
     replies = [reply(k + 1, state, k + 1, f"h{k:02d}") for k, state in enumerate(states)]
-    strategy = ScreenedStrategy(ExactLoRA(alpha=32, expected_shapes=shapes))
+    strategy = compose(ExactLoRA(alpha=32, expected_shapes=shapes))
     strategy.aggregation_error = False  # timed: the aggregation alone
     with one_blas_thread():
         start = time.perf_counter()

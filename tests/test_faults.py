@@ -29,7 +29,8 @@ from flwr.app import Array, ArrayRecord, Error, Message, MessageType, Metadata, 
 from fedmedlora.deploy import DeploymentError, LoopbackDeployment
 from fedmedlora.processes import process_tree
 from server_app.checkpoint import existing_round
-from strategies import FedMedLoRA, ScreenedStrategy, TooFewSites
+from strategies import FedMedLoRA, TooFewSites, WrapperSettings, compose
+from strategies.resume import Resume
 from support.deployment import _overrides, _processes_of, _sites
 from support.messages import error_reply, reply
 from support.paths import REPO
@@ -103,7 +104,7 @@ class FaultyGrid:
         return out
 
 
-def _start(strategy: ScreenedStrategy, grid: FaultyGrid, rounds: int) -> tuple[Any, dict[int, list]]:
+def _start(strategy: Resume, grid: FaultyGrid, rounds: int) -> tuple[Any, dict[int, list]]:
     """`strategy.start` on `grid`; also each round's rejections, as the ServerApp's
     after-round hook (which writes the checkpoint) sees them."""
     rejected: dict[int, list] = {}
@@ -116,11 +117,9 @@ def _start(strategy: ScreenedStrategy, grid: FaultyGrid, rounds: int) -> tuple[A
     return result, rejected
 
 
-def _strategy(min_sites: int) -> ScreenedStrategy:
+def _strategy(min_sites: int) -> Resume:
     core = FedMedLoRA(expected_shapes=SHAPES, min_available_nodes=2, min_train_nodes=2, min_evaluate_nodes=2)
-    strategy = ScreenedStrategy(core)
-    strategy.configure_screening(min_sites=min_sites)
-    return strategy
+    return compose(core, WrapperSettings(min_sites=min_sites))
 
 
 def test_sites_that_fail_or_do_not_answer_are_named_and_the_round_goes_on(caplog: pytest.LogCaptureFixture) -> None:
@@ -191,7 +190,7 @@ def test_exactly_min_sites_usable_is_enough() -> None:
 
 def test_min_sites_zero_keeps_the_old_behaviour() -> None:
     """Built directly (not from a run config), a strategy has no minimum: all rejected keeps the adapter."""
-    assert ScreenedStrategy(FedMedLoRA(expected_shapes=SHAPES)).aggregate_train(1, [error_reply(2)]) == (None, None)
+    assert compose(FedMedLoRA(expected_shapes=SHAPES)).aggregate_train(1, [error_reply(2)]) == (None, None)
 
 
 def test_every_strategy_stops_below_min_sites(name: str) -> None:

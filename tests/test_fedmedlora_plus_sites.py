@@ -27,7 +27,7 @@ from flwr.app import (
 from server_app.report import RoundReporter
 from server_app.strategy_factory import build_strategy
 from settings.config import ConfigError, validate
-from strategies import FedMedLoRAPlus, ScreenedStrategy
+from strategies import FedMedLoRAPlus, compose
 from wire import protocol
 from wire.arrays import arrayrecord_nbytes
 
@@ -100,9 +100,10 @@ def task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def run_round(answers: dict[int, object], **kwargs) -> tuple[FedMedLoRAPlus, ScoringGrid, ArrayRecord | None]:
-    strategy = ScreenedStrategy(FedMedLoRAPlus(validation="sites", timeout=12.5, expected_shapes=SHAPES,
+    strategy = compose(FedMedLoRAPlus(validation="sites", timeout=12.5, expected_shapes=SHAPES,
                               min_available_nodes=3, min_train_nodes=3, **kwargs))
     grid = ScoringGrid(answers)
+    strategy.core.use_grid(strategy.wrap_grid(grid))  # what `start` hands the strategy
     initial = ArrayRecord({k: Array(np.zeros(s, np.float32)) for k, s in SHAPES.items()})
     train_messages = list(strategy.configure_train(1, initial, ConfigRecord(dict(ROUND_CONFIG)), grid))
     assert len(train_messages) == 3
@@ -196,9 +197,9 @@ def test_no_usable_losses_rejects_every_candidate(task_identity, caplog: pytest.
     assert sorted(report.extra["scoring-ignored"]) == ["h1", "h2", "h3"]
 
 
-def test_scoring_needs_configure_train_first() -> None:
-    strategy = ScreenedStrategy(FedMedLoRAPlus(validation="sites", expected_shapes=SHAPES))
-    with pytest.raises(RuntimeError, match="configure_train"):
+def test_scoring_needs_the_grid_and_configure_train_first() -> None:
+    strategy = compose(FedMedLoRAPlus(validation="sites", expected_shapes=SHAPES))
+    with pytest.raises(RuntimeError, match=r"the run's Grid \(handed over by start.*configure_train"):
         strategy.aggregate_train(1, [train_reply(1, 1.0, 10)])
 
 

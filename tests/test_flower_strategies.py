@@ -32,8 +32,18 @@ from flwr.serverapp.strategy import (
 
 from server_app.strategy_factory import build_strategy
 from settings.config import ConfigError, validate
-from strategies import FedMedLoRA, FedMedLoRAPlus, ScreenedStrategy, dp_clipping_mod
-from strategies.flower import DPSettings, with_dp
+from strategies import (
+    DPSettings,
+    FedMedLoRA,
+    FedMedLoRAPlus,
+    ScreenedStrategy,
+    StrategyWrapper,
+    WrapperSettings,
+    compose,
+    dp_clipping_mod,
+)
+from strategies.reporting import RoundReporting
+from strategies.resume import Resume
 from support.messages import error_reply, instruction, reply
 from support.strategy_harness import (
     GLOBAL,
@@ -42,6 +52,7 @@ from support.strategy_harness import (
     aggregate,
     build,
     good_replies,
+    layers,
     run_config,
     server_identity,  # noqa: F401 - autouse fixture: lets configure_train build messages
     site_states,
@@ -78,8 +89,10 @@ def fedavg(states: list[dict[str, np.ndarray]], key: str) -> np.ndarray:
 @pytest.mark.parametrize("name", list(FLOWER))
 def test_builds_from_the_run_config_and_aggregates(name: str) -> None:
     strategy = build(name)
-    assert isinstance(strategy, ScreenedStrategy)
-    assert isinstance(strategy.core, FLOWER[name]) and strategy.inner is strategy.core
+    assert isinstance(strategy, StrategyWrapper)
+    # The registered class is Flower's, bare; directly under the report wrapper (no DP between).
+    assert isinstance(strategy.core, FLOWER[name]) and not isinstance(strategy.core, StrategyWrapper)
+    assert isinstance(layers(strategy)[-2], RoundReporting)
     assert strategy.core.min_available_nodes == 4 and strategy.core.min_train_nodes == 4
     out, report = aggregate(strategy, good_replies())
     assert list(out) == list(SHAPES) and all(out[k].shape == s for k, s in SHAPES.items())
@@ -209,7 +222,7 @@ def test_whole_loop_on_a_fake_grid() -> None:
 
 def test_a_plain_flower_class_by_module_path_is_screened() -> None:
     strategy = build("flwr.serverapp.strategy:FedAvg")
-    assert isinstance(strategy, ScreenedStrategy) and type(strategy.core) is FedAvg
+    assert isinstance(strategy, StrategyWrapper) and type(strategy.core) is FedAvg
     states = site_states()
     bad = {k: v.copy() for k, v in states[0].items()}
     bad[next(iter(bad))][0, 0] = np.inf
@@ -263,9 +276,10 @@ def test_under_dp_each_reply_is_screened_once(caplog: pytest.LogCaptureFixture,
 @pytest.mark.parametrize("name", ["fedmedlora", "fedprox"])
 def test_dp_wrappers_build_and_aggregate(name: str, mode: str) -> None:
     strategy = build(name, **{"strategy.dp": mode, **DP_SETTINGS})
-    assert isinstance(strategy, ScreenedStrategy) and isinstance(strategy.inner, DP[mode])
-    assert strategy.inner.strategy is strategy.core and strategy.invariants == ()
-    assert strategy.inner.num_sampled_clients == 4  # strategy.min-sites
+    dp = layers(strategy)[-2]  # Flower's DP wrapper, directly around the bare strategy
+    assert isinstance(dp, DP[mode]) and isinstance(layers(strategy)[-3], RoundReporting)
+    assert dp.strategy is strategy.core and strategy.invariants == ()
+    assert dp.num_sampled_clients == 4  # strategy.min-sites
     config = next(iter(strategy.configure_train(1, to_record(GLOBAL), ConfigRecord(), FakeGrid()))).content["config"]
     assert ("clipping_norm" in config) == mode.startswith("client")
     # An error reply does not cost the round: the screening drops it before Flower's wrapper.
@@ -311,8 +325,8 @@ def test_dp_refuses_a_strategy_that_is_not_a_weighted_mean_of_the_updates(caplog
         with pytest.raises(ConfigError, match=f"cannot be combined with strategy.name = '{name}'"):
             build(name, **{"strategy.dp": "server-fixed"})
     with pytest.raises(ValueError, match="cannot wrap FedMedLoRAPlus"):  # a plugin built outside the config
-        with_dp(FedMedLoRAPlus(score_fn=lambda state: 1.0, expected_shapes=SHAPES),
-                DPSettings("server-fixed", 1.0, 1.0, 4))
+        compose(FedMedLoRAPlus(score_fn=lambda state: 1.0, expected_shapes=SHAPES),
+                WrapperSettings(dp=DPSettings("server-fixed", 1.0, 1.0, 4)))
     # Unequal num-examples weights are accounted for (server_app/report.py), still said at aggregation.
     with caplog.at_level(logging.WARNING, logger="flwr"):
         aggregate(build("fedmedlora", **{"strategy.dp": "server-fixed"}), good_replies())
@@ -403,8 +417,8 @@ def test_unused_strategy_keys_are_named(caplog: pytest.LogCaptureFixture) -> Non
 
 def test_lora_fedavg_family_is_wrapped_once() -> None:
     strategy = build("fedmedlora")
-    assert type(strategy) is ScreenedStrategy and type(strategy.core) is FedMedLoRA
-    assert strategy.inner is strategy.core  # one screening, nothing between
+    # One screening, one report, nothing between the report and the strategy.
+    assert [type(layer) for layer in layers(strategy)] == [Resume, ScreenedStrategy, RoundReporting, FedMedLoRA]
 
 
 def test_float64_and_float16_replies_reach_flower_as_float32() -> None:

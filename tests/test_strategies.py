@@ -29,8 +29,9 @@ from strategies import (
     FedMedLoRA,
     FedMedLoRAPlus,
     LoraFedAvg,
-    ScreenedStrategy,
+    WrapperSettings,
     available_strategies,
+    compose,
     strategy_class,
 )
 from support.messages import error_reply, instruction, reply
@@ -43,7 +44,7 @@ def arrays_of(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 def plus(losses: dict[float, float], **kwargs) -> FedMedLoRAPlus:
     """Fed-MedLoRA+ whose score is looked up from the adapter's first value."""
-    return ScreenedStrategy(FedMedLoRAPlus(
+    return compose(FedMedLoRAPlus(
         score_fn=lambda state: losses[float(state["a"].flat[0])], expected_shapes=SHAPES, **kwargs
     ))
 
@@ -54,7 +55,7 @@ def plus(losses: dict[float, float], **kwargs) -> FedMedLoRAPlus:
 def test_fedmedlora_weights_one_to_three_hand_computed() -> None:
     s1 = {"a": np.array([[1, 2], [3, 4]], np.float32), "b": np.array([[0], [4]], np.float32)}
     s2 = {"a": np.array([[5, 6], [7, 8]], np.float32), "b": np.array([[8], [0]], np.float32)}
-    strategy = ScreenedStrategy(FedMedLoRA(expected_shapes=SHAPES))
+    strategy = compose(FedMedLoRA(expected_shapes=SHAPES))
     arrays, metrics = strategy.aggregate_train(
         1,
         [
@@ -83,7 +84,7 @@ def test_fedmedlora_weights_one_to_three_hand_computed() -> None:
 
 
 def test_train_metrics_keep_only_keys_every_site_reports() -> None:
-    strategy = ScreenedStrategy(FedMedLoRA(expected_shapes=SHAPES))
+    strategy = compose(FedMedLoRA(expected_shapes=SHAPES))
     _, metrics = strategy.aggregate_train(
         1,
         [
@@ -226,7 +227,7 @@ def test_malformed_reply_is_rejected_and_the_rest_aggregated(
     if strategy_cls is FedMedLoRAPlus:
         strategy = plus(LOSSES)
     else:
-        strategy = ScreenedStrategy(FedMedLoRA(expected_shapes=SHAPES))
+        strategy = compose(FedMedLoRA(expected_shapes=SHAPES))
     good = [reply(1, const_state(1.0), 1, "h1"), reply(2, const_state(2.0), 3, "h2")]
     with caplog.at_level(logging.WARNING, logger="flwr"):
         arrays, _ = strategy.aggregate_train(4, [good[0], make_bad(99), good[1]])
@@ -249,27 +250,27 @@ def _same_settings(strategy: LoraFedAvg) -> dict:
 
 
 def test_site_falls_back_to_node_id_without_site_record() -> None:
-    strategy = ScreenedStrategy(FedMedLoRA(expected_shapes=SHAPES))
+    strategy = compose(FedMedLoRA(expected_shapes=SHAPES))
     strategy.aggregate_train(1, [reply(5, const_state(1.0)), reply(6, _nan_state())])
     assert [u.site for u in strategy.round_report().updates] == ["node 5"]
     assert strategy.round_report().rejected[0][0] == "node 6"
 
 
 def test_all_rejected_returns_none(caplog: pytest.LogCaptureFixture) -> None:
-    strategy = ScreenedStrategy(FedMedLoRA(expected_shapes=SHAPES))
+    strategy = compose(FedMedLoRA(expected_shapes=SHAPES))
     with caplog.at_level(logging.WARNING, logger="flwr"):
         result = strategy.aggregate_train(3, [error_reply(1), reply(2, _nan_state(), 10, "h2")])
     assert result == (None, None)
     assert len(strategy.round_report().rejected) == 2
     assert "round 3: no valid update; the global adapter is unchanged" in caplog.text
-    assert ScreenedStrategy(FedMedLoRA(expected_shapes=SHAPES)).aggregate_train(1, []) == (None, None)
+    assert compose(FedMedLoRA(expected_shapes=SHAPES)).aggregate_train(1, []) == (None, None)
 
 
 def test_expected_shapes_must_be_set() -> None:
-    strategy = ScreenedStrategy(FedMedLoRA())
-    with pytest.raises(RuntimeError, match="set_expected"):
+    strategy = compose(FedMedLoRA())
+    with pytest.raises(RuntimeError, match="expected adapter shapes are not set"):
         strategy.aggregate_train(1, [reply(1, const_state(1.0))])
-    strategy.set_expected(SHAPES)
+    strategy = compose(FedMedLoRA(), WrapperSettings(expected_shapes=SHAPES))
     arrays, _ = strategy.aggregate_train(1, [reply(1, const_state(1.0))])
     assert list(arrays.keys()) == ["a", "b"]
 
@@ -296,7 +297,7 @@ def test_result_independent_of_reply_order(strategy_cls: type) -> None:
     replies.append(error_reply(10))
 
     def run(order):
-        strategy = plus(losses) if strategy_cls is FedMedLoRAPlus else ScreenedStrategy(FedMedLoRA(expected_shapes=SHAPES))
+        strategy = plus(losses) if strategy_cls is FedMedLoRAPlus else compose(FedMedLoRA(expected_shapes=SHAPES))
         arrays, metrics = strategy.aggregate_train(1, order)
         return arrays_of(arrays), dict(metrics), strategy.round_report()
 
@@ -313,7 +314,7 @@ def test_result_independent_of_reply_order(strategy_cls: type) -> None:
 
 
 def test_aggregate_evaluate_skips_errors_and_records_sites() -> None:
-    strategy = ScreenedStrategy(FedMedLoRA(expected_shapes=SHAPES))
+    strategy = compose(FedMedLoRA(expected_shapes=SHAPES))
     ev = MessageType.EVALUATE
     replies = [
         Message(
@@ -400,10 +401,10 @@ def test_start_runs_fedavg_loop_and_infers_shapes(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(TaskIdentity, "_run_id", 1)
     monkeypatch.setattr(TaskIdentity, "_node_id", 0)
     monkeypatch.setattr(TaskIdentity, "_task_id", 0)
-    strategy = ScreenedStrategy(FedMedLoRA(min_available_nodes=3, min_train_nodes=3, min_evaluate_nodes=3))
+    strategy = compose(FedMedLoRA(min_available_nodes=3, min_train_nodes=3, min_evaluate_nodes=3))
     initial = ArrayRecord({k: Array(v) for k, v in const_state(0.0).items()})
     result = strategy.start(EchoGrid(), initial, num_rounds=2)
-    assert strategy.expected_shapes == SHAPES
+    assert strategy.core.expected_shapes == SHAPES
     # Each round adds (1 * 1 + 2 * 2) / 3 = 5/3; node 3 is rejected.
     np.testing.assert_allclose(result.arrays["a"].numpy(), 10 / 3, rtol=1e-6)
     assert strategy.round_report().rejected == [("h3", "a has 1 non-finite value(s)")]
@@ -424,7 +425,7 @@ def test_averaging_streams_instead_of_holding_a_copy_per_site() -> None:
         for k in range(sites)
     ]
     adapter_bytes = sum(math.prod(s) for s in shapes.values()) * 4
-    strategy = ScreenedStrategy(FedMedLoRA(expected_shapes=shapes))
+    strategy = compose(FedMedLoRA(expected_shapes=shapes))
     tracemalloc.start()
     try:
         arrays, _ = strategy.aggregate_train(1, replies)

@@ -197,7 +197,7 @@ def test_grid_pulls_replies_until_all_arrived_or_the_timeout(monkeypatch) -> Non
 def test_grid_decodes_replies_and_leaves_undecodable_ones_to_screening(caplog) -> None:
     from flwr.serverapp import Grid
 
-    from strategies import FedMedLoRA, ScreenedStrategy
+    from strategies import FedMedLoRA, compose
     from support.messages import reply
     from support.toy_adapter import SHAPES, const_state
 
@@ -223,7 +223,7 @@ def test_grid_decodes_replies_and_leaves_undecodable_ones_to_screening(caplog) -
     assert replies[0].content["arrays"]["a"].numpy().dtype == np.float32
     assert list(replies[1].content["arrays"].keys()) == [PACKED]  # left as it came
 
-    strategy = ScreenedStrategy(FedMedLoRA(expected_shapes=SHAPES))
+    strategy = compose(FedMedLoRA(expected_shapes=SHAPES))
     arrays, _ = strategy.aggregate_train(1, replies)
     report = strategy.round_report()
     assert [u.site for u in report.updates] == ["h1"]

@@ -121,6 +121,14 @@ def good_replies(states: list[dict[str, np.ndarray]] | None = None) -> list[Mess
             for i, s in enumerate(states)]
 
 
+def layers(strategy: Strategy) -> list[Strategy]:
+    """The stack from the outermost wrapper down to the bare strategy (strategies/compose.py)."""
+    out = [strategy]
+    while getattr(out[-1], "strategy", None) is not None:
+        out.append(out[-1].strategy)
+    return out
+
+
 def sent_factors(strategy: Strategy, server_round: int = 1) -> str:
     """The factors the strategy's sites send in `server_round` ("AB" unless it has a factor rule)."""
     core = getattr(strategy, "core", strategy)
