@@ -42,7 +42,7 @@ def main() -> None:
     from client_app.runtime import model_runtime
     from fedmedlora.local_grid import LocalGrid
     from modeling.adapter_io import get_adapter_state
-    from settings.config import lora_settings, validate
+    from settings.config import validate
     from strategies.secure_aggregation import SecureAggregationGrid
     from wire import protocol
     from wire.arrays import to_arrayrecord
@@ -55,11 +55,11 @@ def main() -> None:
     cfg = validate(overrides)
     runtime = model_runtime(cfg)
     initial = get_adapter_state(runtime.model)
-    config = {**protocol.base_config(runtime.identity, lora_settings(cfg), 1), "server-round": 1}
+    config = {**protocol.base_config(runtime.identity, cfg.lora_settings(), 1), "server-round": 1}
     local = LocalGrid(cfg, {node: {"partition-id": i} for i, node in enumerate(SITES)})
-    plain_grid = transport_grid(local, cfg["transport.encoding"])
-    secure_grid = SecureAggregationGrid(plain_grid, cfg["strategy.secagg-clipping-range"],
-                                        cfg["strategy.secagg-max-weight"])
+    plain_grid = transport_grid(local, cfg.transport.encoding)
+    secure_grid = SecureAggregationGrid(plain_grid, cfg.strategy.secagg_clipping_range,
+                                        cfg.strategy.secagg_max_weight)
 
     def instructions():
         return [Message(content=RecordDict({protocol.ARRAYS: to_arrayrecord(initial),
@@ -91,7 +91,7 @@ def main() -> None:
 
     numel = sum(v.size for v in initial.values())
     summary = {
-        "model": cfg["model.name"], "adapter-parameters": int(numel), "sites": len(SITES),
+        "model": cfg.model.name, "adapter-parameters": int(numel), "sites": len(SITES),
         "train-steps": args.max_steps, "repeats": args.repeats,
         **{f"{mode}-{key}": median(mode, key) for mode in results for key in ("seconds", "bytes-sent",
                                                                                "bytes-received", "messages")},

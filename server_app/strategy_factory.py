@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from settings.config import KEYS, ConfigError
+from settings.config import KEYS, ConfigError, RunConfig
 from strategies.flower import DPSettings, with_dp
 from strategies.registry import STRATEGIES, strategy_class
 from strategies.screened import ScreenedStrategy
@@ -30,7 +30,7 @@ DP_KEYS = ("strategy.dp-noise-multiplier", "strategy.dp-clipping-norm", "strateg
 
 
 def build_strategy(
-    cfg: Mapping[str, Any],
+    cfg: RunConfig,
     expected_shapes: Mapping[str, tuple[int, ...]],
     validation_loss: Callable[[dict[str, np.ndarray]], float] | None,
 ) -> ScreenedStrategy:
@@ -45,14 +45,14 @@ def build_strategy(
     a round starts are also the usable replies a round needs, else the run stops). A bad
     value raises ConfigError naming the key.
     """
-    name = cfg["strategy.name"]
+    name = cfg.strategy.name
     try:
         cls = strategy_class(name)
     except ValueError as err:
         raise ConfigError(str(err)) from err
-    min_sites = cfg["strategy.min-sites"]
+    min_sites = cfg.strategy.min_sites
     sampling = {
-        "fraction_train": cfg["strategy.fraction-train"],
+        "fraction_train": cfg.strategy.fraction_train,
         "fraction_evaluate": 1.0,
         "min_train_nodes": min_sites,
         "min_evaluate_nodes": min_sites,
@@ -65,11 +65,11 @@ def build_strategy(
             strategy = cls(**sampling)
         strategy = with_dp(strategy, DPSettings.from_run_config(cfg), expected_shapes)
         strategy.configure_screening(
-            max_update_norm=cfg["strategy.max-update-norm"],
-            update_norm_action=cfg["strategy.update-norm-action"],
-            proximal_mu=cfg["strategy.proximal-mu"],
+            max_update_norm=cfg.strategy.max_update_norm,
+            update_norm_action=cfg.strategy.update_norm_action,
+            proximal_mu=cfg.strategy.proximal_mu,
             min_sites=min_sites,
-            aggregation_error=cfg["strategy.aggregation-error"],
+            aggregation_error=cfg.strategy.aggregation_error,
         )
     except ConfigError:
         raise
@@ -79,13 +79,13 @@ def build_strategy(
     return strategy
 
 
-def _warn_unused_keys(cfg: Mapping[str, Any], name: str) -> None:
+def _warn_unused_keys(cfg: RunConfig, name: str) -> None:
     """A strategy-specific key changed from its default but not read by this strategy."""
     if name not in STRATEGIES:
         return  # a plugin may read any key
-    unused = [k for k, users in STRATEGY_KEYS.items() if name not in users and cfg[k] != KEYS[k].default]
-    if cfg["strategy.dp"] == "none":
-        unused += [k for k in DP_KEYS if cfg[k] != KEYS[k].default]
+    unused = [k for k, users in STRATEGY_KEYS.items() if name not in users and cfg.value(k) != KEYS[k].default]
+    if cfg.strategy.dp == "none":
+        unused += [k for k in DP_KEYS if cfg.value(k) != KEYS[k].default]
     for key in unused:
         log.warning("%s = %r has no effect with strategy.name = %r (strategy.dp = %r)",
-                    key, cfg[key], name, cfg["strategy.dp"])
+                    key, cfg.value(key), name, cfg.strategy.dp)

@@ -143,13 +143,13 @@ class ExactLoRA(LoraFedAvg):
         """Build from the run config: `lora.alpha`, `lora.r`, optional `strategy.exact-rank`."""
         del validation_loss  # weights are FedAvg's
         strategy = cls(
-            rank=cfg["strategy.exact-rank"],
-            alpha=cfg["lora.alpha"],
+            rank=cfg.strategy.exact_rank,
+            alpha=cfg.lora.alpha,
             expected_shapes=expected_shapes,
-            solver=cfg["strategy.exact-solver"],
+            solver=cfg.strategy.exact_solver,
             **fedavg_kwargs,
         )
-        r = cfg["lora.r"]
+        r = cfg.lora.r
         # The adapter is built from lora.r, so a disagreement means the shapes are not this run's.
         mismatched = [m.prefix for m in strategy.modules if r is not None and m.rank != int(r)]
         if mismatched:

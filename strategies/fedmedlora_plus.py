@@ -118,16 +118,16 @@ class FedMedLoRAPlus(LoraFedAvg):
     ) -> FedMedLoRAPlus:
         """Build from the run config: `strategy.temperature`, `strategy.size-weighted`,
         `strategy.validation` and (for "sites") `strategy.round-timeout`."""
-        validation = cfg["strategy.validation"]
+        validation = cfg.strategy.validation
         if validation == "coordinator" and validation_loss is None:
             raise ValueError("strategy.name: fedmedlora-plus needs the coordinator's validation loss "
                              "(or strategy.validation = 'sites')")
         return cls(
             score_fn=validation_loss if validation == "coordinator" else None,
-            temperature=cfg["strategy.temperature"],
-            size_weighted=cfg["strategy.size-weighted"],
+            temperature=cfg.strategy.temperature,
+            size_weighted=cfg.strategy.size_weighted,
             validation=validation,
-            timeout=cfg["strategy.round-timeout"],
+            timeout=cfg.strategy.round_timeout,
             expected_shapes=expected_shapes,
             **fedavg_kwargs,
         )

@@ -87,7 +87,7 @@ class FlowerLoRA(ScreenedStrategy):
 
 
 def _server_lr(cfg: Mapping[str, Any], name: str) -> float:
-    return float(cfg["strategy.server-learning-rate"]) or DEFAULT_SERVER_LR[name]
+    return float(cfg.strategy.server_learning_rate) or DEFAULT_SERVER_LR[name]
 
 
 @register("fedprox")
@@ -103,7 +103,7 @@ class LoraFedProx(FlowerLoRA):
 
     @classmethod
     def flower_kwargs(cls, cfg: Mapping[str, Any]) -> dict[str, Any]:
-        return {"proximal_mu": float(cfg["strategy.proximal-mu"])}
+        return {"proximal_mu": float(cfg.strategy.proximal_mu)}
 
 
 @register("fedavgm")
@@ -121,7 +121,7 @@ class LoraFedAvgM(FlowerLoRA):
     def flower_kwargs(cls, cfg: Mapping[str, Any]) -> dict[str, Any]:
         return {
             "server_learning_rate": _server_lr(cfg, "fedavgm"),
-            "server_momentum": float(cfg["strategy.server-momentum"]),
+            "server_momentum": float(cfg.strategy.server_momentum),
         }
 
 
@@ -163,7 +163,7 @@ class LoraFedTrimmedAvg(FlowerLoRA):
 
     @classmethod
     def flower_kwargs(cls, cfg: Mapping[str, Any]) -> dict[str, Any]:
-        return {"beta": float(cfg["strategy.trim-beta"])}
+        return {"beta": float(cfg.strategy.trim_beta)}
 
 
 @register("fedmedian")
@@ -221,7 +221,7 @@ class LoraKrum(FlowerLoRA):
 
     @classmethod
     def flower_kwargs(cls, cfg: Mapping[str, Any]) -> dict[str, Any]:
-        return {"num_malicious_nodes": int(cfg["strategy.krum-byzantine"])}
+        return {"num_malicious_nodes": int(cfg.strategy.krum_byzantine)}
 
     def site_weights(self, candidates: list[SiteCandidate]) -> tuple[str, list[float]]:
         """1 for the update Krum selected, 0 for the others."""
@@ -247,10 +247,10 @@ class DPSettings:
     def from_run_config(cls, cfg: Mapping[str, Any]) -> DPSettings:
         """0 sampled sites means `strategy.min-sites` (the factory samples at least that many)."""
         return cls(
-            mode=cfg["strategy.dp"],
-            noise_multiplier=float(cfg["strategy.dp-noise-multiplier"]),
-            clipping_norm=float(cfg["strategy.dp-clipping-norm"]),
-            num_sampled_sites=int(cfg["strategy.dp-num-sampled-sites"]) or int(cfg["strategy.min-sites"]),
+            mode=cfg.strategy.dp,
+            noise_multiplier=float(cfg.strategy.dp_noise_multiplier),
+            clipping_norm=float(cfg.strategy.dp_clipping_norm),
+            num_sampled_sites=int(cfg.strategy.dp_num_sampled_sites) or int(cfg.strategy.min_sites),
         )
 
 

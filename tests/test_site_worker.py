@@ -42,14 +42,14 @@ def site(tiny_llama, site_corpus):
     """The run config, the round's config record and the initial adapter of a tiny site."""
     from client_app.runtime import model_runtime
     from modeling.adapter_io import get_adapter_state
-    from settings.config import lora_settings, validate
+    from settings.config import validate
 
     cfg = validate({"model.name": str(tiny_llama), "lora.r": 4, "lora.alpha": 8, "train.max-steps": 2,
                     "train.batch-size": 2, "eval.max-instances": 3, "data.root": str(site_corpus),
                     # float32 and no dropout: the same message trains the same update in any process
                     "model.dtype": "float32", "lora.dropout": 0.0})
     runtime = model_runtime(cfg)
-    config = {**protocol.base_config(runtime.identity, lora_settings(cfg), 2), "server-round": 1}
+    config = {**protocol.base_config(runtime.identity, cfg.lora_settings(), 2), "server-round": 1}
     return cfg, config, get_adapter_state(runtime.model)
 
 
