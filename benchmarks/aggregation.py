@@ -132,7 +132,7 @@ def one_round(cfg: dict[str, Any], shapes: dict, global_arrays: ArrayRecord, rep
     arrays, _ = strategy.aggregate_train(1, replies)
     seconds = time.perf_counter() - start
     if arrays is None or strategy.round_report().rejected:
-        raise RuntimeError(f"{cfg['strategy.name']}: round failed: {strategy.round_report().rejected}")
+        raise RuntimeError(f"{cfg.strategy.name}: round failed: {strategy.round_report().rejected}")
     return seconds
 
 

@@ -58,9 +58,9 @@ def load_model(args: argparse.Namespace):
     model, tokenizer = load_base_model(args.model, args.quantization, args.dtype)
     if args.adapter is None:
         return model, tokenizer
-    adapter_cfg = json.loads((args.adapter / "adapter_config.json").read_text())
-    lora = LoraSettings(r=adapter_cfg["r"], alpha=adapter_cfg["lora_alpha"], dropout=0.0,
-                        target_modules=tuple(sorted(adapter_cfg["target_modules"])))
+    peft_config = json.loads((args.adapter / "adapter_config.json").read_text())
+    lora = LoraSettings(r=peft_config["r"], alpha=peft_config["lora_alpha"], dropout=0.0,
+                        target_modules=tuple(sorted(peft_config["target_modules"])))
     peft_model = attach_lora(model, lora)
     set_adapter_state(peft_model, load_peft_folder(args.adapter))
     return peft_model, tokenizer

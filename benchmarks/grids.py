@@ -18,6 +18,7 @@ from uuid import uuid4
 
 from flwr.app import Context, Message, RecordDict
 
+from settings.config import RunConfig
 from strategies.flower_compat import over_the_wire, secaggplus_stage
 
 
@@ -32,12 +33,12 @@ class NodesGrid:
 
 
 class LocalGrid:
-    def __init__(self, run_config: dict, node_configs: dict[int, dict]) -> None:
+    def __init__(self, run_config: RunConfig, node_configs: dict[int, dict]) -> None:
         from client_app.app import app
 
         self.app = app
         self.contexts = {node: Context(run_id=1, node_id=node, node_config=cfg, state=RecordDict(),
-                                       run_config=dict(run_config)) for node, cfg in node_configs.items()}
+                                       run_config=run_config.as_dict()) for node, cfg in node_configs.items()}
         self.silent: set[tuple[int, str]] = set()  # (node, SecAgg+ stage) it does not answer
         self.sent: list[Message] = []  # what the coordinator sent
         self.received: list[Message] = []  # what the sites answered

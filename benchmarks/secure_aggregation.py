@@ -38,7 +38,7 @@ def main() -> None:
     from benchmarks.provenance import machine
     from client_app.runtime import model_runtime
     from modeling.adapter_io import get_adapter_state
-    from settings.config import lora_settings, validate
+    from settings.config import validate
     from strategies.flower_compat import act_as_server_app, message_nbytes
     from strategies.secure_aggregation import SecureAggregationGrid
     from wire import protocol
@@ -52,11 +52,11 @@ def main() -> None:
     cfg = validate(overrides)
     runtime = model_runtime(cfg)
     initial = get_adapter_state(runtime.model)
-    config = {**protocol.base_config(runtime.identity, lora_settings(cfg), 1), "server-round": 1}
+    config = {**protocol.base_config(runtime.identity, cfg.lora_settings(), 1), "server-round": 1}
     local = LocalGrid(cfg, {node: {"partition-id": i} for i, node in enumerate(SITES)})
-    plain_grid = transport_grid(local, cfg["transport.encoding"])
-    secure_grid = SecureAggregationGrid(plain_grid, cfg["strategy.secagg-clipping-range"],
-                                        cfg["strategy.secagg-max-weight"])
+    plain_grid = transport_grid(local, cfg.transport.encoding)
+    secure_grid = SecureAggregationGrid(plain_grid, cfg.strategy.secagg_clipping_range,
+                                        cfg.strategy.secagg_max_weight)
 
     def instructions():
         return [Message(content=RecordDict({protocol.ARRAYS: to_arrayrecord(initial),
@@ -88,7 +88,7 @@ def main() -> None:
 
     numel = sum(v.size for v in initial.values())
     summary = {
-        "machine": machine(), "model": cfg["model.name"], "adapter-parameters": int(numel), "sites": len(SITES),
+        "machine": machine(), "model": cfg.model.name, "adapter-parameters": int(numel), "sites": len(SITES),
         "train-steps": args.max_steps, "repeats": args.repeats,
         **{f"{mode}-{key}": median(mode, key) for mode in results for key in ("seconds", "bytes-sent",
                                                                                "bytes-received", "messages")},

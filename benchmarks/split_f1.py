@@ -35,10 +35,10 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
 
     root = args.data or ensure_demo_corpus()
-    adapter_cfg = json.loads((args.adapter / "adapter_config.json").read_text())
+    peft_config = json.loads((args.adapter / "adapter_config.json").read_text())
     model, tokenizer = load_base_model(args.model, "none", "float32")
-    lora = LoraSettings(r=adapter_cfg["r"], alpha=adapter_cfg["lora_alpha"], dropout=0.0,
-                        target_modules=tuple(sorted(adapter_cfg["target_modules"])))
+    lora = LoraSettings(r=peft_config["r"], alpha=peft_config["lora_alpha"], dropout=0.0,
+                        target_modules=tuple(sorted(peft_config["target_modules"])))
     peft_model = attach_lora(model, lora)
     trained = load_peft_folder(args.adapter)
     zero = {k: v * 0 if "lora_B" in k else v for k, v in trained.items()}  # B = 0: the base model

@@ -165,11 +165,11 @@ def effective_config(keys: dict[str, Any], common: dict[str, Any]) -> dict[str, 
     """An arm's full run config with every default filled in, the server step resolved."""
     from strategies.flower import DEFAULT_SERVER_LR
 
-    cfg = validate({**common, **keys})
-    name = cfg["strategy.name"]
-    if name in DEFAULT_SERVER_LR and not cfg["strategy.server-learning-rate"]:
-        cfg["strategy.server-learning-rate"] = DEFAULT_SERVER_LR[name]
-    return cfg
+    values = validate({**common, **keys}).as_dict()
+    name = values["strategy.name"]
+    if name in DEFAULT_SERVER_LR and not values["strategy.server-learning-rate"]:
+        values["strategy.server-learning-rate"] = DEFAULT_SERVER_LR[name]
+    return values
 
 
 def portable_config(arm: str, common: dict[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from data_loaders.sites import SiteFolderError
 from modeling.adapter_io import get_adapter_state, set_adapter_state
 from modeling.base import model_dtype
 from modeling.training import train_round
-from settings.config import ConfigError, lora_settings, train_settings, validate
+from settings.config import ConfigError, validate
 from settings.logs import setup_logging
 from wire import protocol
 from wire.arrays import from_arrayrecord, to_arrayrecord
@@ -71,7 +71,7 @@ def _setup(msg: Message, context: Context):
     check_base_model(context.node_config, cfg)
     runtime = model_runtime(cfg, threads=int(context.node_config.get("threads", 0)))
     config = msg.content[protocol.CONFIG]
-    protocol.check_base(config, runtime.identity, lora_settings(cfg))
+    protocol.check_base(config, runtime.identity, cfg.lora_settings())
     site = site_runtime(context.node_config, cfg, runtime.tokenizer)
     return cfg, runtime, site, config
 
@@ -87,7 +87,7 @@ def _prepare(msg: Message, context: Context):
 def train(msg: Message, context: Context) -> Message:
     cfg, runtime, site, config = _prepare(msg, context)
     server_round = int(config["server-round"])
-    settings = train_settings(cfg)
+    settings = cfg.train_settings()
     train_factors, send_factors = protocol.factor_rule(config)
     with trained_factors(runtime.model, train_factors) as frozen:
         result = train_round(

@@ -23,7 +23,7 @@ from data_loaders.sites import SiteData, ensure_demo_corpus, load_site
 from modeling.base import ModelIdentity, load_base_model, model_identity, resolve_model_path
 from modeling.lora import attach_lora
 from modeling.training import Encoded, encode_all
-from settings.config import ConfigError, lora_settings, re_mode, site_names, tasks
+from settings.config import ConfigError, RunConfig
 from wire.protocol import BaseModelMismatch
 
 from . import timings
@@ -76,29 +76,29 @@ def _set_threads(threads: int) -> None:
     torch.set_num_threads(threads if threads > 0 else max(1, len(os.sched_getaffinity(0))))
 
 
-def model_runtime(cfg: Mapping[str, Any], threads: int = 0) -> ModelRuntime:
+def model_runtime(cfg: RunConfig, threads: int = 0) -> ModelRuntime:
     """The cached base model with its LoRA adapter; `threads` torch threads (0: every core)."""
     _set_threads(threads)
-    lora = lora_settings(cfg)
-    key = (cfg["model.name"], cfg["quantization"], cfg["model.dtype"], lora, cfg["seed"])
+    lora = cfg.lora_settings()
+    key = (cfg.model.name, cfg.quantization, cfg.model.dtype, lora, cfg.seed)
     if key not in _models:
         started = time.perf_counter()
         _models.clear()  # one base model per process: memory is the scarce resource
-        model, tokenizer = load_base_model(cfg["model.name"], cfg["quantization"], cfg["model.dtype"])
-        peft_model = attach_lora(model, lora, seed=cfg["seed"], base_model_name=resolve_model_path(cfg["model.name"]))
-        _models[key] = ModelRuntime(peft_model, tokenizer, model_identity(cfg["model.name"]))
+        model, tokenizer = load_base_model(cfg.model.name, cfg.quantization, cfg.model.dtype)
+        peft_model = attach_lora(model, lora, seed=cfg.seed, base_model_name=resolve_model_path(cfg.model.name))
+        _models[key] = ModelRuntime(peft_model, tokenizer, model_identity(cfg.model.name))
         timings.current().model_load += time.perf_counter() - started
     return _models[key]
 
 
-def check_base_model(node_config: Mapping[str, Any], cfg: Mapping[str, Any]) -> None:
+def check_base_model(node_config: Mapping[str, Any], cfg: RunConfig) -> None:
     """A site that pins its base model (node config `base-model`, a name or a path) refuses a
     run whose model.name is another, before anything the run names is loaded: the run config
     is the coordinator's, and a checkpoint or Hub id it names would otherwise be read here."""
     pinned = node_config.get("base-model")
     if pinned is None:
         return
-    named = str(cfg["model.name"])
+    named = str(cfg.model.name)
     if _model_key(str(pinned)) != _model_key(named):
         raise BaseModelMismatch(f"this site's node config pins base-model {str(pinned)!r}; the run names "
                                 f"model.name {named!r}, refused before loading it")
@@ -109,7 +109,7 @@ def _model_key(name: str) -> str:
     return str(Path(name).expanduser().resolve()) if name.startswith((".", "/", "~")) else name
 
 
-def site_dir(node_config: Mapping[str, Any], cfg: Mapping[str, Any]) -> Path:
+def site_dir(node_config: Mapping[str, Any], cfg: RunConfig) -> Path:
     """The site's data folder: `data-dir` in deployment, `partition-id` in simulation."""
     if "data-dir" in node_config:
         return Path(str(node_config["data-dir"])).expanduser().resolve()
@@ -118,38 +118,38 @@ def site_dir(node_config: Mapping[str, Any], cfg: Mapping[str, Any]) -> Path:
             "node config: expected 'data-dir' (deployment: --node-config \"data-dir='...'\") "
             "or 'partition-id' (simulation)"
         )
-    names = site_names(cfg)
+    names = cfg.site_names()
     pid = int(node_config["partition-id"])
     if pid >= len(names):
         raise ConfigError(
             f"data.sites: partition-id {pid} has no site; data.sites names {len(names)} "
             f"site(s) {names}: run with num-supernodes <= {len(names)} or add sites"
         )
-    root = Path(cfg["data.root"]).expanduser() if cfg["data.root"] else ensure_demo_corpus()
+    root = Path(cfg.data.root).expanduser() if cfg.data.root else ensure_demo_corpus()
     return (root / names[pid]).resolve()
 
 
-def site_runtime(node_config: Mapping[str, Any], cfg: Mapping[str, Any], tokenizer) -> SiteRuntime:
+def site_runtime(node_config: Mapping[str, Any], cfg: RunConfig, tokenizer) -> SiteRuntime:
     folder = site_dir(node_config, cfg)
     name = node_config.get("site-name")
-    key = (str(folder), name, cfg["data.tasks"], cfg["data.re-mode"], cfg["train.max-length"], cfg["data.max-train-instances"],
-           cfg["eval.max-instances"], cfg["eval.max-new-tokens"], cfg["eval.batch-size"], cfg["eval.constrained"],
+    key = (str(folder), name, cfg.data.tasks, cfg.data.re_mode, cfg.train.max_length, cfg.data.max_train_instances,
+           cfg.eval.max_instances, cfg.eval.max_new_tokens, cfg.eval.batch_size, cfg.eval.constrained,
            id(tokenizer))
     if key not in _sites:
         started = time.perf_counter()
         site = load_site(folder, name=str(name) if name else None)
-        train_instances = site_instances(site, "train", tasks(cfg), re_mode(cfg))
-        if cfg["data.max-train-instances"]:
-            train_instances = stable_subset(train_instances, cfg["data.max-train-instances"])
-        train, _ = encode_all(tokenizer, training_pairs(train_instances), cfg["train.max-length"], PREFIX_END)
+        train_instances = site_instances(site, "train", cfg.tasks(), cfg.data.re_mode)
+        if cfg.data.max_train_instances:
+            train_instances = stable_subset(train_instances, cfg.data.max_train_instances)
+        train, _ = encode_all(tokenizer, training_pairs(train_instances), cfg.train.max_length, PREFIX_END)
         if not train:
             raise SiteDataError(f"{folder}: no training instances (or none fits train.max-length="
-                                f"{cfg['train.max-length']})")
-        val_instances = stable_subset(site_instances(site, "validation", tasks(cfg), re_mode(cfg)), cfg["eval.max-instances"])
+                                f"{cfg.train.max_length})")
+        val_instances = stable_subset(site_instances(site, "validation", cfg.tasks(), cfg.data.re_mode), cfg.eval.max_instances)
         log.info("site %s: %d training and %d validation instances (types: %s)",
                  site.name, len(train), len(val_instances), ", ".join(site.entity_types))
         _sites[key] = SiteRuntime(site, train, val_instances,
-                                  (cfg["train.max-length"], cfg["eval.max-new-tokens"], cfg["eval.batch-size"]),
-                                  cfg["eval.constrained"], tokenizer)
+                                  (cfg.train.max_length, cfg.eval.max_new_tokens, cfg.eval.batch_size),
+                                  cfg.eval.constrained, tokenizer)
         timings.current().data_load += time.perf_counter() - started
     return _sites[key]

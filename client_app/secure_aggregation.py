@@ -72,7 +72,7 @@ def as_fitres(content: RecordDict, keys: list[str], run_config) -> RecordDict:
         raise SiteFailure("secure aggregation: the trained adapter's tensors differ from the global adapter's")
     cfg = validate(run_config)
     count = int(content[protocol.METRICS]["num-examples"])
-    max_weight, clipping = cfg["strategy.secagg-max-weight"], cfg["strategy.secagg-clipping-range"]
+    max_weight, clipping = cfg.strategy.secagg_max_weight, cfg.strategy.secagg_clipping_range
     if count > max_weight:
         raise SiteFailure(f"secure aggregation: this site has {count} training instances, more than "
                           f"strategy.secagg-max-weight = {max_weight}; raise it at the coordinator")

@@ -13,9 +13,12 @@ import signal
 import sys
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clinical_ie.instances import RE_MODES
+
+if TYPE_CHECKING:
+    from settings.config import RunConfig
 
 log = logging.getLogger("fedmedlora")
 
@@ -41,7 +44,7 @@ def _run_config_overrides(pairs: list[str], option: str = "--run-config") -> dic
     return overrides
 
 
-def _run_config(pairs: list[str]) -> dict[str, Any]:
+def _run_config(pairs: list[str]) -> RunConfig:
     """The whole run config: `--set` pairs over the defaults."""
     from settings.config import validate
 
@@ -57,19 +60,19 @@ def cmd_demo_corpus(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_model(cfg: dict[str, Any], adapter: str):
+def _load_model(cfg: RunConfig, adapter: str):
     from modeling.adapter_io import attach_saved_adapter
     from modeling.base import load_base_model
 
-    model, tokenizer = load_base_model(cfg["model.name"], cfg["quantization"], cfg["model.dtype"])
+    model, tokenizer = load_base_model(cfg.model.name, cfg.quantization, cfg.model.dtype)
     if adapter:
         model = attach_saved_adapter(model, Path(adapter))
     return model, tokenizer
 
 
-def _constrained(args: argparse.Namespace, cfg: dict[str, Any]) -> bool:
+def _constrained(args: argparse.Namespace, cfg: RunConfig) -> bool:
     """--constrained / --no-constrained, else the run config's eval.constrained."""
-    return cfg["eval.constrained"] if args.constrained is None else args.constrained
+    return cfg.eval.constrained if args.constrained is None else args.constrained
 
 
 _CONSTRAINED_HELP = ("constrained decoding: quoted strings only copied from the sentence, keys only the types "
@@ -81,14 +84,12 @@ def cmd_check_site(args: argparse.Namespace) -> int:
     the file and line (or key) at fault, and what the site would train on is counted."""
     from clinical_ie.evaluate import site_instances
     from data_loaders.sites import load_site
-    from settings.config import tasks
-
     cfg = _run_config(args.set)
     failed = 0
     for folder in args.folders:
         try:
             site = load_site(Path(folder))
-            counts = {split: len(site_instances(site, split, tasks(cfg))) for split in ("train", "validation", "test")}
+            counts = {split: len(site_instances(site, split, cfg.tasks())) for split in ("train", "validation", "test")}
         except (ValueError, OSError) as err:  # reader errors, missing or unreadable files
             print(f"{folder}: error: {err}", file=sys.stderr)
             failed += 1
@@ -134,22 +135,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     or entities and relations end to end (end-to-end mode)."""
     from clinical_ie.evaluate import InstanceEvaluator, site_instances, stable_subset
     from data_loaders.sites import load_site
-    from settings.config import tasks
-
     cfg = _run_config(args.set)
-    re_mode = args.re_mode or cfg["data.re-mode"]
+    re_mode = args.re_mode or cfg.data.re_mode
     site = load_site(Path(args.data))
-    instances = stable_subset(site_instances(site, args.split, tasks(cfg), re_mode), args.limit)
+    instances = stable_subset(site_instances(site, args.split, cfg.tasks(), re_mode), args.limit)
     model, tokenizer = _load_model(cfg, args.adapter)
     constrained = _constrained(args, cfg)
-    evaluator = InstanceEvaluator(tokenizer, instances, cfg["train.max-length"], cfg["eval.max-new-tokens"],
-                                  cfg["eval.batch-size"], score_by=site.score_by, constrained=constrained)
+    evaluator = InstanceEvaluator(tokenizer, instances, cfg.train.max_length, cfg.eval.max_new_tokens,
+                                  cfg.eval.batch_size, score_by=site.score_by, constrained=constrained)
     log.info("scoring %d instances of %s/%s (data.re-mode %s%s): loss, then generation", len(instances),
              site.name, args.split, re_mode, ", constrained decoding" if constrained else "")
     evaluation = evaluator.evaluate(model, f"{site.name} {args.split}")
     result = {
         "site": site.name, "split": args.split, "adapter": args.adapter or None,
-        "model": cfg["model.name"], "re-mode": re_mode, "constrained": constrained, **evaluation.to_metrics(),
+        "model": cfg.model.name, "re-mode": re_mode, "constrained": constrained, **evaluation.to_metrics(),
     }
     print(f"## {site.name} / {args.split} ({'adapter ' + args.adapter if args.adapter else 'zero-shot'}, "
           f"data.re-mode {re_mode})\n")
@@ -174,7 +173,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     entity_types = [t.strip() for t in args.types.split(",") if t.strip()]
     relation_types = [t.strip() for t in args.relation_types.split(",") if t.strip()]
     check_types(entity_types, "--types")
-    re_mode = args.re_mode or cfg["data.re-mode"]
+    re_mode = args.re_mode or cfg.data.re_mode
     notes = sorted(Path(args.input).glob("*.txt"))
     if not notes:
         raise FileNotFoundError(f"{args.input}: no .txt notes found")
@@ -185,7 +184,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     for note in tqdm(notes, desc="extract", unit="note"):
         text = note.read_text(encoding="utf-8", errors="strict")
         result = extract(model, tokenizer, text, entity_types, relation_types,
-                         cfg["eval.max-new-tokens"], cfg["eval.batch-size"], re_mode, constrained)
+                         cfg.eval.max_new_tokens, cfg.eval.batch_size, re_mode, constrained)
         dropped += result.not_in_text
         ids = {}
         entities = []

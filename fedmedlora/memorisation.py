@@ -39,7 +39,10 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from settings.config import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +84,7 @@ def exposure(rank: int, candidates: int) -> float:
     return math.log2(candidates) - math.log2(rank)
 
 
-def score_canaries(model, tokenizer, canaries: Sequence, entity_types: tuple[str, ...], cfg: Mapping[str, Any],
+def score_canaries(model, tokenizer, canaries: Sequence, entity_types: tuple[str, ...], cfg: RunConfig,
                    alternatives: int, seed: int) -> list[dict[str, Any]]:
     """Exposure in context and withheld, and greedy extraction, of every canary under the
     model's current adapter."""
@@ -90,10 +93,10 @@ def score_canaries(model, tokenizer, canaries: Sequence, entity_types: tuple[str
     from clinical_ie.prompt import PREFIX_END, build_messages, target_text
     from modeling.training import encode_all, instance_answer_losses
 
-    max_length, batch = cfg["train.max-length"], cfg["eval.batch-size"]
+    max_length, batch = cfg.train.max_length, cfg.eval.batch_size
     rows = []
     withheld = [c.instance(entity_types, withheld=True) for c in canaries]
-    outputs = InstanceEvaluator(tokenizer, withheld, max_length, cfg["eval.max-new-tokens"], batch).generate(
+    outputs = InstanceEvaluator(tokenizer, withheld, max_length, cfg.eval.max_new_tokens, batch).generate(
         model, "canaries: greedy extraction")
     for canary, prompt, output in zip(canaries, withheld, outputs, strict=True):
         names = [canary.secret, *draw_alternatives(canary.secret, alternatives, random.Random(f"{seed}:{canary.doc_id}"))]
@@ -183,22 +186,22 @@ def run_audit(app: Path, overrides: Mapping[str, Any], out: Path, settings: Audi
     from modeling.base import load_base_model, resolve_model_path
     from modeling.lora import attach_lora
     from modeling.training import train_round
-    from settings.config import lora_settings, site_names, train_settings, validate
+    from settings.config import validate
 
     settings.check()
     cfg = validate(dict(overrides))
-    if cfg["data.max-train-instances"]:
+    if cfg.data.max_train_instances:
         raise AuditError("data.max-train-instances: the audit needs every canary copy in training; set it to 0")
-    if cfg["strategy.name"] not in ("fedmedlora", "fedprox") and {"dp", "secure-aggregation"} & set(settings.variants):
-        raise AuditError(f"strategy.name = {cfg['strategy.name']!r}: the dp and secure-aggregation variants need "
+    if cfg.strategy.name not in ("fedmedlora", "fedprox") and {"dp", "secure-aggregation"} & set(settings.variants):
+        raise AuditError(f"strategy.name = {cfg.strategy.name!r}: the dp and secure-aggregation variants need "
                          "fedmedlora or fedprox; pass --variants plain")
-    names = site_names(cfg)
+    names = cfg.site_names()
     canary_site = settings.canary_site or names[0]
     if canary_site not in names:
         raise AuditError(f"--canary-site {canary_site!r} is not one of data.sites {names}")
-    root = Path(cfg["data.root"]).expanduser() if cfg["data.root"] else ensure_demo_corpus()
+    root = Path(cfg.data.root).expanduser() if cfg.data.root else ensure_demo_corpus()
     out = out.resolve()
-    recorded = {"run-config": {k: cfg[k] for k in sorted(overrides)}, "audit": {
+    recorded = {"run-config": {k: cfg.value(k) for k in sorted(overrides)}, "audit": {
         "canary-site": canary_site, "repeats": list(settings.repeats), "per-level": settings.per_level,
         "alternatives": settings.alternatives, "dp-epsilon": settings.dp_epsilon, "seed": settings.seed}}
     settings_file = out / "settings.json"
@@ -221,9 +224,9 @@ def run_audit(app: Path, overrides: Mapping[str, Any], out: Path, settings: Audi
 
     base = {**overrides, "data.root": str(sites), "output-dir": str(out / "runs")}
     # The audit's own model, its adapter initialised as the ServerApp initialises the run's.
-    base_model, tokenizer = load_base_model(cfg["model.name"], cfg["quantization"], cfg["model.dtype"])
-    model = attach_lora(base_model, lora_settings(cfg), seed=cfg["seed"],
-                        base_model_name=resolve_model_path(cfg["model.name"]))
+    base_model, tokenizer = load_base_model(cfg.model.name, cfg.quantization, cfg.model.dtype)
+    model = attach_lora(base_model, cfg.lora_settings(), seed=cfg.seed,
+                        base_model_name=resolve_model_path(cfg.model.name))
     initial = get_adapter_state(model)
 
     def run(variant: str, keys: Mapping[str, Any]) -> Path:
@@ -245,11 +248,11 @@ def run_audit(app: Path, overrides: Mapping[str, Any], out: Path, settings: Audi
     plain = out / "runs" / "audit-plain"
     dp_keys: dict[str, Any] = {}
     if "dp" in settings.variants:
-        rounds = cfg["num-server-rounds"]
+        rounds = cfg.num_server_rounds
         # Fed-MedLoRA weighs by size: the noise that spends --dp-epsilon towards the largest
         # site is the equal-weight one times sites x its weight (strategies/dp_budget.py).
         scale = len(names) * largest_weight(plain)
-        noise = math.ceil(noise_for(settings.dp_epsilon, rounds, cfg["strategy.dp-delta"]) * scale * 1000) / 1000
+        noise = math.ceil(noise_for(settings.dp_epsilon, rounds, cfg.strategy.dp_delta) * scale * 1000) / 1000
         dp_keys = {"strategy.dp": "server-fixed",
                    "strategy.dp-noise-multiplier": noise,
                    "strategy.dp-clipping-norm": round(first_update_norm(plain, initial), 4),
@@ -262,19 +265,19 @@ def run_audit(app: Path, overrides: Mapping[str, Any], out: Path, settings: Audi
     # The canary site's own adapter of the last round: its ClientApp's training from the
     # global adapter it received (the previous round's), with its own data and settings.
     site_folder = out / "site-adapter"
-    rounds = cfg["num-server-rounds"]
+    rounds = cfg.num_server_rounds
     if not (site_folder / "adapter_model.safetensors").is_file():
         run_cfg = validate(dict(base))
         site = site_runtime({"partition-id": names.index(canary_site)}, run_cfg, tokenizer)
         start = initial if rounds == 1 else load_peft_folder(plain / f"round-{rounds - 1}")
         set_adapter_state(model, start)
-        train_round(model, site.train, train_settings(run_cfg), tokenizer.pad_token_id,
+        train_round(model, site.train, run_cfg.train_settings(), tokenizer.pad_token_id,
                     server_round=rounds, num_rounds=rounds, description=f"{canary_site} round {rounds}")
         save_peft_folder(get_adapter_state(model), model.peft_config["default"], site_folder)
     adapters["site adapter"] = load_peft_folder(site_folder)
 
     train_instances = count_training_instances(sites / canary_site, canary_site, cfg)
-    seen = min(1.0, train_settings(cfg).steps_per_round(train_instances) * train_settings(cfg).batch_size
+    seen = min(1.0, cfg.train_settings().steps_per_round(train_instances) * cfg.train_settings().batch_size
                / train_instances) * rounds
     results: dict[str, Any] = {
         "canary-site": canary_site, "site-training-instances": train_instances,
@@ -293,13 +296,11 @@ def run_audit(app: Path, overrides: Mapping[str, Any], out: Path, settings: Audi
     return results
 
 
-def count_training_instances(folder: Path, name: str, cfg: Mapping[str, Any]) -> int:
+def count_training_instances(folder: Path, name: str, cfg: RunConfig) -> int:
     """Training instances of the canary site as its ClientApp builds them (every task)."""
     from clinical_ie.evaluate import site_instances
     from data_loaders.sites import load_site
-    from settings.config import re_mode, tasks
-
-    return len(site_instances(load_site(folder, name=name), "train", tasks(cfg), re_mode(cfg)))
+    return len(site_instances(load_site(folder, name=name), "train", cfg.tasks(), cfg.data.re_mode))
 
 
 def summary_table(results: Mapping[str, Any]) -> list[str]:

@@ -22,7 +22,7 @@ from data_loaders.sites import ensure_demo_corpus, load_site
 from modeling.adapter_io import get_adapter_state, load_peft_folder, set_adapter_state
 from modeling.base import load_base_model, model_dtype, model_identity, resolve_model_path
 from modeling.lora import attach_lora
-from settings.config import ConfigError, dp_budget, lora_settings, re_mode, tasks, validate
+from settings.config import ConfigError, RunConfig, validate
 from settings.logs import setup_logging
 from strategies.round_report import TooFewSites
 from strategies.wrapper import StrategyWrapper
@@ -41,19 +41,19 @@ log = logging.getLogger(__name__)
 app = ServerApp()
 
 
-def _validation_folder(cfg: dict[str, Any]) -> Path:
-    if cfg["data.server-validation"]:
-        return Path(cfg["data.server-validation"]).expanduser().resolve()
+def _validation_folder(cfg: RunConfig) -> Path:
+    if cfg.data.server_validation:
+        return Path(cfg.data.server_validation).expanduser().resolve()
     return ensure_demo_corpus() / "coordinator"
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = validate(context.run_config)  # stops here, before any training, on a bad config
-    folder = run_folder(cfg["output-dir"], cfg["run-name"], create=not cfg["resume"])
+    folder = run_folder(cfg.output_dir, cfg.run_name, create=not cfg.resume)
     # Also before any training: the checkpoint a continued run needs, or a new run's refusal
     # to write over the rounds of another run, and the key that seals the audit trail.
-    checkpoint = resume_checkpoint(folder, cfg) if cfg["resume"] else None
+    checkpoint = resume_checkpoint(folder, cfg) if cfg.resume else None
     if checkpoint is None:
         _refuse_finished_rounds(folder, cfg)
     audit_key = coordinator_key(cfg, folder)
@@ -61,25 +61,25 @@ def main(grid: Grid, context: Context) -> None:
     log.info("run folder: %s", folder)
     torch.set_num_threads(max(1, len(__import__("os").sched_getaffinity(0))))
 
-    lora = lora_settings(cfg)
-    model, tokenizer = load_base_model(cfg["model.name"], cfg["quantization"], cfg["model.dtype"])
+    lora = cfg.lora_settings()
+    model, tokenizer = load_base_model(cfg.model.name, cfg.quantization, cfg.model.dtype)
     full_model_bytes = 2 * sum(p.numel() for p in model.parameters())  # bf16 full update
-    peft_model = attach_lora(model, lora, seed=cfg["seed"], base_model_name=resolve_model_path(cfg["model.name"]))
-    identity = model_identity(cfg["model.name"])
+    peft_model = attach_lora(model, lora, seed=cfg.seed, base_model_name=resolve_model_path(cfg.model.name))
+    identity = model_identity(cfg.model.name)
     initial = get_adapter_state(peft_model)
 
     validation = load_site(_validation_folder(cfg), name="coordinator")
     # A site-like folder lends its validation split; a dedicated coordinator set
     # (no validation split of its own, as in the demo) is used whole.
     split_names = ["validation"] if validation.splits["validation"] else ["train", "validation", "test"]
-    instances = [i for name in split_names for i in site_instances(validation, name, tasks(cfg), re_mode(cfg))]
+    instances = [i for name in split_names for i in site_instances(validation, name, cfg.tasks(), cfg.data.re_mode)]
     # Fed-MedLoRA+ scores every candidate on these each round: a cap keeps CPU runs short.
-    loss_instances = stable_subset(instances, cfg["strategy.validation-instances"])
-    loss_evaluator = InstanceEvaluator(tokenizer, loss_instances, cfg["train.max-length"],
-                                       cfg["eval.max-new-tokens"], cfg["eval.batch-size"])
-    f1_evaluator = InstanceEvaluator(tokenizer, stable_subset(instances, cfg["eval.max-instances"]),
-                                     cfg["train.max-length"], cfg["eval.max-new-tokens"], cfg["eval.batch-size"],
-                                     score_by=validation.score_by, constrained=cfg["eval.constrained"])
+    loss_instances = stable_subset(instances, cfg.strategy.validation_instances)
+    loss_evaluator = InstanceEvaluator(tokenizer, loss_instances, cfg.train.max_length,
+                                       cfg.eval.max_new_tokens, cfg.eval.batch_size)
+    f1_evaluator = InstanceEvaluator(tokenizer, stable_subset(instances, cfg.eval.max_instances),
+                                     cfg.train.max_length, cfg.eval.max_new_tokens, cfg.eval.batch_size,
+                                     score_by=validation.score_by, constrained=cfg.eval.constrained)
 
     def validation_loss(state) -> float:
         set_adapter_state(peft_model, state)
@@ -95,18 +95,18 @@ def main(grid: Grid, context: Context) -> None:
         initial = checkpoint.global_state
         metrics_by_round = dict(checkpoint.coordinator_metrics)
         resumes = [*checkpoint.resumes, {"after-round": done, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}]
-    recorder = RunRecorder(folder, lora.to_peft_config(resolve_model_path(cfg["model.name"])), {
-        "base-model": identity.name, "base-sha256": identity.sha256, "strategy": cfg["strategy.name"],
+    recorder = RunRecorder(folder, lora.to_peft_config(resolve_model_path(cfg.model.name)), {
+        "base-model": identity.name, "base-sha256": identity.sha256, "strategy": cfg.strategy.name,
         "dtype": model_dtype(model), "run-config": cfg,
     }, elapsed_before=checkpoint.elapsed_seconds if checkpoint is not None else 0.0)
-    adapter_bytes = adapter_nbytes(initial, cfg["transport.encoding"])
+    adapter_bytes = adapter_nbytes(initial, cfg.transport.encoding)
     audit = CoordinatorAudit(folder, context.run_id, identity.name, identity.sha256, cfg, audit_key)
     if checkpoint is None:
-        audit.initial(adapter_sha256(initial, cfg["transport.encoding"]))
+        audit.initial(adapter_sha256(initial, cfg.transport.encoding))
     # Strategies see float32 either way; every message leaves with the audit trail's head.
     # (With strategy.secure-aggregation the strategy's own wrapper runs train rounds as SecAgg+.)
-    grid = transport_grid(grid, cfg["transport.encoding"], stamp=audit.stamp)
-    reporter = RoundReporter(strategy, adapter_bytes, full_model_bytes, cfg["num-server-rounds"], dp=dp_budget(cfg))
+    grid = transport_grid(grid, cfg.transport.encoding, stamp=audit.stamp)
+    reporter = RoundReporter(strategy, adapter_bytes, full_model_bytes, cfg.num_server_rounds, dp=cfg.dp_budget())
     if checkpoint is not None:
         recorder.keep_rounds_up_to(done)
         reporter.load_state_dict(checkpoint.communication)
@@ -127,25 +127,25 @@ def main(grid: Grid, context: Context) -> None:
         record = reporter.round_record(server_round, metrics)
         recorder.append_round(record)
         if server_round > 0:
-            audit.round(record, adapter_sha256(state, cfg["transport.encoding"]))
+            audit.round(record, adapter_sha256(state, cfg.transport.encoding))
         # Last: a run killed before this line redoes the round (metrics.jsonl is trimmed).
         save_checkpoint(folder, Checkpoint(
-            round=server_round, global_state=state, strategy_state=strategy.state_dict(), run_config=cfg,
+            round=server_round, global_state=state, strategy_state=strategy.state_dict(), run_config=cfg.as_dict(),
             coordinator_metrics=metrics_by_round, communication=reporter.state_dict(),
             elapsed_seconds=recorder.elapsed(), resumes=resumes, strategy_class=strategy.class_name(),
         ))
         return MetricRecord(metrics)
 
-    config = ConfigRecord(protocol.base_config(identity, lora, cfg["num-server-rounds"]))
-    if done < cfg["num-server-rounds"]:
+    config = ConfigRecord(protocol.base_config(identity, lora, cfg.num_server_rounds))
+    if done < cfg.num_server_rounds:
         if checkpoint is not None:
-            log.info("resuming %s after round %d: rounds %d..%d", folder, done, done + 1, cfg["num-server-rounds"])
+            log.info("resuming %s after round %d: rounds %d..%d", folder, done, done + 1, cfg.num_server_rounds)
         try:
             strategy.start(
                 grid=grid,
                 initial_arrays=to_arrayrecord(initial),
-                num_rounds=cfg["num-server-rounds"],
-                timeout=cfg["strategy.round-timeout"],
+                num_rounds=cfg.num_server_rounds,
+                timeout=cfg.strategy.round_timeout,
                 train_config=config,
                 evaluate_config=ConfigRecord(dict(config)),
                 evaluate_fn=after_round,
@@ -183,18 +183,18 @@ def _log_stopped(err: TooFewSites, folder: Path) -> None:
               "run-name = %r", last, checkpoint_path(folder), folder.name)
 
 
-def _refuse_finished_rounds(folder: Path, cfg: dict[str, Any]) -> None:
+def _refuse_finished_rounds(folder: Path, cfg: RunConfig) -> None:
     """A new run (resume = false) does not write over a folder that holds another run's rounds."""
     done = existing_round(folder)
     if done is not None:
         finished = f"its checkpoint is after round {done}" if done >= 0 else "it has an unreadable checkpoint"
         raise ConfigError(
-            f"run-name = {cfg['run-name']!r}: {folder} already holds a run ({finished}); set resume = true "
+            f"run-name = {cfg.run_name!r}: {folder} already holds a run ({finished}); set resume = true "
             "to continue it, or choose another run-name (or output-dir)"
         )
 
 
-def _restore(checkpoint: Checkpoint, strategy: StrategyWrapper, initial, folder: Path, cfg: dict[str, Any]) -> None:
+def _restore(checkpoint: Checkpoint, strategy: StrategyWrapper, initial, folder: Path, cfg: RunConfig) -> None:
     """Check the saved adapter against this run's and load the strategy's state; ConfigError if not."""
     saved = {k: tuple(v.shape) for k, v in checkpoint.global_state.items()}
     ours = {k: tuple(v.shape) for k, v in initial.items()}
@@ -208,8 +208,8 @@ def _restore(checkpoint: Checkpoint, strategy: StrategyWrapper, initial, folder:
         strategy.load_state_dict(checkpoint.strategy_state)
     except (ValueError, KeyError, TypeError) as err:
         raise ConfigError(f"resume = true: cannot restore the state of strategy.name = "
-                          f"{cfg['strategy.name']!r} from {checkpoint_path(folder)}: {err}") from err
+                          f"{cfg.strategy.name!r} from {checkpoint_path(folder)}: {err}") from err
     prev = checkpoint.run_config.get("num-server-rounds")
-    if prev != cfg["num-server-rounds"]:
+    if prev != cfg.num_server_rounds:
         log.warning("num-server-rounds changed from %s to %d: the sites' learning-rate schedule spans the "
-                    "new total from round %d on", prev, cfg["num-server-rounds"], checkpoint.round + 1)
+                    "new total from round %d on", prev, cfg.num_server_rounds, checkpoint.round + 1)

@@ -21,7 +21,7 @@ from typing import Any
 
 from flwr.app import ConfigRecord
 
-from settings.config import ConfigError
+from settings.config import ConfigError, RunConfig
 from wire import protocol
 from wire.audit import AuditError, AuditLog, ensure_key, read_chain
 
@@ -30,10 +30,10 @@ KEY_FILE_NAME = "audit.key"  # in output-dir, outside every run folder, unless a
 NO_REPLY = "no reply"  # how strategies/roster.py words a site that did not answer
 
 
-def coordinator_key(cfg: dict[str, Any], folder: Path) -> bytes:
+def coordinator_key(cfg: RunConfig, folder: Path) -> bytes:
     """The key that seals the run folder's trail (created if absent); ConfigError naming
     `audit-key` and the file if it cannot be used."""
-    path = Path(cfg["audit-key"] or Path(cfg["output-dir"]) / KEY_FILE_NAME)
+    path = Path(cfg.audit_key or Path(cfg.output_dir) / KEY_FILE_NAME)
     try:
         return ensure_key(path, Path(folder) / FILE_NAME)
     except AuditError as err:
@@ -41,16 +41,16 @@ def coordinator_key(cfg: dict[str, Any], folder: Path) -> bytes:
 
 
 class CoordinatorAudit:
-    def __init__(self, folder: Path, run_id: int, base_model: str, base_sha256: str, cfg: dict[str, Any],
+    def __init__(self, folder: Path, run_id: int, base_model: str, base_sha256: str, cfg: RunConfig,
                  key: bytes) -> None:
         path = Path(folder) / FILE_NAME
         self.joined = {e["site"] for e in read_chain(path) if e.get("event") == "join"} if path.exists() else set()
         self.log = AuditLog(path, key)
-        config_sha = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()
+        config_sha = hashlib.sha256(json.dumps(cfg.as_dict(), sort_keys=True, default=str).encode()).hexdigest()
         versions = protocol.package_versions()
         self.log.append("run-start", **{"run-id": int(run_id), "base-model": base_model, "base-sha256": base_sha256,
-                                        "strategy": cfg.get("strategy.name"), "run-config-sha256": config_sha,
-                                        "transport-encoding": cfg.get("transport.encoding"), "versions": versions})
+                                        "strategy": cfg.strategy.name, "run-config-sha256": config_sha,
+                                        "transport-encoding": cfg.transport.encoding, "versions": versions})
 
     def initial(self, global_sha256: str) -> None:
         self.log.append("global", round=0, **{"global-sha256": global_sha256})

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
-from settings.config import KEYS, ConfigError
+from settings.config import KEYS, ConfigError, RunConfig
 
 CHECKPOINT_NAME = "checkpoint.npz"
 FORMAT = 1
@@ -140,7 +140,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from err
 
 
-def resume_checkpoint(folder: Path, cfg: Mapping[str, Any]) -> Checkpoint:
+def resume_checkpoint(folder: Path, cfg: RunConfig) -> Checkpoint:
     """The checkpoint a `resume = true` run continues from, checked against its run config.
 
     Raises ConfigError (naming `resume` and `run-name`) if the run folder or its checkpoint
@@ -148,7 +148,7 @@ def resume_checkpoint(folder: Path, cfg: Mapping[str, Any]) -> Checkpoint:
     run has already finished more rounds than `num-server-rounds`.
     """
     folder = Path(folder)
-    where = f"output-dir = {cfg['output-dir']!r}, run-name = {cfg['run-name']!r}"
+    where = f"output-dir = {cfg.output_dir!r}, run-name = {cfg.run_name!r}"
     if not folder.is_dir():
         raise ConfigError(f"resume = true: there is no run folder {folder} ({where}); "
                           "check output-dir and run-name, or start a new run with resume = false")
@@ -161,7 +161,7 @@ def resume_checkpoint(folder: Path, cfg: Mapping[str, Any]) -> Checkpoint:
         checkpoint = load_checkpoint(path)
     except CheckpointError as err:
         raise ConfigError(f"resume = true: {err}") from err
-    differences = config_differences(checkpoint.run_config, cfg)
+    differences = config_differences(checkpoint.run_config, cfg.as_dict())
     if differences:
         raise ConfigError(
             f"resume = true: the run config differs from the one the run in {folder} was started "
@@ -169,20 +169,21 @@ def resume_checkpoint(folder: Path, cfg: Mapping[str, Any]) -> Checkpoint:
             "strategy and data keys (only num-server-rounds, train.*, eval.*, "
             f"{', '.join(sorted(MAY_CHANGE))} may change)"
         )
-    if checkpoint.round > cfg["num-server-rounds"]:
-        raise ConfigError(f"num-server-rounds = {cfg['num-server-rounds']}: the run in {folder} has already "
+    if checkpoint.round > cfg.num_server_rounds:
+        raise ConfigError(f"num-server-rounds = {cfg.num_server_rounds}: the run in {folder} has already "
                           f"finished {checkpoint.round} rounds (resume = true); give at least {checkpoint.round}")
     return checkpoint
 
 
-def config_differences(saved: Mapping[str, Any], cfg: Mapping[str, Any]) -> list[str]:
-    """`key: checkpoint has X, this run has Y` for every key that must match and does not."""
+def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """`key: checkpoint has X, this run has Y` for every key that must match and does not
+    (both as dotted keys: `RunConfig.as_dict()`)."""
     out = []
-    for key in sorted(k for k in cfg if must_match(k)):
+    for key in sorted(k for k in current if must_match(k)):
         default = KEYS[key].default if key in KEYS else None
         before = saved.get(key, default)
-        if before != cfg[key]:
-            out.append(f"{key}: the checkpoint has {before!r}, this run has {cfg[key]!r}")
+        if before != current[key]:
+            out.append(f"{key}: the checkpoint has {before!r}, this run has {current[key]!r}")
     return out
 
 

@@ -5,33 +5,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
 
 import numpy as np
 
-from settings.config import KEYS, ConfigError
+from settings.config import ConfigError, RunConfig, StrategySection
 from strategies.compose import WrapperSettings, compose
-from strategies.registry import STRATEGIES, strategy_class
+from strategies.registry import STRATEGIES, settings_keys, strategy_class
 from strategies.resume import Resume
 
 log = logging.getLogger(__name__)
 
-# Keys that only some registered strategies read; set for another, they are ignored (and said so).
-STRATEGY_KEYS: dict[str, tuple[str, ...]] = {
-    "strategy.temperature": ("fedmedlora-plus",),
-    "strategy.size-weighted": ("fedmedlora-plus",),
-    "strategy.validation-instances": ("fedmedlora-plus",),
-    "strategy.validation": ("fedmedlora-plus",),
-    "strategy.server-learning-rate": ("fedavgm", "fedadam", "fedyogi"),
-    "strategy.server-momentum": ("fedavgm",),
-    "strategy.trim-beta": ("fedtrimmedavg",),
-    "strategy.krum-byzantine": ("krum",),
-}
-DP_KEYS = ("strategy.dp-noise-multiplier", "strategy.dp-clipping-norm", "strategy.dp-num-sampled-sites")
+# Read only with a DP mode; set without one, they are ignored (and said so).
+DP_FIELDS = ("dp_noise_multiplier", "dp_clipping_norm", "dp_num_sampled_sites")
 
 
 def build_strategy(
-    cfg: Mapping[str, Any],
+    cfg: RunConfig,
     expected_shapes: Mapping[str, tuple[int, ...]],
     validation_loss: Callable[[dict[str, np.ndarray]], float] | None,
 ) -> Resume:
@@ -43,14 +32,14 @@ def build_strategy(
     the sites that must be connected before a round starts, is also the usable replies a
     round needs, else the run stops). A bad value raises ConfigError naming the key.
     """
-    name = cfg["strategy.name"]
+    name = cfg.strategy.name
     try:
         cls = strategy_class(name)
     except ValueError as err:
         raise ConfigError(str(err)) from err
-    min_sites = cfg["strategy.min-sites"]
+    min_sites = cfg.strategy.min_sites
     sampling = {
-        "fraction_train": cfg["strategy.fraction-train"],
+        "fraction_train": cfg.strategy.fraction_train,
         "fraction_evaluate": 1.0,
         "min_train_nodes": min_sites,
         "min_evaluate_nodes": min_sites,
@@ -70,13 +59,16 @@ def build_strategy(
     return composed
 
 
-def _warn_unused_keys(cfg: Mapping[str, Any], name: str) -> None:
-    """A strategy-specific key changed from its default but not read by this strategy."""
+def _warn_unused_keys(cfg: RunConfig, name: str) -> None:
+    """A key that only other strategies read (their `Settings`), or a DP key without DP,
+    changed from its default: it has no effect, which the log says."""
     if name not in STRATEGIES:
         return  # a plugin may read any key
-    unused = [k for k, users in STRATEGY_KEYS.items() if name not in users and cfg[k] != KEYS[k].default]
-    if cfg["strategy.dp"] == "none":
-        unused += [k for k in DP_KEYS if cfg[k] != KEYS[k].default]
-    for key in unused:
-        log.warning("%s = %r has no effect with strategy.name = %r (strategy.dp = %r)",
-                    key, cfg[key], name, cfg["strategy.dp"])
+    others = {f for cls in STRATEGIES.values() for f in settings_keys(cls)} - set(settings_keys(STRATEGIES[name]))
+    unused = sorted(others) + (list(DP_FIELDS) if cfg.strategy.dp == "none" else [])
+    defaults = StrategySection()
+    for field in unused:
+        value = getattr(cfg.strategy, field)
+        if value != getattr(defaults, field):
+            log.warning("strategy.%s = %r has no effect with strategy.name = %r (strategy.dp = %r)",
+                        field.replace("_", "-"), value, name, cfg.strategy.dp)

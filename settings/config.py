@@ -199,6 +199,94 @@ _TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 
 
 @dataclass(frozen=True)
+class RunConfig(RunSection):
+    """A validated run configuration: the keys without a prefix as attributes
+    (``cfg.num_server_rounds``), each section as one (``cfg.train.learning_rate``).
+
+    Built by `validate` only; ``as_dict()`` gives the dotted keys back (Flower's run config,
+    checkpoints, the audit trail)."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    lora: LoraSection = field(default_factory=LoraSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    strategy: StrategySection = field(default_factory=StrategySection)
+    transport: TransportSection = field(default_factory=TransportSection)
+    data: DataSection = field(default_factory=DataSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> RunConfig:
+        """From a complete mapping of dotted keys (what `validate` has checked)."""
+        sections: dict[str, Any] = {}
+        for prefix, section in SECTIONS.items():
+            kwargs = {f.name: values[_key(prefix, f.name)] for f in fields(section)}
+            if prefix:
+                sections[prefix] = section(**kwargs)
+            else:
+                sections.update(kwargs)
+        return cls(**sections)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every key, dotted, as in pyproject.toml and `--run-config`."""
+        out: dict[str, Any] = {}
+        for prefix in SECTIONS:
+            section = getattr(self, prefix) if prefix else self
+            for f in fields(SECTIONS[prefix]):
+                out[_key(prefix, f.name)] = getattr(section, f.name)
+        return out
+
+    def value(self, key: str) -> Any:
+        """One value by its dotted key (for code that names keys in messages or tables)."""
+        prefix, _, name = key.rpartition(".")
+        if prefix not in SECTIONS or name.replace("-", "_") not in {f.name for f in fields(SECTIONS[prefix])}:
+            raise KeyError(f"{key!r} is not a config key")
+        return getattr(getattr(self, prefix) if prefix else self, name.replace("-", "_"))
+
+    def tasks(self) -> tuple[str, ...]:
+        return tuple(t.strip() for t in self.data.tasks.split(",") if t.strip())
+
+    def site_names(self) -> list[str]:
+        names = [s.strip() for s in self.data.sites.split(",") if s.strip()]
+        if not names:
+            raise ConfigError("data.sites: expected at least one site folder name")
+        return names
+
+    def lora_settings(self) -> LoraSettings:
+        modules = tuple(m.strip() for m in self.lora.target_modules.split(",") if m.strip())
+        try:
+            return LoraSettings(r=self.lora.r, alpha=self.lora.alpha, dropout=self.lora.dropout,
+                                target_modules=modules)
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
+
+    def train_settings(self) -> TrainSettings:
+        t = self.train
+        try:
+            return TrainSettings(
+                learning_rate=t.learning_rate, batch_size=t.batch_size, local_epochs=t.local_epochs,
+                max_steps=t.max_steps, warmup_ratio=t.warmup_ratio, lr_scheduler=t.lr_scheduler,
+                max_grad_norm=t.max_grad_norm, max_length=t.max_length, seed=self.seed,
+                loraplus_lr_ratio=t.loraplus_lr_ratio, keep_optimizer_state=t.keep_optimizer_state,
+            )
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
+
+    def dp_budget(self):
+        """The run's DpBudget (strategies/dp_budget.py), None without DP."""
+        from strategies.dp_budget import DpBudget
+
+        s = self.strategy
+        if s.dp == "none":
+            return None
+        return DpBudget(float(s.dp_noise_multiplier), float(s.dp_delta), int(s.dp_num_sampled_sites or s.min_sites))
+
+
+def _key(prefix: str, field_name: str) -> str:
+    name = field_name.replace("_", "-")
+    return f"{prefix}.{name}" if prefix else name
+
+
+@dataclass(frozen=True)
 class Key:
     """One key as validation and the generated references see it."""
 
@@ -215,8 +303,7 @@ def _keys() -> dict[str, Key]:
     for prefix, section in SECTIONS.items():
         for f in fields(section):
             assert f.default is not MISSING, f"{section.__name__}.{f.name} needs a default"
-            name = f.name.replace("_", "-")
-            keys[f"{prefix}.{name}" if prefix else name] = Key(
+            keys[_key(prefix, f.name)] = Key(
                 _TYPES[f.type], f.default, f.metadata["help"], f.metadata["choices"], f.metadata["check"],
                 f.metadata["expected"])
     return keys
@@ -243,8 +330,9 @@ def _coerce(key: str, value: Any, spec: Key) -> Any:
     return value
 
 
-def validate(run_config: Mapping[str, Any]) -> dict[str, Any]:
-    """Check keys, types and choices; return the full config with defaults filled in."""
+def validate(run_config: Mapping[str, Any]) -> RunConfig:
+    """Check keys, types, choices and combinations; return the full, typed config with
+    defaults filled in."""
     unknown = sorted(set(run_config) - set(KEYS))
     if unknown:
         close = {k: difflib.get_close_matches(k, list(KEYS), n=1) for k in unknown}
@@ -260,71 +348,62 @@ def validate(run_config: Mapping[str, Any]) -> dict[str, Any]:
         if spec.check is not None and not ((spec.type is not float or math.isfinite(value)) and spec.check(value)):
             raise ConfigError(f"{key}: expected {spec.expected}, got {value!r}")
         values[key] = value
-    if values["resume"] and not values["run-name"].strip():
+    cfg = RunConfig.from_dict(values)
+    if cfg.resume and not cfg.run_name.strip():
         raise ConfigError("resume = true needs run-name: the name of the run folder under output-dir to continue")
-    _check_dp_noise(values)
-    _check_dp_budget(values)
-    if values["strategy.dp"].startswith("client-") and values["transport.encoding"] != "float32":
+    _check_dp_noise(cfg)
+    _check_dp_budget(cfg)
+    if cfg.strategy.dp.startswith("client-") and cfg.transport.encoding != "float32":
         # Flower's client-side clipping mod reads the arrays a site receives and returns, which
         # would be the encoded ones; clipping and noise already bound what rounding could change.
-        raise ConfigError(f"transport.encoding: {values['transport.encoding']!r} cannot be combined with "
-                          f"strategy.dp = {values['strategy.dp']!r}; use transport.encoding = 'float32' "
+        raise ConfigError(f"transport.encoding: {cfg.transport.encoding!r} cannot be combined with "
+                          f"strategy.dp = {cfg.strategy.dp!r}; use transport.encoding = 'float32' "
                           "or a server-side DP mode")
-    _check_secure_aggregation(values)
-    tasks = [t.strip() for t in values["data.tasks"].split(",") if t.strip()]
+    _check_secure_aggregation(cfg)
+    tasks = cfg.tasks()
     if not tasks or any(t not in ("ner", "re") for t in tasks):
-        raise ConfigError(f"data.tasks: {values['data.tasks']!r}: expected 'ner', 're' or 'ner,re'")
-    _check_strategy_name(values["strategy.name"])
-    _check_factor_strategies(values)
-    _check_dp_strategy(values)
+        raise ConfigError(f"data.tasks: {cfg.data.tasks!r}: expected 'ner', 're' or 'ner,re'")
+    _check_strategy_name(cfg.strategy.name)
+    _check_factor_strategies(cfg)
+    _check_dp_strategy(cfg)
     # Constructing the settings objects runs their own range checks.
-    lora_settings(values)
-    train_settings(values)
-    return values
+    cfg.lora_settings()
+    cfg.train_settings()
+    return cfg
 
 
-def _check_dp_noise(values: Mapping[str, Any]) -> None:
-    noise = values["strategy.dp-noise-multiplier"]
-    sampled = values["strategy.dp-num-sampled-sites"] or values["strategy.min-sites"]
-    if values["strategy.dp"] != "none" and sampled > values["strategy.min-sites"]:
+def _check_dp_noise(cfg: RunConfig) -> None:
+    s = cfg.strategy
+    sampled = s.dp_num_sampled_sites or s.min_sites
+    if s.dp != "none" and sampled > s.min_sites:
         # Flower divides the noise by `sampled`; a round may aggregate only min-sites of them,
         # whose mean then carries less noise per site than the configured multiplier says.
         raise ConfigError(
             f"strategy.dp-num-sampled-sites: {sampled} is more than strategy.min-sites = "
-            f"{values['strategy.min-sites']}, the sites a round is sure to aggregate; the noise would "
+            f"{s.min_sites}, the sites a round is sure to aggregate; the noise would "
             "be divided among sites that may not be there. Set it to at most strategy.min-sites")
     # Flower's adaptive clipping spends part of the noise on the clipped count, whose std
     # defaults to sampled / 20; it cannot reach a noise multiplier of twice that.
-    if values["strategy.dp"].endswith("-adaptive") and noise >= 2 * sampled / 20:
+    if s.dp.endswith("-adaptive") and s.dp_noise_multiplier >= 2 * sampled / 20:
         raise ConfigError(
-            f"strategy.dp-noise-multiplier: {noise} is too large for strategy.dp = "
-            f"{values['strategy.dp']!r} with {sampled} sites sampled per round "
+            f"strategy.dp-noise-multiplier: {s.dp_noise_multiplier} is too large for strategy.dp = "
+            f"{s.dp!r} with {sampled} sites sampled per round "
             f"(strategy.dp-num-sampled-sites / strategy.min-sites): adaptive clipping needs a "
             f"multiplier < {2 * sampled / 20:g}; use less noise, more sites or fixed clipping"
         )
 
 
-def dp_budget(values: Mapping[str, Any]):
-    """The run's DpBudget (strategies/dp_budget.py), None without DP."""
-    from strategies.dp_budget import DpBudget
-
-    if values["strategy.dp"] == "none":
-        return None
-    sampled = int(values["strategy.dp-num-sampled-sites"] or values["strategy.min-sites"])
-    return DpBudget(float(values["strategy.dp-noise-multiplier"]), float(values["strategy.dp-delta"]), sampled)
-
-
-def _check_dp_budget(values: Mapping[str, Any]) -> None:
-    limit = values["strategy.dp-max-epsilon"]
-    budget = dp_budget(values)
+def _check_dp_budget(cfg: RunConfig) -> None:
+    limit = cfg.strategy.dp_max_epsilon
+    budget = cfg.dp_budget()
     if budget is None or not limit:
         return
-    epsilon = budget.epsilon(values["num-server-rounds"])
+    epsilon = budget.epsilon(cfg.num_server_rounds)
     if epsilon > limit:
         raise ConfigError(
-            f"strategy.dp-max-epsilon: {values['num-server-rounds']} rounds at strategy.dp-noise-multiplier = "
-            f"{values['strategy.dp-noise-multiplier']:g} spend epsilon = {epsilon:.2f} (delta = "
-            f"{values['strategy.dp-delta']:g}), over the limit {limit:g}; raise the noise multiplier or "
+            f"strategy.dp-max-epsilon: {cfg.num_server_rounds} rounds at strategy.dp-noise-multiplier = "
+            f"{cfg.strategy.dp_noise_multiplier:g} spend epsilon = {epsilon:.2f} (delta = "
+            f"{cfg.strategy.dp_delta:g}), over the limit {limit:g}; raise the noise multiplier or "
             "run fewer rounds")
 
 
@@ -332,17 +411,18 @@ def _check_dp_budget(values: Mapping[str, Any]) -> None:
 SECURE_AGGREGATION_STRATEGIES = ("fedmedlora", "fedprox", "ffa-lora", "rolora", "fedsvd")
 
 
-def _check_secure_aggregation(values: Mapping[str, Any]) -> None:
+def _check_secure_aggregation(cfg: RunConfig) -> None:
     """What needs each site's own adapter cannot run on their sum (docs/threat-model.md)."""
-    if not values["strategy.secure-aggregation"]:
+    s = cfg.strategy
+    if not s.secure_aggregation:
         return
     refusals = {
-        "strategy.name": (values["strategy.name"] not in SECURE_AGGREGATION_STRATEGIES,
-                          f"{values['strategy.name']!r} weighs or selects each site's own adapter; secure "
+        "strategy.name": (s.name not in SECURE_AGGREGATION_STRATEGIES,
+                          f"{s.name!r} weighs or selects each site's own adapter; secure "
                           f"aggregation supports {list(SECURE_AGGREGATION_STRATEGIES)}"),
-        "strategy.max-update-norm": (values["strategy.max-update-norm"] > 0,
+        "strategy.max-update-norm": (s.max_update_norm > 0,
                                      "the update-norm bound needs each site's own update; set it to 0"),
-        "strategy.dp": (values["strategy.dp"] != "none",
+        "strategy.dp": (s.dp != "none",
                         "Flower's DP wrappers clip each site's own update at the coordinator or read it back "
                         "at the site; set strategy.dp = 'none'"),
     }
@@ -351,32 +431,33 @@ def _check_secure_aggregation(values: Mapping[str, Any]) -> None:
             raise ConfigError(f"strategy.secure-aggregation = true cannot be combined with {key}: {why}")
     from strategies.secure_aggregation import MAX_SITES
 
-    if values["strategy.min-sites"] > MAX_SITES:
-        raise ConfigError(f"strategy.min-sites = {values['strategy.min-sites']} with strategy.secure-aggregation: "
+    if s.min_sites > MAX_SITES:
+        raise ConfigError(f"strategy.min-sites = {s.min_sites} with strategy.secure-aggregation: "
                           f"the sum of more than {MAX_SITES} sites' quantized adapters passes SecAgg+'s modulus "
                           "2^32 and wraps")
 
 
-def _check_dp_strategy(values: Mapping[str, Any]) -> None:
+def _check_dp_strategy(cfg: RunConfig) -> None:
     """Flower's DP noise is calibrated for a weighted mean of clipped updates; anything else
     (validation weights, robust selection, server optimisers, exact products) is refused."""
     from strategies.dp import averages_updates
     from strategies.registry import strategy_class
 
-    if values["strategy.dp"] != "none" and not averages_updates(strategy_class(values["strategy.name"])):
+    s = cfg.strategy
+    if s.dp != "none" and not averages_updates(strategy_class(s.name)):
         raise ConfigError(
-            f"strategy.dp = {values['strategy.dp']!r} cannot be combined with strategy.name = "
-            f"{values['strategy.name']!r}: Flower's DP noise bounds one site's effect on a weighted mean of "
+            f"strategy.dp = {s.dp!r} cannot be combined with strategy.name = "
+            f"{s.name!r}: Flower's DP noise bounds one site's effect on a weighted mean of "
             "clipped updates, which this strategy does not compute; use fedmedlora, fedmedlora-equal, "
             "fedprox, ffa-lora or rolora")
 
 
-def _check_factor_strategies(values: Mapping[str, Any]) -> None:
+def _check_factor_strategies(cfg: RunConfig) -> None:
     """Combinations a strategy's LoRA factor handling rules out (docs/strategies.md, "Compatibility")."""
     from strategies.registry import strategy_class
 
-    cls = strategy_class(values["strategy.name"])
-    name, dp = values["strategy.name"], values["strategy.dp"]
+    name, dp = cfg.strategy.name, cfg.strategy.dp
+    cls = strategy_class(name)
     if not getattr(cls, "sends_every_factor", True) and dp.startswith("client-"):
         raise ConfigError(f"strategy.dp = {dp!r} cannot be combined with strategy.name = {name!r}: Flower's "
                           "client-side clipping pairs the reply's tensors with the adapter it received by "
@@ -395,47 +476,3 @@ def _check_strategy_name(name: str) -> None:
         strategy_class(name)
     except ValueError as err:
         raise ConfigError(str(err)) from err
-
-
-def lora_settings(cfg: Mapping[str, Any]) -> LoraSettings:
-    modules = tuple(m.strip() for m in cfg["lora.target-modules"].split(",") if m.strip())
-    try:
-        return LoraSettings(
-            r=cfg["lora.r"], alpha=cfg["lora.alpha"], dropout=cfg["lora.dropout"], target_modules=modules
-        )
-    except ValueError as err:
-        raise ConfigError(str(err)) from err
-
-
-def train_settings(cfg: Mapping[str, Any]) -> TrainSettings:
-    try:
-        return TrainSettings(
-            learning_rate=cfg["train.learning-rate"],
-            batch_size=cfg["train.batch-size"],
-            local_epochs=cfg["train.local-epochs"],
-            max_steps=cfg["train.max-steps"],
-            warmup_ratio=cfg["train.warmup-ratio"],
-            lr_scheduler=cfg["train.lr-scheduler"],
-            max_grad_norm=cfg["train.max-grad-norm"],
-            max_length=cfg["train.max-length"],
-            seed=cfg["seed"],
-            loraplus_lr_ratio=cfg["train.loraplus-lr-ratio"],
-            keep_optimizer_state=cfg["train.keep-optimizer-state"],
-        )
-    except ValueError as err:
-        raise ConfigError(str(err)) from err
-
-
-def tasks(cfg: Mapping[str, Any]) -> tuple[str, ...]:
-    return tuple(t.strip() for t in cfg["data.tasks"].split(",") if t.strip())
-
-
-def re_mode(cfg: Mapping[str, Any]) -> str:
-    return cfg["data.re-mode"]
-
-
-def site_names(cfg: Mapping[str, Any]) -> list[str]:
-    names = [s.strip() for s in cfg["data.sites"].split(",") if s.strip()]
-    if not names:
-        raise ConfigError("data.sites: expected at least one site folder name")
-    return names

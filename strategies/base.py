@@ -85,7 +85,7 @@ class LoraFedAvg(FedAvg):
     @classmethod
     def from_run_config(
         cls,
-        cfg: Mapping[str, Any],
+        cfg: Any,
         expected_shapes: Mapping[str, Sequence[int]],
         validation_loss: Callable[[dict[str, np.ndarray]], float] | None = None,
         **fedavg_kwargs: Any,

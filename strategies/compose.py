@@ -64,18 +64,18 @@ class WrapperSettings:
             raise ValueError(f"strategy.proximal-mu: expected a number >= 0, got {self.proximal_mu!r}")
 
     @classmethod
-    def from_run_config(cls, cfg: Mapping[str, Any], expected_shapes: Mapping[str, Sequence[int]] | None = None
+    def from_run_config(cls, cfg: Any, expected_shapes: Mapping[str, Sequence[int]] | None = None
                         ) -> WrapperSettings:
         """From the validated run config (settings.config.validate)."""
         return cls(
-            min_sites=cfg["strategy.min-sites"],
-            max_update_norm=cfg["strategy.max-update-norm"],
-            update_norm_action=cfg["strategy.update-norm-action"],
-            proximal_mu=cfg["strategy.proximal-mu"],
-            aggregation_error=cfg["strategy.aggregation-error"],
+            min_sites=cfg.strategy.min_sites,
+            max_update_norm=cfg.strategy.max_update_norm,
+            update_norm_action=cfg.strategy.update_norm_action,
+            proximal_mu=cfg.strategy.proximal_mu,
+            aggregation_error=cfg.strategy.aggregation_error,
             dp=DPSettings.from_run_config(cfg),
-            secagg=((cfg["strategy.secagg-clipping-range"], cfg["strategy.secagg-max-weight"])
-                    if cfg["strategy.secure-aggregation"] else None),
+            secagg=((cfg.strategy.secagg_clipping_range, cfg.strategy.secagg_max_weight)
+                    if cfg.strategy.secure_aggregation else None),
             expected_shapes=expected_shapes,
         )
 

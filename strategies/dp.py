@@ -7,7 +7,6 @@ only screened replies, and each reply is screened once.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,13 +37,13 @@ class DPSettings:
     num_sampled_sites: int
 
     @classmethod
-    def from_run_config(cls, cfg: Mapping[str, Any]) -> DPSettings:
+    def from_run_config(cls, cfg: Any) -> DPSettings:
         """0 sampled sites means `strategy.min-sites` (the factory samples at least that many)."""
         return cls(
-            mode=cfg["strategy.dp"],
-            noise_multiplier=float(cfg["strategy.dp-noise-multiplier"]),
-            clipping_norm=float(cfg["strategy.dp-clipping-norm"]),
-            num_sampled_sites=int(cfg["strategy.dp-num-sampled-sites"]) or int(cfg["strategy.min-sites"]),
+            mode=cfg.strategy.dp,
+            noise_multiplier=float(cfg.strategy.dp_noise_multiplier),
+            clipping_norm=float(cfg.strategy.dp_clipping_norm),
+            num_sampled_sites=int(cfg.strategy.dp_num_sampled_sites) or int(cfg.strategy.min_sites),
         )
 
 

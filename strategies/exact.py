@@ -24,7 +24,7 @@ from threadpoolctl import threadpool_limits
 
 from .base import LoraFedAvg, with_arrays
 from .lora_algebra import LoraModule, exact_factors, lora_modules, pad_rank, randomized_factors
-from .registry import register
+from .registry import read_settings, register
 from .screening import SiteCandidate, UpdateRejected
 
 # Metric key a site may send with its own LoRA alpha (else the strategy's `alpha`).
@@ -114,24 +114,32 @@ class ExactLoRA(LoraFedAvg):
         self._restored_digest: str | None = None
         super().__init__(expected_shapes=expected_shapes, **fedavg_kwargs)
 
+    @dataclass(frozen=True)
+    class Settings:
+        """Its `strategy.*` keys; it also reads `lora.r` and `lora.alpha`."""
+
+        exact_rank: str
+        exact_solver: str
+
     @classmethod
     def from_run_config(
         cls,
-        cfg: Mapping[str, Any],
+        cfg: Any,
         expected_shapes: Mapping[str, Sequence[int]],
         validation_loss: Callable[[dict[str, np.ndarray]], float] | None = None,
         **fedavg_kwargs: Any,
     ) -> ExactLoRA:
         """Build from the run config: `lora.alpha`, `lora.r`, optional `strategy.exact-rank`."""
         del validation_loss  # weights are FedAvg's
+        settings = read_settings(cls, cfg.strategy)
         strategy = cls(
-            rank=cfg["strategy.exact-rank"],
-            alpha=cfg["lora.alpha"],
+            rank=settings.exact_rank,
+            alpha=cfg.lora.alpha,
             expected_shapes=expected_shapes,
-            solver=cfg["strategy.exact-solver"],
+            solver=settings.exact_solver,
             **fedavg_kwargs,
         )
-        r = cfg["lora.r"]
+        r = cfg.lora.r
         # The adapter is built from lora.r, so a disagreement means the shapes are not this run's.
         mismatched = [m.prefix for m in strategy.modules if r is not None and m.rank != int(r)]
         if mismatched:

@@ -22,7 +22,7 @@ from wire.arrays import arrayrecord_nbytes, metricrecord_nbytes, to_arrayrecord
 from wire.transport import sent_nbytes
 
 from .base import LoraFedAvg
-from .registry import register
+from .registry import read_settings, register
 from .round_report import Aggregate
 from .screening import SiteCandidate, UpdateRejected
 
@@ -122,26 +122,37 @@ class FedMedLoRAPlus(LoraFedAvg):
         self._round_config: ConfigRecord | None = None
         self._scores: Scores | None = None  # the round's L_k, between scoring and weighing
 
+    @dataclass(frozen=True)
+    class Settings:
+        """Its `strategy.*` keys (the coordinator applies `validation_instances` when it builds
+        the scoring set, server_app/app.py)."""
+
+        temperature: float
+        size_weighted: bool
+        validation: str
+        validation_instances: int
+
     @classmethod
     def from_run_config(
         cls,
-        cfg: Mapping[str, Any],
+        cfg: Any,
         expected_shapes: Mapping[str, Sequence[int]],
         validation_loss: Callable[[dict[str, np.ndarray]], float] | None = None,
         **fedavg_kwargs: Any,
     ) -> FedMedLoRAPlus:
         """Build from the run config: `strategy.temperature`, `strategy.size-weighted`,
         `strategy.validation` and (for "sites") `strategy.round-timeout`."""
-        validation = cfg["strategy.validation"]
+        settings = read_settings(cls, cfg.strategy)
+        validation = settings.validation
         if validation == "coordinator" and validation_loss is None:
             raise ValueError("strategy.name: fedmedlora-plus needs the coordinator's validation loss "
                              "(or strategy.validation = 'sites')")
         return cls(
             score_fn=validation_loss if validation == "coordinator" else None,
-            temperature=cfg["strategy.temperature"],
-            size_weighted=cfg["strategy.size-weighted"],
+            temperature=settings.temperature,
+            size_weighted=settings.size_weighted,
             validation=validation,
-            timeout=cfg["strategy.round-timeout"],
+            timeout=cfg.strategy.round_timeout,
             expected_shapes=expected_shapes,
             **fedavg_kwargs,
         )

@@ -9,6 +9,7 @@ puts it behind the same screening, norm bound and report as every strategy.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from logging import WARNING
 from typing import Any
 
@@ -18,7 +19,7 @@ from flwr.common.logger import log
 from flwr.serverapp.strategy import FedAdam, FedAvgM, FedMedian, FedProx, FedTrimmedAvg, FedYogi, Krum
 
 from .flower_compat import aggregate_arrayrecords, select_multikrum, valid_train_replies
-from .registry import register
+from .registry import read_settings, register
 from .round_report import Aggregate
 from .screening import SiteCandidate
 
@@ -37,7 +38,7 @@ class FromRunConfig:
     parameters from the run config (`flower_kwargs`)."""
 
     @classmethod
-    def flower_kwargs(cls, cfg: Mapping[str, Any]) -> dict[str, Any]:
+    def flower_kwargs(cls, cfg: Any) -> dict[str, Any]:
         """The Flower class's own parameters from the run config; none by default."""
         del cfg
         return {}
@@ -45,7 +46,7 @@ class FromRunConfig:
     @classmethod
     def from_run_config(
         cls,
-        cfg: Mapping[str, Any],
+        cfg: Any,
         expected_shapes: Mapping[str, Sequence[int]],
         validation_loss: Callable[[dict[str, np.ndarray]], float] | None = None,
         **fedavg_kwargs: Any,
@@ -56,8 +57,13 @@ class FromRunConfig:
         return cls(**fedavg_kwargs, **cls.flower_kwargs(cfg))
 
 
-def _server_lr(cfg: Mapping[str, Any], name: str) -> float:
-    return float(cfg["strategy.server-learning-rate"]) or DEFAULT_SERVER_LR[name]
+def _server_lr(server_learning_rate: float, name: str) -> float:
+    return float(server_learning_rate) or DEFAULT_SERVER_LR[name]
+
+
+@dataclass(frozen=True)
+class ServerStepSettings:
+    server_learning_rate: float
 
 
 @register("fedprox")
@@ -71,8 +77,8 @@ class LoraFedProx(FromRunConfig, FedProx):
     invariants = ("weights-sum-to-one",)
 
     @classmethod
-    def flower_kwargs(cls, cfg: Mapping[str, Any]) -> dict[str, Any]:
-        return {"proximal_mu": float(cfg["strategy.proximal-mu"])}
+    def flower_kwargs(cls, cfg: Any) -> dict[str, Any]:
+        return {"proximal_mu": float(cfg.strategy.proximal_mu)}  # a key every strategy shares
 
 
 @register("fedavgm")
@@ -84,11 +90,17 @@ class LoraFedAvgM(FromRunConfig, FedAvgM):
     which overshoots within three rounds here).
     """
 
+    @dataclass(frozen=True)
+    class Settings:
+        server_learning_rate: float
+        server_momentum: float
+
     @classmethod
-    def flower_kwargs(cls, cfg: Mapping[str, Any]) -> dict[str, Any]:
+    def flower_kwargs(cls, cfg: Any) -> dict[str, Any]:
+        settings = read_settings(cls, cfg.strategy)
         return {
-            "server_learning_rate": _server_lr(cfg, "fedavgm"),
-            "server_momentum": float(cfg["strategy.server-momentum"]),
+            "server_learning_rate": _server_lr(settings.server_learning_rate, "fedavgm"),
+            "server_momentum": float(settings.server_momentum),
         }
 
 
@@ -100,9 +112,11 @@ class LoraFedAdam(FromRunConfig, FedAdam):
     beta_2 0.99, tau 1e-3 are Flower's.
     """
 
+    Settings = ServerStepSettings
+
     @classmethod
-    def flower_kwargs(cls, cfg: Mapping[str, Any]) -> dict[str, Any]:
-        return {"eta": _server_lr(cfg, "fedadam")}
+    def flower_kwargs(cls, cfg: Any) -> dict[str, Any]:
+        return {"eta": _server_lr(read_settings(cls, cfg.strategy).server_learning_rate, "fedadam")}
 
 
 @register("fedyogi")
@@ -113,9 +127,11 @@ class LoraFedYogi(FromRunConfig, FedYogi):
     are Flower's.
     """
 
+    Settings = ServerStepSettings
+
     @classmethod
-    def flower_kwargs(cls, cfg: Mapping[str, Any]) -> dict[str, Any]:
-        return {"eta": _server_lr(cfg, "fedyogi")}
+    def flower_kwargs(cls, cfg: Any) -> dict[str, Any]:
+        return {"eta": _server_lr(read_settings(cls, cfg.strategy).server_learning_rate, "fedyogi")}
 
 
 @register("fedtrimmedavg")
@@ -123,9 +139,13 @@ class LoraFedTrimmedAvg(FromRunConfig, FedTrimmedAvg):
     """Flower's FedTrimmedAvg: per-coordinate mean after cutting `strategy.trim-beta` of each tail."""
 
 
+    @dataclass(frozen=True)
+    class Settings:
+        trim_beta: float
+
     @classmethod
-    def flower_kwargs(cls, cfg: Mapping[str, Any]) -> dict[str, Any]:
-        return {"beta": float(cfg["strategy.trim-beta"])}
+    def flower_kwargs(cls, cfg: Any) -> dict[str, Any]:
+        return {"beta": float(read_settings(cls, cfg.strategy).trim_beta)}
 
 
 @register("fedmedian")
@@ -173,9 +193,13 @@ class LoraKrum(FromRunConfig, Krum):
             self.train_metrics_aggr_fn(chosen, self.weighted_by_key),
         )
 
+    @dataclass(frozen=True)
+    class Settings:
+        krum_byzantine: int
+
     @classmethod
-    def flower_kwargs(cls, cfg: Mapping[str, Any]) -> dict[str, Any]:
-        return {"num_malicious_nodes": int(cfg["strategy.krum-byzantine"])}
+    def flower_kwargs(cls, cfg: Any) -> dict[str, Any]:
+        return {"num_malicious_nodes": int(read_settings(cls, cfg.strategy).krum_byzantine)}
 
     def aggregate_report(self, server_round: int, candidates: list[SiteCandidate]) -> Aggregate:
         """1 for the update Krum selected, 0 for the others (strategies/core_hooks.py)."""

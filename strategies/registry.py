@@ -9,9 +9,10 @@ never registered.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from flwr.serverapp.strategy import (
     DifferentialPrivacyClientSideAdaptiveClipping,
@@ -81,3 +82,16 @@ def strategy_class(name: str) -> type[Strategy]:
             "flwr.serverapp.strategy.Strategy that wraps no other)"
         )
     return obj
+
+
+def settings_keys(cls: type) -> tuple[str, ...]:
+    """The `strategy.*` keys only this kind of strategy reads: the fields of its `Settings`
+    dataclass, named as the fields of the run config's strategy section (settings/config.py).
+    Keys every strategy shares (min-sites, round-timeout, proximal-mu, ...) are not in it."""
+    settings = getattr(cls, "Settings", None)
+    return tuple(f.name for f in dataclasses.fields(settings)) if settings is not None else ()
+
+
+def read_settings(cls: type, section: Any) -> Any:
+    """`cls.Settings` filled from the run config's strategy section (`cfg.strategy`)."""
+    return cls.Settings(**{name: getattr(section, name) for name in settings_keys(cls)})

@@ -71,7 +71,7 @@ def test_a_site_that_pins_its_base_model_refuses_another_before_loading_it(tiny_
     from client_app import runtime
     from client_app.app import SiteFailure, app
     from modeling.adapter_io import get_adapter_state
-    from settings.config import lora_settings, validate
+    from settings.config import validate
     from wire.arrays import to_arrayrecord
 
     # a well-formed round 1 of a run on tiny_qwen2, which a site without a pin trains
@@ -79,12 +79,12 @@ def test_a_site_that_pins_its_base_model_refuses_another_before_loading_it(tiny_
                     "train.batch-size": 2, "eval.max-instances": 3, "data.root": str(tiny_corpus)})
     theirs = runtime.model_runtime(cfg)
     content = RecordDict({protocol.ARRAYS: to_arrayrecord(get_adapter_state(theirs.model)),
-                          protocol.CONFIG: ConfigRecord({**protocol.base_config(theirs.identity, lora_settings(cfg), 1),
+                          protocol.CONFIG: ConfigRecord({**protocol.base_config(theirs.identity, cfg.lora_settings(), 1),
                                                          "server-round": 1})})
     runtime._models.clear()  # the loader's cache: filled again only if the model is loaded
 
     pinned = {"partition-id": 0, "base-model": str(tiny_llama)}
-    context = Context(run_id=1, node_id=1, node_config=pinned, state=RecordDict(), run_config=cfg)
+    context = Context(run_id=1, node_id=1, node_config=pinned, state=RecordDict(), run_config=cfg.as_dict())
     with pytest.raises(SiteFailure, match=f"BaseModelMismatch: .*pins base-model '{tiny_llama}'.*{tiny_qwen2}"):
         app(instruction(1, MessageType.TRAIN, content), context)
     assert runtime._models == {}, "the model the run named was loaded"

@@ -27,7 +27,7 @@ from server_app.checkpoint import (
     save_checkpoint,
 )
 from server_app.strategy_factory import build_strategy
-from settings.config import ConfigError, validate
+from settings.config import ConfigError, RunConfig, validate
 from strategies.exact import ExactLoRA
 from support.messages import instruction, reply
 from support.strategy_harness import (
@@ -44,12 +44,12 @@ from wire.arrays import from_arrayrecord
 # --- the file ------------------------------------------------------------------------
 
 
-def _checkpoint(round_: int = 2, cfg: dict | None = None, **state) -> Checkpoint:
+def _checkpoint(round_: int = 2, cfg: RunConfig | None = None, **state) -> Checkpoint:
     return Checkpoint(
         round=round_,
         global_state={k: v.copy() for k, v in GLOBAL.items()},
         strategy_state=state,
-        run_config=cfg if cfg is not None else validate({"run-name": "r"}),
+        run_config=(cfg if cfg is not None else validate({"run-name": "r"})).as_dict(),
         coordinator_metrics={0: {"strict-f1": 0.1}, 1: {"strict-f1": 0.2}, 2: {"strict-f1": 0.3}},
         communication={"bytes-up": 10, "bytes-down": 20, "extra-bytes-up": 0, "extra-bytes-down": 0,
                        "site-rounds": 6},
@@ -219,7 +219,7 @@ def _round_two(overrides: dict, tmp_path: Path | None, restore: bool = True) -> 
     arrays = _round(strategy, 1, to_record(GLOBAL))
     if tmp_path is not None:
         save_checkpoint(tmp_path, Checkpoint(
-            round=1, global_state=from_arrayrecord(arrays), strategy_state=strategy.state_dict(), run_config=cfg,
+            round=1, global_state=from_arrayrecord(arrays), strategy_state=strategy.state_dict(), run_config=cfg.as_dict(),
             coordinator_metrics={}, communication={}, elapsed_seconds=0.0))
         checkpoint = load_checkpoint(tmp_path / CHECKPOINT_NAME)
         strategy = build_strategy(cfg, SHAPES, validation_loss)  # a fresh process
@@ -349,7 +349,7 @@ def test_start_continues_at_a_later_round_with_the_runs_round_numbers(tmp_path: 
     first = build_strategy(cfg, SHAPES, validation_loss)
     after_one = first.start(RoundGrid(), to_record(GLOBAL), num_rounds=1, evaluate_fn=evaluate_fn).arrays
     save_checkpoint(tmp_path, Checkpoint(round=1, global_state=from_arrayrecord(after_one),
-                                         strategy_state=first.state_dict(), run_config=cfg,
+                                         strategy_state=first.state_dict(), run_config=cfg.as_dict(),
                                          coordinator_metrics={}, communication={}, elapsed_seconds=0.0))
     checkpoint = load_checkpoint(tmp_path / CHECKPOINT_NAME)
     second = build_strategy(cfg, SHAPES, validation_loss)

@@ -83,3 +83,38 @@ def test_simulate_rejects_an_unknown_key_before_starting_flower(capsys, tmp_path
     err = capsys.readouterr().err
     assert "train.epochs" in err and "train.local-epochs" in err
     assert not (tmp_path / "home").exists()  # no SuperLink was started
+
+
+def test_validate_returns_a_frozen_typed_config_that_round_trips_its_keys():
+    import dataclasses
+
+    from settings.config import RunConfig
+
+    cfg = validate({"lora.r": 8, "train.learning-rate": 1e-3, "num-server-rounds": 5})
+    assert isinstance(cfg, RunConfig)
+    assert (cfg.lora.r, cfg.train.learning_rate, cfg.num_server_rounds) == (8, 1e-3, 5)
+    assert cfg.value("lora.r") == 8 and cfg.value("num-server-rounds") == 5
+    assert set(cfg.as_dict()) == set(KEYS)
+    assert validate(cfg.as_dict()) == cfg  # the dotted keys give the same config back
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.lora.r = 4  # type: ignore[misc]
+    with pytest.raises(KeyError, match="lora.rank"):
+        cfg.value("lora.rank")
+
+
+def test_each_strategy_declares_its_own_keys_as_fields_of_the_strategy_section():
+    from dataclasses import fields
+
+    from settings.config import StrategySection
+    from strategies.registry import STRATEGIES, settings_keys
+
+    section = {f.name: f.type for f in fields(StrategySection)}
+    declared = {name: settings_keys(cls) for name, cls in STRATEGIES.items()}
+    assert declared["fedmedlora-plus"] == ("temperature", "size_weighted", "validation", "validation_instances")
+    assert declared["krum"] == ("krum_byzantine",) and declared["fedmedlora"] == ()
+    for name, cls in STRATEGIES.items():
+        if getattr(cls, "Settings", None) is None:
+            continue
+        for f in fields(cls.Settings):
+            assert f.name in section, f"{name}: Settings.{f.name} is not a strategy.* key"
+            assert f.type == section[f.name], f"{name}: Settings.{f.name} is {f.type}, the key is {section[f.name]}"

@@ -47,12 +47,12 @@ def tiny_run(tiny_llama):
     """The run config, the round's config record and the initial adapter of a tiny run."""
     from client_app.runtime import model_runtime
     from modeling.adapter_io import get_adapter_state
-    from settings.config import lora_settings, validate
+    from settings.config import validate
 
     cfg = validate({"model.name": str(tiny_llama), "lora.r": 4, "lora.alpha": 8, "train.max-steps": 1,
                     "model.dtype": "float32"})
     runtime = model_runtime(cfg)
-    config = {**protocol.base_config(runtime.identity, lora_settings(cfg), 2), "server-round": 1}
+    config = {**protocol.base_config(runtime.identity, cfg.lora_settings(), 2), "server-round": 1}
     return cfg, config, get_adapter_state(runtime.model)
 
 
@@ -83,7 +83,7 @@ def test_an_error_reply_names_no_file_path_or_document_id_and_the_site_log_does(
     msg = _train_instruction(config, adapter)
     try:
         with pytest.raises(SiteFailure) as caught:
-            app(msg, Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict(), run_config=cfg))
+            app(msg, Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict(), run_config=cfg.as_dict()))
         worker_log = WorkerFolder(tmp_path / "worker").log
         local_log = worker_log.read_text() if where == "site-worker" else site_log.getvalue()
     finally:

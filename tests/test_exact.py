@@ -309,7 +309,7 @@ def test_from_run_config() -> None:
     cfg = validate({"lora.r": R, "lora.alpha": 64, "strategy.exact-rank": "full"})
     strategy = ExactLoRA.from_run_config(cfg, SHAPES, None, min_available_nodes=3)
     assert (strategy.rank, strategy.alpha, strategy.min_available_nodes) == ("full", 64.0, 3)
-    assert ExactLoRA.from_run_config({**cfg, "strategy.exact-rank": "2"}, SHAPES).rank == 2
+    assert ExactLoRA.from_run_config(validate({**cfg.as_dict(), "strategy.exact-rank": "2"}), SHAPES).rank == 2
     assert ExactLoRA.from_run_config(validate({"lora.r": R, "lora.alpha": 64}), SHAPES).rank is None
     with pytest.raises(ValueError, match="lora.r = 8"):
         ExactLoRA.from_run_config(validate({"lora.r": 8, "lora.alpha": 64}), SHAPES)

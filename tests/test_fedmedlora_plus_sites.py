@@ -210,7 +210,7 @@ def test_run_config_selects_the_mode() -> None:
     assert isinstance(strategy, FedMedLoRAPlus)
     assert (strategy.validation, strategy.timeout, strategy.score_fn) == ("sites", 90.0, None)
     coordinator = validate({"strategy.name": "fedmedlora-plus"})
-    assert coordinator["strategy.validation"] == "coordinator"
+    assert coordinator.strategy.validation == "coordinator"
     assert build_strategy(coordinator, SHAPES, lambda s: 1.0).core.validation == "coordinator"
     with pytest.raises(ConfigError, match="validation loss"):
         build_strategy(coordinator, SHAPES, None)
@@ -252,15 +252,14 @@ def test_site_scores_every_candidate_with_the_evaluators_loss(tiny_llama, site_c
     from client_app.app import SiteFailure, app
     from client_app.runtime import model_runtime, site_runtime
     from modeling.adapter_io import get_adapter_state, set_adapter_state
-    from settings.config import lora_settings
     from wire.arrays import from_arrayrecord, to_arrayrecord
     from wire.transport import decode_content
 
     cfg = validate({"model.name": str(tiny_llama), "lora.r": 4, "lora.alpha": 8, "train.max-steps": 2,
                     "train.batch-size": 2, "eval.max-instances": 3, "data.root": str(site_corpus)})
-    context = Context(run_id=1, node_id=1, node_config={"partition-id": 0}, state=RecordDict(), run_config=cfg)
+    context = Context(run_id=1, node_id=1, node_config={"partition-id": 0}, state=RecordDict(), run_config=cfg.as_dict())
     runtime = model_runtime(cfg)
-    config = ConfigRecord({**protocol.base_config(runtime.identity, lora_settings(cfg), 2), "server-round": 1})
+    config = ConfigRecord({**protocol.base_config(runtime.identity, cfg.lora_settings(), 2), "server-round": 1})
     initial = get_adapter_state(runtime.model)
 
     # What this site trains in round 1 (the train handler, routed by message type "train").

@@ -8,6 +8,7 @@ bad values are ConfigErrors that name the key.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from pathlib import Path
@@ -396,12 +397,16 @@ def test_bad_values_are_config_errors_naming_the_key(overrides: dict, message: s
 
 def test_factory_errors_are_config_errors() -> None:
     cfg = validate({"strategy.name": "fedmedlora"})
+
+    def unvalidated(**strategy: object):  # a config that did not pass through validate
+        return dataclasses.replace(cfg, strategy=dataclasses.replace(cfg.strategy, **strategy))
+
     with pytest.raises(ConfigError, match="strategy.name.*'nope'"):
-        build_strategy({**cfg, "strategy.name": "nope"}, SHAPES, None)
+        build_strategy(unvalidated(name="nope"), SHAPES, None)
     with pytest.raises(ConfigError, match="strategy.dp: 'laplace'"):
-        build_strategy({**cfg, "strategy.dp": "laplace"}, SHAPES, None)
+        build_strategy(unvalidated(dp="laplace"), SHAPES, None)
     with pytest.raises(ConfigError, match="fedmedlora-plus needs the coordinator's validation loss"):
-        build_strategy({**cfg, "strategy.name": "fedmedlora-plus"}, SHAPES, None)
+        build_strategy(unvalidated(name="fedmedlora-plus"), SHAPES, None)
 
 
 def test_unused_strategy_keys_are_named(caplog: pytest.LogCaptureFixture) -> None:

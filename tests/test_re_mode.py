@@ -370,8 +370,8 @@ def test_extract_counts_numbers_naming_no_entity(monkeypatch) -> None:
 # --- configuration -------------------------------------------------------------------------
 
 def test_config_key_names_the_valid_values() -> None:
-    assert validate({})["data.re-mode"] == DEFAULT_RE_MODE
-    assert validate({"data.re-mode": "end-to-end"})["data.re-mode"] == END_TO_END
+    assert validate({}).data.re_mode == DEFAULT_RE_MODE
+    assert validate({"data.re-mode": "end-to-end"}).data.re_mode == END_TO_END
     with pytest.raises(ConfigError, match=re.escape("data.re-mode: 'joint' is not one of "
                                                     "['given-entities', 'end-to-end']")):
         validate({"data.re-mode": "joint"})

@@ -33,7 +33,7 @@ def test_more_sites_than_the_modulus_can_sum_are_refused_at_start():
 
 def test_fedmedlora_and_fedprox_are_accepted():
     for name in ("fedmedlora", "fedprox"):
-        assert validate({"strategy.secure-aggregation": True, "strategy.name": name})["strategy.secure-aggregation"]
+        assert validate({"strategy.secure-aggregation": True, "strategy.name": name}).strategy.secure_aggregation
 
 
 # --------------------------------------------------------------------------- the protocol, in process
@@ -52,7 +52,6 @@ def secure_setup(tiny_llama, tmp_path_factory):
     from client_app.runtime import model_runtime
     from data_loaders.synthetic import generate_corpus
     from modeling.adapter_io import get_adapter_state
-    from settings.config import lora_settings
     from wire import protocol
 
     root = tmp_path_factory.mktemp("corpus")
@@ -64,7 +63,7 @@ def secure_setup(tiny_llama, tmp_path_factory):
                     # a max weight near the sites' counts: finer weights (the error bound below)
                     "strategy.secagg-max-weight": 500})
     runtime = model_runtime(cfg)
-    config = {**protocol.base_config(runtime.identity, lora_settings(cfg), 1), "server-round": 1}
+    config = {**protocol.base_config(runtime.identity, cfg.lora_settings(), 1), "server-round": 1}
     return cfg, config, get_adapter_state(runtime.model)
 
 
@@ -111,8 +110,8 @@ def _tolerance(cfg, updates, nodes) -> float:
     sum of the weights count / max-weight (plus float32 rounding)."""
     from strategies.secure_aggregation import QUANTIZATION_RANGE
 
-    step = 2 * cfg["strategy.secagg-clipping-range"] / QUANTIZATION_RANGE
-    weights = sum(updates[n][1] / cfg["strategy.secagg-max-weight"] for n in nodes)
+    step = 2 * cfg.strategy.secagg_clipping_range / QUANTIZATION_RANGE
+    weights = sum(updates[n][1] / cfg.strategy.secagg_max_weight for n in nodes)
     return len(nodes) * step / weights + 1e-6
 
 
@@ -122,7 +121,7 @@ def _secure(secure_setup, silent=(), **extra):
     cfg = secure_setup[0]
     local, grid = _grid(secure_setup)
     local.silent.update(silent)
-    secure = SecureAggregationGrid(grid, cfg["strategy.secagg-clipping-range"], cfg["strategy.secagg-max-weight"])
+    secure = SecureAggregationGrid(grid, cfg.strategy.secagg_clipping_range, cfg.strategy.secagg_max_weight)
     replies = secure.send_and_receive(_instructions(secure_setup, **extra), timeout=2)
     return local, secure, list(replies)
 
@@ -218,7 +217,7 @@ def test_a_secure_round_leaves_site_trails_that_match_the_coordinators_in_both_d
     from wire.transport import adapter_sha256, payload_digest, transport_grid
 
     cfg, _, initial = secure_setup
-    run = {**cfg, "output-dir": str(tmp_path / "outputs")}
+    run = validate({**cfg.as_dict(), "output-dir": str(tmp_path / "outputs")})
     folder = tmp_path / "outputs" / "run"
     coordinator = CoordinatorAudit(folder, 1, "base", "b" * 64, run, coordinator_key(run, folder))
     coordinator.initial(adapter_sha256(initial, "float32"))
@@ -228,7 +227,7 @@ def test_a_secure_round_leaves_site_trails_that_match_the_coordinators_in_both_d
     local = LocalGrid(cfg, {node: {"partition-id": i, "site-name": names[i], "audit-log": str(trails[names[i]]),
                                    "audit-key": str(keys[i + 1])} for i, node in enumerate(SITES)})
     grid = SecureAggregationGrid(transport_grid(local, "float32", stamp=coordinator.stamp),
-                                 cfg["strategy.secagg-clipping-range"], cfg["strategy.secagg-max-weight"])
+                                 cfg.strategy.secagg_clipping_range, cfg.strategy.secagg_max_weight)
     replies = grid.send_and_receive(_instructions(secure_setup), timeout=2)
     rows = [{"site": site_label(r), "node-id": r.metadata.src_node_id, "sha256": payload_digest(r.content) or "",
              "num-examples": int(r.content[protocol.METRICS]["num-examples"]), "weight": 1 / 3} for r in replies]
@@ -283,7 +282,7 @@ def test_a_site_whose_count_exceeds_the_max_weight_says_which_key_to_raise(secur
 
     cfg, config, initial = secure_setup
     with pytest.raises(SiteFailure, match=r"more than strategy.secagg-max-weight = 10; raise it"):
-        _secure(({**cfg, "strategy.secagg-max-weight": 10}, config, initial))
+        _secure((validate({**cfg.as_dict(), "strategy.secagg-max-weight": 10}), config, initial))
 
 
 def test_a_round_with_more_sites_than_the_modulus_can_sum_sends_nothing(secure_setup):
@@ -302,7 +301,7 @@ def test_a_round_with_more_sites_than_the_modulus_can_sum_sends_nothing(secure_s
     cfg = secure_setup[0]
     grid = Recording()
     nodes = range(1, MAX_SITES + 2)
-    replies = list(SecureAggregationGrid(grid, cfg["strategy.secagg-clipping-range"], cfg["strategy.secagg-max-weight"])
+    replies = list(SecureAggregationGrid(grid, cfg.strategy.secagg_clipping_range, cfg.strategy.secagg_max_weight)
                    .send_and_receive(_instructions(secure_setup, nodes=nodes), timeout=1))
     assert grid.sent == []
     assert sorted(r.metadata.src_node_id for r in replies) == list(nodes)
@@ -366,11 +365,11 @@ def test_a_site_that_requires_secure_aggregation_refuses_a_plain_round_before_tr
     trained = []
     plain = _instructions(secure_setup, nodes=SITES[:1])[0]
     context = Context(run_id=1, node_id=SITES[0], node_config={"require-secure-aggregation": required},
-                      state=RecordDict(), run_config=secure_setup[0])
+                      state=RecordDict(), run_config=secure_setup[0].as_dict())
     with pytest.raises(SiteFailure, match="requires secure aggregation"):
         secure_aggregation_mod(plain, context, lambda msg, ctx: trained.append(msg))
     assert trained == []  # nothing trained, nothing sent
-    context = Context(run_id=1, node_id=SITES[0], node_config={}, state=RecordDict(), run_config=secure_setup[0])
+    context = Context(run_id=1, node_id=SITES[0], node_config={}, state=RecordDict(), run_config=secure_setup[0].as_dict())
     secure_aggregation_mod(plain, context, lambda msg, ctx: trained.append(msg))
     assert trained == [plain]  # a site that does not require it trains as before
 

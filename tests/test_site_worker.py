@@ -42,14 +42,14 @@ def site(tiny_llama, site_corpus):
     """The run config, the round's config record and the initial adapter of a tiny site."""
     from client_app.runtime import model_runtime
     from modeling.adapter_io import get_adapter_state
-    from settings.config import lora_settings, validate
+    from settings.config import validate
 
     cfg = validate({"model.name": str(tiny_llama), "lora.r": 4, "lora.alpha": 8, "train.max-steps": 2,
                     "train.batch-size": 2, "eval.max-instances": 3, "data.root": str(site_corpus),
                     # float32 and no dropout: the same message trains the same update in any process
                     "model.dtype": "float32", "lora.dropout": 0.0})
     runtime = model_runtime(cfg)
-    config = {**protocol.base_config(runtime.identity, lora_settings(cfg), 2), "server-round": 1}
+    config = {**protocol.base_config(runtime.identity, cfg.lora_settings(), 2), "server-round": 1}
     return cfg, config, get_adapter_state(runtime.model)
 
 
@@ -67,7 +67,7 @@ def _train(site, node_config: dict, steps: int | None = None) -> Message:
     from wire.arrays import to_arrayrecord
 
     cfg, config, initial = site
-    run_config = {**cfg, "train.max-steps": steps} if steps else cfg
+    run_config = {**cfg.as_dict(), "train.max-steps": steps} if steps else cfg.as_dict()
     context = Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict(), run_config=run_config)
     return app(instruction(MessageType.TRAIN, RecordDict({
         protocol.ARRAYS: to_arrayrecord(initial), protocol.CONFIG: ConfigRecord(dict(config))})), context)
@@ -233,7 +233,7 @@ def test_a_handler_error_in_the_worker_reaches_the_coordinator_as_the_same_safe_
 
     cfg, config, _ = site
     context = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "site-worker": str(worker_folder)},
-                      state=RecordDict(), run_config=cfg)
+                      state=RecordDict(), run_config=cfg.as_dict())
     no_candidates = instruction(protocol.SCORE_MESSAGE_TYPE, RecordDict({protocol.CONFIG: ConfigRecord(dict(config))}))
     with pytest.raises(SiteFailure, match="MalformedMessage: scoring message"):
         app(no_candidates, context)

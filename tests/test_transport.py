@@ -124,12 +124,12 @@ def test_a_broken_manifest_is_named(layout, problem) -> None:
 
 
 def test_config_key_is_checked() -> None:
-    assert validate({"transport.encoding": "int8"})["transport.encoding"] == "int8"
+    assert validate({"transport.encoding": "int8"}).transport.encoding == "int8"
     with pytest.raises(ConfigError, match="transport.encoding: 'bf16' is not one of"):
         validate({"transport.encoding": "bf16"})
     with pytest.raises(ConfigError, match="'int8' cannot be combined with strategy.dp = 'client-fixed'"):
         validate({"transport.encoding": "int8", "strategy.dp": "client-fixed"})
-    assert validate({"transport.encoding": "int8", "strategy.dp": "server-fixed"})["strategy.dp"] == "server-fixed"
+    assert validate({"transport.encoding": "int8", "strategy.dp": "server-fixed"}).strategy.dp == "server-fixed"
 
 
 def test_float32_grid_packs_what_it_sends_and_unpacks_replies() -> None:

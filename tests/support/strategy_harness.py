@@ -21,7 +21,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp.strategy import Strategy
 
 from server_app.strategy_factory import build_strategy
-from settings.config import validate
+from settings.config import RunConfig, validate
 from strategies import available_strategies
 from support.messages import error_reply, instruction, reply
 from wire import protocol
@@ -83,7 +83,7 @@ def server_identity(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(TaskIdentity, "_task_id", 0)
 
 
-def run_config(name: str, **overrides: Any) -> dict[str, Any]:
+def run_config(name: str, **overrides: Any) -> RunConfig:
     base = {**BASE_CONFIG, **DP_VARIANTS.get(name, {"strategy.name": name})}
     return validate({**base, **overrides})
 
