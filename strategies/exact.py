@@ -8,7 +8,6 @@ building a dense out x in matrix.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -21,6 +20,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from threadpoolctl import threadpool_limits
+
+from wire.arrays import arrays_digest
 
 from .base import LoraFedAvg, with_arrays
 from .lora_algebra import LoraModule, exact_factors, lora_modules, pad_rank, randomized_factors
@@ -371,16 +372,6 @@ class ExactLoRA(LoraFedAvg):
         if ALPHA_METRIC in candidate.metrics:
             return float(candidate.metrics[ALPHA_METRIC])
         return self._default_alpha(module)
-
-
-def arrays_digest(record: ArrayRecord) -> str:
-    """A hash of an adapter's keys, dtypes, shapes and values."""
-    h = hashlib.blake2b(digest_size=16)
-    for key in record.keys():
-        values = np.ascontiguousarray(record[key].numpy())
-        h.update(f"{key}|{values.dtype.str}|{values.shape}|".encode())
-        h.update(values.tobytes())
-    return h.hexdigest()
 
 
 def _check_rank(rank: Any, key: str) -> Rank:

@@ -5,6 +5,7 @@ Torch-free, so the strategies and the transport can use it without loading a mod
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 
 import numpy as np
@@ -28,3 +29,13 @@ def arrayrecord_nbytes(record) -> int:
 def metricrecord_nbytes(record) -> int:
     """Bytes of payload a MetricRecord puts on the wire: 8 per number (lists count each item)."""
     return 8 * sum(len(v) if isinstance(v, list) else 1 for v in record.values())
+
+
+def arrays_digest(record) -> str:
+    """A hash of an ArrayRecord's keys, dtypes, shapes and values."""
+    h = hashlib.blake2b(digest_size=16)
+    for key in record.keys():
+        values = np.ascontiguousarray(record[key].numpy())
+        h.update(f"{key}|{values.dtype.str}|{values.shape}|".encode())
+        h.update(values.tobytes())
+    return h.hexdigest()
