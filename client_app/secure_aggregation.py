@@ -10,6 +10,9 @@ the quantization the protocol uses; the cryptography is Flower's
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 from flwr.app import Context, Message, RecordDict
 
@@ -59,7 +62,7 @@ def sent_keys(content: RecordDict) -> list[str]:
     return list(protocol.selected_factors(dict.fromkeys(content[protocol.ARRAYS].keys()), send))
 
 
-def as_fitres(content: RecordDict, keys: list[str], run_config) -> RecordDict:
+def as_fitres(content: RecordDict, keys: list[str], run_config: Mapping[str, Any]) -> RecordDict:
     """Our train reply as the `fitres.*` records Flower's mod reads: the adapter's tensors in
     the order of the global adapter received (the coordinator names the sum's tensors by
     it), the count as `num_examples`; the metrics and the site's records stay as they are."""

@@ -18,6 +18,7 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, 
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
 from fedmedlora.cli import main as cli
+from settings.config import validate
 from support.messages import instruction
 from wire import protocol
 from wire.arrays import to_arrayrecord
@@ -94,8 +95,8 @@ def federation(tmp_path: Path, run_id: int = 7, rounds: int = 2, secure_round: i
 
     folder = tmp_path / "outputs" / f"run-{run_id}"
     folder.mkdir(parents=True, exist_ok=True)
-    cfg = {"strategy.name": "fedmedlora", "transport.encoding": "float32", "audit-key": "",
-           "output-dir": str(tmp_path / "outputs")}
+    cfg = validate({"strategy.name": "fedmedlora", "transport.encoding": "float32", "audit-key": "",
+                    "output-dir": str(tmp_path / "outputs")})
     coordinator = CoordinatorAudit(folder, run_id, "base", "b" * 64, cfg, coordinator_key(cfg, folder))
     state = _adapter(0)
     coordinator.initial(payload_digest(encode_content(RecordDict({"arrays": to_arrayrecord(state)}), "float32")))
@@ -286,8 +287,8 @@ def test_an_adapter_the_coordinator_says_it_received_but_the_site_never_sent_fai
     from server_app.audit_trail import CoordinatorAudit, coordinator_key
 
     folder = fed.coordinator.parent
-    cfg = {"strategy.name": "fedmedlora", "transport.encoding": "float32", "audit-key": "",
-           "output-dir": str(folder.parent)}
+    cfg = validate({"strategy.name": "fedmedlora", "transport.encoding": "float32", "audit-key": "",
+                    "output-dir": str(folder.parent)})
     coordinator = CoordinatorAudit(folder, 7, "base", "b" * 64, cfg, coordinator_key(cfg, folder))  # a resume
     record = {"round": 2, "sites": [], "rejected": []}
     invent(record)
@@ -367,9 +368,10 @@ def test_the_coordinators_key_config_names_the_bad_file(tmp_path):
     bad.chmod(0o644)
     folder = tmp_path / "outputs" / "run"
     with pytest.raises(ConfigError, match=rf"audit-key: {bad}: permissions 0644"):
-        coordinator_key({"audit-key": str(bad), "output-dir": str(tmp_path / "outputs")}, folder)
+        coordinator_key(validate({"audit-key": str(bad), "output-dir": str(tmp_path / "outputs")}), folder)
     with pytest.raises(ConfigError, match=r"audit-key: .*outside the trail's folder"):
-        coordinator_key({"audit-key": str(folder / "audit.key"), "output-dir": str(tmp_path / "outputs")}, folder)
+        coordinator_key(validate({"audit-key": str(folder / "audit.key"), "output-dir": str(tmp_path / "outputs")}),
+                        folder)
 
 
 def test_every_message_leaves_the_coordinator_with_its_trails_head(tmp_path):
@@ -384,8 +386,8 @@ def test_every_message_leaves_the_coordinator_with_its_trails_head(tmp_path):
             return [str(i) for i, _ in enumerate(messages)]
 
     folder = tmp_path / "outputs" / "run"
-    cfg = {"strategy.name": "fedmedlora", "transport.encoding": "float32", "audit-key": "",
-           "output-dir": str(tmp_path / "outputs")}
+    cfg = validate({"strategy.name": "fedmedlora", "transport.encoding": "float32", "audit-key": "",
+                    "output-dir": str(tmp_path / "outputs")})
     audit = CoordinatorAudit(folder, 7, "base", "b" * 64, cfg, coordinator_key(cfg, folder))
     inner = Inner()
     grid = transport_grid(inner, "float32", stamp=audit.stamp)

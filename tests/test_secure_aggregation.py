@@ -322,7 +322,7 @@ def test_a_non_finite_adapter_value_is_refused_at_the_site_before_quantization(s
     state[next(iter(state))].flat[0] = bad
     content = RecordDict({protocol.ARRAYS: to_arrayrecord(state), protocol.METRICS: MetricRecord({"num-examples": 10})})
     with pytest.raises(SiteFailure, match="non-finite values in 1 tensor"):
-        as_fitres(content, list(state), cfg)
+        as_fitres(content, list(state), cfg.as_dict())
 
 
 def test_a_site_that_skips_its_check_cannot_slip_a_wrapped_value_into_the_global(secure_setup, monkeypatch):

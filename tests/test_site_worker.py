@@ -119,7 +119,10 @@ def _raw_request(where, token: bytes, app_dir: str) -> dict:
 
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(str(where.socket))
-        worker._send(sock, token, json.dumps({"app-dir": app_dir}).encode(), b"", b"")
+        try:
+            worker._send(sock, token, json.dumps({"app-dir": app_dir}).encode(), b"", b"")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # a refused caller's rest is not read; the worker's answer is, as the ClientApp reads it
         return json.loads(worker._recv(sock))
 
 
