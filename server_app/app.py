@@ -97,7 +97,7 @@ def main(grid: Grid, context: Context) -> None:
         resumes = [*checkpoint.resumes, {"after-round": done, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}]
     recorder = RunRecorder(folder, lora.to_peft_config(resolve_model_path(cfg.model.name)), {
         "base-model": identity.name, "base-sha256": identity.sha256, "strategy": cfg.strategy.name,
-        "dtype": model_dtype(model), "run-config": cfg,
+        "dtype": model_dtype(model), "run-config": cfg.as_dict(),
     }, elapsed_before=checkpoint.elapsed_seconds if checkpoint is not None else 0.0)
     adapter_bytes = adapter_nbytes(initial, cfg.transport.encoding)
     audit = CoordinatorAudit(folder, context.run_id, identity.name, identity.sha256, cfg, audit_key)
