@@ -16,14 +16,6 @@ from support.paths import REPO
 pytestmark = pytest.mark.e2e  # real Flower runs: the slow tier
 
 
-def _ray_and_flower_processes() -> list[str]:
-    """Live processes of Flower or Ray (a zombie is already dead, just not yet reaped)."""
-    out = subprocess.run(["ps", "-eo", "pid=,stat=,args="], capture_output=True, text=True).stdout
-    keys = ("flower-superlink", "flower-superexec", "flwr-simulation", "flwr-serverapp", "raylet", "gcs_server")
-    rows = [line.split(None, 2) for line in out.splitlines()]
-    return [f"{r[0]} {r[2]}" for r in rows if len(r) == 3 and not r[1].startswith("Z") and any(k in r[2] for k in keys)]
-
-
 @pytest.fixture(scope="module")
 def tiny_corpus(tmp_path_factory) -> Path:
     from data_loaders.synthetic import generate_corpus
@@ -33,8 +25,8 @@ def tiny_corpus(tmp_path_factory) -> Path:
     return root
 
 
-def _run(tmp_path: Path, tiny_llama: Path, corpus: Path, **extra) -> tuple[int, Path, str]:
-    before = set(_ray_and_flower_processes())
+def _run(tmp_path: Path, tiny_llama: Path, corpus: Path, ports: tuple[int, int] = (39191, 39193),
+         **extra) -> tuple[int, Path, str]:
     overrides = {
         "model.name": str(tiny_llama), "num-server-rounds": 2, "train.max-steps": 2,
         "train.batch-size": 2, "lora.r": 4, "lora.alpha": 8, "eval.max-instances": 3,
@@ -45,9 +37,11 @@ def _run(tmp_path: Path, tiny_llama: Path, corpus: Path, **extra) -> tuple[int, 
     log = tmp_path / "flwr.log"
     with open(log, "w") as fh:
         code = flwr_run(REPO, tmp_path / "flwr-home", overrides, num_supernodes=3,
-                        http_port=39191, control_port=39193, timeout=900, stdout=fh)
+                        http_port=ports[0], control_port=ports[1], timeout=900, stdout=fh)
     assert superlink_pids(tmp_path / "flwr-home") == []
-    assert set(_ray_and_flower_processes()) <= before, "a Flower or Ray process was left running"
+    # Every process the run started carries its FLWR_HOME (Ray's too); another Flower run on a
+    # shared machine is not this run's leftover.
+    assert _processes_of(tmp_path / "flwr-home") == [], "a Flower or Ray process was left running"
     return code, tmp_path / "outputs" / "e2e", log.read_text()
 
 
