@@ -307,3 +307,41 @@ def test_a_terminated_simulate_command_stops_its_superlink_and_simulation(tmp_pa
                 pass
     assert process.returncode == 128 + signal.SIGTERM, output[-3000:]
     assert superlink_pids(home) == [] and _processes_of(home) == []
+
+
+@pytest.mark.parametrize("model", ["tiny_bert", "tiny_llama"])
+def test_token_classification_federates_the_lora_factors_and_the_head(model, request, tmp_path, tiny_corpus):
+    """One round of `model.task = token-classification`: the sites train and send the LoRA factors
+    and the head, the label set is the union of the site folders' types, and the global adapter
+    (with its labels) loads with PEFT's PeftModel.from_pretrained."""
+    from peft import PeftModel
+    from transformers import AutoModelForTokenClassification
+
+    from data_loaders.sites import union_entity_types
+    from modeling.adapter_io import get_adapter_state, load_peft_folder
+    from modeling.lora import LoraSettings
+    from modeling.token_classification import TOKEN_CLASSIFICATION, load_for_task, read_labels
+
+    folder = request.getfixturevalue(model)
+    lora = {"lora.target-modules": "query,value"} if model == "tiny_bert" else {}
+    code, run_dir, log = _run(tmp_path, folder, tiny_corpus, ports=(39591, 39593), **{
+        "model.task": TOKEN_CLASSIFICATION, "data.tasks": "ner", "num-server-rounds": 1, **lora})
+    final = run_dir / "final"
+    assert code == 0 and (final / "adapter_model.safetensors").is_file(), log[-3000:]
+    types = union_entity_types([tiny_corpus / s for s in ("site-a", "site-b", "site-c", "coordinator")])
+    labels = read_labels(final)
+    assert labels[0] == "O" and labels[1::2] == tuple(f"B-{t}" for t in types)
+    record = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][1]
+    assert sorted(s["site"] for s in record["sites"]) == ["site-a", "site-b", "site-c"]
+    assert all(np.isfinite(s["train"]["train-loss"]) and "strict-f1" in s["evaluate"] for s in record["sites"])
+    assert record["coordinator"]["re-instances"] == 0 and record["coordinator"]["ner-instances"] > 0
+
+    settings = LoraSettings(r=4, alpha=8, **({"target_modules": ("query", "value")} if lora else {}))
+    initial, _ = load_for_task(TOKEN_CLASSIFICATION, str(folder), "none", "float32", settings, seed=0, labels=labels)
+    initial_state, trained = get_adapter_state(initial), load_peft_folder(final)
+    assert list(trained) == list(initial_state)
+    head = [k for k in trained if ".lora_" not in k]
+    assert head and any(not np.allclose(trained[k], initial_state[k], rtol=1e-2, atol=1e-3) for k in head)
+    base = AutoModelForTokenClassification.from_pretrained(folder, num_labels=len(labels))
+    loaded = PeftModel.from_pretrained(base, final)
+    assert type(loaded).__name__ == "PeftModelForTokenClassification"
