@@ -8,8 +8,9 @@ once; the resamples only re-add counts.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -33,14 +34,16 @@ class Interval:
         return f"{self.value:.3f} [{self.low:.3f}, {self.high:.3f}]"
 
 
-def document_counts(instances: Sequence[Instance], outputs: Sequence[str],
-                    score_by: str | None = None) -> tuple[list[str], np.ndarray]:
-    """Per document, the (tp, fp, fn) of each measure: an array [documents, measures, 3]."""
+def document_counts(instances: Sequence[Instance], outputs: Sequence[Any], score_by: str | None = None,
+                    score: Callable = score_outputs) -> tuple[list[str], np.ndarray]:
+    """Per document, the (tp, fp, fn) of each measure: an array [documents, measures, 3].
+    `score` scores one instance's output (`score_outputs`: generated answers; `score_spans`:
+    a tagger's spans)."""
     if len(instances) != len(outputs):
         raise ValueError(f"{len(instances)} instances but {len(outputs)} outputs")
     docs: dict[str, np.ndarray] = {}
     for inst, out in zip(instances, outputs):
-        entities, relations = score_outputs([inst], [out], score_by)
+        entities, relations = score([inst], [out], score_by)
         counts = docs.setdefault(inst.doc_id, np.zeros((len(MEASURES), 3), dtype=np.int64))
         if inst.task == RE:
             counts[2] += (relations.strict.tp, relations.strict.fp, relations.strict.fn)

@@ -6,7 +6,9 @@ both arms. A claim holds when the difference clears a threshold:
 
 - "within 2 points of centralized": federated - centralized >= -2 points;
 - "beats the best single site": federated - best single site > 0;
-- "Fed-MedLoRA+ beats Fed-MedLoRA": plus - plain > 0.
+- "Fed-MedLoRA+ beats Fed-MedLoRA": plus - plain > 0;
+- "generative Fed-MedLoRA beats token-classification Fed-MedLoRA": generative - tagger > 0
+  (the tagger's arms are opt-in: benchmarks/protocol/token_arms.py).
 
 Each claim states its budget: `equal-local-steps` (the paper's shape: a single site trains
 the steps it spends in the federation, centralized the sum of the sites' steps on the pooled
@@ -64,6 +66,9 @@ CLAIMS: tuple[ClaimSpec, ...] = (
               budget="equal-instances"),
     ClaimSpec("{a} beats the best single site ({b}) on the external set at equal instances", "fedmedlora",
               "best-single", 0.0, False, (EXTERNAL_TEST,), budget="equal-instances", statistic="recall"),
+    # The paper's BERT baseline: the same federation with a tagger (docs/token-classification.md).
+    ClaimSpec("generative {a} beats {b}", "fedmedlora", "token-classification/fedmedlora",
+              0.0, False),
 )
 
 

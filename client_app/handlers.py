@@ -15,6 +15,7 @@ import traceback
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
+from clinical_ie.tagging import LabelSetError
 from data_loaders.brat import AnnotationError
 from data_loaders.sites import SiteFolderError
 from modeling.adapter_io import get_adapter_state, set_adapter_state
@@ -35,7 +36,9 @@ log = logging.getLogger(__name__)
 # Errors about what the coordinator sent (its run config, its message, its base model) name
 # only keys and values it sent: they go back in full. Our errors about the site's own data
 # and files name paths, lines and document ids: they go back as a category.
-_ABOUT_THE_COORDINATOR = (ConfigError, protocol.BaseModelMismatch, protocol.MalformedMessage)
+# A site's types missing from the coordinator's label set (token classification) names only
+# the site and entity types: it goes back in full too.
+_ABOUT_THE_COORDINATOR = (ConfigError, protocol.BaseModelMismatch, protocol.MalformedMessage, LabelSetError)
 _SITE_DATA = (AnnotationError, SiteDataError, SiteFolderError)
 
 
@@ -69,10 +72,12 @@ def _setup(msg: Message, context: Context):
     setup_logging()
     cfg = validate(context.run_config)
     check_base_model(context.node_config, cfg)
-    runtime = model_runtime(cfg, threads=int(context.node_config.get("threads", 0)))
     config = msg.content[protocol.CONFIG]
+    # Token classification: the head's labels are the coordinator's, carried by every message.
+    label_types = protocol.label_types(config) if cfg.token_classification() else ()
+    runtime = model_runtime(cfg, threads=int(context.node_config.get("threads", 0)), label_types=label_types)
     protocol.check_base(config, runtime.identity, cfg.lora_settings())
-    site = site_runtime(context.node_config, cfg, runtime.tokenizer)
+    site = site_runtime(context.node_config, cfg, runtime.tokenizer, label_types)
     return cfg, runtime, site, config
 
 
@@ -100,6 +105,7 @@ def train(msg: Message, context: Context) -> Message:
             proximal_mu=float(config.get("proximal-mu", 0.0)),
             description=f"{site.site.name} round {server_round}",
             optimizer_state=optimizer_state.load(context, server_round) if settings.keep_optimizer_state else None,
+            step=site.step,
         )
     optimizer_state.save(context, result.optimizer_state, server_round)
     log.info("site %s round %d: %d steps, loss %.4f, %.0f tokens/s",

@@ -19,10 +19,12 @@ import torch
 
 from clinical_ie.evaluate import InstanceEvaluator, site_instances, stable_subset, training_pairs
 from clinical_ie.prompt import PREFIX_END
+from clinical_ie.tagging import bio_labels, check_label_types
+from clinical_ie.token_classification import TaggerEvaluator, training_examples
 from data_loaders.sites import SiteData, ensure_demo_corpus, load_site
-from modeling.base import ModelIdentity, load_base_model, model_identity, resolve_model_path
-from modeling.lora import attach_lora
-from modeling.training import Encoded, encode_all
+from modeling.base import ModelIdentity, model_identity
+from modeling.token_classification import TAGGING, load_for_task
+from modeling.training import BatchStep, encode_all
 from settings.config import ConfigError, RunConfig
 from wire.protocol import BaseModelMismatch
 
@@ -45,15 +47,21 @@ class SiteDataError(ValueError):
 @dataclass
 class SiteRuntime:
     site: SiteData
-    train: list[Encoded]
+    train: list  # Encoded (generative) or Tagged (token classification) training examples
     validation: list  # Instances scored by `evaluator`
     eval_settings: tuple[int, int, int]  # max-length, max-new-tokens, batch-size
     constrained: bool  # eval.constrained
     tokenizer: Any
-    _evaluator: InstanceEvaluator | None = None
+    labels: tuple[str, ...] = ()  # token classification: the head's BIO labels; () = generative
+    _evaluator: InstanceEvaluator | TaggerEvaluator | None = None
 
     @property
-    def evaluator(self) -> InstanceEvaluator:
+    def step(self) -> BatchStep | None:
+        """How `train_round` trains on `train` (None: the generative default)."""
+        return TAGGING if self.labels else None
+
+    @property
+    def evaluator(self) -> InstanceEvaluator | TaggerEvaluator:
         """Built on first use: training needs none, and a site may have no validation split."""
         if self._evaluator is None:
             if not self.validation:
@@ -61,8 +69,14 @@ class SiteRuntime:
                     f"{self.site.data_dir}: no validation instances (the validation split, 10% of "
                     "documents by a hash of their ids, is empty); add documents to evaluate"
                 )
-            self._evaluator = InstanceEvaluator(self.tokenizer, self.validation, *self.eval_settings,
-                                                score_by=self.site.score_by, constrained=self.constrained)
+            max_length, max_new_tokens, batch_size = self.eval_settings
+            if self.labels:
+                self._evaluator = TaggerEvaluator(self.tokenizer, self.validation, self.labels, max_length,
+                                                  batch_size, score_by=self.site.score_by)
+            else:
+                self._evaluator = InstanceEvaluator(self.tokenizer, self.validation, max_length, max_new_tokens,
+                                                    batch_size, score_by=self.site.score_by,
+                                                    constrained=self.constrained)
         return self._evaluator
 
 
@@ -76,16 +90,21 @@ def _set_threads(threads: int) -> None:
     torch.set_num_threads(threads if threads > 0 else max(1, len(os.sched_getaffinity(0))))
 
 
-def model_runtime(cfg: RunConfig, threads: int = 0) -> ModelRuntime:
-    """The cached base model with its LoRA adapter; `threads` torch threads (0: every core)."""
+def model_runtime(cfg: RunConfig, threads: int = 0, label_types: tuple[str, ...] = ()) -> ModelRuntime:
+    """The cached base model with its LoRA adapter; `threads` torch threads (0: every core).
+    Token classification: the model with a head over the BIO labels of `label_types` (the
+    coordinator's), trained and sent with the adapter."""
     _set_threads(threads)
     lora = cfg.lora_settings()
-    key = (cfg.model.name, cfg.quantization, cfg.model.dtype, lora, cfg.seed)
+    key = (cfg.model.name, cfg.quantization, cfg.model.dtype, lora, cfg.seed, cfg.model.task, label_types)
     if key not in _models:
         started = time.perf_counter()
         _models.clear()  # one base model per process: memory is the scarce resource
-        model, tokenizer = load_base_model(cfg.model.name, cfg.quantization, cfg.model.dtype)
-        peft_model = attach_lora(model, lora, seed=cfg.seed, base_model_name=resolve_model_path(cfg.model.name))
+        labels = bio_labels(label_types) if cfg.token_classification() else ()
+        if cfg.token_classification() and not labels:
+            raise ConfigError("model.task = 'token-classification' needs the label types the coordinator sends")
+        peft_model, tokenizer = load_for_task(cfg.model.task, cfg.model.name, cfg.quantization, cfg.model.dtype,
+                                              lora, cfg.seed, labels)
         _models[key] = ModelRuntime(peft_model, tokenizer, model_identity(cfg.model.name))
         timings.current().model_load += time.perf_counter() - started
     return _models[key]
@@ -129,19 +148,28 @@ def site_dir(node_config: Mapping[str, Any], cfg: RunConfig) -> Path:
     return (root / names[pid]).resolve()
 
 
-def site_runtime(node_config: Mapping[str, Any], cfg: RunConfig, tokenizer) -> SiteRuntime:
+def site_runtime(node_config: Mapping[str, Any], cfg: RunConfig, tokenizer,
+                 label_types: tuple[str, ...] = ()) -> SiteRuntime:
+    """The site's data, tokenized for the run's task (token classification: tagged over the
+    BIO labels of `label_types`, which must hold every type the site annotates)."""
     folder = site_dir(node_config, cfg)
     name = node_config.get("site-name")
     key = (str(folder), name, cfg.data.tasks, cfg.data.re_mode, cfg.train.max_length, cfg.data.max_train_instances,
            cfg.eval.max_instances, cfg.eval.max_new_tokens, cfg.eval.batch_size, cfg.eval.constrained,
-           id(tokenizer))
+           cfg.model.task, label_types, id(tokenizer))
     if key not in _sites:
         started = time.perf_counter()
         site = load_site(folder, name=str(name) if name else None)
+        labels = bio_labels(label_types) if cfg.token_classification() else ()
+        if labels:
+            check_label_types(site.name, site.entity_types, label_types)
         train_instances = site_instances(site, "train", cfg.tasks(), cfg.data.re_mode)
         if cfg.data.max_train_instances:
             train_instances = stable_subset(train_instances, cfg.data.max_train_instances)
-        train, _ = encode_all(tokenizer, training_pairs(train_instances), cfg.train.max_length, PREFIX_END)
+        if labels:
+            train, _ = training_examples(tokenizer, train_instances, labels, cfg.train.max_length)
+        else:
+            train, _ = encode_all(tokenizer, training_pairs(train_instances), cfg.train.max_length, PREFIX_END)
         if not train:
             raise SiteDataError(f"{folder}: no training instances (or none fits train.max-length="
                                 f"{cfg.train.max_length})")
@@ -150,6 +178,6 @@ def site_runtime(node_config: Mapping[str, Any], cfg: RunConfig, tokenizer) -> S
                  site.name, len(train), len(val_instances), ", ".join(site.entity_types))
         _sites[key] = SiteRuntime(site, train, val_instances,
                                   (cfg.train.max_length, cfg.eval.max_new_tokens, cfg.eval.batch_size),
-                                  cfg.eval.constrained, tokenizer)
+                                  cfg.eval.constrained, tokenizer, labels)
         timings.current().data_load += time.perf_counter() - started
     return _sites[key]

@@ -164,14 +164,34 @@ def score_outputs(
 ) -> tuple[EntityScores, RelationScores]:
     """Score model outputs (one per instance, in order) without a model: NER instances by
     the entity scorer, RE instances by the relation scorer."""
-    check_score_by(score_by)
-    if len(instances) != len(outputs):
-        raise ValueError(f"{len(instances)} instances but {len(outputs)} outputs")
-    entities = EntityScorer(recall_only=score_by == SCORE_BY_ENTITY_RECALL)
-    relations = RelationScorer()
+    entities, relations = _scorers(instances, outputs, score_by, "outputs")
     for inst, output in zip(instances, outputs):
         (relations if inst.task == RE else entities).add(inst, output)
     return entities.result(), relations.result()
+
+
+def score_spans(
+    instances: Sequence[Instance], spans: Sequence[Sequence[tuple[str, int, int]] | None], score_by: str | None = None
+) -> tuple[EntityScores, RelationScores]:
+    """``score_outputs`` for predictions that are spans already (token classification): one
+    list of sentence-relative (type, start, end) per NER instance, scored by the same entity
+    scorer; relation instances (their entry is ignored) score their gold as missed."""
+    entities, relations = _scorers(instances, spans, score_by, "span lists")
+    for inst, found in zip(instances, spans):
+        if inst.task == RE:
+            relations.add_relations(inst.relations, [], types=inst.relation_types)
+        else:
+            entities.add_spans(inst.entities, list(found or ()), types=inst.entity_types)
+    return entities.result(), relations.result()
+
+
+def _scorers(instances: Sequence[Instance], predictions: Sequence, score_by: str | None,
+             what: str) -> tuple[EntityScorer, RelationScorer]:
+    """Fresh scorers for `score_by`, once the predictions are known to be one per instance."""
+    check_score_by(score_by)
+    if len(instances) != len(predictions):
+        raise ValueError(f"{len(instances)} instances but {len(predictions)} {what}")
+    return EntityScorer(recall_only=score_by == SCORE_BY_ENTITY_RECALL), RelationScorer()
 
 
 def evaluation_from_outputs(

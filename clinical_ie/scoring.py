@@ -178,11 +178,13 @@ class EntityScorer(Scorer):
             unaligned[typ] = dropped
         self._add_entities(instance.entities, predicted, unaligned, instance.entity_types)
 
-    def add_spans(self, gold: Sequence[GoldEntity], predicted: Sequence[PredSpan], unaligned: int = 0) -> None:
-        """Score already aligned predictions; ``unaligned`` counts as untyped false positives."""
+    def add_spans(self, gold: Sequence[GoldEntity], predicted: Sequence[PredSpan], unaligned: int = 0,
+                  types: Sequence[str] = ()) -> None:
+        """Score already aligned predictions; ``unaligned`` counts as untyped false positives;
+        ``types`` are listed in the table even without gold or predictions."""
         self._untyped_fp += unaligned
         self._unaligned += unaligned
-        self._add_entities(gold, predicted, {}, ())
+        self._add_entities(gold, predicted, {}, types)
 
     def _add_entities(self, gold: Sequence[GoldEntity], predicted: Sequence[PredSpan],
                       unaligned: Mapping[str, int], types: Sequence[str]) -> None:

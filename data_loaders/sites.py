@@ -34,7 +34,7 @@ from data_loaders.mapping import SCORE_BY, load_preset, narrow_preset
 from data_loaders.splits import split_documents
 from data_loaders.synthetic import SITE_FILE, corpus_is_current, generate_corpus
 
-from .schema import check_types
+from .schema import ENTITY_TYPES, check_types
 
 logger = logging.getLogger(__name__)
 
@@ -168,8 +168,8 @@ def _read_site_documents(data_dir: Path) -> tuple[list[Document], Callable[[Docu
     return read_jsonl(jsonl), lambda doc: jsonl
 
 
-def _load_corpus_site(data_dir: Path, name: str, config: dict, site_json: Path
-                      ) -> tuple[SiteData, list[Document], Callable[[Document], Path]]:
+def _site_preset(data_dir: Path, config: dict, site_json: Path):
+    """The preset a corpus site.json names, narrowed to its own type lists."""
     preset_ref = _optional_string(config, "preset", site_json)
     if preset_ref is None:
         raise SiteFolderError(f"{site_json}: key 'preset' must be a preset name or a .toml path")
@@ -180,8 +180,31 @@ def _load_corpus_site(data_dir: Path, name: str, config: dict, site_json: Path
         raise type(error)(f"{site_json}: key 'preset': {error}") from None
     narrowed = {key: _string_list(config, key, site_json, allow_empty=key == "relation_types")
                 for key in ("entity_types", "relation_types") if key in config}
-    preset = narrow_preset(preset, narrowed.get("entity_types"),
-                           narrowed.get("relation_types"), where=str(site_json))
+    return narrow_preset(preset, narrowed.get("entity_types"), narrowed.get("relation_types"), where=str(site_json))
+
+
+def declared_entity_types(data_dir: Path) -> tuple[str, ...]:
+    """The entity types a site folder's site.json declares (its preset's, narrowed), without
+    reading its notes."""
+    site_json = Path(data_dir) / SITE_FILE
+    config = _read_site_json(site_json)
+    if "preset" in config:
+        return _site_preset(Path(data_dir), config, site_json).entity_types
+    entity_types = _string_list(config, "entity_types", site_json, allow_empty=False)
+    check_types(entity_types, f"{site_json}: key 'entity_types'")
+    return entity_types
+
+
+def union_entity_types(folders: list[Path]) -> tuple[str, ...]:
+    """Every entity type the site folders declare, each once, in the common schema's order
+    (so the order the folders are listed in does not change it)."""
+    found = {t for folder in folders for t in declared_entity_types(folder)}
+    return tuple(t for t in ENTITY_TYPES if t in found)
+
+
+def _load_corpus_site(data_dir: Path, name: str, config: dict, site_json: Path
+                      ) -> tuple[SiteData, list[Document], Callable[[Document], Path]]:
+    preset = _site_preset(data_dir, config, site_json)
     source = _resolve(data_dir, _optional_string(config, "source", site_json) or ".")
     if not source.exists():
         raise FileNotFoundError(f"{site_json}: key 'source': {source} does not exist")

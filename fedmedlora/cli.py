@@ -61,13 +61,21 @@ def cmd_demo_corpus(args: argparse.Namespace) -> int:
 
 
 def _load_model(cfg: RunConfig, adapter: str):
+    """(model, tokenizer, labels): the base model with the adapter if given; `labels` are a
+    token-classification adapter's (its head's, saved beside it), () for a generative one."""
     from modeling.adapter_io import attach_saved_adapter
     from modeling.base import load_base_model
+    from modeling.token_classification import TOKEN_CLASSIFICATION, adapter_task, load_token_classifier, read_labels
 
-    model, tokenizer = load_base_model(cfg.model.name, cfg.quantization, cfg.model.dtype)
-    if adapter:
-        model = attach_saved_adapter(model, Path(adapter))
-    return model, tokenizer
+    if not adapter or adapter_task(Path(adapter)) != TOKEN_CLASSIFICATION:
+        if cfg.token_classification():
+            raise ValueError("model.task = 'token-classification' needs --adapter, a token-classification adapter "
+                             "(its head is trained, there is no zero-shot tagger)")
+        model, tokenizer = load_base_model(cfg.model.name, cfg.quantization, cfg.model.dtype)
+        return (attach_saved_adapter(model, Path(adapter)) if adapter else model), tokenizer, ()
+    labels = read_labels(Path(adapter))
+    model, tokenizer = load_token_classifier(cfg.model.name, labels, cfg.quantization, cfg.model.dtype)
+    return attach_saved_adapter(model, Path(adapter)), tokenizer, labels
 
 
 def _constrained(args: argparse.Namespace, cfg: RunConfig) -> bool:
@@ -138,17 +146,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = _run_config(args.set)
     re_mode = args.re_mode or cfg.data.re_mode
     site = load_site(Path(args.data))
-    instances = stable_subset(site_instances(site, args.split, cfg.tasks(), re_mode), args.limit)
-    model, tokenizer = _load_model(cfg, args.adapter)
-    constrained = _constrained(args, cfg)
-    evaluator = InstanceEvaluator(tokenizer, instances, cfg.train.max_length, cfg.eval.max_new_tokens,
-                                  cfg.eval.batch_size, score_by=site.score_by, constrained=constrained)
-    log.info("scoring %d instances of %s/%s (data.re-mode %s%s): loss, then generation", len(instances),
-             site.name, args.split, re_mode, ", constrained decoding" if constrained else "")
+    model, tokenizer, labels = _load_model(cfg, args.adapter)
+    # A tagger scores the entity instances only: the same sentences as the generative ones.
+    tasks = ("ner",) if labels else cfg.tasks()
+    instances = stable_subset(site_instances(site, args.split, tasks, re_mode), args.limit)
+    constrained = _constrained(args, cfg) and not labels
+    if labels:
+        from clinical_ie.tagging import check_label_types
+        from clinical_ie.token_classification import TaggerEvaluator, label_types
+
+        check_label_types(site.name, site.entity_types, label_types(labels))
+        evaluator = TaggerEvaluator(tokenizer, instances, labels, cfg.train.max_length, cfg.eval.batch_size,
+                                    score_by=site.score_by)
+        log.info("scoring %d entity instances of %s/%s with a token-classification adapter", len(instances),
+                 site.name, args.split)
+    else:
+        evaluator = InstanceEvaluator(tokenizer, instances, cfg.train.max_length, cfg.eval.max_new_tokens,
+                                      cfg.eval.batch_size, score_by=site.score_by, constrained=constrained)
+        log.info("scoring %d instances of %s/%s (data.re-mode %s%s): loss, then generation", len(instances),
+                 site.name, args.split, re_mode, ", constrained decoding" if constrained else "")
     evaluation = evaluator.evaluate(model, f"{site.name} {args.split}")
     result = {
         "site": site.name, "split": args.split, "adapter": args.adapter or None,
-        "model": cfg.model.name, "re-mode": re_mode, "constrained": constrained, **evaluation.to_metrics(),
+        "model": cfg.model.name, "re-mode": re_mode, "constrained": constrained,
+        "task": "token-classification" if labels else "generative", **evaluation.to_metrics(),
     }
     print(f"## {site.name} / {args.split} ({'adapter ' + args.adapter if args.adapter else 'zero-shot'}, "
           f"data.re-mode {re_mode})\n")
@@ -164,6 +185,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from clinical_ie.extract import extract
+    from clinical_ie.token_classification import extract_tagged
     from data_loaders.brat import write_brat
     from data_loaders.document import Document, Entity, Relation
     from data_loaders.jsonl import write_jsonl
@@ -177,14 +199,21 @@ def cmd_extract(args: argparse.Namespace) -> int:
     notes = sorted(Path(args.input).glob("*.txt"))
     if not notes:
         raise FileNotFoundError(f"{args.input}: no .txt notes found")
-    model, tokenizer = _load_model(cfg, args.adapter)
+    model, tokenizer, labels = _load_model(cfg, args.adapter)
+    if labels and relation_types:
+        raise ValueError(f"--relation-types {args.relation_types!r}: {args.adapter} is a token-classification "
+                         "adapter, which tags entities only; leave --relation-types empty")
     constrained = _constrained(args, cfg)
     out = Path(args.out)
     docs, dropped = [], 0
     for note in tqdm(notes, desc="extract", unit="note"):
         text = note.read_text(encoding="utf-8", errors="strict")
-        result = extract(model, tokenizer, text, entity_types, relation_types,
-                         cfg.eval.max_new_tokens, cfg.eval.batch_size, re_mode, constrained)
+        if labels:
+            result = extract_tagged(model, tokenizer, labels, text, entity_types, cfg.train.max_length,
+                                    cfg.eval.batch_size, where=f"--adapter {args.adapter}")
+        else:
+            result = extract(model, tokenizer, text, entity_types, relation_types,
+                             cfg.eval.max_new_tokens, cfg.eval.batch_size, re_mode, constrained)
         dropped += result.not_in_text
         ids = {}
         entities = []

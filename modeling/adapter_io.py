@@ -103,6 +103,8 @@ def attach_saved_adapter(model, folder: Path):
                                 target_modules=tuple(sorted(config["target_modules"])))
     except KeyError as err:
         raise ValueError(f"{config_path}: missing key {err}") from None
-    peft_model = attach_lora(model, settings)
+    # A token-classification adapter trains and saves its classification head whole.
+    head = (config.get("modules_to_save") or [None])[0] if config.get("task_type") == "TOKEN_CLS" else None
+    peft_model = attach_lora(model, settings, head=head)
     set_adapter_state(peft_model, load_peft_folder(folder))
     return peft_model

@@ -258,8 +258,9 @@ def load_tokenizer(name: str):
     return tokenizer
 
 
-def load_base_model(name: str, quantization: str = "auto", dtype: str = "auto"):
-    """Load the causal LM for LoRA training or inference; returns (model, tokenizer)."""
+def load_base_model(name: str, quantization: str = "auto", dtype: str = "auto", model_class=None, **model_kwargs):
+    """Load the causal LM (or `model_class`, e.g. AutoModelForTokenClassification, given
+    `model_kwargs`) for LoRA training or inference; returns (model, tokenizer)."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     quant = resolve_quantization(quantization)
@@ -278,7 +279,7 @@ def load_base_model(name: str, quantization: str = "auto", dtype: str = "auto"):
     if quant != "none" and torch.cuda.is_available():
         kwargs["device_map"] = {"": 0}
     log.info("loading base model %s (quantization=%s, dtype=%s)", name, quant, torch_dtype)
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    model = (model_class or AutoModelForCausalLM).from_pretrained(path, **kwargs, **model_kwargs)
     if quant == "none" and torch.cuda.is_available():
         model = model.to("cuda")
     model.config.use_cache = False

@@ -37,7 +37,9 @@ class LoraSettings:
         if not self.target_modules:
             raise ValueError("lora.target-modules: must name at least one module")
 
-    def to_peft_config(self, base_model_name: str | None = None):
+    def to_peft_config(self, base_model_name: str | None = None, head: str | None = None):
+        """PEFT's LoraConfig; with `head`, a token-classification one that trains and saves that
+        classification head whole (`modules_to_save`, modeling/token_classification.py)."""
         from peft import LoraConfig
 
         return LoraConfig(
@@ -46,7 +48,8 @@ class LoraSettings:
             lora_dropout=self.dropout,
             target_modules=list(self.target_modules),
             bias="none",
-            task_type="CAUSAL_LM",
+            task_type="TOKEN_CLS" if head else "CAUSAL_LM",
+            modules_to_save=[head] if head else None,
             base_model_name_or_path=base_model_name,
         )
 
@@ -59,8 +62,10 @@ class LoraSettings:
         }
 
 
-def attach_lora(model, settings: LoraSettings, seed: int = 0, base_model_name: str | None = None):
-    """Wrap `model` in a PeftModel whose initial adapter depends only on `seed`."""
+def attach_lora(model, settings: LoraSettings, seed: int = 0, base_model_name: str | None = None,
+                head: str | None = None):
+    """Wrap `model` in a PeftModel whose initial adapter depends only on `seed`; `head`: the
+    classification head of a token-classification model, trained and sent with the adapter."""
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
@@ -75,7 +80,7 @@ def attach_lora(model, settings: LoraSettings, seed: int = 0, base_model_name: s
         )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return get_peft_model(model, settings.to_peft_config(base_model_name))
+        return get_peft_model(model, settings.to_peft_config(base_model_name, head))
 
 
 def _linear_names(model) -> set[str]:

@@ -18,13 +18,15 @@ as the reference the tests compare against). See docs/architecture.md, "Shared p
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import math
 import random
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +35,7 @@ from tqdm.auto import tqdm
 log = logging.getLogger(__name__)
 
 SCHEDULER_CHOICES = ("cosine", "linear", "constant")
+E = TypeVar("E")
 
 
 @dataclass(frozen=True)
@@ -143,13 +146,18 @@ def encode_all(
 ) -> tuple[list[Encoded], int]:
     """Encode (messages, answer) pairs; drop (and count) those longer than max_length,
     since truncating an answer would teach the model to stop mid-answer."""
+    encoded = (encode(tokenizer, messages, answer, prefix_end) for messages, answer in pairs)
+    return drop_too_long(encoded, lambda enc: len(enc.input_ids) > max_length, max_length)
+
+
+def drop_too_long(examples: Iterable[E], too_long: Callable[[E], bool], max_length: int) -> tuple[list[E], int]:
+    """The examples that fit, and how many did not (logged, naming train.max-length)."""
     kept, dropped = [], 0
-    for messages, answer in pairs:
-        enc = encode(tokenizer, messages, answer, prefix_end)
-        if len(enc.input_ids) > max_length:
+    for example in examples:
+        if too_long(example):
             dropped += 1
         else:
-            kept.append(enc)
+            kept.append(example)
     if dropped:
         log.warning("dropped %d instance(s) longer than train.max-length=%d tokens", dropped, max_length)
     return kept, dropped
@@ -270,6 +278,17 @@ def _batches(examples: Sequence[Encoded], batch_size: int, rng: random.Random) -
     return batches
 
 
+@dataclass(frozen=True)
+class BatchStep:
+    """What one training step computes: `collate(examples, pad_id, device)` makes a batch (a
+    dict with its `tokens`), `loss(model, batch)` its summed loss and the count summed over.
+    The default is the generative one (`collate`, `answer_loss`); token classification has its
+    own (modeling/token_classification.py, `TAGGING`)."""
+
+    collate: Callable[..., dict]
+    loss: Callable[..., tuple[torch.Tensor, int]]
+
+
 @dataclass
 class TrainResult:
     loss: float
@@ -299,8 +318,11 @@ def train_round(
     description: str = "train",
     share_prefix: bool = True,
     optimizer_state: OptimizerState | None = None,
+    step: BatchStep | None = None,
 ) -> TrainResult:
     """Train the adapter for one federated round (`server_round` is 1-based).
+
+    `step`: how a batch becomes a loss (default: generative answers, `share_prefix` or not).
 
     With `proximal_mu` > 0 the FedProx term mu/2 * ||w - w_global||^2 over the
     trainable (adapter) weights is added, w_global being the weights at round start.
@@ -321,6 +343,7 @@ def train_round(
                     and optimizer_state.load_into(optimizer, named))
     scale = loss_scale(examples, settings.batch_size)
     device = _device(model)
+    step = step or BatchStep(functools.partial(collate, share_prefix=share_prefix), answer_loss)
     model.train()
 
     loss_sum, loss_tokens, tokens, done = 0.0, 0, 0, 0
@@ -330,10 +353,10 @@ def train_round(
         while done < steps:
             if not queue:
                 queue = _batches(examples, settings.batch_size, rng)
-            batch = collate(queue.pop(), pad_id, device, share_prefix)
+            batch = step.collate(queue.pop(), pad_id, device)
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * lr_factor(first_step + done, total_steps, settings)
-            loss, count = answer_loss(model, batch)
+            loss, count = step.loss(model, batch)
             objective = loss / scale
             if anchor is not None:
                 prox = sum(((p - a) ** 2).sum() for p, a in zip(params, anchor))

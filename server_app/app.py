@@ -18,10 +18,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from clinical_ie.evaluate import InstanceEvaluator, site_instances, stable_subset
-from data_loaders.sites import ensure_demo_corpus, load_site
+from clinical_ie.tagging import bio_labels, check_label_types
+from clinical_ie.token_classification import TaggerEvaluator
+from data_loaders.sites import ensure_demo_corpus, load_site, union_entity_types
 from modeling.adapter_io import get_adapter_state, load_peft_folder, set_adapter_state
-from modeling.base import load_base_model, model_dtype, model_identity, resolve_model_path
-from modeling.lora import attach_lora
+from modeling.base import model_dtype, model_identity, resolve_model_path
+from modeling.token_classification import head_name, load_for_task, save_labels
 from settings.config import ConfigError, RunConfig, validate
 from settings.logs import setup_logging
 from strategies.round_report import TooFewSites
@@ -62,24 +64,36 @@ def main(grid: Grid, context: Context) -> None:
     torch.set_num_threads(max(1, len(__import__("os").sched_getaffinity(0))))
 
     lora = cfg.lora_settings()
-    model, tokenizer = load_base_model(cfg.model.name, cfg.quantization, cfg.model.dtype)
-    full_model_bytes = 2 * sum(p.numel() for p in model.parameters())  # bf16 full update
-    peft_model = attach_lora(model, lora, seed=cfg.seed, base_model_name=resolve_model_path(cfg.model.name))
+    label_types = run_label_types(cfg) if cfg.token_classification() else ()
+    labels = bio_labels(label_types) if label_types else ()
+    peft_model, tokenizer = load_for_task(cfg.model.task, cfg.model.name, cfg.quantization, cfg.model.dtype, lora,
+                                          cfg.seed, labels)
+    # bf16 full update: the base model's weights, which PEFT leaves frozen (the adapter is what trains)
+    full_model_bytes = 2 * sum(p.numel() for p in peft_model.parameters() if not p.requires_grad)
     identity = model_identity(cfg.model.name)
     initial = get_adapter_state(peft_model)
 
     validation = load_site(_validation_folder(cfg), name="coordinator")
+    if label_types:
+        check_label_types(validation.name, validation.entity_types, label_types)
+        log.info("token classification: %d labels over the entity types %s", len(labels), ", ".join(label_types))
     # A site-like folder lends its validation split; a dedicated coordinator set
     # (no validation split of its own, as in the demo) is used whole.
     split_names = ["validation"] if validation.splits["validation"] else ["train", "validation", "test"]
     instances = [i for name in split_names for i in site_instances(validation, name, cfg.tasks(), cfg.data.re_mode)]
     # Fed-MedLoRA+ scores every candidate on these each round: a cap keeps CPU runs short.
     loss_instances = stable_subset(instances, cfg.strategy.validation_instances)
-    loss_evaluator = InstanceEvaluator(tokenizer, loss_instances, cfg.train.max_length,
-                                       cfg.eval.max_new_tokens, cfg.eval.batch_size)
-    f1_evaluator = InstanceEvaluator(tokenizer, stable_subset(instances, cfg.eval.max_instances),
-                                     cfg.train.max_length, cfg.eval.max_new_tokens, cfg.eval.batch_size,
-                                     score_by=validation.score_by, constrained=cfg.eval.constrained)
+    f1_instances = stable_subset(instances, cfg.eval.max_instances)
+    if labels:
+        loss_evaluator = TaggerEvaluator(tokenizer, loss_instances, labels, cfg.train.max_length, cfg.eval.batch_size)
+        f1_evaluator = TaggerEvaluator(tokenizer, f1_instances, labels, cfg.train.max_length, cfg.eval.batch_size,
+                                       score_by=validation.score_by)
+    else:
+        loss_evaluator = InstanceEvaluator(tokenizer, loss_instances, cfg.train.max_length,
+                                           cfg.eval.max_new_tokens, cfg.eval.batch_size)
+        f1_evaluator = InstanceEvaluator(tokenizer, f1_instances, cfg.train.max_length, cfg.eval.max_new_tokens,
+                                         cfg.eval.batch_size, score_by=validation.score_by,
+                                         constrained=cfg.eval.constrained)
 
     def validation_loss(state) -> float:
         set_adapter_state(peft_model, state)
@@ -95,10 +109,12 @@ def main(grid: Grid, context: Context) -> None:
         initial = checkpoint.global_state
         metrics_by_round = dict(checkpoint.coordinator_metrics)
         resumes = [*checkpoint.resumes, {"after-round": done, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}]
-    recorder = RunRecorder(folder, lora.to_peft_config(resolve_model_path(cfg.model.name)), {
+    head = head_name(peft_model) if labels else None
+    recorder = RunRecorder(folder, lora.to_peft_config(resolve_model_path(cfg.model.name), head), {
         "base-model": identity.name, "base-sha256": identity.sha256, "strategy": cfg.strategy.name,
-        "dtype": model_dtype(model), "run-config": cfg.as_dict(),
-    }, elapsed_before=checkpoint.elapsed_seconds if checkpoint is not None else 0.0)
+        "dtype": model_dtype(peft_model), "run-config": cfg.as_dict(),
+    }, elapsed_before=checkpoint.elapsed_seconds if checkpoint is not None else 0.0,
+        after_save=(lambda adapter: save_labels(adapter, labels)) if labels else None)
     adapter_bytes = adapter_nbytes(initial, cfg.transport.encoding)
     audit = CoordinatorAudit(folder, context.run_id, identity.name, identity.sha256, cfg, audit_key)
     if checkpoint is None:
@@ -136,7 +152,7 @@ def main(grid: Grid, context: Context) -> None:
         ))
         return MetricRecord(metrics)
 
-    config = ConfigRecord(protocol.base_config(identity, lora, cfg.num_server_rounds))
+    config = ConfigRecord(protocol.base_config(identity, lora, cfg.num_server_rounds, label_types))
     if done < cfg.num_server_rounds:
         if checkpoint is not None:
             log.info("resuming %s after round %d: rounds %d..%d", folder, done, done + 1, cfg.num_server_rounds)
@@ -172,6 +188,24 @@ def main(grid: Grid, context: Context) -> None:
     audit.end()
     log.info("global adapter: %s (load it with peft.PeftModel.from_pretrained)", final)
     log.info("metrics per round: %s", recorder.metrics_path)
+
+
+def run_label_types(cfg: RunConfig) -> tuple[str, ...]:
+    """Token classification: the entity types of the head's labels, model.label-types or, when
+    empty, the union of the data.sites folders' and the validation folder's (which a
+    coordinator can read in simulation; in a deployment it declares them)."""
+    declared = cfg.declared_label_types()
+    if declared:
+        return declared
+    root = Path(cfg.data.root).expanduser() if cfg.data.root else ensure_demo_corpus()
+    folders = [root / name for name in cfg.site_names()] + [_validation_folder(cfg)]
+    missing = [str(f) for f in folders if not (f / "site.json").is_file()]
+    if missing:
+        raise ConfigError(f"model.label-types is empty, so the label set is the union of the entity types of the "
+                          f"data.sites folders and the coordinator's validation folder, but {missing} hold no "
+                          "site.json here; declare model.label-types (a deployment's coordinator does not hold "
+                          "the sites' folders)")
+    return union_entity_types(folders)
 
 
 def _log_stopped(err: TooFewSites, folder: Path) -> None:

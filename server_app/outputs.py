@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -39,10 +40,12 @@ class RunRecorder:
     """Writes a run's folder. `elapsed_before`: seconds the run ran before it was continued
     (the `elapsed-seconds` of records and summary go on from there)."""
 
-    def __init__(self, folder: Path, lora_config, metadata: dict[str, Any], elapsed_before: float = 0.0) -> None:
+    def __init__(self, folder: Path, lora_config, metadata: dict[str, Any], elapsed_before: float = 0.0,
+                 after_save: Callable[[Path], Any] | None = None) -> None:
         self.folder = folder
         self.lora_config = lora_config
         self.metadata = metadata
+        self.after_save = after_save  # what else goes beside every adapter (a tagger's labels)
         self.metrics_path = folder / "metrics.jsonl"
         self.started = time.time() - elapsed_before
         (folder / "run.json").write_text(json.dumps(metadata, indent=2, sort_keys=True))
@@ -82,9 +85,12 @@ class RunRecorder:
                 shutil.rmtree(path)
 
     def save_adapter(self, name: str, state: dict[str, np.ndarray], server_round: int) -> Path:
-        return save_peft_folder(
+        folder = save_peft_folder(
             state, self.lora_config, self.folder / name, {**self.metadata, "server-round": server_round}
         )
+        if self.after_save is not None:
+            self.after_save(folder)
+        return folder
 
     def append_round(self, record: dict[str, Any]) -> None:
         record = {"elapsed-seconds": round(time.time() - self.started, 2), **record}

@@ -17,8 +17,10 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from clinical_ie.instances import DEFAULT_RE_MODE, RE_MODES
+from data_loaders.schema import check_types
 from modeling.base import DTYPE_CHOICES, EMBEDDED_DEFAULT, QUANTIZATION_CHOICES
 from modeling.lora import PAPER_TARGET_MODULES, LoraSettings
+from modeling.token_classification import GENERATIVE, MODEL_TASKS, TOKEN_CLASSIFICATION
 from modeling.training import SCHEDULER_CHOICES, TrainSettings
 from strategies.clipping import UPDATE_NORM_ACTIONS
 from strategies.dp import DP_MODES
@@ -59,6 +61,14 @@ class ModelSection:
     name: str = setting(EMBEDDED_DEFAULT, "base model: the embedded default, a local HF checkpoint folder or a Hub id")
     dtype: str = setting("auto", "compute dtype; auto = bf16/fp16 on CUDA, on a CPU bf16 where a measured bf16 "
                                  "matmul beats fp32, else fp32 (decided at start-up and logged)", DTYPE_CHOICES)
+    task: str = setting(GENERATIVE, "generative = prompts answered in JSON (entities and relations, the paper); "
+                                    "token-classification = BIO tags over the entity types from a classification "
+                                    "head sent with the LoRA factors (entities only, needs data.tasks = 'ner'; "
+                                    "docs/token-classification.md)", MODEL_TASKS)
+    label_types: str = setting("", "token-classification: the entity types of the head's BIO labels, "
+                                   "comma-separated, in order; empty = the union of the entity types of the "
+                                   "data.sites folders and the coordinator's validation folder, read by the "
+                                   "coordinator and sent to the sites")
 
 
 # LoRA and training defaults are those of modeling's own settings classes (one place); the
@@ -245,6 +255,13 @@ class RunConfig(RunSection):
     def tasks(self) -> tuple[str, ...]:
         return tuple(t.strip() for t in self.data.tasks.split(",") if t.strip())
 
+    def token_classification(self) -> bool:
+        return self.model.task == TOKEN_CLASSIFICATION
+
+    def declared_label_types(self) -> tuple[str, ...]:
+        """model.label-types as a tuple (empty: the coordinator takes the union of its folders')."""
+        return tuple(t.strip() for t in self.model.label_types.split(",") if t.strip())
+
     def site_names(self) -> list[str]:
         names = [s.strip() for s in self.data.sites.split(",") if s.strip()]
         if not names:
@@ -363,6 +380,7 @@ def validate(run_config: Mapping[str, Any]) -> RunConfig:
     tasks = cfg.tasks()
     if not tasks or any(t not in ("ner", "re") for t in tasks):
         raise ConfigError(f"data.tasks: {cfg.data.tasks!r}: expected 'ner', 're' or 'ner,re'")
+    _check_model_task(cfg)
     _check_strategy_name(cfg.strategy.name)
     _check_factor_strategies(cfg)
     _check_dp_strategy(cfg)
@@ -370,6 +388,26 @@ def validate(run_config: Mapping[str, Any]) -> RunConfig:
     cfg.lora_settings()
     cfg.train_settings()
     return cfg
+
+
+def _check_model_task(cfg: RunConfig) -> None:
+    """Token classification tags entities only, over a label set of schema types."""
+    declared = cfg.declared_label_types()
+    if not cfg.token_classification():
+        if declared:
+            raise ConfigError(f"model.label-types = {cfg.model.label_types!r} is only read with model.task = "
+                              f"{TOKEN_CLASSIFICATION!r}; leave it empty or set model.task")
+        return
+    if cfg.tasks() != ("ner",):
+        raise ConfigError(f"data.tasks = {cfg.data.tasks!r} cannot be combined with model.task = "
+                          f"{TOKEN_CLASSIFICATION!r}: BIO tags hold entities, not relations; set data.tasks = 'ner'")
+    duplicates = sorted({t for t in declared if declared.count(t) > 1})
+    if duplicates:
+        raise ConfigError(f"model.label-types: {duplicates} listed more than once")
+    try:
+        check_types(list(declared), "model.label-types")
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
 
 
 def _check_dp_noise(cfg: RunConfig) -> None:

@@ -1,5 +1,6 @@
 """Shared fixtures: tiny random models (no download) with the real tokenizer of the
-embedded default, so every code path runs on real tokenization in seconds, and the tiny
+embedded default, so every code path runs on real tokenization in seconds, a tiny random
+BERT with a WordPiece vocabulary built offline (token classification), and the tiny
 synthetic corpus of the loopback deployments (tests/support/deployment.py)."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from support.deployment import tiny_corpus  # noqa: F401 - fixture of test_deploy.py and test_faults.py
-from support.tiny_models import make_tiny_model
+from support.tiny_models import make_tiny_bert, make_tiny_model
 
 
 @pytest.fixture(scope="session")
@@ -22,6 +23,11 @@ def default_model_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory, default_model_dir) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny-llama"), "llama", default_model_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture(scope="session")

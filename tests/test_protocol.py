@@ -519,3 +519,34 @@ def test_a_restart_in_an_out_folder_holding_trained_arms_is_refused(tmp_path) ->
                           capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode == 2 and "holds trained arms that would be reused" in done.stderr, done.stderr
     assert not (tmp_path / "results.json").exists()
+
+
+def test_token_classification_arms_score_spans_and_pair_with_the_generative_arm_on_the_same_documents() -> None:
+    """A tagger's spans and a generative arm's answers on the same test instances give counts of
+    the same documents in the same order, so the new claim pairs them; a relation instance
+    counts its gold as missed, and nothing a tagger predicts is unaligned."""
+    from benchmarks.protocol.profiles import TOKEN_ARMS
+    from benchmarks.protocol.scoring import scored, scored_spans
+    from clinical_ie.instances import RE, GoldEntity, GoldRelation, Instance
+
+    aspirin, daily = GoldEntity("drug", ((8, 15),), "aspirin"), GoldEntity("frequency", ((16, 21),), "daily")
+    text = "She took aspirin daily."
+    instances = [
+        Instance("d1", 0, text, ("drug",), (aspirin,)),
+        Instance("d2", 0, text, ("drug", "frequency"), (aspirin, daily)),
+        Instance("d2", 0, text, ("drug", "frequency"), (), task=RE, relation_types=("frequency",),
+                 relations=(GoldRelation("frequency", aspirin, daily),)),
+    ]
+    generative = scored(instances, ['{"drug": ["aspirin"]}', '{"drug": ["took"]}', "{}"], None)
+    tagger = scored_spans(instances, [[("drug", 8, 15)], [("drug", 8, 15), ("frequency", 16, 21)], None], None)
+    assert tagger["unaligned"] == 0 and tagger["documents"] == generative["documents"] == 2
+    assert tagger["scores"]["ner-strict-f1"]["value"] == 1.0 and tagger["scores"]["re-strict-f1"]["value"] == 0.0
+    assert tagger["document-counts"][1][2] == [0, 0, 1]  # d2's relation: missed
+    assert TOKEN_ARMS[-1] == "token-classification/fedmedlora"
+    scores = {"fedmedlora": {t: generative for t in TRAINING_SITES},
+              "token-classification/fedmedlora": {t: tagger for t in TRAINING_SITES}}
+    (claim,) = claims.evaluate_claims(scores, TRAINING_SITES, "standard", resamples=100)
+    assert claim["claim"] == "generative fedmedlora beats token-classification/fedmedlora"
+    assert claim["estimate"] < 0 and claim["budget"] == "equal-local-steps"
+    # Without the tagger's arm (a profile recorded before them), the claim is not made.
+    assert claims.evaluate_claims({"fedmedlora": scores["fedmedlora"]}, TRAINING_SITES, "standard") == []

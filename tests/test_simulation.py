@@ -16,14 +16,6 @@ from support.paths import REPO
 pytestmark = pytest.mark.e2e  # real Flower runs: the slow tier
 
 
-def _ray_and_flower_processes() -> list[str]:
-    """Live processes of Flower or Ray (a zombie is already dead, just not yet reaped)."""
-    out = subprocess.run(["ps", "-eo", "pid=,stat=,args="], capture_output=True, text=True).stdout
-    keys = ("flower-superlink", "flower-superexec", "flwr-simulation", "flwr-serverapp", "raylet", "gcs_server")
-    rows = [line.split(None, 2) for line in out.splitlines()]
-    return [f"{r[0]} {r[2]}" for r in rows if len(r) == 3 and not r[1].startswith("Z") and any(k in r[2] for k in keys)]
-
-
 @pytest.fixture(scope="module")
 def tiny_corpus(tmp_path_factory) -> Path:
     from data_loaders.synthetic import generate_corpus
@@ -33,8 +25,8 @@ def tiny_corpus(tmp_path_factory) -> Path:
     return root
 
 
-def _run(tmp_path: Path, tiny_llama: Path, corpus: Path, **extra) -> tuple[int, Path, str]:
-    before = set(_ray_and_flower_processes())
+def _run(tmp_path: Path, tiny_llama: Path, corpus: Path, ports: tuple[int, int] = (39191, 39193),
+         **extra) -> tuple[int, Path, str]:
     overrides = {
         "model.name": str(tiny_llama), "num-server-rounds": 2, "train.max-steps": 2,
         "train.batch-size": 2, "lora.r": 4, "lora.alpha": 8, "eval.max-instances": 3,
@@ -45,9 +37,11 @@ def _run(tmp_path: Path, tiny_llama: Path, corpus: Path, **extra) -> tuple[int, 
     log = tmp_path / "flwr.log"
     with open(log, "w") as fh:
         code = flwr_run(REPO, tmp_path / "flwr-home", overrides, num_supernodes=3,
-                        http_port=39191, control_port=39193, timeout=900, stdout=fh)
+                        http_port=ports[0], control_port=ports[1], timeout=900, stdout=fh)
     assert superlink_pids(tmp_path / "flwr-home") == []
-    assert set(_ray_and_flower_processes()) <= before, "a Flower or Ray process was left running"
+    # Every process the run started carries its FLWR_HOME (Ray's too); another Flower run on a
+    # shared machine is not this run's leftover.
+    assert _processes_of(tmp_path / "flwr-home") == [], "a Flower or Ray process was left running"
     return code, tmp_path / "outputs" / "e2e", log.read_text()
 
 
@@ -313,3 +307,41 @@ def test_a_terminated_simulate_command_stops_its_superlink_and_simulation(tmp_pa
                 pass
     assert process.returncode == 128 + signal.SIGTERM, output[-3000:]
     assert superlink_pids(home) == [] and _processes_of(home) == []
+
+
+@pytest.mark.parametrize("model", ["tiny_bert", "tiny_llama"])
+def test_token_classification_federates_the_lora_factors_and_the_head(model, request, tmp_path, tiny_corpus):
+    """One round of `model.task = token-classification`: the sites train and send the LoRA factors
+    and the head, the label set is the union of the site folders' types, and the global adapter
+    (with its labels) loads with PEFT's PeftModel.from_pretrained."""
+    from peft import PeftModel
+    from transformers import AutoModelForTokenClassification
+
+    from data_loaders.sites import union_entity_types
+    from modeling.adapter_io import get_adapter_state, load_peft_folder
+    from modeling.lora import LoraSettings
+    from modeling.token_classification import TOKEN_CLASSIFICATION, load_for_task, read_labels
+
+    folder = request.getfixturevalue(model)
+    lora = {"lora.target-modules": "query,value"} if model == "tiny_bert" else {}
+    code, run_dir, log = _run(tmp_path, folder, tiny_corpus, ports=(39591, 39593), **{
+        "model.task": TOKEN_CLASSIFICATION, "data.tasks": "ner", "num-server-rounds": 1, **lora})
+    final = run_dir / "final"
+    assert code == 0 and (final / "adapter_model.safetensors").is_file(), log[-3000:]
+    types = union_entity_types([tiny_corpus / s for s in ("site-a", "site-b", "site-c", "coordinator")])
+    labels = read_labels(final)
+    assert labels[0] == "O" and labels[1::2] == tuple(f"B-{t}" for t in types)
+    record = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][1]
+    assert sorted(s["site"] for s in record["sites"]) == ["site-a", "site-b", "site-c"]
+    assert all(np.isfinite(s["train"]["train-loss"]) and "strict-f1" in s["evaluate"] for s in record["sites"])
+    assert record["coordinator"]["re-instances"] == 0 and record["coordinator"]["ner-instances"] > 0
+
+    settings = LoraSettings(r=4, alpha=8, **({"target_modules": ("query", "value")} if lora else {}))
+    initial, _ = load_for_task(TOKEN_CLASSIFICATION, str(folder), "none", "float32", settings, seed=0, labels=labels)
+    initial_state, trained = get_adapter_state(initial), load_peft_folder(final)
+    assert list(trained) == list(initial_state)
+    head = [k for k in trained if ".lora_" not in k]
+    assert head and any(not np.allclose(trained[k], initial_state[k], rtol=1e-2, atol=1e-3) for k in head)
+    base = AutoModelForTokenClassification.from_pretrained(folder, num_labels=len(labels))
+    loaded = PeftModel.from_pretrained(base, final)
+    assert type(loaded).__name__ == "PeftModelForTokenClassification"

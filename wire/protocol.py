@@ -117,13 +117,31 @@ class MalformedMessage(ValueError):
     """A coordinator message lacks what its type needs (names records only, safe to report)."""
 
 
-def base_config(identity: ModelIdentity, lora: LoraSettings, num_rounds: int) -> dict[str, Any]:
+# Token classification (model.task): the entity types of the head's BIO labels, in order. The
+# coordinator fixes them (model.label-types, or the union of the folders it reads) and every
+# train, evaluate and score message carries them, so each site builds the same head; a
+# generative run's messages do not have the key.
+LABEL_TYPES = "label-types"
+
+
+def base_config(identity: ModelIdentity, lora: LoraSettings, num_rounds: int,
+                label_types: tuple[str, ...] = ()) -> dict[str, Any]:
     return {
         "num-server-rounds": num_rounds,
         "base-model": identity.name,
         "base-sha256": identity.sha256,
         **{f"lora-{k}": v for k, v in lora.as_dict().items()},
+        **({LABEL_TYPES: list(label_types)} if label_types else {}),
     }
+
+
+def label_types(config: Mapping[str, Any]) -> tuple[str, ...]:
+    """The label types a token-classification message carries; MalformedMessage without them."""
+    value = config.get(LABEL_TYPES)
+    if not isinstance(value, list) or not value or not all(isinstance(t, str) and t for t in value):
+        raise MalformedMessage(f"token-classification message: config[{LABEL_TYPES!r}] must be a non-empty list "
+                               f"of entity types, got {value!r}")
+    return tuple(value)
 
 
 def check_base(config: Mapping[str, Any], identity: ModelIdentity, lora: LoraSettings) -> None:

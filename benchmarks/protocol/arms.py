@@ -47,7 +47,7 @@ def write_wall(run: Path, start: float, start_time: float) -> None:
     (run / "wall.json").write_text(json.dumps({"wall-seconds": wall, "start-time": start_time}))
 
 
-def run_federated(arm: str, config: dict[str, Any], out: Path) -> Path:
+def run_federated(arm: str, config: dict[str, Any], out: Path, ports: tuple[int, int] = (39491, 39493)) -> Path:
     from fedmedlora.local_run import flwr_run
     from server_app.checkpoint import existing_round
     from settings.config import validate
@@ -63,7 +63,7 @@ def run_federated(arm: str, config: dict[str, Any], out: Path) -> Path:
     start, start_time = time.perf_counter(), time.time()
     with open(out / f"{arm}.log", "a") as stream:
         code = flwr_run(REPO, out / ".flwr-home", overrides, num_supernodes=len(TRAINING_SITES),
-                        http_port=39491, control_port=39493, stdout=stream)
+                        http_port=ports[0], control_port=ports[1], stdout=stream)
     if code != 0 or not (run / "summary.json").is_file():
         raise RuntimeError(f"{arm}: flwr run failed (exit {code}); see {out / f'{arm}.log'}")
     if done is None:
@@ -99,6 +99,19 @@ def curves(runs: dict[str, Path]) -> dict[str, list[dict[str, Any]]]:
     return result
 
 
+def record_run(store: ArmStore, arm: str, run: Path) -> None:
+    """What the report needs from a federated run itself (`run/<arm>`): its per-round curve,
+    communication and the sites' training speed; kept once."""
+    if store.scores(f"run/{arm}") is not None:
+        return
+    summary = json.loads((run / "summary.json").read_text())
+    communication = dict(summary["communication"])
+    communication["bytes-per-round"] = (communication["bytes-up-total"]
+                                        + communication["bytes-down-total"]) / summary["rounds"]
+    store.save(f"run/{arm}", {"curve": curves({arm: run})[arm], "communication": communication,
+                              "site-speed": site_speed(run)})
+
+
 def run_arms(bench: Workbench, store: ArmStore, sites: dict[str, Path], data: Path, out: Path,
              config: dict[str, Any], per_round: int,
              single_steps: dict[str, int]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -111,13 +124,7 @@ def run_arms(bench: Workbench, store: ArmStore, sites: dict[str, Path], data: Pa
 
     def federated(arm: str, keys: dict[str, Any]) -> Path:
         run = runs[arm] = run_federated(arm, {**config, **keys}, out / "runs")
-        if store.scores(f"run/{arm}") is None:  # what the report needs from the run itself
-            summary = json.loads((run / "summary.json").read_text())
-            communication = dict(summary["communication"])
-            communication["bytes-per-round"] = (communication["bytes-up-total"]
-                                                + communication["bytes-down-total"]) / summary["rounds"]
-            store.save(f"run/{arm}", {"curve": curves({arm: run})[arm], "communication": communication,
-                                      "site-speed": site_speed(run)})
+        record_run(store, arm, run)
         return run / "final"
 
     def pooled() -> list:

@@ -23,7 +23,7 @@ from modeling.training import TrainSettings
 from .arms import federated_config, run_arms
 from .overhead import measure_overheads, only_overhead
 from .profiles import BUDGETS, ENCODING_ARMS, FEDERATED_ARMS, PROFILES, TRAINING_SITES, Profile, single_site_steps
-from .report import add_claims, claims_so_far, federated_gap, plot_curves, write_report
+from .report import add_claims, claims_so_far, federated_gap, plot_curves, token_arms_table, write_report
 from .scoring import refresh_counts, scored, test_instances
 from .sites import prepare_sites
 from .store import ArmStore, compact_json
@@ -46,9 +46,14 @@ def parser() -> argparse.ArgumentParser:
                              "`before` is recomputed from its runs without site workers and in simulation")
     parser.add_argument("--overhead-json", type=Path, default=None,
                         help="with --only overhead: write before/after figures here (docs/benchmarks/overhead.json)")
-    parser.add_argument("--only", choices=["overhead"],
-                        help="measure only the federation overhead, before and after the warm site; with --results, "
-                             "write its section there")
+    parser.add_argument("--only", choices=["overhead", "token-classification"],
+                        help="overhead: measure only the federation overhead, before and after the warm site; with "
+                             "--results, write its section there. token-classification: train and score only the "
+                             "token-classification arms (kept in --results' profile beside the others), then print "
+                             "them and the claims the recorded arms decide")
+    parser.add_argument("--token-classification", action="store_true",
+                        help="also the token-classification arms (single sites, centralized, Fed-MedLoRA; "
+                             "docs/token-classification.md): new arms, so a profile recorded without them is unchanged")
     parser.add_argument("--report-only", action="store_true",
                         help="train and generate nothing: rebuild the report (claims included) from --out's "
                              "results.json and its cached outputs; with --only overhead, the overhead figures from "
@@ -147,7 +152,37 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "--only overhead measurement (deployment-cold/ and overhead-simulation/ with their metrics.jsonl)")
     if args.only == "overhead":
         return only_overhead(args, profile, out, sites, command(COMMAND, argv))
+    if args.only == "token-classification":
+        return only_token_classification(args, profile, out, sites, settings)
     return run_profile(args, profile, out, sites, settings, command(COMMAND, argv), started)
+
+
+def budget(bench: Workbench, profile: Profile, sites: dict[str, Path]) -> tuple[int, dict[str, int]]:
+    """The federation's steps per round (centralized trains them) and each single site's."""
+    site_steps = {n: bench.settings(profile.steps).steps_per_round(len(bench.examples(n, sites[n])))
+                  for n in TRAINING_SITES}  # what each site trains per round in the federation
+    return steps_per_round(bench, sites), single_site_steps(profile, site_steps)
+
+
+def only_token_classification(args: argparse.Namespace, profile: Profile, out: Path, sites: dict[str, Path],
+                              settings: dict[str, Any]) -> int:
+    """The token-classification arms alone, in the generative arms' budget; then each arm's NER
+    strict F1 and the claims decided by every arm recorded (with --results: the profile's)."""
+    from benchmarks import claims
+
+    from .token_arms import run_token_arms
+
+    store = ArmStore(args.results.parent / "results.json" if args.results else None, args.profile, settings)
+    per_round, single_steps = budget(Workbench(profile), profile, sites)
+    scores = run_token_arms(profile, store, sites, out, federated_config(profile, out / "sites", out / "runs"),
+                            per_round, single_steps)
+    print(token_arms_table(scores))
+    recorded = {a: v for a, v in store.data["profiles"][args.profile]["arms"].items()
+                if not a.startswith(("run/", "new-site/"))}
+    decided = claims.evaluate_claims(recorded, TRAINING_SITES, args.profile)
+    print(f"\nClaims whose arms are recorded ({len(decided)} of {len(claims.CLAIMS)}):")
+    print("\n".join(claims.sentence(c) for c in decided) or "none (the generative arms are not recorded here)")
+    return 0
 
 
 def run_profile(args: argparse.Namespace, profile: Profile, out: Path, sites: dict[str, Path],
@@ -157,11 +192,8 @@ def run_profile(args: argparse.Namespace, profile: Profile, out: Path, sites: di
     store = ArmStore(args.results.parent / "results.json" if args.results else None, args.profile, settings,
                      restart=args.restart_profile)
     bench = Workbench(profile)
-    per_round = steps_per_round(bench, sites)
+    per_round, single_steps = budget(bench, profile, sites)
     batch = TrainSettings().batch_size
-    site_steps = {n: bench.settings(profile.steps).steps_per_round(len(bench.examples(n, sites[n])))
-                  for n in TRAINING_SITES}  # what each site trains per round in the federation
-    single_steps = single_site_steps(profile, site_steps)
     logging.getLogger("protocol").info(
         "budget (%s): federation and centralized %d rounds x %d steps of %d = %d instances; single sites "
         "%s steps per round", profile.budget, profile.rounds, per_round, batch, profile.rounds * per_round * batch,
@@ -169,6 +201,10 @@ def run_profile(args: argparse.Namespace, profile: Profile, out: Path, sites: di
     config = federated_config(profile, out / "sites", out / "runs")
     scores, new_site, federated_runs = run_arms(bench, store, sites, args.data.resolve(), out, config, per_round,
                                                 single_steps)
+    if args.token_classification:
+        from .token_arms import run_token_arms
+
+        scores.update(run_token_arms(profile, store, sites, out, config, per_round, single_steps))
 
     # Speed and communication.
     from benchmarks import train_speed

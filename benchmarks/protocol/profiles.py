@@ -28,6 +28,11 @@ SKEW_ARMS: dict[str, dict[str, Any]] = {
     "fedmedlora-skew": {"strategy.name": "fedmedlora"},
     "fedmedlora-plus-skew": {"strategy.name": "fedmedlora-plus", "strategy.validation-instances": 48},
 }
+# Entity recognition as token classification (docs/token-classification.md), opt-in
+# (`--token-classification`, `--only token-classification`): new keys, under this prefix.
+TOKEN_PREFIX = "token-classification/"
+TOKEN_ARMS = tuple(f"{TOKEN_PREFIX}{arm}" for arm in (*(f"single-{n}" for n in TRAINING_SITES), "centralized",
+                                                     "fedmedlora"))
 BUDGETS = ("equal-local-steps", "equal-instances")
 NEW_SITE_ARMS = ("zero-shot", "fedmedlora", "new-site-alone", "new-site-from-global")
 

@@ -26,6 +26,19 @@ def _cell(scores: dict[str, Any], measure: str) -> str:
     return "-"
 
 
+def token_arms_table(scores: dict[str, Any]) -> str:
+    """The token-classification arms' NER strict F1 per test set, with the seconds their
+    training and their scoring on every test set took."""
+    tests = (*TRAINING_SITES, EXTERNAL)
+    lines = ["| arm | " + " | ".join(f"{t} NER strict" for t in tests) + " | train s | score s |",
+             "|---|" + "---|" * len(tests) + "---:|---:|"]
+    for arm, per_test in scores.items():
+        cells = [_cell(per_test[t]["scores"], "ner-strict") for t in tests]
+        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {per_test[tests[0]]['train-seconds']:.0f} | "
+                     f"{sum(per_test[t]['score-seconds'] for t in tests):.0f} |")
+    return "\n".join(lines)
+
+
 def _budget_sentence(results: dict[str, Any]) -> str:
     p, budget = results["profile"], results["budget"]
     batch, rounds = budget.get("batch-size", 4), p["rounds"]  # results written before it was recorded used 4

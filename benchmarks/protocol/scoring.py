@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.bootstrap import bootstrap, document_counts
-from clinical_ie.evaluate import score_outputs, site_instances, stable_subset
+from clinical_ie.evaluate import score_outputs, score_spans, site_instances, stable_subset
 from clinical_ie.instances import RE
 from clinical_ie.parsing import parse_entities, parse_relations
 from data_loaders.sites import load_site
 
-from .profiles import NEW_SITE
+from .profiles import NEW_SITE, TOKEN_PREFIX
 from .store import compact_json
 from .workbench import Workbench
 
@@ -36,13 +36,25 @@ def score(bench: Workbench, arm: str, adapter: Path | None, test: str, folder: P
 def scored(instances: Sequence, outputs: Sequence[str], score_by: str | None) -> dict[str, Any]:
     """Scores with bootstrap intervals, and the per-document counts paired comparisons need
     (the same instances give the same documents in the same order for every arm)."""
-    _, counts = document_counts(instances, outputs, score_by)
+    return _scored(instances, outputs, score_by, score_outputs, not_in_sentence(instances, outputs))
+
+
+def scored_spans(instances: Sequence, spans: Sequence, score_by: str | None) -> dict[str, Any]:
+    """`scored` for a tagger's spans (one list per entity instance, None for a relation
+    instance, whose gold counts as missed): spans read off tags are pieces of their sentence,
+    so nothing is unaligned."""
+    return _scored(instances, spans, score_by, score_spans, 0)
+
+
+def _scored(instances: Sequence, outputs: Sequence, score_by: str | None, score: Callable,
+            unaligned: int) -> dict[str, Any]:
+    _, counts = document_counts(instances, outputs, score_by, score)
     intervals = bootstrap(counts, score_by=score_by)
-    entities, relations = score_outputs(instances, outputs, score_by)
+    entities, relations = score(instances, outputs, score_by)
     return {"instances": len(instances), "documents": int(counts.shape[0]),
             "scores": {k: v.to_dict() for k, v in intervals.items()}, "document-counts": counts.tolist(),
             # predicted entity strings and relation arguments that are not in their sentence
-            "unaligned": not_in_sentence(instances, outputs),
+            "unaligned": unaligned,
             # predictions scoring could not place: those, and copies past the sentence's
             # occurrences (a relation repeated more often than its arguments' pairs)
             "dropped": entities.unaligned + relations.unaligned,
@@ -77,7 +89,7 @@ def refresh_counts(path: Path, profile: str, out: Path, sites: dict[str, Path], 
     arms = data["profiles"][profile]["arms"]
     refreshed = []
     for arm, per_test in arms.items():
-        if arm.startswith("run/"):
+        if arm.startswith(("run/", TOKEN_PREFIX)):  # a tagger's spans have no counts to refresh
             continue
         name = arm.split("/", 1)[1] if arm.startswith("new-site/") else arm
         entries = {NEW_SITE: per_test} if arm.startswith("new-site/") else per_test

@@ -22,6 +22,8 @@ from .profiles import TRAINING_SITES, Profile
 class Workbench:
     """One base model with a LoRA adapter, loaded once, for local training and scoring."""
 
+    step = None  # how `train_round` trains (None: generative answers; token_arms.TaggerBench: tags)
+
     def __init__(self, profile: Profile, dtype: str = "auto") -> None:
         from modeling.base import load_base_model
         from modeling.lora import LoraSettings, attach_lora
@@ -61,17 +63,22 @@ class Workbench:
         kept = None
         for r in range(1, rounds + 1):
             result = train_round(self.model, examples, settings, self.tokenizer.pad_token_id, r, rounds,
-                                 description=f"{target.parent.name} round {r}", optimizer_state=kept)
+                                 description=f"{target.parent.name} round {r}", optimizer_state=kept, step=self.step)
             kept = result.optimizer_state
             seconds += result.seconds
             tokens += result.tokens
         tmp = target.with_name(target.name + ".tmp")
         save_peft_folder(get_adapter_state(self.model), self.model.peft_config["default"], tmp)
+        self.save_beside(tmp)
         (tmp / "training.json").write_text(json.dumps({"rounds": rounds, "steps-per-round": steps_per_round,
                                                        "train-seconds": seconds, "train-tokens": tokens,
                                                        "dtype": self.dtype, "settings": asdict(settings)}))
         tmp.rename(target)
         return target
+
+    def save_beside(self, folder: Path) -> None:
+        """What else a saved adapter needs beside it (a tagger's labels); nothing here."""
+        del folder
 
     def outputs(self, adapter: Path | None, instances: Sequence, cache: Path, description: str) -> list[str]:
         """Generated answers of an adapter (None = the base model) for `instances`, cached."""
