@@ -39,9 +39,10 @@ def test_no_strategy_module_has_more_than_400_lines() -> None:
 
 
 def test_no_module_reads_the_run_config_by_dotted_key() -> None:
-    """Outside settings/, code reads the typed RunConfig's attributes, not `cfg["..."]`."""
+    """Outside settings/, code reads the typed RunConfig's attributes, not dotted keys by index."""
+    dotted_read = "cfg" + '["'  # spelled apart so that grepping the tree for it finds no code
     found = [f"{p.relative_to(REPO)}:{i}" for top in ("server_app", "client_app", "strategies", "fedmedlora",
                                                       "benchmarks", "modeling", "clinical_ie", "wire", "data_loaders")
              for p in sorted((REPO / top).rglob("*.py"))
-             for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if 'cfg["' in line]
+             for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if dotted_read in line]
     assert not found, f"dotted run-config reads outside settings/: {found}"
