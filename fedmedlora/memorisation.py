@@ -201,7 +201,7 @@ def run_audit(app: Path, overrides: Mapping[str, Any], out: Path, settings: Audi
         raise AuditError(f"--canary-site {canary_site!r} is not one of data.sites {names}")
     root = Path(cfg.data.root).expanduser() if cfg.data.root else ensure_demo_corpus()
     out = out.resolve()
-    recorded = {"run-config": {k: cfg.value(k) for k in sorted(overrides)}, "audit": {
+    recorded = {"run-config": {k: v for k, v in sorted(cfg.as_dict().items()) if k in overrides}, "audit": {
         "canary-site": canary_site, "repeats": list(settings.repeats), "per-level": settings.per_level,
         "alternatives": settings.alternatives, "dp-epsilon": settings.dp_epsilon, "seed": settings.seed}}
     settings_file = out / "settings.json"

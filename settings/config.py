@@ -245,13 +245,6 @@ class RunConfig(RunSection):
                 out[_key(prefix, f.name)] = getattr(section, f.name)
         return out
 
-    def value(self, key: str) -> Any:
-        """One value by its dotted key (for code that names keys in messages or tables)."""
-        prefix, _, name = key.rpartition(".")
-        if prefix not in SECTIONS or name.replace("-", "_") not in {f.name for f in fields(SECTIONS[prefix])}:
-            raise KeyError(f"{key!r} is not a config key")
-        return getattr(getattr(self, prefix) if prefix else self, name.replace("-", "_"))
-
     def tasks(self) -> tuple[str, ...]:
         return tuple(t.strip() for t in self.data.tasks.split(",") if t.strip())
 
