@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Metadata, MetricRecord, RecordDict
 
-from benchmarks.grids import NodesGrid
+from benchmarks.grids import NodesGrid, as_sent
 from benchmarks.provenance import command, machine
 from server_app.strategy_factory import build_strategy
 from settings.config import validate
@@ -53,7 +53,6 @@ from strategies import available_strategies
 from strategies.aggregation_error import module_error
 from strategies.flower_compat import act_as_server_app
 from strategies.lora_algebra import exact_factors, lora_modules, randomized_factors
-from wire import protocol
 
 # Arms that are a registered strategy with some keys set.
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -107,25 +106,9 @@ def _instruction(node_id: int) -> Message:
     return Message(content=RecordDict(), metadata=metadata)
 
 
-def as_sent(strategy, replies: list[Message]) -> list[Message]:
-    """The replies cut to the factors the strategy's first round sends (FFA-LoRA: B only)."""
-    core = getattr(strategy, "core", strategy)
-    send = core.factor_rule(1)[1] if hasattr(core, "factor_rule") else "AB"
-    if send == "AB":
-        return replies
-    out = []
-    for message in replies:
-        record = message.content["arrays"]
-        keys = protocol.selected_factors(dict.fromkeys(record.keys()), send)
-        content = RecordDict({name: ArrayRecord({k: record[k] for k in keys}) if name == "arrays" else value
-                              for name, value in message.content.items()})
-        out.append(Message(content=content, reply_to=_instruction(message.metadata.src_node_id)))
-    return out
-
-
 def one_round(cfg: dict[str, Any], shapes: dict, global_arrays: ArrayRecord, replies: list[Message], sites: int) -> float:
     strategy = build_strategy(cfg, shapes, _validation_loss)
-    replies = as_sent(strategy, replies)
+    replies = as_sent(strategy, replies, _instruction)
     np.random.seed(0)  # DP noise
     start = time.perf_counter()
     strategy.configure_train(1, global_arrays, ConfigRecord(), NodesGrid(sites))

@@ -4,6 +4,8 @@ they wrap: wire/transport.py, strategies/secure_aggregation.py, strategies/scree
 
 - `NodesGrid`: only the connected nodes, what `configure_train` asks of a Grid
   (benchmarks/aggregation.py).
+- `as_sent`: site replies cut to the factors a strategy's round has sites send (FFA-LoRA: B
+  only), as the ClientApp sends them (benchmarks/aggregation.py, tests/support/strategy_harness.py).
 - `LocalGrid`: delivers each message, serialised as on the wire, to the project's real
   ClientApp, one Context per site (kept across messages, as a SuperNode keeps it), and keeps
   every message both ways (benchmarks/secure_aggregation.py, tests/test_secure_aggregation.py).
@@ -13,13 +15,16 @@ they wrap: wire/transport.py, strategies/secure_aggregation.py, strategies/scree
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from uuid import uuid4
 
-from flwr.app import Context, Message, RecordDict
+from flwr.app import ArrayRecord, Context, Message, RecordDict
+from flwr.serverapp.strategy import Strategy
 
 from settings.config import RunConfig
+from strategies.core_hooks import factor_rule
 from strategies.flower_compat import over_the_wire, secaggplus_stage
+from wire import protocol
 
 
 class NodesGrid:
@@ -30,6 +35,26 @@ class NodesGrid:
 
     def get_node_ids(self) -> list[int]:
         return list(range(1, self.sites + 1))
+
+
+def as_sent(strategy: Strategy, replies: list[Message], instruction: Callable[[int], Message],
+            server_round: int = 1, whole: Callable[[Message], bool] = lambda _: True) -> list[Message]:
+    """`replies` (whole adapters) cut to the factors `server_round` has the sites send, each
+    re-addressed as the reply to `instruction(node_id)`. Replies for which `whole` is false
+    (an error reply, a malformed adapter a test sends on purpose) go as they are."""
+    send = factor_rule(strategy, server_round)[1]
+    if send == "AB":
+        return replies
+    out = []
+    for message in replies:
+        if message.has_error() or not whole(message):
+            out.append(message)
+            continue
+        record = message.content["arrays"]
+        sent = ArrayRecord({k: record[k] for k in protocol.selected_factors(dict.fromkeys(record.keys()), send)})
+        content = RecordDict({name: sent if name == "arrays" else value for name, value in message.content.items()})
+        out.append(Message(content=content, reply_to=instruction(message.metadata.src_node_id)))
+    return out
 
 
 class LocalGrid:

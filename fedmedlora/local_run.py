@@ -3,7 +3,9 @@
 `flwr run .` on the local connection starts a detached SuperLink that outlives the
 command and does not report its process id. We give every run its own FLWR_HOME, so
 the SuperLink's command line names it, and stop exactly that process group when the
-run ends. Runtime dependency installation is disabled: the SuperLink runs the app in
+run ends. Its two ports are free ones the OS picks, unless the caller names them: two runs
+on one machine never share a SuperLink (`flwr run` would otherwise hand the second run to the
+first run's SuperLink, which answers on the same port). Runtime dependency installation is disabled: the SuperLink runs the app in
 the environment that is already installed instead of building a fresh one per run.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -68,17 +71,42 @@ def flower_processes_under(flwr_home: Path) -> list[int]:
     return pids_with_env("FLWR_HOME", str(flwr_home.resolve()), (b"flwr", b"flower", b"ray"))
 
 
+class PortInUse(RuntimeError):
+    """A port the local SuperLink needs is taken (by another run's SuperLink, most often)."""
+
+
+def check_port_free(port: int, name: str, host: str = "127.0.0.1") -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise PortInUse(
+                f"{name} port {host}:{port} is in use ({exc.strerror}); another SuperLink may be "
+                f"running there (`ss -ltnp | grep {port}` names it). Stop it, or leave the port "
+                "unset so that a free one is chosen."
+            ) from None
+
+
 def flwr_run(
     app_dir: Path,
     flwr_home: Path,
     overrides: dict | None = None,
     num_supernodes: int = 3,
-    http_port: int = 39091,
-    control_port: int = 39093,
+    http_port: int | None = None,
+    control_port: int | None = None,
     timeout: float | None = None,
     stdout=None,
 ) -> int:
-    """`flwr run <app_dir> --stream` on a private local SuperLink; returns flwr's exit code."""
+    """`flwr run <app_dir> --stream` on a private local SuperLink; returns flwr's exit code.
+    Ports left None are free ones; a named port that is taken raises PortInUse."""
+    if http_port is None or control_port is None:
+        from fedmedlora.deploy.flwr_config import free_ports  # deploy.loopback imports this module
+
+        picked = iter(free_ports(2))
+        http_port = next(picked) if http_port is None else http_port
+        control_port = next(picked) if control_port is None else control_port
+    for name, port in (("SuperLink HTTP", http_port), ("control API", control_port)):
+        check_port_free(port, name)
     flwr_home.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.update({

@@ -55,6 +55,14 @@ def core_of(strategy: Strategy) -> Strategy:
     return strategy
 
 
+def factor_rule(strategy: Strategy, server_round: int) -> tuple[str, str]:
+    """(train, send) factors of `server_round` for the bare strategy under `strategy`
+    (strategies/base.py `factor_rule`); ("AB", "AB") for a strategy without one."""
+    core = core_of(strategy)
+    rule = getattr(core, "factor_rule", None)
+    return tuple(rule(server_round)) if callable(rule) else ("AB", "AB")  # type: ignore[return-value]
+
+
 def weight_key(core: Strategy) -> str:
     return str(getattr(core, "weighted_by_key", "num-examples"))
 

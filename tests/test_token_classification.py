@@ -222,7 +222,7 @@ HEAD = {"base_model.model.classifier.weight": (5, 6), "base_model.model.classifi
 def test_every_lora_strategy_averages_the_head_by_weight(name):
     from server_app.strategy_factory import build_strategy
     from support.messages import reply
-    from support.strategy_harness import BASE_CONFIG, GLOBAL, FakeGrid, site_states, validation_loss
+    from support.strategy_harness import BASE_CONFIG, GLOBAL, FakeGrid, sent_factors, site_states, validation_loss
     from wire import protocol
 
     cfg = validate({**BASE_CONFIG, "strategy.name": name, "model.task": TOKEN_CLASSIFICATION, "data.tasks": "ner"})
@@ -234,8 +234,7 @@ def test_every_lora_strategy_averages_the_head_by_weight(name):
     strategy = build_strategy(cfg, shapes, validation_loss)
     start = {**GLOBAL, **head_global}
     strategy.configure_train(1, ArrayRecord({k: Array(v) for k, v in start.items()}), ConfigRecord(), FakeGrid())
-    core = getattr(strategy, "core", strategy)
-    send = core.factor_rule(1)[1] if hasattr(core, "factor_rule") else "AB"
+    send = sent_factors(strategy)
     replies = [reply(i + 1, protocol.selected_factors(s, send), 10 * (i + 1), f"h{i + 1}",
                      {"train-loss": 1.0 + 0.25 * i, "norm_bit": 0}) for i, s in enumerate(states)]
     assert all(set(HEAD) <= set(r.content["arrays"].keys()) for r in replies)  # every site sends its head

@@ -17,14 +17,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 from flwr.serverapp.strategy import Strategy
 
+from benchmarks import grids
 from server_app.strategy_factory import build_strategy
 from settings.config import RunConfig, validate
 from strategies import available_strategies
+from strategies.core_hooks import factor_rule
 from support.messages import error_reply, instruction, reply
-from wire import protocol
 
 PLUGIN = "examples.my_strategy:LossInverse"
 
@@ -131,27 +132,14 @@ def layers(strategy: Strategy) -> list[Strategy]:
 
 def sent_factors(strategy: Strategy, server_round: int = 1) -> str:
     """The factors the strategy's sites send in `server_round` ("AB" unless it has a factor rule)."""
-    core = getattr(strategy, "core", strategy)
-    return core.factor_rule(server_round)[1] if hasattr(core, "factor_rule") else "AB"
+    return factor_rule(strategy, server_round)[1]
 
 
 def as_sent(strategy: Strategy, replies: list[Message], server_round: int = 1) -> list[Message]:
-    """The replies as sites following the strategy's factor rule send them: a whole adapter
-    cut to the factors the round sends (FFA-LoRA: B only). Error replies and malformed
-    adapters (other keys) go as they are."""
-    send = sent_factors(strategy, server_round)
-    if send == "AB":
-        return replies
-    out = []
-    for message in replies:
-        if message.has_error() or set(message.content["arrays"].keys()) != set(SHAPES):
-            out.append(message)
-            continue
-        record = message.content["arrays"]
-        sent = ArrayRecord({k: record[k] for k in protocol.selected_factors(dict.fromkeys(record.keys()), send)})
-        content = RecordDict({name: sent if name == "arrays" else value for name, value in message.content.items()})
-        out.append(Message(content=content, reply_to=instruction(message.metadata.src_node_id)))
-    return out
+    """The replies as sites following the strategy's factor rule send them. Error replies and
+    malformed adapters (other keys) go as they are."""
+    return grids.as_sent(strategy, replies, instruction, server_round,
+                         whole=lambda message: set(message.content["arrays"].keys()) == set(SHAPES))
 
 
 def aggregate(strategy: Strategy, replies: list[Message]) -> tuple[dict[str, np.ndarray] | None, Any]:
