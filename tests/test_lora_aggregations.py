@@ -257,6 +257,31 @@ def test_randomized_factors_come_within_a_percent_of_the_best_rank_r_residual():
     assert np.linalg.norm(full - dense(fast.b, fast.a)) <= 1.01 * optimal
 
 
+def test_randomized_factors_of_a_low_rank_or_zero_sum_are_finite_and_exact():
+    """Sites whose products sum to rank 3 (or are zero: B is zero before any training) leave
+    the sketch partly or wholly empty: the factors still reproduce M, with no NaN."""
+    rng = np.random.default_rng(6)
+    b, a = rng.standard_normal((40, 3)), rng.standard_normal((3, 30))
+    bs = [np.pad(b, ((0, 0), (0, 5))), np.pad(-0.5 * b, ((0, 0), (0, 5)))]  # rank 8 factors, rank-3 sum
+    as_ = [np.pad(a, ((0, 5), (0, 0))), np.pad(a, ((0, 5), (0, 0)))]
+    fast = randomized_factors(bs, as_, [0.5, 0.5], rank=8)
+    assert np.isfinite(fast.b).all() and np.isfinite(fast.a).all()
+    np.testing.assert_allclose(dense(fast.b, fast.a), 0.25 * dense(b, a), atol=1e-4)
+    zero = randomized_factors([np.zeros_like(b)] * 2, [a, a], [0.5, 0.5], rank=4)
+    assert np.isfinite(zero.b).all() and not dense(zero.b, zero.a).any() and zero.dropped_energy == 0.0
+
+
+def test_orthonormal_columns_spans_an_ill_conditioned_block():
+    from strategies.lora_algebra import orthonormal_columns
+
+    rng = np.random.default_rng(7)
+    y = (rng.standard_normal((500, 12)) * np.logspace(0, -5, 12)).astype(np.float32)
+    q = orthonormal_columns(y)
+    assert q.shape == (500, 12)
+    np.testing.assert_allclose(q.T @ q, np.eye(12), atol=1e-5)
+    np.testing.assert_allclose(q @ (q.T @ y), y, atol=1e-5 * np.abs(y).max())
+
+
 def test_exact_with_the_randomized_solver_runs_as_a_strategy():
     states = site_states(seed=9, spread=0.3)
     out, report = aggregate(build("exact", **{"strategy.exact-solver": "randomized"}), good_replies(states))
