@@ -76,6 +76,11 @@ class FilledState(Mapping[str, np.ndarray]):
             raise KeyError(key)
         return self._round_adapter[key].numpy()
 
+    def filled_array(self, key: str) -> Array | None:
+        """The round adapter's own Array for a key the reply did not send (None for a sent key):
+        passed on as it is, twenty sites' fill-ins cost no copy."""
+        return None if key in self._sent or key not in self._keys else self._round_adapter[key]
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._keys)
 
@@ -239,9 +244,10 @@ def clean_messages(candidates: Sequence[SiteCandidate], shared_metrics: bool = F
     `shared_metrics`, only those every site reported: Flower's metric aggregation needs the
     same keys everywhere), and the site's record named as the screening named it.
 
-    Unchanged float32 arrays are shared with the original reply (no copy); Flower's robust
-    strategies pop arrays from the records they get, so the records are new. A clipped
-    update, and a factor the round did not send (filled in), carry their decoded state.
+    Unchanged float32 arrays are shared with the original reply (no copy), and a factor the
+    round did not send is the round adapter's own Array; Flower's robust strategies pop
+    arrays from the records they get, so the records are new. A clipped update carries its
+    decoded state.
     """
     common = common_metric_keys([c.metrics for c in candidates]) if shared_metrics and candidates else None
     messages = []
@@ -250,7 +256,10 @@ def clean_messages(candidates: Sequence[SiteCandidate], shared_metrics: bool = F
         original = next(iter(candidate.message.content.array_records.values()))
         arrays = {}
         for key in candidate.state:
-            if candidate.clip_factor is not None or key not in original:
+            filled = candidate.state.filled_array(key) if isinstance(candidate.state, FilledState) else None
+            if candidate.clip_factor is None and filled is not None and np.dtype(filled.dtype) == np.float32:
+                arrays[key] = filled
+            elif candidate.clip_factor is not None or key not in original:
                 arrays[key] = Array(np.asarray(candidate.state[key], np.float32))
             elif np.dtype(original[key].dtype) == np.float32:
                 arrays[key] = original[key]

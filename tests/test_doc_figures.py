@@ -1,4 +1,4 @@
-"""The measured figures that README.md and docs/benchmarks.md quote are the values of the
+"""The measured figures that README.md and docs/ pages quote are the values of the
 committed JSON they come from, and committed docs name no folder of the machine they were
 made on.
 
@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 README = "README.md"
 BENCHMARKS = "docs/benchmarks.md"
 INSTALLATION = "docs/installation.md"
+STRATEGIES = "docs/strategies.md"
 
 RESULTS = "docs/results.json"
 CLAIMS = "docs/benchmarks/standard_claims_so_far.json"
@@ -40,6 +41,7 @@ DP = "docs/benchmarks/dp_f1.json"
 SUITE = "docs/benchmarks/suite_times.json"
 OVERHEAD = "docs/benchmarks/overhead.json"
 LR_SWEEP = "docs/benchmarks/lr_sweep.json"
+AGGREGATION = "docs/benchmarks/aggregation.json"
 SITES = ("maccrobat", "chia", "ddi-drugbank")  # the standard profile's in-domain test sets
 CONSTRAINED = {test: f"docs/benchmarks/constrained_decoding_{test}.json" for test in SITES}
 GPU = {"SmolLM2-135M": "docs/gpu/smollm2-135m-4bit.json",
@@ -470,6 +472,18 @@ FIGURES: list[Figure] = [
         ("median-tokens-per-second", "fedmedlora"), "**{:,.0f} tokens/s**"),
     fig(INSTALLATION, "5. **The adapter on the wire.**", GPU["LLaMA-3-8B"], ("trainable-parameters",),
         lambda n: f"has {n / 1e6:.1f} M parameters"),
+
+    # --- docs/strategies.md: aggregation cost at LLaMA-3-8B shapes ---------------------------------
+    *(fig(STRATEGIES, row, AGGREGATION, ("strategies", arm),
+          lambda d: f"| {d['seconds']:.2f} | {d['peak_mb']:.0f} |")
+      for row, arm in (('| `exact`, `strategy.exact-solver = "randomized"` |', "exact-randomized"),
+                       ('| `exact`, `"svd"` |', "exact"), ("| `fedmedlora`, the size-weighted mean |", "fedmedlora"),
+                       ("| `ffa-lora`, B only |", "ffa-lora"))),
+    figs(STRATEGIES, "The randomized solver is", [(AGGREGATION, ("strategies", arm, "seconds"))
+                                                  for arm in ("exact", "exact-randomized")],
+         lambda v: f"is {v[0] / v[1]:.1f} times faster than the SVD"),
+    fig(STRATEGIES, "The randomized solver is", AGGREGATION, ("strategies", "fedmedlora", "seconds"),
+        "already takes {:.2f} s here"),
 ]
 
 
@@ -556,7 +570,7 @@ def test_a_changed_json_value_is_caught() -> None:
 def test_the_figures_come_from_committed_json_in_docs() -> None:
     sources = {source for figure in FIGURES for source, _ in figure.values}
     assert all(source.startswith("docs/") and source.endswith(".json") for source in sources), sources
-    assert {figure.doc for figure in FIGURES} == {README, BENCHMARKS, INSTALLATION}
+    assert {figure.doc for figure in FIGURES} == {README, BENCHMARKS, INSTALLATION, STRATEGIES}
 
 
 ABSOLUTE = re.compile(rb'"/(work|tmp|home|root)/')
