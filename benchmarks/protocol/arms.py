@@ -47,7 +47,9 @@ def write_wall(run: Path, start: float, start_time: float) -> None:
     (run / "wall.json").write_text(json.dumps({"wall-seconds": wall, "start-time": start_time}))
 
 
-def run_federated(arm: str, config: dict[str, Any], out: Path, ports: tuple[int, int] = (39491, 39493)) -> Path:
+def run_federated(arm: str, config: dict[str, Any], out: Path) -> Path:
+    """One federated arm as a real `flwr run` (its SuperLink on free ports: never another run's),
+    continued from its last finished round when one exists; returns the run folder."""
     from fedmedlora.local_run import flwr_run
     from server_app.checkpoint import existing_round
     from settings.config import validate
@@ -63,7 +65,7 @@ def run_federated(arm: str, config: dict[str, Any], out: Path, ports: tuple[int,
     start, start_time = time.perf_counter(), time.time()
     with open(out / f"{arm}.log", "a") as stream:
         code = flwr_run(REPO, out / ".flwr-home", overrides, num_supernodes=len(TRAINING_SITES),
-                        http_port=ports[0], control_port=ports[1], stdout=stream)
+                        stdout=stream)
     if code != 0 or not (run / "summary.json").is_file():
         raise RuntimeError(f"{arm}: flwr run failed (exit {code}); see {out / f'{arm}.log'}")
     if done is None:

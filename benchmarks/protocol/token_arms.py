@@ -108,10 +108,9 @@ def run_token_arms(profile: Profile, store: ArmStore, sites: dict[str, Path], ou
         return bench.train(examples, steps, profile.rounds, None, out / "arms" / arm.replace("/", "-") / "adapter")
 
     def federated() -> Path:
-        # Ports of its own: never the SuperLink of a generative run (another --out) on this machine.
         run = run_federated(FEDERATED.replace("/", "-"), {**config, "model.task": TOKEN_CLASSIFICATION,
                                                           "data.tasks": "ner", "strategy.name": "fedmedlora"},
-                            out / "runs", ports=(39691, 39693))
+                            out / "runs")
         record_run(store, FEDERATED, run)
         return run / "final"
 
