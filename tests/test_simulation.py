@@ -236,8 +236,7 @@ def test_a_killed_run_resumes_from_its_last_finished_round(tmp_path, tiny_llama,
 
     def first_run() -> None:
         with open(tmp_path / "first.log", "w") as fh:
-            codes["first"] = flwr_run(REPO, home, overrides, num_supernodes=3, http_port=39391,
-                                      control_port=39393, timeout=900, stdout=fh)
+            codes["first"] = flwr_run(REPO, home, overrides, num_supernodes=3, timeout=900, stdout=fh)
 
     thread = threading.Thread(target=first_run)
     thread.start()
@@ -253,8 +252,7 @@ def test_a_killed_run_resumes_from_its_last_finished_round(tmp_path, tiny_llama,
     assert [json.loads(line)["round"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
 
     with open(tmp_path / "resumed.log", "w") as fh:
-        code = flwr_run(REPO, home, {**overrides, "resume": True}, num_supernodes=3, http_port=39391,
-                        control_port=39393, timeout=900, stdout=fh)
+        code = flwr_run(REPO, home, {**overrides, "resume": True}, num_supernodes=3, timeout=900, stdout=fh)
     log = (tmp_path / "resumed.log").read_text()
     assert code == 0, log[-3000:]
     assert superlink_pids(home) == [] and _processes_of(home) == []
