@@ -142,8 +142,7 @@ def main() -> int:
         start = time.perf_counter()
         with open(args.out / f"{arm}.log", "a" if resume else "w") as log:
             code = flwr_run(REPO, args.out / ".flwr-home", {**common, **KNOWN_ARMS[arm], "run-name": arm, **resume},
-                            num_supernodes=len(args.sites.split(",")), http_port=39291,
-                            control_port=39293, stdout=log)
+                            num_supernodes=len(args.sites.split(",")), stdout=log)
         wall = time.perf_counter() - start
         walls[arm] = None if resume else wall  # a continued run's wall is not the whole run's
         status = "ok" if code == 0 and (run / "summary.json").exists() else f"FAILED (exit {code})"

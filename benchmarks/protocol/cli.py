@@ -46,11 +46,17 @@ def parser() -> argparse.ArgumentParser:
                              "`before` is recomputed from its runs without site workers and in simulation")
     parser.add_argument("--overhead-json", type=Path, default=None,
                         help="with --only overhead: write before/after figures here (docs/benchmarks/overhead.json)")
-    parser.add_argument("--only", choices=["overhead", "token-classification"],
+    parser.add_argument("--only", choices=["overhead", "token-classification", "lora-strategies"],
                         help="overhead: measure only the federation overhead, before and after the warm site; with "
                              "--results, write its section there. token-classification: train and score only the "
                              "token-classification arms (kept in --results' profile beside the others), then print "
-                             "them and the claims the recorded arms decide")
+                             "them and the claims the recorded arms decide. lora-strategies: the federated-LoRA "
+                             "strategies side by side (ffa-lora, rolora, fedsa-lora, fedsvd beside fedmedlora, "
+                             "fedmedlora-plus and exact; kept in --results' profile), then their paired differences "
+                             "against fedmedlora (with --strategies-json, written there)")
+    parser.add_argument("--strategies-json", type=Path, default=None,
+                        help="with --only lora-strategies: write the side-by-side summary into this JSON under "
+                             "'<profile>-budget' (docs/benchmarks/strategies.json), keeping its other keys")
     parser.add_argument("--token-classification", action="store_true",
                         help="also the token-classification arms (single sites, centralized, Fed-MedLoRA; "
                              "docs/token-classification.md): new arms, so a profile recorded without them is unchanged")
@@ -154,6 +160,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return only_overhead(args, profile, out, sites, command(COMMAND, argv))
     if args.only == "token-classification":
         return only_token_classification(args, profile, out, sites, settings)
+    if args.only == "lora-strategies":
+        return only_lora_strategies(args, profile, out, sites, settings, command(COMMAND, argv))
+    if args.strategies_json is not None:
+        cli.error("--strategies-json goes with --only lora-strategies")
     return run_profile(args, profile, out, sites, settings, command(COMMAND, argv), started)
 
 
@@ -182,6 +192,27 @@ def only_token_classification(args: argparse.Namespace, profile: Profile, out: P
     decided = claims.evaluate_claims(recorded, TRAINING_SITES, args.profile)
     print(f"\nClaims whose arms are recorded ({len(decided)} of {len(claims.CLAIMS)}):")
     print("\n".join(claims.sentence(c) for c in decided) or "none (the generative arms are not recorded here)")
+    return 0
+
+
+def only_lora_strategies(args: argparse.Namespace, profile: Profile, out: Path, sites: dict[str, Path],
+                         settings: dict[str, Any], command_line: str) -> int:
+    """The federated-LoRA strategies side by side at the profile's budget, then per arm its NER
+    strict F1 and paired difference against fedmedlora (docs/strategies.md)."""
+    from .strategy_arms import run_strategy_arms, summary, table
+
+    store = ArmStore(args.results.parent / "results.json" if args.results else None, args.profile, settings)
+    bench = Workbench(profile)
+    scores, runs = run_strategy_arms(bench, store, sites, out, federated_config(profile, out / "sites", out / "runs"))
+    arms = summary(scores, store, runs)
+    print(table(arms))
+    if args.strategies_json is not None:
+        path = args.strategies_json
+        data = json.loads(path.read_text()) if path.is_file() else {}
+        data[f"{args.profile}-budget"] = {"command": command_line, "machine": machine(), "profile": settings,
+                                         "measure": "ner-strict-f1", "arms": arms}
+        path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+        print(f"written to {path} under {args.profile}-budget")
     return 0
 
 
