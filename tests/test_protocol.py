@@ -556,8 +556,9 @@ def test_lora_strategy_arms_pair_with_fedmedlora_and_report_bytes_and_aggregatio
     """The side-by-side summary: each arm's F1 per test set, its paired difference against
     fedmedlora over the in-domain sets (a better arm on the same documents is ahead), the
     bytes per round its run recorded and every round's aggregation error from metrics.jsonl."""
+    from benchmarks.protocol.arms import aggregation_errors
     from benchmarks.protocol.scoring import scored
-    from benchmarks.protocol.strategy_arms import STRATEGY_ARMS, aggregation_errors, own_adapter, summary, table
+    from benchmarks.protocol.strategy_arms import STRATEGY_ARMS, own_adapter, summary, table
     from clinical_ie.instances import GoldEntity, Instance
 
     assert {"ffa-lora", "rolora", "fedsa-lora", "fedsvd", "fedmedlora", "exact"} <= set(STRATEGY_ARMS)
@@ -567,20 +568,24 @@ def test_lora_strategy_arms_pair_with_fedmedlora_and_report_bytes_and_aggregatio
     right, wrong = '{"drug": ["aspirin"]}', '{"drug": ["took"]}'
     baseline = scored(instances, [right, wrong, wrong, wrong, right, wrong], None)
     better = scored(instances, [right] * 6, None)
-    scores = {"fedmedlora": {t: baseline for t in TRAINING_SITES}, "ffa-lora": {t: better for t in TRAINING_SITES}}
+    scores = {"fedmedlora": {t: baseline for t in TRAINING_SITES}, "ffa-lora": {t: better for t in TRAINING_SITES},
+              "rolora": {t: baseline for t in TRAINING_SITES}}
     run = tmp_path / "runs" / "ffa-lora"
     run.mkdir(parents=True)
     rounds = [{"round": 0}, {"round": 1, "strategy": {"aggregation-error": {"overall": 0.0, "max": 0.0, "modules": 2}}},
               {"round": 2}]
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rounds) + "\n")
     store = ArmStore(None, "standard", {})
-    store.save("run/ffa-lora", {"communication": {"bytes-per-round": 2.5e6}})
+    store.save("run/ffa-lora", {"communication": {"bytes-per-round": 2.5e6}})  # recorded before runs kept errors
+    store.save("run/rolora", {"communication": {"bytes-per-round": 1e6}, "aggregation-error": [0.5, 0.25]})
     arms = summary(scores, store, {"ffa-lora": run}, resamples=200)
     diff = arms["ffa-lora"]["minus-fedmedlora"]
     assert diff["estimate"] > 0 and diff["low"] <= diff["estimate"] <= diff["high"]
     assert "minus-fedmedlora" not in arms["fedmedlora"]
     assert arms["ffa-lora"]["bytes-per-round"] == 2.5e6 and arms["ffa-lora"]["aggregation-error"] == [0.0, None]
     assert aggregation_errors(run) == [0.0, None]
+    assert arms["rolora"]["aggregation-error"] == [0.5, 0.25]  # from the record: its run is in another session
+    assert arms["rolora"]["minus-fedmedlora"]["estimate"] == 0.0
     assert "| ffa-lora | 1.000 | 1.000 | 1.000 | - | +" in table(arms)
     with pytest.raises(RuntimeError, match="no adapter of site 'chia' under final/sites/"):
         own_adapter(run, "chia")

@@ -111,7 +111,19 @@ def record_run(store: ArmStore, arm: str, run: Path) -> None:
     communication["bytes-per-round"] = (communication["bytes-up-total"]
                                         + communication["bytes-down-total"]) / summary["rounds"]
     store.save(f"run/{arm}", {"curve": curves({arm: run})[arm], "communication": communication,
-                              "site-speed": site_speed(run)})
+                              "site-speed": site_speed(run), "aggregation-error": aggregation_errors(run)})
+
+
+def aggregation_errors(run: Path) -> list[float | None]:
+    """The `aggregation-error` overall of every training round of a run (metrics.jsonl), None
+    where a round did not record one."""
+    errors = []
+    for record in read_rounds(run):
+        if record.get("round", 0) == 0:
+            continue
+        error = (record.get("strategy") or {}).get("aggregation-error")
+        errors.append(error.get("overall") if isinstance(error, dict) else None)
+    return errors
 
 
 def run_arms(bench: Workbench, store: ArmStore, sites: dict[str, Path], data: Path, out: Path,

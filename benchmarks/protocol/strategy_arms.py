@@ -20,7 +20,7 @@ from typing import Any
 
 from benchmarks.bootstrap import paired_difference
 
-from .arms import read_rounds, record_run, run_federated
+from .arms import aggregation_errors, record_run, run_federated
 from .profiles import EXTERNAL, FEDERATED_ARMS, TRAINING_SITES
 from .scoring import score
 from .store import ArmStore
@@ -83,22 +83,10 @@ def _value(per_test: dict[str, Any]) -> dict[str, float]:
     return measured.get(f"{MEASURE}-f1", measured.get(f"{MEASURE}-recall"))
 
 
-def aggregation_errors(run: Path) -> list[float | None]:
-    """The `aggregation-error` overall of every round of a run (metrics.jsonl), None where a
-    round did not record one."""
-    errors = []
-    for record in read_rounds(run):
-        if record.get("round", 0) == 0:
-            continue
-        error = (record.get("strategy") or {}).get("aggregation-error")
-        errors.append(error.get("overall") if isinstance(error, dict) else None)
-    return errors
-
-
 def summary(scores: dict[str, Any], store: ArmStore, runs: dict[str, Path], resamples: int = 1000) -> dict[str, Any]:
     """Per arm: NER strict F1 (value, low, high) per test set; the paired difference against
     `fedmedlora` over the in-domain sets (F1 points, 95% interval); bytes per round; and the
-    aggregation error of every round (when the run is under --out)."""
+    aggregation error of every round (as the run was recorded, else from the run under --out)."""
     out: dict[str, Any] = {}
     for arm, per_test in scores.items():
         entry: dict[str, Any] = {"ner-strict-f1": {t: _value(per_test[t]) for t in per_test}}
@@ -108,10 +96,12 @@ def summary(scores: dict[str, Any], store: ArmStore, runs: dict[str, Path], resa
                                      MEASURE, resamples=resamples)
             entry[f"minus-{BASELINE}"] = {"estimate": diff.value, "low": diff.low, "high": diff.high,
                                           "tests": list(TRAINING_SITES)}
-        run_record = store.scores(f"run/{arm}")
-        if run_record is not None:
+        run_record = store.scores(f"run/{arm}") or {}
+        if "communication" in run_record:
             entry["bytes-per-round"] = run_record["communication"]["bytes-per-round"]
-        if arm in runs:
+        if "aggregation-error" in run_record:
+            entry["aggregation-error"] = run_record["aggregation-error"]
+        elif arm in runs:  # recorded before runs kept it
             entry["aggregation-error"] = aggregation_errors(runs[arm])
         out[arm] = entry
     return out
