@@ -77,6 +77,9 @@ class PortInUse(RuntimeError):
 
 def check_port_free(port: int, name: str, host: str = "127.0.0.1") -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As servers bind: a port left in TIME_WAIT by a run that just ended is free; one a
+        # process listens on is not.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:

@@ -59,3 +59,21 @@ def test_runs_without_named_ports_get_free_ones_not_flowers_defaults(tmp_path, m
             sock.close()
     ports = {int(seen[0]["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"]), int(seen[0]["FLWR_LOCAL_CONTROL_API_PORT"])}
     assert len(ports) == 2 and not ports & {39091, 39093}
+
+
+def test_a_port_left_in_time_wait_by_a_finished_run_counts_as_free():
+    """A SuperLink that just stopped leaves its connections in TIME_WAIT for a minute; servers
+    bind over that (SO_REUSEADDR, which the SuperLink's server sets too), so the next run on the
+    same port must not be refused."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = server.accept()
+    accepted.close()  # the server side closes first: its end of the connection waits in TIME_WAIT
+    client.close()
+    server.close()
+    time.sleep(0.1)
+    local_run.check_port_free(port, "SuperLink HTTP")

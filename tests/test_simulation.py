@@ -25,8 +25,7 @@ def tiny_corpus(tmp_path_factory) -> Path:
     return root
 
 
-def _run(tmp_path: Path, tiny_llama: Path, corpus: Path, ports: tuple[int, int] = (39191, 39193),
-         **extra) -> tuple[int, Path, str]:
+def _run(tmp_path: Path, tiny_llama: Path, corpus: Path, **extra) -> tuple[int, Path, str]:
     overrides = {
         "model.name": str(tiny_llama), "num-server-rounds": 2, "train.max-steps": 2,
         "train.batch-size": 2, "lora.r": 4, "lora.alpha": 8, "eval.max-instances": 3,
@@ -36,8 +35,7 @@ def _run(tmp_path: Path, tiny_llama: Path, corpus: Path, ports: tuple[int, int] 
     }
     log = tmp_path / "flwr.log"
     with open(log, "w") as fh:
-        code = flwr_run(REPO, tmp_path / "flwr-home", overrides, num_supernodes=3,
-                        http_port=ports[0], control_port=ports[1], timeout=900, stdout=fh)
+        code = flwr_run(REPO, tmp_path / "flwr-home", overrides, num_supernodes=3, timeout=900, stdout=fh)
     assert superlink_pids(tmp_path / "flwr-home") == []
     # Every process the run started carries its FLWR_HOME (Ray's too); another Flower run on a
     # shared machine is not this run's leftover.
@@ -322,7 +320,7 @@ def test_token_classification_federates_the_lora_factors_and_the_head(model, req
 
     folder = request.getfixturevalue(model)
     lora = {"lora.target-modules": "query,value"} if model == "tiny_bert" else {}
-    code, run_dir, log = _run(tmp_path, folder, tiny_corpus, ports=(39591, 39593), **{
+    code, run_dir, log = _run(tmp_path, folder, tiny_corpus, **{
         "model.task": TOKEN_CLASSIFICATION, "data.tasks": "ner", "num-server-rounds": 1, **lora})
     final = run_dir / "final"
     assert code == 0 and (final / "adapter_model.safetensors").is_file(), log[-3000:]
