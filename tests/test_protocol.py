@@ -436,8 +436,11 @@ def test_the_profile_wall_time_sums_the_invocations_that_trained_arms(tmp_path) 
     ArmStore(path, "standard", settings).save("zero-shot", {})
     ArmStore(path, "standard", settings, timed=False).finish({})  # --report-only: not an invocation
     second = ArmStore(path, "standard", settings)
+    second.record_dtype("float32")
     second.save("centralized", {})
     timing = second.profile_time()
+    # Each invocation names its machine and what it computed in: sessions' machines differ.
+    assert timing["invocations"][1]["dtype"] == "float32" and "CPU" in timing["invocations"][1]["machine"]
     assert [i["arms"] for i in timing["invocations"]] == [["zero-shot"], ["centralized"]]
     assert timing["seconds"] == pytest.approx(sum(i["seconds"] for i in timing["invocations"]), abs=0.11)
     assert json.loads(path.read_text())["profiles"]["standard"]["seconds"] == timing["seconds"]

@@ -183,7 +183,9 @@ def only_token_classification(args: argparse.Namespace, profile: Profile, out: P
     from .token_arms import run_token_arms
 
     store = ArmStore(args.results.parent / "results.json" if args.results else None, args.profile, settings)
-    per_round, single_steps = budget(Workbench(profile), profile, sites)
+    bench = Workbench(profile)
+    store.record_dtype(bench.dtype)
+    per_round, single_steps = budget(bench, profile, sites)
     scores = run_token_arms(profile, store, sites, out, federated_config(profile, out / "sites", out / "runs"),
                             per_round, single_steps)
     print(token_arms_table(scores))
@@ -203,6 +205,7 @@ def only_lora_strategies(args: argparse.Namespace, profile: Profile, out: Path, 
 
     store = ArmStore(args.results.parent / "results.json" if args.results else None, args.profile, settings)
     bench = Workbench(profile)
+    store.record_dtype(bench.dtype)
     scores, runs = run_strategy_arms(bench, store, sites, out, federated_config(profile, out / "sites", out / "runs"))
     arms = summary(scores, store, runs)
     print(table(arms))
@@ -223,6 +226,7 @@ def run_profile(args: argparse.Namespace, profile: Profile, out: Path, sites: di
     store = ArmStore(args.results.parent / "results.json" if args.results else None, args.profile, settings,
                      restart=args.restart_profile)
     bench = Workbench(profile)
+    store.record_dtype(bench.dtype)
     per_round, single_steps = budget(bench, profile, sites)
     batch = TrainSettings().batch_size
     logging.getLogger("protocol").info(

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.provenance import machine
+
 log = logging.getLogger("protocol")
 
 
@@ -47,8 +49,14 @@ class ArmStore:
         self.started = time.perf_counter()
         self.invocation: dict[str, Any] | None = None
         if timed:
-            self.invocation = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": 0.0}
+            # The machine, and (`record_dtype`) the dtype it computed in: arms of one profile
+            # recorded across sessions may come from machines that decide `model.dtype` differently.
+            self.invocation = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": 0.0, "machine": machine()}
             entry.setdefault("invocations", []).append(self.invocation)
+
+    def record_dtype(self, dtype: str) -> None:
+        if self.invocation is not None:
+            self.invocation["dtype"] = dtype
 
     def scores(self, arm: str) -> Any:
         return self.data["profiles"][self.profile]["arms"].get(arm)
