@@ -248,13 +248,10 @@ def _flwr_run_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from fedmedlora.local_run import PortInUse, flwr_run
+    from fedmedlora.local_run import flwr_run
 
     overrides = _flwr_run_overrides(args)
-    try:
-        return flwr_run(Path(args.app).resolve(), Path(args.flwr_home), overrides, args.num_supernodes)
-    except PortInUse as err:
-        raise SystemExit(f"fedmedlora simulate: {err}") from None
+    return flwr_run(Path(args.app).resolve(), Path(args.flwr_home), overrides, args.num_supernodes)
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:

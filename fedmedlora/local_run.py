@@ -4,9 +4,10 @@
 command and does not report its process id. We give every run its own FLWR_HOME, so
 the SuperLink's command line names it, and stop exactly that process group when the
 run ends. Its two ports are free ones the OS picks, unless the caller names them: two runs
-on one machine never share a SuperLink (`flwr run` would otherwise hand the second run to the
-first run's SuperLink, which answers on the same port). Runtime dependency installation is disabled: the SuperLink runs the app in
-the environment that is already installed instead of building a fresh one per run.
+on one machine never share a SuperLink (`flwr run` would otherwise hand the second run to
+the first run's SuperLink, which answers on the same port). Runtime dependency installation
+is disabled: the SuperLink runs the app in the environment that is already installed
+instead of building a fresh one per run.
 """
 
 from __future__ import annotations
@@ -102,14 +103,15 @@ def flwr_run(
 ) -> int:
     """`flwr run <app_dir> --stream` on a private local SuperLink; returns flwr's exit code.
     Ports left None are free ones; a named port that is taken raises PortInUse."""
+    for name, port in (("SuperLink HTTP", http_port), ("control API", control_port)):
+        if port is not None:
+            check_port_free(port, name)
     if http_port is None or control_port is None:
         from fedmedlora.deploy.flwr_config import free_ports  # deploy.loopback imports this module
 
         picked = iter(free_ports(2))
         http_port = next(picked) if http_port is None else http_port
         control_port = next(picked) if control_port is None else control_port
-    for name, port in (("SuperLink HTTP", http_port), ("control API", control_port)):
-        check_port_free(port, name)
     flwr_home.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.update({

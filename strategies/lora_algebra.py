@@ -144,12 +144,13 @@ _RANK_TOLERANCE = 1e-6
 def orthonormal_columns(y: np.ndarray) -> np.ndarray:
     """An orthonormal basis (float32) of `y`'s column space, from its small Gram matrix's
     eigenvectors, twice (the second pass restores the orthogonality the first loses to
-    rounding). A tall-skinny QR does the same job, but LAPACK's takes ten times as long at
-    these shapes (an 14336 x 32 float32 block: 42 ms against 3.6 ms). Directions whose
-    eigenvalue is below 1e-12 of the largest (a rank-deficient y) are dropped."""
+    rounding). It does a tall-skinny QR's job with a k x k eigenproblem instead of LAPACK's
+    QR of the whole block, which dominated the solver's time at 8B shapes
+    (benchmarks/aggregation.py). Directions whose eigenvalue is below 1e-12 of the largest
+    (a rank-deficient y) are dropped."""
     q = np.asarray(y, np.float64)
     for _ in range(2):
-        if q.shape[1] == 0:
+        if q.shape[1] == 0:  # an empty basis already (M = 0 in a power iteration)
             break
         eigenvalues, vectors = np.linalg.eigh(q.T @ q)
         kept = eigenvalues > max(float(eigenvalues[-1]), 0.0) * 1e-12

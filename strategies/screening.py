@@ -256,15 +256,17 @@ def clean_messages(candidates: Sequence[SiteCandidate], shared_metrics: bool = F
         original = next(iter(candidate.message.content.array_records.values()))
         arrays = {}
         for key in candidate.state:
-            filled = candidate.state.filled_array(key) if isinstance(candidate.state, FilledState) else None
-            if candidate.clip_factor is None and filled is not None and np.dtype(filled.dtype) == np.float32:
-                arrays[key] = filled
-            elif candidate.clip_factor is not None or key not in original:
-                arrays[key] = Array(np.asarray(candidate.state[key], np.float32))
-            elif np.dtype(original[key].dtype) == np.float32:
-                arrays[key] = original[key]
+            # Unclipped, a key is the reply's own array or, for a factor it did not send, the round adapter's.
+            if candidate.clip_factor is not None:
+                same = None
+            elif key in original:
+                same = original[key]
             else:
-                arrays[key] = Array(original[key].numpy().astype(np.float32))
+                same = candidate.state.filled_array(key) if isinstance(candidate.state, FilledState) else None
+            if same is not None and np.dtype(same.dtype) == np.float32:
+                arrays[key] = same
+            else:
+                arrays[key] = Array(np.asarray(candidate.state[key], np.float32))
         records = dict(candidate.message.content.config_records)
         records["site"] = ConfigRecord({**records.get("site", {}), "name": candidate.site})
         metrics = MetricRecord({k: candidate.metrics[k] for k in (candidate.metrics if common is None else common)})

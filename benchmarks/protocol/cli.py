@@ -206,8 +206,8 @@ def only_lora_strategies(args: argparse.Namespace, profile: Profile, out: Path, 
     store = ArmStore(args.results.parent / "results.json" if args.results else None, args.profile, settings)
     bench = Workbench(profile)
     store.record_dtype(bench.dtype)
-    scores, runs = run_strategy_arms(bench, store, sites, out, federated_config(profile, out / "sites", out / "runs"))
-    arms = summary(scores, store, runs)
+    scores = run_strategy_arms(bench, store, sites, out, federated_config(profile, out / "sites", out / "runs"))
+    arms = summary(scores, store)
     print(table(arms))
     if args.strategies_json is not None:
         path = args.strategies_json

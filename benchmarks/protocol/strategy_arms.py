@@ -18,9 +18,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bootstrap import paired_difference
+from benchmarks import claims
 
-from .arms import aggregation_errors, record_run, run_federated
+from .arms import record_run, run_federated
 from .profiles import EXTERNAL, FEDERATED_ARMS, TRAINING_SITES
 from .scoring import score
 from .store import ArmStore
@@ -37,7 +37,6 @@ STRATEGY_ARMS: dict[str, dict[str, Any]] = {
 }
 OWN_B = "fedsa-lora/own-b"
 BASELINE = "fedmedlora"
-MEASURE = "ner-strict"
 
 
 def own_adapter(run: Path, site: str) -> Path:
@@ -50,59 +49,55 @@ def own_adapter(run: Path, site: str) -> Path:
 
 
 def run_strategy_arms(bench: Workbench, store: ArmStore, sites: dict[str, Path], out: Path,
-                      config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Path]]:
+                      config: dict[str, Any]) -> dict[str, Any]:
     """Every strategy arm scored on the profile's test sets, each trained only when its scores
-    are not in `store` yet. Returns the arms' scores and the run folders of those trained or
-    found under `out`."""
+    are not in `store` yet; returns the arms' scores."""
     tests = (*TRAINING_SITES, EXTERNAL)
     scores: dict[str, Any] = {}
-    runs: dict[str, Path] = {}
-    for arm, keys in STRATEGY_ARMS.items():
+
+    def federated(arm: str) -> Path:  # the finished run under --out, or a new (or continued) one
+        run = run_federated(arm, {**config, **STRATEGY_ARMS[arm]}, out / "runs")
+        record_run(store, arm, run)
+        return run
+
+    for arm in STRATEGY_ARMS:
         scores[arm] = store.scores(arm)
         if scores[arm] is None:
-            runs[arm] = run_federated(arm, {**config, **keys}, out / "runs")
-            record_run(store, arm, runs[arm])
-            scores[arm] = store.save(arm, {t: score(bench, arm, runs[arm] / "final", t, sites[t], out) for t in tests})
-        elif (out / "runs" / arm / "summary.json").is_file():
-            runs[arm] = out / "runs" / arm
+            final = federated(arm) / "final"
+            scores[arm] = store.save(arm, {t: score(bench, arm, final, t, sites[t], out) for t in tests})
     scores[OWN_B] = store.scores(OWN_B)
     if scores[OWN_B] is None:
-        run = runs.get("fedsa-lora") or run_federated("fedsa-lora", {**config, **STRATEGY_ARMS["fedsa-lora"]},
-                                                      out / "runs")
-        runs["fedsa-lora"] = run
+        run = federated("fedsa-lora")
         scores[OWN_B] = store.save(OWN_B, {t: score(bench, OWN_B, own_adapter(run, t), t, sites[t], out)
                                            for t in TRAINING_SITES})
     for arm in scores:
         log.info("%s: NER strict F1 %s", arm, ", ".join(
             f"{t} {_value(scores[arm][t])['value']:.3f}" for t in tests if t in scores[arm]))
-    return scores, runs
+    return scores
 
 
 def _value(per_test: dict[str, Any]) -> dict[str, float]:
     measured = per_test["scores"]
-    return measured.get(f"{MEASURE}-f1", measured.get(f"{MEASURE}-recall"))
+    return measured.get(f"{claims.MEASURE}-f1", measured.get(f"{claims.MEASURE}-recall"))
 
 
-def summary(scores: dict[str, Any], store: ArmStore, runs: dict[str, Path], resamples: int = 1000) -> dict[str, Any]:
+def summary(scores: dict[str, Any], store: ArmStore, resamples: int = 1000) -> dict[str, Any]:
     """Per arm: NER strict F1 (value, low, high) per test set; the paired difference against
-    `fedmedlora` over the in-domain sets (F1 points, 95% interval); bytes per round; and the
-    aggregation error of every round (as the run was recorded, else from the run under --out)."""
+    `fedmedlora` over the in-domain sets (F1 points, 95% interval, verdict; as the claims are
+    decided); bytes per round; and the aggregation error of every round, as its run recorded them."""
+    specs = [claims.ClaimSpec("{a} beats {b}", arm, BASELINE, 0.0, False) for arm in scores if arm != BASELINE]
+    paired = {c["a"]: c for c in claims.evaluate_claims(scores, TRAINING_SITES, "", specs, resamples=resamples)}
     out: dict[str, Any] = {}
     for arm, per_test in scores.items():
         entry: dict[str, Any] = {"ner-strict-f1": {t: _value(per_test[t]) for t in per_test}}
-        if arm != BASELINE and all("document-counts" in per_test.get(t, {}) and
-                                   "document-counts" in scores[BASELINE].get(t, {}) for t in TRAINING_SITES):
-            diff = paired_difference([(_counts(per_test[t]), _counts(scores[BASELINE][t])) for t in TRAINING_SITES],
-                                     MEASURE, resamples=resamples)
-            entry[f"minus-{BASELINE}"] = {"estimate": diff.value, "low": diff.low, "high": diff.high,
-                                          "tests": list(TRAINING_SITES)}
+        if arm in paired:
+            entry[f"minus-{BASELINE}"] = {k: paired[arm][k] for k in ("estimate", "low", "high", "verdict")}
+            entry[f"minus-{BASELINE}"]["tests"] = list(TRAINING_SITES)
         run_record = store.scores(f"run/{arm}") or {}
         if "communication" in run_record:
             entry["bytes-per-round"] = run_record["communication"]["bytes-per-round"]
         if "aggregation-error" in run_record:
             entry["aggregation-error"] = run_record["aggregation-error"]
-        elif arm in runs:  # recorded before runs kept it
-            entry["aggregation-error"] = aggregation_errors(runs[arm])
         out[arm] = entry
     return out
 
@@ -120,9 +115,3 @@ def table(arms: dict[str, Any]) -> str:
         size = f"{entry['bytes-per-round'] / 1e6:.1f}" if "bytes-per-round" in entry else "-"
         lines.append(f"| {arm} | {' | '.join(f1)} | {paired} | {size} |")
     return "\n".join(lines)
-
-
-def _counts(per_test: dict[str, Any]):
-    import numpy as np
-
-    return np.asarray(per_test["document-counts"], dtype=np.int64)
