@@ -57,6 +57,12 @@ CLAIMS: tuple[ClaimSpec, ...] = (
     ClaimSpec("{a} beats the best single site ({b})", "fedmedlora", "best-single", 0.0, False),
     ClaimSpec("{a} beats the best single site ({b})", "fedmedlora-plus", "best-single", 0.0, False),
     ClaimSpec("{a} beats {b}", "fedmedlora-plus", "fedmedlora", 0.0, False),
+    # The weighting: where size weighting loses (the smallest site's test set, the external
+    # set), validation-scored and equal weights against it.
+    *(ClaimSpec("{a} beats {b} on " + where, arm, "fedmedlora", 0.0, False, on, statistic=statistic)
+      for arm in ("fedmedlora-plus", "fedmedlora-equal")
+      for where, on, statistic in (("MACCROBAT", ("maccrobat",), "f1"),
+                                   ("the external set", (EXTERNAL_TEST,), "recall"))),
     # Label skew (sites annotating different entity types), tested on MACCROBAT with all types.
     ClaimSpec("{a} beats {b} under label skew", "fedmedlora-plus-skew", "fedmedlora-skew", 0.0, False,
               ("maccrobat",)),

@@ -283,15 +283,19 @@ def test_claims_are_paired_comparisons_with_a_verdict_and_a_sentence() -> None:
         "single-maccrobat": {t: _arm(docs) for t in tests},
         "single-chia": {t: _arm([(max(tp - 3, 0), fp + 3, fn + min(tp, 3)) for tp, fp, fn in docs]) for t in tests},
     }
-    found = {(c["a"], c["b"]): c for c in claims.evaluate_claims(scores, tests, "quick", resamples=300)}
-    same = found[("fedmedlora", "centralized")]
+    found = {c["claim"]: c for c in claims.evaluate_claims(scores, tests, "quick", resamples=300)}
+    same = found["fedmedlora is within 2 points of centralized"]
     assert (same["estimate"], same["low"], same["high"], same["verdict"]) == (0.0, 0.0, 0.0, "confirmed")
-    assert found[("fedmedlora", "single-maccrobat")]["verdict"] == "refuted"  # a tie does not beat
-    plus = found[("fedmedlora-plus", "fedmedlora")]
+    assert found["fedmedlora beats the best single site (single-maccrobat)"]["verdict"] == "refuted"  # a tie
+    plus = found["fedmedlora-plus beats fedmedlora"]
     assert plus["verdict"] == "confirmed" and 0 < plus["low"] < plus["estimate"] < plus["high"]
     assert set(plus) >= {"claim", "profile", "estimate", "low", "high", "verdict"}
     text = claims.sentence(plus)
     assert text.startswith("- *fedmedlora-plus beats fedmedlora* (quick profile): +") and "confirmed" in text
+    # The weighting claims pair the same arms on one test set: MACCROBAT's documents only.
+    on_maccrobat = found["fedmedlora-plus beats fedmedlora on MACCROBAT"]
+    assert on_maccrobat["measure"] == "ner-strict-f1, mean over maccrobat" and on_maccrobat["verdict"] == "confirmed"
+    assert "fedmedlora-plus beats fedmedlora on the external set" not in found  # no ADE scores here
 
     results = {"scores": scores}
     add_claims(results, "quick")
