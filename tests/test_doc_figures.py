@@ -397,6 +397,17 @@ FIGURES: list[Figure] = [
     fig(BENCHMARKS, QUICK_ITEM, RESULTS, (*QUICK, "communication", "upload-ratio-to-full-model"), "is {:.2%} of"),
     fig(BENCHMARKS, "- `standard`, with the training defaults", RESULTS,
         ("profiles", "standard", "seconds"), lambda s: f"{s / 60:.0f} min so far"),
+    fig(BENCHMARKS, "- `standard`, with the training defaults", RESULTS, ("profiles", "standard", "invocations", 2),
+        lambda i: f"alone on this machine: {i['seconds'] / 60:.0f} min for "
+                  f"{sum(not a.startswith('run/') for a in i['arms'])} arms"),
+    fig(BENCHMARKS, "- at equal instances (each site alone", CLAIMS,
+        ("claims", "a=fedmedlora&b=equal-instances/single-chia"), lambda c: f"(CHIA): {claim(c)}, {c['verdict']}"),
+    fig(BENCHMARKS, "- at equal instances (each site alone", CLAIMS,
+        ("claims", "claim=fedmedlora beats the best single site (equal-instances/single-maccrobat) on the external "
+                   "set at equal instances"), lambda c: f"MACCROBAT alone: {claim(c)}, {c['verdict']}"),
+    figs(BENCHMARKS, "- at equal instances (each site alone",
+         [strict("equal-instances/single-maccrobat", "maccrobat"), strict("single-maccrobat", "maccrobat")],
+         lambda v: f"scores {v[0]:.3f} on its own test set ({v[1]:.3f} with 72)"),
     fig(BENCHMARKS, "- Fed-MedLoRA beats the best single site (CHIA) in-domain:", CLAIMS,
         ("claims", "a=fedmedlora&b=single-chia"),
         lambda c: f"{points(c['estimate'])} points [{points(c['low'])}, {points(c['high'])}], {c['verdict']}"),
