@@ -400,6 +400,9 @@ FIGURES: list[Figure] = [
     fig(BENCHMARKS, "- `standard`, with the training defaults", RESULTS, ("profiles", "standard", "invocations", 2),
         lambda i: f"alone on this machine: {i['seconds'] / 60:.0f} min for "
                   f"{sum(not a.startswith('run/') for a in i['arms'])} arms"),
+    fig(BENCHMARKS, "- under label skew (below)", CLAIMS, ("claims", "a=fedmedlora-plus-skew&b=fedmedlora-skew"),
+        lambda c: f"MACCROBAT: {claim(c)}, {c['verdict']}"),
+    fig(BENCHMARKS, "- under label skew (below)", *strict("fedmedlora-skew", "maccrobat"), "scores {:.3f} there"),
     fig(BENCHMARKS, "- at equal instances (each site alone", CLAIMS,
         ("claims", "a=fedmedlora&b=equal-instances/single-chia"), lambda c: f"(CHIA): {claim(c)}, {c['verdict']}"),
     fig(BENCHMARKS, "- at equal instances (each site alone", CLAIMS,
