@@ -396,7 +396,13 @@ FIGURES: list[Figure] = [
     fig(BENCHMARKS, QUICK_ITEM, RESULTS, (*QUICK, "speed", "loop", "ratio"), "at {:.1%} of"),
     fig(BENCHMARKS, QUICK_ITEM, RESULTS, (*QUICK, "communication", "upload-ratio-to-full-model"), "is {:.2%} of"),
     fig(BENCHMARKS, "- `standard`, with the training defaults", RESULTS,
-        ("profiles", "standard", "seconds"), lambda s: f"{s / 60:.0f} min so far"),
+        ("profiles", "standard", "seconds"), lambda s: f"complete: {s / 60:.0f} min over"),
+    fig(BENCHMARKS, "- the new site (DDI's MedLine abstracts", RESULTS, (*STANDARD_ARMS, "new-site/fedmedlora"),
+        lambda a: f"as it is scores {a['scores']['ner-strict-f1']['value']:.3f} NER strict"),
+    figs(BENCHMARKS, "- the new site (DDI's MedLine abstracts",
+         [(RESULTS, (*STANDARD_ARMS, f"new-site/{arm}", "scores", "ner-strict-f1", "value"))
+          for arm in ("new-site-alone", "new-site-from-global")],
+         lambda v: f"24 steps, {v[0]:.3f}, and the global adapter adapted on them for the same steps, {v[1]:.3f}"),
     fig(BENCHMARKS, "- `standard`, with the training defaults", RESULTS, ("profiles", "standard", "invocations", 2),
         lambda i: f"alone on this machine: {i['seconds'] / 60:.0f} min for "
                   f"{sum(not a.startswith('run/') for a in i['arms'])} arms"),
