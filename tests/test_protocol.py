@@ -234,10 +234,13 @@ def test_gap_report_and_plots(tmp_path) -> None:
     }
     results["claims"] = [{"claim": "fedmedlora is within 2 points of centralized", "profile": "quick",
                           "a": "fedmedlora", "b": "centralized", "threshold": -2.0, "estimate": -5.0,
+                          "measure": "ner-strict-f1, mean over maccrobat, chia, ddi-drugbank",
                           "low": -9.0, "high": -1.0, "verdict": "undecided"}]
     results["half_width"] = {t: 4.0 for t in TRAINING_SITES}
     text = markdown(results)
-    assert "| fedmedlora | centralized | -5.0 | [-9.0, -1.0] | undecided |" in text
+    # The measure tells apart claims that pair the same arms on different test sets.
+    assert ("| fedmedlora | centralized | ner-strict-f1, mean over maccrobat, chia, ddi-drugbank | -5.0 | "
+            "[-9.0, -1.0] | undecided |") in text
     assert "maccrobat ±4.0, chia ±4.0, ddi-drugbank ±4.0 points" in text
     assert "- *fedmedlora is within 2 points of centralized* (quick profile): -5.0 points" in text
     assert "Time: 46 min for this invocation" in text
