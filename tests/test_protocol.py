@@ -599,3 +599,31 @@ def test_lora_strategy_arms_pair_with_fedmedlora_and_report_bytes_and_aggregatio
     assert "| ffa-lora | 1.000 | 1.000 | 1.000 | - | +" in table(arms)
     with pytest.raises(RuntimeError, match="no adapter of site 'chia' under final/sites/"):
         own_adapter(run, "chia")
+
+
+def test_the_committed_report_is_rebuilt_from_the_committed_results_alone(tmp_path, monkeypatch) -> None:
+    """`--report-only` without the run's cached outputs: docs/results.json keeps every count,
+    so the rebuilt RESULTS.md is the committed one, claims table included."""
+    from benchmarks.protocol.cli import report_only
+
+    docs = tmp_path / "docs"
+    (docs / "benchmarks").mkdir(parents=True)
+    (docs / "benchmarks" / "overhead.json").write_bytes((REPO / "docs" / "benchmarks" / "overhead.json").read_bytes())
+    monkeypatch.setattr(sys, "argv", "protocol --profile standard --data data --out outputs/standard "
+                                     "--results docs/RESULTS.md --report-only".split())
+    committed = json.loads((REPO / "docs" / "results.json").read_text())
+    (docs / "results.json").write_text(compact_json(committed))
+    settings = committed["profiles"]["standard"]["settings"]
+    report_only(tmp_path / "out", {}, PROFILES["standard"], "standard", docs / "RESULTS.md", settings)
+    assert (docs / "RESULTS.md").read_text() == (REPO / "docs" / "RESULTS.md").read_text(), \
+        "run: python -m benchmarks.protocol --profile standard --data data --out outputs/standard " \
+        "--results docs/RESULTS.md --report-only"
+    assert sorted(p.name for p in (docs / "plots").iterdir()) == sorted(
+        p.name for p in (REPO / "docs" / "plots").iterdir() if p.name.startswith("rounds-"))
+
+
+def test_report_only_without_any_results_names_what_is_missing(tmp_path) -> None:
+    from benchmarks.protocol.cli import report_only
+
+    with pytest.raises(SystemExit, match=r"out/results\.json nor the 'standard' profile's results"):
+        report_only(tmp_path / "out", {}, PROFILES["standard"], "standard", tmp_path / "RESULTS.md", {})

@@ -293,11 +293,21 @@ def run_profile(args: argparse.Namespace, profile: Profile, out: Path, sites: di
 def report_only(out: Path, sites: dict[str, Path], profile: Profile, name: str, target: Path | None,
                 settings: dict[str, Any]) -> int:
     """Rebuild the report from `out`'s results.json: per-document counts from the cached
-    outputs (for results written before they were kept), then the claims."""
+    outputs (for results written before they were kept), then the claims. Without one, from
+    the profile's results in the committed file beside `target` (docs/results.json): it keeps
+    every count, so no cached output is needed, and the round plots are redrawn from its curves."""
     path = out / "results.json"
-    if not path.is_file():
-        raise SystemExit(f"--report-only: {path} does not exist; run the profile first")
-    results = json.loads(path.read_text())
+    committed = target.parent / "results.json" if target else None
+    if path.is_file():
+        results = json.loads(path.read_text())
+    elif committed and committed.is_file() and "results" in json.loads(committed.read_text())[
+            "profiles"].get(name, {}):
+        results = json.loads(committed.read_text())["profiles"][name]["results"]
+        out.mkdir(parents=True, exist_ok=True)
+        results["plots"] = [repo_relative(Path(plot)) for plot in plot_curves(results["curves"], out / "plots")]
+    else:
+        raise SystemExit(f"--report-only: neither {path} nor the {name!r} profile's results in "
+                         f"{committed or '--results'} exist; run the profile first")
     for arm, per_test in results["scores"].items():
         for test, entry in per_test.items():
             if "document-counts" in entry:

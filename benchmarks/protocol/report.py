@@ -95,7 +95,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"Command: `{results['command']}`",
         "",
-        *([f"Report (claims added from the cached outputs): `{results['report-command']}`", ""]
+        *([f"Report rebuilt, claims recomputed, by: `{results['report-command']}`", ""]
           if results.get("report-command") else []),
         f"Hardware: {results['hardware']}. Model: `{p['model']}` (quantization `{p['quantization']}`). "
         f"{_budget_sentence(results)} Test sets: {p['test_instances'] or 'all'} instances "
