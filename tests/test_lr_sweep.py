@@ -42,3 +42,25 @@ def test_the_constrained_decoding_table_is_the_committed_jsons(tmp_path, monkeyp
     constrained_decoding.write_markdown(page, results)
     assert page.read_text() == (REPO / "docs" / "benchmarks.md").read_text(), \
         "run: python -m benchmarks.constrained_decoding --report"
+
+
+def test_a_second_results_file_gets_a_table_of_its_own(tmp_path):
+    """The shapes phase at another dtype writes its own file: its table goes beside the
+    sweep's, never over it."""
+    page = tmp_path / "benchmarks.md"
+    shutil.copy(REPO / "docs" / "benchmarks.md", page)
+    sweep = json.loads((REPO / "docs" / "benchmarks" / "lr_sweep.json").read_text())
+    other = {**sweep, "arms": dict(list(sweep["arms"].items())[:1])}
+    lr_sweep.write_markdown(page, other, "docs/benchmarks/other.json")
+    text = page.read_text()
+    assert lr_sweep.markdown_table(sweep) in text
+    assert lr_sweep.markdown_table(other, "docs/benchmarks/other.json") in text
+    lr_sweep.write_markdown(page, other, "docs/benchmarks/other.json")  # rewritten in place, not appended twice
+    assert page.read_text() == text
+
+
+def test_the_shapes_phase_falls_back_to_the_app_defaults():
+    from modeling.training import TrainSettings
+
+    _, lr, ratio = lr_sweep.app_default_setting()
+    assert (lr, ratio) == (TrainSettings().learning_rate, TrainSettings().loraplus_lr_ratio)
