@@ -6,17 +6,19 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
+
 from benchmarks import constrained_decoding, lr_sweep
 from support.paths import REPO
 
 
-def test_the_docs_table_is_generated_from_the_committed_sweep(tmp_path):
-    results = REPO / "docs" / "benchmarks" / "lr_sweep.json"
+@pytest.mark.parametrize("results", ["docs/benchmarks/lr_sweep.json", "docs/benchmarks/shapes_float32.json"])
+def test_the_docs_table_is_generated_from_the_committed_sweep(tmp_path, results):
     page = tmp_path / "benchmarks.md"
     shutil.copy(REPO / "docs" / "benchmarks.md", page)
-    lr_sweep.write_markdown(page, json.loads(results.read_text()))
+    lr_sweep.write_markdown(page, json.loads((REPO / results).read_text()), results)
     assert page.read_text() == (REPO / "docs" / "benchmarks.md").read_text(), \
-        "run: python -m benchmarks.lr_sweep --json docs/benchmarks/lr_sweep.json --report-only"
+        f"run: python -m benchmarks.lr_sweep --json {results} --report-only"
 
 
 def test_a_changed_figure_is_caught(tmp_path):
