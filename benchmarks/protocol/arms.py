@@ -176,14 +176,18 @@ def run_arms(bench: Workbench, store: ArmStore, sites: dict[str, Path], data: Pa
     from modeling.adapter_io import load_peft_folder
 
     few = bench.examples(NEW_SITE, sites[NEW_SITE])
+
+    def new_site_training(arm: str, from_global: bool) -> Path:
+        start = load_peft_folder(federated("fedmedlora", FEDERATED_ARMS["fedmedlora"])) if from_global else None
+        overrides = {"loraplus_lr_ratio": 0.0} if arm.endswith("/plain-lora") else {}
+        return bench.train(few, profile.new_site_steps, 1, start,
+                           out / "arms" / arm.replace("/", "-") / "adapter", **overrides)
+
     new_site_adapters: dict[str, Callable[[], Path | None]] = {
         "zero-shot": lambda: None,
         "fedmedlora": lambda: federated("fedmedlora", FEDERATED_ARMS["fedmedlora"]),
-        "new-site-alone": lambda: bench.train(few, profile.new_site_steps, 1, None,
-                                              out / "arms" / "new-site-alone" / "adapter"),
-        "new-site-from-global": lambda: bench.train(
-            few, profile.new_site_steps, 1, load_peft_folder(federated("fedmedlora", FEDERATED_ARMS["fedmedlora"])),
-            out / "arms" / "new-site-from-global" / "adapter"),
+        **{arm: functools.partial(new_site_training, arm, arm.startswith("new-site-from-global"))
+           for arm in NEW_SITE_ARMS if arm.startswith("new-site-")},
     }
     new_site = {arm: store.scores(f"new-site/{arm}") or store.save(
         f"new-site/{arm}", score(bench, arm, new_site_adapters[arm](), NEW_SITE, sites[NEW_SITE], out))

@@ -34,7 +34,10 @@ TOKEN_PREFIX = "token-classification/"
 TOKEN_ARMS = tuple(f"{TOKEN_PREFIX}{arm}" for arm in (*(f"single-{n}" for n in TRAINING_SITES), "centralized",
                                                      "fedmedlora"))
 BUDGETS = ("equal-local-steps", "equal-instances")
-NEW_SITE_ARMS = ("zero-shot", "fedmedlora", "new-site-alone", "new-site-from-global")
+# The trained arms twice: with the training defaults (LoRA+ at ratio 16, chosen for the
+# federation's 72 steps per site) and as plain LoRA, the reference paper's setting.
+NEW_SITE_ARMS = ("zero-shot", "fedmedlora", "new-site-alone", "new-site-from-global",
+                 "new-site-alone/plain-lora", "new-site-from-global/plain-lora")
 
 
 @dataclass(frozen=True)
