@@ -182,7 +182,10 @@ def only_token_classification(args: argparse.Namespace, profile: Profile, out: P
 
     from .token_arms import run_token_arms
 
-    store = ArmStore(args.results.parent / "results.json" if args.results else None, args.profile, settings)
+    # Opt-in arms beside the profile: their own seconds are in their entries, and the
+    # profile's wall time (the invocations that trained its arms) does not count them.
+    store = ArmStore(args.results.parent / "results.json" if args.results else None, args.profile, settings,
+                     timed=False)
     bench = Workbench(profile)
     store.record_dtype(bench.dtype)
     per_round, single_steps = budget(bench, profile, sites)
@@ -203,7 +206,8 @@ def only_lora_strategies(args: argparse.Namespace, profile: Profile, out: Path, 
     strict F1 and paired difference against fedmedlora (docs/strategies.md)."""
     from .strategy_arms import run_strategy_arms, summary, table
 
-    store = ArmStore(args.results.parent / "results.json" if args.results else None, args.profile, settings)
+    store = ArmStore(args.results.parent / "results.json" if args.results else None, args.profile, settings,
+                     timed=False)  # opt-in arms: not the profile's wall time (as above)
     bench = Workbench(profile)
     store.record_dtype(bench.dtype)
     scores = run_strategy_arms(bench, store, sites, out, federated_config(profile, out / "sites", out / "runs"))
@@ -213,7 +217,7 @@ def only_lora_strategies(args: argparse.Namespace, profile: Profile, out: Path, 
         path = args.strategies_json
         data = json.loads(path.read_text()) if path.is_file() else {}
         data[f"{args.profile}-budget"] = {"command": command_line, "machine": machine(), "profile": settings,
-                                         "measure": "ner-strict-f1", "arms": arms}
+                                         "dtype": bench.dtype, "measure": "ner-strict-f1", "arms": arms}
         path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
         print(f"written to {path} under {args.profile}-budget")
     return 0

@@ -25,7 +25,7 @@ class ArmStore:
     `seconds` is the profile's wall time: the sum over the invocations that trained arms, each
     counted from its start to the last arm it finished (an arm stopped midway is not counted;
     the invocation that finishes it counts it whole unless it resumed a checkpointed run).
-    `timed=False` (--report-only) records no invocation."""
+    `timed=False` (--report-only, and the opt-in `--only` arms) records no invocation."""
 
     def __init__(self, path: Path | None, profile: str, settings: dict[str, Any], timed: bool = True,
                  restart: bool = False) -> None:
