@@ -190,30 +190,22 @@ def randomized_factors(
         )
     if any(not math.isfinite(c) or c < 0 for c in scales):
         raise ValueError(f"randomized_factors: scales must be finite and >= 0, got {list(scales)}")
-    # M and M^T applied site by site, the scale on the small r x s product: the stacks are
-    # never copied, and at LLaMA-3-8B sizes memory traffic is the cost.
-    bs = [np.asarray(b, np.float32) for b in bs]
-    as_ = [np.asarray(a, np.float32) for a in as_]
-    weights = [np.float32(c) for c in scales]
-
-    def times(x: np.ndarray) -> np.ndarray:  # M @ x
-        return sum(b @ ((a @ x) * c) for b, a, c in zip(bs, as_, weights, strict=True))
-
-    def transposed_times(y: np.ndarray) -> np.ndarray:  # M^T @ y
-        return sum(a.T @ ((b.T @ y) * c) for b, a, c in zip(bs, as_, weights, strict=True))
-
-    width = min(2 * int(rank), sum(a.shape[0] for a in as_))
-    omega = np.random.default_rng(seed).standard_normal((as_[0].shape[1], width), dtype=np.float32)
-    y = times(omega)
+    # One copy of each stack, scaled in place: at LLaMA-3-8B sizes, memory traffic is the cost.
+    u = np.concatenate([np.asarray(b, np.float32) for b in bs], axis=1)
+    u *= np.repeat(np.asarray(scales, np.float32), [np.shape(b)[1] for b in bs])
+    v = np.concatenate([np.asarray(a, np.float32) for a in as_], axis=0)
+    width = min(2 * int(rank), v.shape[0])
+    omega = np.random.default_rng(seed).standard_normal((v.shape[1], width), dtype=np.float32)
+    y = u @ (v @ omega)
     for _ in range(power_iterations):
         q = orthonormal_columns(y)
-        z = orthonormal_columns(transposed_times(q))
-        y = times(z)
+        z = orthonormal_columns(v.T @ (u.T @ q))
+        y = u @ (v @ z)
     q = orthonormal_columns(y)
     if q.shape[1] == 0:  # M = 0: every site sent a zero product
-        return ExactFactors(b=np.zeros((bs[0].shape[0], 0)), a=np.zeros((0, as_[0].shape[1])), dropped_energy=0.0,
+        return ExactFactors(b=np.zeros((u.shape[0], 0)), a=np.zeros((0, v.shape[1])), dropped_energy=0.0,
                             singular_values=np.zeros(0))
-    small = transposed_times(q).T.astype(np.float64)  # Q^T M, s x in
+    small = ((q.T @ u) @ v).astype(np.float64)  # s x in
     # Its SVD from the s x s Gram: small = uu diag(s) vt, vt = diag(1/s) uu^T small.
     eigenvalues, uu = np.linalg.eigh(small @ small.T)
     order = np.argsort(eigenvalues)[::-1]
