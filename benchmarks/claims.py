@@ -8,7 +8,8 @@ both arms. A claim holds when the difference clears a threshold:
 - "beats the best single site": federated - best single site > 0;
 - "Fed-MedLoRA+ beats Fed-MedLoRA": plus - plain > 0;
 - "generative Fed-MedLoRA beats token-classification Fed-MedLoRA": generative - tagger > 0
-  (the tagger's arms are opt-in: benchmarks/protocol/token_arms.py).
+  (the tagger's arms are opt-in: benchmarks/protocol/token_arms.py); the first two claims
+  also for the tagger, against its own centralized and single-site arms.
 
 Each claim states its budget: `equal-local-steps` (the paper's shape: a single site trains
 the steps it spends in the federation, centralized the sum of the sites' steps on the pooled
@@ -45,10 +46,12 @@ class ClaimSpec:
     tests: tuple[str, ...] | None = None  # None: the in-domain test sets `evaluate_claims` gets
     budget: str = "equal-local-steps"  # which single-site arms "best-single" picks among (see above)
     statistic: str = "f1"  # "recall" where the gold is partial (ADE)
+    family: str = ""  # prefix of the arms "best-single" picks among ("token-classification/": the taggers)
 
 
 EQUAL_INSTANCES = "equal-instances/"  # prefix of the single-site arms trained at the federation's total budget
 EXTERNAL_TEST = "ade"
+TOKEN = "token-classification/"  # prefix of the tagger's arms (benchmarks/protocol/token_arms.py)
 
 
 CLAIMS: tuple[ClaimSpec, ...] = (
@@ -75,6 +78,10 @@ CLAIMS: tuple[ClaimSpec, ...] = (
     # The paper's BERT baseline: the same federation with a tagger (docs/token-classification.md).
     ClaimSpec("generative {a} beats {b}", "fedmedlora", "token-classification/fedmedlora",
               0.0, False),
+    # The paper's two federation claims for the tagger, against the tagger's own arms.
+    ClaimSpec("{a} is within 2 points of {b}", TOKEN + "fedmedlora", TOKEN + "centralized", -2.0, True),
+    ClaimSpec("{a} beats the best single site ({b})", TOKEN + "fedmedlora", "best-single", 0.0, False,
+              family=TOKEN),
 )
 
 
@@ -86,10 +93,10 @@ def verdict(low: float, high: float, threshold: float, at_least: bool) -> str:
 
 
 def best_single(scores: Mapping[str, Mapping[str, Any]], tests: Sequence[str],
-                budget: str = "equal-local-steps") -> str | None:
-    """The single-site arm of `budget` with the highest mean NER strict score over `tests`
-    (point values: F1, or recall where only recall is measured)."""
-    prefix = "single-" if budget == "equal-local-steps" else EQUAL_INSTANCES + "single-"
+                budget: str = "equal-local-steps", family: str = "") -> str | None:
+    """The single-site arm of `budget` (among the arms named `family`...) with the highest mean
+    NER strict score over `tests` (point values: F1, or recall where only recall is measured)."""
+    prefix = family + ("single-" if budget == "equal-local-steps" else EQUAL_INSTANCES + "single-")
     singles = [arm for arm in scores if arm.startswith(prefix) and all(t in scores[arm] for t in tests)]
     if not singles:
         return None
@@ -108,7 +115,7 @@ def evaluate_claims(scores: Mapping[str, Mapping[str, Any]], tests: Sequence[str
     out = []
     for spec in specs:
         on = spec.tests or tuple(tests)
-        b = best_single(scores, on, spec.budget) if spec.b == "best-single" else spec.b
+        b = best_single(scores, on, spec.budget, spec.family) if spec.b == "best-single" else spec.b
         if b is None or not all(_has_counts(scores, arm, on) for arm in (spec.a, b)):
             continue
         pairs = [(_counts(scores, spec.a, t), _counts(scores, b, t)) for t in on]
