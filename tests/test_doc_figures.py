@@ -32,6 +32,7 @@ README = "README.md"
 BENCHMARKS = "docs/benchmarks.md"
 INSTALLATION = "docs/installation.md"
 STRATEGIES = "docs/strategies.md"
+TOKEN_DOC = "docs/token-classification.md"
 
 RESULTS = "docs/results.json"
 CLAIMS = "docs/benchmarks/standard_claims_so_far.json"
@@ -43,6 +44,7 @@ OVERHEAD = "docs/benchmarks/overhead.json"
 LR_SWEEP = "docs/benchmarks/lr_sweep.json"
 SHAPES = "docs/benchmarks/shapes_float32.json"
 AGGREGATION = "docs/benchmarks/aggregation.json"
+TASK_SECONDS = "docs/benchmarks/task_seconds.json"
 SITES = ("maccrobat", "chia", "ddi-drugbank")  # the standard profile's in-domain test sets
 CONSTRAINED = {test: f"docs/benchmarks/constrained_decoding_{test}.json" for test in SITES}
 GPU = {"SmolLM2-135M": "docs/gpu/smollm2-135m-4bit.json",
@@ -274,7 +276,39 @@ OURS = "docs/benchmarks/single_site.json"
 END_TO_END = "docs/benchmarks/single_site_end_to_end.json"
 STEPS_300 = "docs/benchmarks/single_site_maccrobat_300_steps.json"
 
+def token_row(row: str, arm: str) -> Figure:
+    """A row of the generative-against-tagger table: NER strict F1 per set, ADE recall."""
+    return figs(TOKEN_DOC, row, [(RESULTS, (*STANDARD_ARMS, arm, test, "scores",
+                                            "ner-strict-recall" if test == "ade" else "ner-strict-f1", "value"))
+                                 for test in (*SITES, "ade")],
+                lambda v: " | ".join(f"{x:.3f}" for x in v) + " |")
+
+
 FIGURES: list[Figure] = [
+    # --- docs/token-classification.md: when to choose which ---------------------------------
+    token_row("| Fed-MedLoRA, generative |", "fedmedlora"),
+    token_row("| Fed-MedLoRA, tagger |", "token-classification/fedmedlora"),
+    token_row("| centralized, generative |", "centralized"),
+    token_row("| centralized, tagger |", "token-classification/centralized"),
+    fig(TOKEN_DOC, "- *Generative Fed-MedLoRA beats token-classification", CLAIMS,
+        ("claims", "a=fedmedlora&b=token-classification/fedmedlora"),
+        lambda c: f"{points(c['estimate'])} points [{points(c['low'])}, {points(c['high'])}], {c['verdict']}"),
+    fig(TOKEN_DOC, "- The tagger's federation is where the paper puts", CLAIMS,
+        ("claims", "a=token-classification/fedmedlora&b=token-classification/centralized"),
+        lambda c: f"{points(c['estimate'])} [{points(c['low'])}, {points(c['high'])}] ({c['verdict']})"),
+    fig(TOKEN_DOC, "- The tagger's federation is where the paper puts", CLAIMS,
+        ("claims", "a=token-classification/fedmedlora&b=token-classification/single-maccrobat"),
+        lambda c: f"{points(c['estimate'])} [{points(c['low'])}, {points(c['high'])}] ({c['verdict']})"),
+    fig(TOKEN_DOC, "- Cost, one site (MACCROBAT)", TASK_SECONDS, ("tasks",),
+        lambda t: f"training {t['generative']['train-seconds']:.0f} s generative against "
+                  f"{t['token-classification']['train-seconds']:.0f} s for the tagger"),
+    fig(TOKEN_DOC, "- Cost, one site (MACCROBAT)", TASK_SECONDS, ("tasks",),
+        lambda t: f"sentences {t['generative']['score-seconds']:.0f} s against "
+                  f"{t['token-classification']['score-seconds']:.0f} s"),
+    fig(TOKEN_DOC, "- Cost, one site (MACCROBAT)", TASK_SECONDS, ("generative-over-token",),
+        lambda r: f"({r['train-seconds']:.1f}x)"),
+    fig(TOKEN_DOC, "- Cost, one site (MACCROBAT)", TASK_SECONDS, ("generative-over-token",),
+        lambda r: f"({r['score-seconds']:.1f}x;"),
     # --- README: the demo's output (its bytes; the losses and F1 vary from run to run) -----------
     *(fig(README, f"  site-{s}   ", RESULTS, (*STANDARD_RUN, "adapter-bytes"),
           lambda n: f"{n / 1e6:.2f}   {2 * n / 1e6:.2f}")  # up MB, down MB
@@ -293,6 +327,12 @@ FIGURES: list[Figure] = [
     fig(README, "| Fed-MedLoRA beats the best single site on ADE", CLAIMS,
         ("claims", "a=fedmedlora&b=single-maccrobat"), claim_row),
     fig(README, PROFILE, CLAIMS, ("minutes",), "equal weights; {:.0f} minutes"),
+    fig(README, "| Generative Fed-MedLoRA beats Fed-MedLoRA as a token classifier |", CLAIMS,
+        ("claims", "a=fedmedlora&b=token-classification/fedmedlora"), claim_row),
+    fig(README, "| Fed-MedLoRA as a token classifier within 2 points", CLAIMS,
+        ("claims", "a=token-classification/fedmedlora&b=token-classification/centralized"), claim_row),
+    fig(README, "| Fed-MedLoRA as a token classifier beats its best single site (MACCROBAT) |", CLAIMS,
+        ("claims", "a=token-classification/fedmedlora&b=token-classification/single-maccrobat"), claim_row),
     fig(README, "| Fed-MedLoRA+ beats Fed-MedLoRA on MACCROBAT |", CLAIMS,
         ("claims", "claim=fedmedlora-plus beats fedmedlora on MACCROBAT"), claim_row),
     fig(README, "| Fed-MedLoRA+ beats Fed-MedLoRA on ADE", CLAIMS,
@@ -639,7 +679,7 @@ def test_a_changed_json_value_is_caught() -> None:
 def test_the_figures_come_from_committed_json_in_docs() -> None:
     sources = {source for figure in FIGURES for source, _ in figure.values}
     assert all(source.startswith("docs/") and source.endswith(".json") for source in sources), sources
-    assert {figure.doc for figure in FIGURES} == {README, BENCHMARKS, INSTALLATION, STRATEGIES}
+    assert {figure.doc for figure in FIGURES} == {README, BENCHMARKS, INSTALLATION, STRATEGIES, TOKEN_DOC}
 
 
 ABSOLUTE = re.compile(rb'"/(work|tmp|home|root)/')
