@@ -305,11 +305,13 @@ def test_a_terminated_simulate_command_stops_its_superlink_and_simulation(tmp_pa
     assert superlink_pids(home) == [] and _processes_of(home) == []
 
 
-@pytest.mark.parametrize("model", ["tiny_bert", "tiny_llama"])
+@pytest.mark.parametrize("model", ["tiny_bert", "tiny_llama", "default_model_dir"],
+                         ids=["tiny-bert", "tiny-llama", "embedded-smollm2"])
 def test_token_classification_federates_the_lora_factors_and_the_head(model, request, tmp_path, tiny_corpus):
     """One round of `model.task = token-classification`: the sites train and send the LoRA factors
     and the head, the label set is the union of the site folders' types, and the global adapter
-    (with its labels) loads with PEFT's PeftModel.from_pretrained."""
+    (with its labels) loads with PEFT's PeftModel.from_pretrained. For an encoder (a tiny random
+    BERT), a tiny random LLaMA and the embedded SmolLM2-135M itself."""
     from peft import PeftModel
     from transformers import AutoModelForTokenClassification
 
