@@ -15,9 +15,11 @@ validation set. Each finished arm is written to `--json` at once, and a rerun sk
 The phases run in the order `--phases` gives (default: all, in this order): `rates` (the
 learning rate, federated), `loraplus` (LoRA+ at half the two best rates), `optimizer` (the
 optimizer restarted every round against kept, at the best setting), `singles` (each single
-site at every rate) and `shapes` (6 x 12 and 12 x 6 against 3 x 24 rounds x steps). The
-best setting is the highest mean NER strict F1 over the three validation sets of the
-federated arms (ties: lower validation loss).
+site at every rate) and `shapes` (6 x 12 and 12 x 6 against 3 x 24 rounds x steps, at the
+file's best setting, or at the app's defaults in a file without federated arms: one made on
+a machine of another dtype, docs/benchmarks/shapes_float32.json). The best setting is the
+highest mean NER strict F1 over the three validation sets of the federated arms (ties: lower
+validation loss). A file's arms share one dtype; each file has its own table in --markdown.
 """
 
 from __future__ import annotations
