@@ -17,7 +17,7 @@ learning rate, federated), `loraplus` (LoRA+ at half the two best rates), `optim
 optimizer restarted every round against kept, at the best setting), `singles` (each single
 site at every rate) and `shapes` (6 x 12 and 12 x 6 against 3 x 24 rounds x steps, at the
 file's best setting, or at the app's defaults in a file without federated arms: one made on
-a machine of another dtype, docs/benchmarks/shapes_float32.json). The best setting is the
+a machine of another dtype, docs/benchmarks/lr_sweep_float32.json). The best setting is the
 highest mean NER strict F1 over the three validation sets of the federated arms (ties: lower
 validation loss). A file's arms share one dtype; each file has its own table in --markdown.
 """

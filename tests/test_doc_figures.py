@@ -42,7 +42,7 @@ DP = "docs/benchmarks/dp_f1.json"
 SUITE = "docs/benchmarks/suite_times.json"
 OVERHEAD = "docs/benchmarks/overhead.json"
 LR_SWEEP = "docs/benchmarks/lr_sweep.json"
-SHAPES = "docs/benchmarks/shapes_float32.json"
+FLOAT32_SWEEP = "docs/benchmarks/lr_sweep_float32.json"
 AGGREGATION = "docs/benchmarks/aggregation.json"
 TASK_SECONDS = "docs/benchmarks/task_seconds.json"
 SITES = ("maccrobat", "chia", "ddi-drugbank")  # the standard profile's in-domain test sets
@@ -214,7 +214,7 @@ def lr_sweep_rows() -> list[Figure]:
     arm also in the shapes table (its own file, the same arm name) cannot be picked out by
     its row's first cell; tests/test_lr_sweep.py checks both tables whole against their JSON."""
     found = []
-    shapes = _json(SHAPES)["arms"]
+    shapes = _json(FLOAT32_SWEEP)["arms"]
     for arm, record in _json(LR_SWEEP)["arms"].items():
         if arm in shapes:
             continue

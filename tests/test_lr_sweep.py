@@ -12,7 +12,7 @@ from benchmarks import constrained_decoding, lr_sweep
 from support.paths import REPO
 
 
-@pytest.mark.parametrize("results", ["docs/benchmarks/lr_sweep.json", "docs/benchmarks/shapes_float32.json"])
+@pytest.mark.parametrize("results", ["docs/benchmarks/lr_sweep.json", "docs/benchmarks/lr_sweep_float32.json"])
 def test_the_docs_table_is_generated_from_the_committed_sweep(tmp_path, results):
     page = tmp_path / "benchmarks.md"
     shutil.copy(REPO / "docs" / "benchmarks.md", page)
