@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.bootstrap import paired_difference
+from benchmarks.protocol.profiles import TOKEN_PREFIX as TOKEN
 
 MEASURE = "ner-strict"
 
@@ -51,7 +52,6 @@ class ClaimSpec:
 
 EQUAL_INSTANCES = "equal-instances/"  # prefix of the single-site arms trained at the federation's total budget
 EXTERNAL_TEST = "ade"
-TOKEN = "token-classification/"  # prefix of the tagger's arms (benchmarks/protocol/token_arms.py)
 
 
 CLAIMS: tuple[ClaimSpec, ...] = (
@@ -76,8 +76,7 @@ CLAIMS: tuple[ClaimSpec, ...] = (
     ClaimSpec("{a} beats the best single site ({b}) on the external set at equal instances", "fedmedlora",
               "best-single", 0.0, False, (EXTERNAL_TEST,), budget="equal-instances", statistic="recall"),
     # The paper's BERT baseline: the same federation with a tagger (docs/token-classification.md).
-    ClaimSpec("generative {a} beats {b}", "fedmedlora", "token-classification/fedmedlora",
-              0.0, False),
+    ClaimSpec("generative {a} beats {b}", "fedmedlora", TOKEN + "fedmedlora", 0.0, False),
     # The paper's two federation claims for the tagger, against the tagger's own arms.
     ClaimSpec("{a} is within 2 points of {b}", TOKEN + "fedmedlora", TOKEN + "centralized", -2.0, True),
     ClaimSpec("{a} beats the best single site ({b})", TOKEN + "fedmedlora", "best-single", 0.0, False,

@@ -28,6 +28,7 @@ from benchmarks.protocol.token_arms import TaggerBench
 from benchmarks.protocol.workbench import Workbench
 from benchmarks.provenance import command, machine
 from data_loaders.sites import union_entity_types
+from modeling.training import TrainSettings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         "dtype": tagger.dtype}
 
     result = {"command": command("benchmarks.task_seconds", argv), "hardware": machine(), "site": args.site,
-              "steps": f"{profile.rounds} x {profile.steps} of batch 4", "test-instances": len(instances),
+              "steps": f"{profile.rounds} x {profile.steps} of batch {TrainSettings().batch_size}", "test-instances": len(instances),
               "tasks": rows,
               "generative-over-token": {k: rows["generative"][k] / rows["token-classification"][k]
                                         for k in ("train-seconds", "score-seconds")}}

@@ -61,8 +61,13 @@ def test_a_second_results_file_gets_a_table_of_its_own(tmp_path):
     assert page.read_text() == text
 
 
-def test_the_shapes_phase_falls_back_to_the_app_defaults():
+def test_the_float32_shapes_ran_at_the_training_defaults():
+    """The shapes phase in a file without federated arms takes the training defaults (the run
+    config's): the committed float32 arms were made at them."""
     from modeling.training import TrainSettings
 
-    _, lr, ratio = lr_sweep.app_default_setting()
-    assert (lr, ratio) == (TrainSettings().learning_rate, TrainSettings().loraplus_lr_ratio)
+    arms = json.loads((REPO / "docs" / "benchmarks" / "lr_sweep_float32.json").read_text())["arms"]
+    defaults = TrainSettings()
+    assert {(a["setting"]["learning-rate"], a["setting"]["loraplus-lr-ratio"]) for a in arms.values()} == {
+        (defaults.learning_rate, defaults.loraplus_lr_ratio)}
+    assert {(a["setting"]["rounds"], a["setting"]["steps"]) for a in arms.values()} == set(lr_sweep.SHAPES)

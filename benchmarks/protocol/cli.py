@@ -302,11 +302,12 @@ def report_only(out: Path, sites: dict[str, Path], profile: Profile, name: str, 
     every count, so no cached output is needed, and the round plots are redrawn from its curves."""
     path = out / "results.json"
     committed = target.parent / "results.json" if target else None
+    recorded = (json.loads(committed.read_text())["profiles"].get(name, {}).get("results")
+                if committed and committed.is_file() else None)
     if path.is_file():
         results = json.loads(path.read_text())
-    elif committed and committed.is_file() and "results" in json.loads(committed.read_text())[
-            "profiles"].get(name, {}):
-        results = json.loads(committed.read_text())["profiles"][name]["results"]
+    elif recorded is not None:
+        results = recorded
         out.mkdir(parents=True, exist_ok=True)
         results["plots"] = [repo_relative(Path(plot)) for plot in plot_curves(results["curves"], out / "plots")]
     else:
