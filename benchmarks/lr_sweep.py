@@ -15,9 +15,10 @@ validation set. Each finished arm is written to `--json` at once, and a rerun sk
 The phases run in the order `--phases` gives (default: all, in this order): `rates` (the
 learning rate, federated), `loraplus` (LoRA+ at half the two best rates), `optimizer` (the
 optimizer restarted every round against kept, at the best setting), `singles` (each single
-site at every rate) and `shapes` (6 x 12 and 12 x 6 against 3 x 24 rounds x steps, at the
-file's best setting, or at the app's defaults in a file without federated arms: one made on
-a machine of another dtype, docs/benchmarks/lr_sweep_float32.json). The best setting is the
+site at the best setting, then plain LoRA at every rate) and `shapes` (6 x 12 and 12 x 6
+against 3 x 24 rounds x steps). In a file without the federated rates (one made on a machine
+of another dtype, docs/benchmarks/lr_sweep_float32.json) the best setting is the app's
+defaults. The best setting is the
 highest mean NER strict F1 over the three validation sets of the federated arms (ties: lower
 validation loss). A file's arms share one dtype; each file has its own table in --markdown.
 """
@@ -303,6 +304,13 @@ def main(argv: list[str] | None = None) -> int:
         arm, value = best_federated()
         return arm, value["setting"]["learning-rate"], value["setting"]["loraplus-lr-ratio"]
 
+    def chosen_setting() -> tuple[str, float, float]:
+        # In a file of its own (another dtype, another machine), the sweep's chosen setting is
+        # the app's default: the shapes and the singles are compared there at it.
+        defaults = TrainSettings()  # the run config's defaults (tests/test_train_speed.py)
+        return (best_setting() if federated_arms()
+                else ("defaults", defaults.learning_rate, defaults.loraplus_lr_ratio))
+
     for phase in phases:
         if phase == "rates":
             for lr in rates:
@@ -318,15 +326,16 @@ def main(argv: list[str] | None = None) -> int:
             single("maccrobat", lr, ratio)
             single("maccrobat", lr, ratio, keep=False)
         elif phase == "singles":
+            # The single sites at the federation's setting too: the protocol's single-site arms
+            # train at the app's defaults, chosen for the federation, and this says what that costs them.
+            _, lr, ratio = chosen_setting()
             for name in TRAINING_SITES:
-                for lr in rates:
-                    single(name, lr)
+                if ratio:
+                    single(name, lr, ratio)
+                for rate in rates:
+                    single(name, rate)
         elif phase == "shapes":
-            # In a file of its own (another dtype, another machine), the sweep's chosen setting
-            # is the app's default: the shapes are compared there, 3 x 24 included.
-            defaults = TrainSettings()  # the run config's defaults (tests/test_train_speed.py)
-            _, lr, ratio = (best_setting() if federated_arms()
-                            else ("defaults", defaults.learning_rate, defaults.loraplus_lr_ratio))
+            _, lr, ratio = chosen_setting()
             for rounds, steps in SHAPES:
                 federated(lr, ratio, rounds=rounds, steps=steps)
     best_arm, best_lr, best_ratio = best_setting()
