@@ -632,3 +632,52 @@ def test_report_only_without_any_results_names_what_is_missing(tmp_path) -> None
 
     with pytest.raises(SystemExit, match=r"out/results\.json nor the 'standard' profile's results"):
         report_only(tmp_path / "out", {}, PROFILES["standard"], "standard", tmp_path / "RESULTS.md", {})
+
+
+def _sweep_arm(lr: float, ratio: float, f1: float, loss: float = 0.7, keep: bool = True) -> dict:
+    return {"setting": {"learning-rate": lr, "loraplus-lr-ratio": ratio, "keep-optimizer-state": keep, "rounds": 3},
+            "mean-ner-strict-f1": f1, "scores": {"x": {"val-loss": loss}}}
+
+
+def test_tuned_single_sites_take_their_own_best_validation_setting_and_decide_their_claims(tmp_path) -> None:
+    """Each site's rate is its best single-site arm on validation (a fresh-optimizer arm is not
+    a candidate; a tie goes to the lower loss); a sweep of another dtype or without a site's
+    arms is refused by name; the tuned arms decide only their own claims."""
+    from benchmarks.protocol.profiles import TUNED_PREFIX
+    from benchmarks.protocol.tuned_singles import chosen_settings
+
+    arms = {"fedmedlora/lr=0.00025,loraplus=16": _sweep_arm(2.5e-4, 16, 0.9),  # federated: not a candidate
+            "single-maccrobat/lr=0.00025,loraplus=16": _sweep_arm(2.5e-4, 16, 0.30),
+            "single-maccrobat/lr=0.002": _sweep_arm(2e-3, 0, 0.32),
+            "single-maccrobat/lr=0.002,fresh-optimizer": _sweep_arm(2e-3, 0, 0.50, keep=False),
+            "single-chia/lr=0.0005": _sweep_arm(5e-4, 0, 0.25, loss=0.8),
+            "single-chia/lr=0.001": _sweep_arm(1e-3, 0, 0.25, loss=0.6),
+            "single-ddi-drugbank/lr=0.0002": _sweep_arm(2e-4, 0, 0.58)}
+    sweep = tmp_path / "sweep.json"
+    sweep.write_text(json.dumps({"settings": {"dtype": "float32"}, "arms": arms}))
+    chosen = chosen_settings(sweep, "float32")
+    assert chosen["maccrobat"]["arm"] == "single-maccrobat/lr=0.002" and chosen["maccrobat"]["loraplus-lr-ratio"] == 0
+    assert chosen["chia"]["learning-rate"] == 1e-3  # the tie at 0.25 goes to the lower validation loss
+    assert chosen["ddi-drugbank"]["validation-f1"] == 0.58
+    with pytest.raises(SystemExit, match="computed in float32, this machine computes in bfloat16"):
+        chosen_settings(sweep, "bfloat16")
+    del arms["single-ddi-drugbank/lr=0.0002"]
+    sweep.write_text(json.dumps({"settings": {"dtype": "float32"}, "arms": arms}))
+    with pytest.raises(SystemExit, match="no single-site arm of 'ddi-drugbank'"):
+        chosen_settings(sweep, "float32")
+
+    docs = [(8, 2, 2), (1, 3, 6), (5, 1, 4), (9, 0, 1)] * 10
+    weaker = [(max(tp - 3, 0), fp + 3, fn + min(tp, 3)) for tp, fp, fn in docs]
+    tests = (*TRAINING_SITES, claims.EXTERNAL_TEST)
+    scores = {"fedmedlora": {t: _arm(docs) for t in tests},
+              "single-chia": {t: _arm(weaker) for t in tests},             # at the defaults: weaker
+              f"{TUNED_PREFIX}single-chia": {t: _arm(docs) for t in tests}}  # at its own rate: a tie
+    found = {c["claim"]: c for c in claims.evaluate_claims(scores, TRAINING_SITES, "standard", resamples=200)}
+    assert found["fedmedlora beats the best single site (single-chia)"]["verdict"] == "confirmed"
+    tuned = found[f"fedmedlora beats the best single site ({TUNED_PREFIX}single-chia) at its own rate"]
+    assert tuned["verdict"] == "refuted" and tuned["estimate"] == 0.0
+    assert f"fedmedlora beats the best single site ({TUNED_PREFIX}single-chia) on the external set at its own rate" \
+        in found
+    del scores[f"{TUNED_PREFIX}single-chia"]  # a profile without the opt-in arms: no tuned claim
+    assert not any("own rate" in c["claim"] for c in claims.evaluate_claims(scores, TRAINING_SITES, "standard",
+                                                                             resamples=50))

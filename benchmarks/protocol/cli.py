@@ -46,17 +46,22 @@ def parser() -> argparse.ArgumentParser:
                              "`before` is recomputed from its runs without site workers and in simulation")
     parser.add_argument("--overhead-json", type=Path, default=None,
                         help="with --only overhead: write before/after figures here (docs/benchmarks/overhead.json)")
-    parser.add_argument("--only", choices=["overhead", "token-classification", "lora-strategies"],
+    parser.add_argument("--only", choices=["overhead", "token-classification", "lora-strategies", "tuned-singles"],
                         help="overhead: measure only the federation overhead, before and after the warm site; with "
                              "--results, write its section there. token-classification: train and score only the "
                              "token-classification arms (kept in --results' profile beside the others), then print "
                              "them and the claims the recorded arms decide. lora-strategies: the federated-LoRA "
                              "strategies side by side (ffa-lora, rolora, fedsa-lora, fedsvd beside fedmedlora, "
                              "fedmedlora-plus and exact; kept in --results' profile), then their paired differences "
-                             "against fedmedlora (with --strategies-json, written there)")
+                             "against fedmedlora (with --strategies-json, written there). tuned-singles: each "
+                             "single site at its own validation-chosen setting from --sweep-json (kept in --results' "
+                             "profile), then the claims the recorded arms decide")
     parser.add_argument("--strategies-json", type=Path, default=None,
                         help="with --only lora-strategies: write the side-by-side summary into this JSON under "
                              "'<profile>-budget' (docs/benchmarks/strategies.json), keeping its other keys")
+    parser.add_argument("--sweep-json", type=Path, default=None,
+                        help="with --only tuned-singles: the learning-rate sweep whose single-site arms choose each "
+                             "site's setting (docs/benchmarks/lr_sweep_float32.json), computed in this machine's dtype")
     parser.add_argument("--token-classification", action="store_true",
                         help="also the token-classification arms (single sites, centralized, Fed-MedLoRA; "
                              "docs/token-classification.md): new arms, so a profile recorded without them is unchanged")
@@ -164,6 +169,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return only_lora_strategies(args, profile, out, sites, settings, command(COMMAND, argv))
     if args.strategies_json is not None:
         cli.error("--strategies-json goes with --only lora-strategies")
+    if args.only == "tuned-singles":
+        if args.sweep_json is None or not args.sweep_json.is_file():
+            cli.error(f"--only tuned-singles needs --sweep-json, an existing sweep file (got {args.sweep_json})")
+        return only_tuned_singles(args, profile, out, sites, settings)
+    if args.sweep_json is not None:
+        cli.error("--sweep-json goes with --only tuned-singles")
     return run_profile(args, profile, out, sites, settings, command(COMMAND, argv), started)
 
 
@@ -197,6 +208,31 @@ def only_token_classification(args: argparse.Namespace, profile: Profile, out: P
     decided = claims.evaluate_claims(recorded, TRAINING_SITES, args.profile)
     print(f"\nClaims whose arms are recorded ({len(decided)} of {len(claims.CLAIMS)}):")
     print("\n".join(claims.sentence(c) for c in decided) or "none (the generative arms are not recorded here)")
+    return 0
+
+
+def only_tuned_singles(args: argparse.Namespace, profile: Profile, out: Path, sites: dict[str, Path],
+                       settings: dict[str, Any]) -> int:
+    """The single sites at their own validation-chosen settings, then the claims the recorded
+    arms decide (benchmarks/protocol/tuned_singles.py)."""
+    from benchmarks import claims
+
+    from .tuned_singles import chosen_settings, run_tuned_singles
+
+    store = ArmStore(args.results.parent / "results.json" if args.results else None, args.profile, settings,
+                     timed=False)  # opt-in arms: not the profile's wall time (as above)
+    bench = Workbench(profile)
+    store.record_dtype(bench.dtype)
+    chosen = chosen_settings(args.sweep_json, bench.dtype)
+    _, single_steps = budget(bench, profile, sites)
+    scores = run_tuned_singles(bench, store, sites, out, single_steps, chosen)
+    for arm, per_test in scores.items():
+        print(f"{arm}: " + ", ".join(f"{t} {claims.point(scores, arm, t):.3f}" for t in per_test))
+    recorded = {a: v for a, v in store.data["profiles"][args.profile]["arms"].items()
+                if not a.startswith(("run/", "new-site/"))}
+    decided = claims.evaluate_claims(recorded, TRAINING_SITES, args.profile)
+    print(f"\nClaims whose arms are recorded ({len(decided)} of {len(claims.CLAIMS)}):")
+    print("\n".join(claims.sentence(c) for c in decided))
     return 0
 
 

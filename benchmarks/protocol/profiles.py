@@ -33,6 +33,9 @@ SKEW_ARMS: dict[str, dict[str, Any]] = {
 TOKEN_PREFIX = "token-classification/"
 TOKEN_ARMS = tuple(f"{TOKEN_PREFIX}{arm}" for arm in (*(f"single-{n}" for n in TRAINING_SITES), "centralized",
                                                      "fedmedlora"))
+# The single sites at their own validation-chosen rate (benchmarks/protocol/tuned_singles.py),
+# opt-in (`--only tuned-singles`): new keys, under this prefix.
+TUNED_PREFIX = "tuned-rate/"
 BUDGETS = ("equal-local-steps", "equal-instances")
 # The trained arms twice: with the training defaults (LoRA+ at ratio 16, chosen for the
 # federation's 72 steps per site) and as plain LoRA, the reference paper's setting.
