@@ -9,6 +9,7 @@ import shutil
 import pytest
 
 from benchmarks import constrained_decoding, lr_sweep
+from benchmarks.protocol.profiles import TRAINING_SITES
 from support.paths import REPO
 
 
@@ -61,13 +62,19 @@ def test_a_second_results_file_gets_a_table_of_its_own(tmp_path):
     assert page.read_text() == text
 
 
-def test_the_float32_shapes_ran_at_the_training_defaults():
+def test_the_float32_shapes_and_singles_ran_at_the_training_defaults():
     """The shapes phase in a file without federated arms takes the training defaults (the run
-    config's): the committed float32 arms were made at them."""
+    config's): the committed float32 federated arms were made at them; the singles phase
+    trains each site at them and as plain LoRA at every rate."""
     from modeling.training import TrainSettings
 
     arms = json.loads((REPO / "docs" / "benchmarks" / "lr_sweep_float32.json").read_text())["arms"]
     defaults = TrainSettings()
-    assert {(a["setting"]["learning-rate"], a["setting"]["loraplus-lr-ratio"]) for a in arms.values()} == {
-        (defaults.learning_rate, defaults.loraplus_lr_ratio)}
-    assert {(a["setting"]["rounds"], a["setting"]["steps"]) for a in arms.values()} == set(lr_sweep.SHAPES)
+    default = (defaults.learning_rate, defaults.loraplus_lr_ratio)
+    federated = [a for name, a in arms.items() if name.startswith("fedmedlora/")]
+    assert {(a["setting"]["learning-rate"], a["setting"]["loraplus-lr-ratio"]) for a in federated} == {default}
+    assert {(a["setting"]["rounds"], a["setting"]["steps"]) for a in federated} == set(lr_sweep.SHAPES)
+    for site in TRAINING_SITES:
+        singles = {(a["setting"]["learning-rate"], a["setting"]["loraplus-lr-ratio"])
+                   for name, a in arms.items() if name.startswith(f"single-{site}/")}
+        assert singles == {default, *((rate, 0.0) for rate in lr_sweep.RATES)}, site
