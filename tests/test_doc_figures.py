@@ -141,6 +141,29 @@ def seconds_or_zero(x: float) -> str:
     return "0" if x < 0.05 else f"{x:.1f} s"
 
 
+def own_rate_figures() -> list[Figure]:
+    """docs/benchmarks.md, "Each single site's own rate": per site, its best single-site arm
+    of the float32 sweep against the arm at the training defaults, with their paired difference."""
+    from benchmarks.lr_sweep import paired_against
+    from modeling.training import TrainSettings
+
+    defaults = TrainSettings()
+    default = f"lr={defaults.learning_rate:g},loraplus={defaults.loraplus_lr_ratio:g}"
+
+    def shown(site: str) -> Callable[[Any], str]:
+        def text(data: Any) -> str:
+            singles = {a: v for a, v in data["arms"].items() if a.startswith(f"single-{site}/")}
+            best = max(singles, key=lambda a: singles[a]["mean-ner-strict-f1"])
+            at_defaults = f"single-{site}/{default}"
+            return (f"{site} at {power_of_ten(singles[best]['setting']['learning-rate'])} "
+                    f"({singles[best]['mean-ner-strict-f1']:.3f} against "
+                    f"{singles[at_defaults]['mean-ner-strict-f1']:.3f}, "
+                    f"{paired_against(data, at_defaults, best)} points)")
+        return text
+
+    return [fig(BENCHMARKS, "**Each single site's own rate.**", FLOAT32_SWEEP, (), shown(site)) for site in SITES]
+
+
 def power_of_ten(x: float, spec: str = ".0e") -> str:
     """2.5e-4, as the pages write it (Python writes 2.5e-04)."""
     mantissa, exponent = f"{x:{spec}}".split("e")
@@ -419,6 +442,7 @@ FIGURES: list[Figure] = [
                   f"{power_of_ten(b['learning-rate'], '.1e')} for A, `train.loraplus-lr-ratio` "
                   f"{b['loraplus-lr-ratio']:g} (B at {power_of_ten(b['learning-rate'] * b['loraplus-lr-ratio'])})"),
     *lr_sweep_rows(),
+    *own_rate_figures(),
     fig(BENCHMARKS, "Measured on the validation splits with the federated adapter", CONSTRAINED["maccrobat"],
         ("instances",), "the same {} instances per set"),
     *constrained_rows(),
