@@ -16,11 +16,11 @@ The phases run in the order `--phases` gives (default: all, in this order): `rat
 learning rate, federated), `loraplus` (LoRA+ at half the two best rates), `optimizer` (the
 optimizer restarted every round against kept, at the best setting), `singles` (each single
 site at the best setting, then plain LoRA at every rate) and `shapes` (6 x 12 and 12 x 6
-against 3 x 24 rounds x steps). In a file without the federated rates (one made on a machine
-of another dtype, docs/benchmarks/lr_sweep_float32.json) the best setting is the app's
-defaults. The best setting is the
-highest mean NER strict F1 over the three validation sets of the federated arms (ties: lower
-validation loss). A file's arms share one dtype; each file has its own table in --markdown.
+against 3 x 24 rounds x steps, at the best setting). The best setting is the highest mean NER
+strict F1 over the three validation sets of the federated arms (ties: lower validation loss);
+in a file without federated arms (one made on a machine of another dtype,
+docs/benchmarks/lr_sweep_float32.json) it is the app's defaults. A file's arms share one
+dtype; each file has its own table in --markdown.
 """
 
 from __future__ import annotations
@@ -79,6 +79,19 @@ def run_name(arm: str) -> str:
 
 def mean_ner(scores: dict[str, Any]) -> float:
     return statistics.fmean(s["scores"]["ner-strict-f1"]["value"] for s in scores.values())
+
+
+def comparable_arms(arms: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """The arms named `prefix`... that a best setting is chosen among: optimizer state kept,
+    3 rounds, the current loss weighting."""
+    return {a: v for a, v in arms.items() if a.startswith(prefix) and v["setting"]["keep-optimizer-state"]
+            and v["setting"]["rounds"] == 3 and v["setting"].get("loss", LOSS) == LOSS}
+
+
+def best_arm(arms: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The arm with the highest mean validation NER strict F1 (ties: lower mean validation loss)."""
+    return max(arms.items(), key=lambda kv: (kv[1]["mean-ner-strict-f1"],
+                                             -statistics.fmean(s["val-loss"] for s in kv[1]["scores"].values())))
 
 
 def validation_scored(bench: Workbench, arm: str, adapter: Path, name: str, folder: Path, limit: int,
@@ -292,16 +305,10 @@ def main(argv: list[str] | None = None) -> int:
         return arm, run_arm(arm, train, (name,), setting)
 
     def federated_arms() -> dict[str, dict[str, Any]]:
-        return {a: v for a, v in results.data["arms"].items() if a.startswith("fedmedlora/")
-                and v["setting"]["keep-optimizer-state"] and v["setting"]["rounds"] == 3
-                and v["setting"].get("loss", LOSS) == LOSS}
-
-    def best_federated() -> tuple[str, dict[str, Any]]:
-        return max(federated_arms().items(), key=lambda kv: (kv[1]["mean-ner-strict-f1"],
-                                                 -statistics.fmean(s["val-loss"] for s in kv[1]["scores"].values())))
+        return comparable_arms(results.data["arms"], "fedmedlora/")
 
     def best_setting() -> tuple[str, float, float]:
-        arm, value = best_federated()
+        arm, value = best_arm(federated_arms())
         return arm, value["setting"]["learning-rate"], value["setting"]["loraplus-lr-ratio"]
 
     def chosen_setting() -> tuple[str, float, float]:

@@ -189,7 +189,6 @@ def only_token_classification(args: argparse.Namespace, profile: Profile, out: P
                               settings: dict[str, Any]) -> int:
     """The token-classification arms alone, in the generative arms' budget; then each arm's NER
     strict F1 and the claims decided by every arm recorded (with --results: the profile's)."""
-    from benchmarks import claims
 
     from .token_arms import run_token_arms
 
@@ -203,12 +202,19 @@ def only_token_classification(args: argparse.Namespace, profile: Profile, out: P
     scores = run_token_arms(profile, store, sites, out, federated_config(profile, out / "sites", out / "runs"),
                             per_round, single_steps)
     print(token_arms_table(scores))
-    recorded = {a: v for a, v in store.data["profiles"][args.profile]["arms"].items()
+    print_recorded_claims(store, args.profile)
+    return 0
+
+
+def print_recorded_claims(store: ArmStore, profile: str) -> None:
+    """The claims that the arms recorded in `store`'s profile decide (the opt-in invocations)."""
+    from benchmarks import claims
+
+    recorded = {a: v for a, v in store.data["profiles"][profile]["arms"].items()
                 if not a.startswith(("run/", "new-site/"))}
-    decided = claims.evaluate_claims(recorded, TRAINING_SITES, args.profile)
+    decided = claims.evaluate_claims(recorded, TRAINING_SITES, profile)
     print(f"\nClaims whose arms are recorded ({len(decided)} of {len(claims.CLAIMS)}):")
     print("\n".join(claims.sentence(c) for c in decided) or "none (the generative arms are not recorded here)")
-    return 0
 
 
 def only_tuned_singles(args: argparse.Namespace, profile: Profile, out: Path, sites: dict[str, Path],
@@ -228,11 +234,7 @@ def only_tuned_singles(args: argparse.Namespace, profile: Profile, out: Path, si
     scores = run_tuned_singles(bench, store, sites, out, single_steps, chosen)
     for arm, per_test in scores.items():
         print(f"{arm}: " + ", ".join(f"{t} {claims.point(scores, arm, t):.3f}" for t in per_test))
-    recorded = {a: v for a, v in store.data["profiles"][args.profile]["arms"].items()
-                if not a.startswith(("run/", "new-site/"))}
-    decided = claims.evaluate_claims(recorded, TRAINING_SITES, args.profile)
-    print(f"\nClaims whose arms are recorded ({len(decided)} of {len(claims.CLAIMS)}):")
-    print("\n".join(claims.sentence(c) for c in decided))
+    print_recorded_claims(store, args.profile)
     return 0
 
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 import logging
-import statistics
 from pathlib import Path
 from typing import Any
+
+from benchmarks.lr_sweep import best_arm, comparable_arms
 
 from .profiles import EXTERNAL, TRAINING_SITES, TUNED_PREFIX
 from .scoring import score
@@ -27,8 +28,8 @@ log = logging.getLogger("protocol")
 
 
 def chosen_settings(sweep_path: Path, dtype: str) -> dict[str, dict[str, Any]]:
-    """Per training site, the sweep's best single-site arm on validation (mean NER strict F1,
-    ties: lower validation loss) among those that kept the optimizer state over 3 rounds:
+    """Per training site, the sweep's best single-site arm on validation, chosen as the sweep
+    chooses its federated setting (lr_sweep.best_arm among lr_sweep.comparable_arms):
     {"arm", "learning-rate", "loraplus-lr-ratio", "validation-f1"}."""
     sweep = json.loads(sweep_path.read_text())
     swept_dtype = sweep.get("settings", {}).get("dtype")
@@ -37,14 +38,11 @@ def chosen_settings(sweep_path: Path, dtype: str) -> dict[str, dict[str, Any]]:
                          f"computes in {dtype}; use the sweep file of this dtype")
     chosen = {}
     for site in TRAINING_SITES:
-        candidates = {arm: value for arm, value in sweep.get("arms", {}).items()
-                      if arm.startswith(f"single-{site}/") and value["setting"]["keep-optimizer-state"]
-                      and value["setting"]["rounds"] == 3}
+        candidates = comparable_arms(sweep.get("arms", {}), f"single-{site}/")
         if not candidates:
             raise SystemExit(f"--sweep-json {sweep_path}: no single-site arm of {site!r}; run its `singles` phase "
                              "(python -m benchmarks.lr_sweep ... --phases singles)")
-        arm, value = max(candidates.items(), key=lambda kv: (
-            kv[1]["mean-ner-strict-f1"], -statistics.fmean(s["val-loss"] for s in kv[1]["scores"].values())))
+        arm, value = best_arm(candidates)
         chosen[site] = {"arm": arm, "learning-rate": value["setting"]["learning-rate"],
                         "loraplus-lr-ratio": value["setting"]["loraplus-lr-ratio"],
                         "validation-f1": value["mean-ner-strict-f1"]}
